@@ -1,0 +1,150 @@
+//! Tarballs on disk in the Node NPG's layout, `<root>/<2 first chars of name, lowercased>/
+//! <name>/<file>`, so an existing cache volume is reused as is. Files only appear by an atomic
+//! rename of a complete, verified temp file, so readers (and replicas sharing the volume)
+//! never see a partial tarball. Temp files live in `<root>/.tmp`, which no name can reach.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tempfile::TempPath;
+
+use crate::npm::name::PackageName;
+
+pub struct TarballStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+/// A tarball being written: deleted on drop unless persisted.
+pub struct Pending {
+    pub file: tokio::fs::File,
+    path: TempPath,
+}
+
+impl TarballStore {
+    pub fn new(root: &Path) -> io::Result<TarballStore> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let tmp = root.join(".tmp");
+        std::fs::create_dir_all(&tmp)?;
+        Ok(TarballStore { root, tmp })
+    }
+
+    /// Where a tarball lives; `None` if the name or file could leave the root (they are
+    /// validated before, this is the last guard).
+    pub fn path(&self, name: &PackageName, file: &str) -> Option<PathBuf> {
+        let rel = Path::new(&name.shard()).join(name.as_str()).join(file);
+        let normal = rel.components().all(|c| matches!(c, Component::Normal(_)));
+        let leading_dot = rel
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+        (normal && !leading_dot).then(|| self.root.join(rel))
+    }
+
+    /// Opens a cached tarball for streaming, with its length.
+    pub async fn open(&self, name: &PackageName, file: &str) -> Option<(tokio::fs::File, u64)> {
+        let path = self.path(name, file)?;
+        let f = tokio::fs::File::open(&path).await.ok()?;
+        let meta = f.metadata().await.ok()?;
+        meta.is_file().then_some((f, meta.len()))
+    }
+
+    /// A new temp file beside the cache (same file system, so the final rename is atomic).
+    pub fn pending(&self) -> io::Result<Pending> {
+        let (file, path) = tempfile::Builder::new()
+            .prefix("dl-")
+            .suffix(".part")
+            .tempfile_in(&self.tmp)?
+            .into_parts();
+        Ok(Pending {
+            file: tokio::fs::File::from_std(file),
+            path,
+        })
+    }
+
+    /// Flushes a complete, verified download and renames it into place.
+    pub async fn persist(&self, pending: Pending, name: &PackageName, file: &str) -> io::Result<PathBuf> {
+        let dest = self
+            .path(name, file)
+            .ok_or_else(|| io::Error::other("tarball path outside the storage dir"))?;
+        let Pending { file: f, path } = pending;
+        f.sync_data().await?;
+        drop(f);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let dest2 = dest.clone();
+        tokio::task::spawn_blocking(move || path.persist(&dest2).map_err(|e| e.error))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(dest)
+    }
+
+    /// Removes temp files older than `age` (left by a crash; younger ones may belong to a
+    /// replica sharing the volume).
+    pub fn clean_temp(&self, age: Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.tmp) else {
+            return 0;
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= age);
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn node_npg_layout_and_atomic_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TarballStore::new(dir.path()).unwrap();
+        let name = PackageName::parse("@Babel/core").unwrap();
+        let expected = store.root.join("@b/@Babel/core/core-7.23.0.tgz");
+        assert_eq!(store.path(&name, "core-7.23.0.tgz"), Some(expected.clone()));
+        assert!(store.open(&name, "core-7.23.0.tgz").await.is_none());
+
+        let mut p = store.pending().unwrap();
+        p.file.write_all(b"tgz bytes").await.unwrap();
+        store.persist(p, &name, "core-7.23.0.tgz").await.unwrap();
+        assert_eq!(std::fs::read(&expected).unwrap(), b"tgz bytes");
+        let (_, len) = store.open(&name, "core-7.23.0.tgz").await.unwrap();
+        assert_eq!(len, 9);
+        assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_downloads_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TarballStore::new(dir.path()).unwrap();
+        let mut p = store.pending().unwrap();
+        p.file.write_all(b"half").await.unwrap();
+        drop(p);
+        assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+        let _kept = store.pending().unwrap();
+        assert_eq!(store.clean_temp(Duration::from_secs(3600)), 0);
+        assert_eq!(store.clean_temp(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TarballStore::new(dir.path()).unwrap();
+        let name = PackageName::parse("a").unwrap();
+        assert!(store.path(&name, "../../etc/passwd").is_none());
+        assert!(store.path(&name, "/etc/passwd").is_none());
+        assert!(store.path(&name, ".tmp").is_none());
+    }
+}

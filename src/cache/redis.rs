@@ -1,0 +1,134 @@
+//! L2: raw upstream packuments in the shared Redis, gzip-compressed, with the upstream ETag,
+//! when the body was fetched and when it was last validated, so every replica can use what
+//! one fetched. Every failure here is a cache miss, never a failed request.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flate2::Compression;
+use redis::AsyncCommands;
+
+use crate::cluster::redis::SharedRedis;
+use crate::npm::name::PackageName;
+
+/// What L2 knows of a document without its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub etag: Option<String>,
+    pub fetched_ms: u64,
+    pub checked_ms: u64,
+}
+
+pub struct SharedMeta {
+    redis: Arc<SharedRedis>,
+}
+
+impl SharedMeta {
+    pub fn new(redis: Arc<SharedRedis>) -> SharedMeta {
+        SharedMeta { redis }
+    }
+
+    fn key(&self, name: &PackageName) -> String {
+        self.redis.key(&format!("meta:{name}"))
+    }
+
+    pub async fn meta(&self, name: &PackageName) -> Option<DocMeta> {
+        let mut conn = self.redis.conn()?;
+        let fields: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
+            .arg(self.key(name))
+            .arg(&["etag", "fetched", "checked"])
+            .query_async(&mut conn)
+            .await;
+        match fields {
+            Ok((etag, Some(fetched_ms), Some(checked_ms))) => Some(DocMeta {
+                etag: etag.filter(|e| !e.is_empty()),
+                fetched_ms,
+                checked_ms,
+            }),
+            Ok(_) => None,
+            Err(e) => {
+                self.redis.report_error("metadata read", &e);
+                None
+            }
+        }
+    }
+
+    /// The uncompressed body stored for `name`.
+    pub async fn body(&self, name: &PackageName) -> Option<Bytes> {
+        let mut conn = self.redis.conn()?;
+        let stored: Option<Vec<u8>> = match conn.hget(self.key(name), "body").await {
+            Ok(v) => v,
+            Err(e) => {
+                self.redis.report_error("metadata read", &e);
+                return None;
+            }
+        };
+        let stored = stored?;
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(stored.len() * 6);
+            flate2::read::GzDecoder::new(&stored[..])
+                .read_to_end(&mut out)
+                .ok()
+                .map(|_| Bytes::from(out))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    pub async fn put(&self, name: &PackageName, body: Bytes, meta: &DocMeta, keep: Duration) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        let Ok(Some(compressed)) = tokio::task::spawn_blocking(move || {
+            let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 6), Compression::fast());
+            enc.write_all(&body).ok()?;
+            enc.finish().ok()
+        })
+        .await
+        else {
+            return;
+        };
+        let key = self.key(name);
+        let result: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .del(&key)
+            .hset_multiple(
+                &key,
+                &[
+                    ("body", compressed),
+                    ("etag", meta.etag.clone().unwrap_or_default().into_bytes()),
+                    ("fetched", meta.fetched_ms.to_string().into_bytes()),
+                    ("checked", meta.checked_ms.to_string().into_bytes()),
+                ],
+            )
+            .pexpire(&key, keep.as_millis() as i64)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            self.redis.report_error("metadata write", &e);
+        }
+    }
+
+    /// Records a successful revalidation (upstream said 304) for the other replicas.
+    pub async fn touch(&self, name: &PackageName, checked_ms: u64, keep: Duration) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        let key = self.key(name);
+        let result: redis::RedisResult<()> = redis::pipe()
+            .hset(&key, "checked", checked_ms)
+            .ignore()
+            .pexpire(&key, keep.as_millis() as i64)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            self.redis.report_error("metadata write", &e);
+        }
+    }
+
+    pub async fn delete(&self, name: &PackageName) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        if let Err(e) = conn.del::<_, ()>(self.key(name)).await {
+            self.redis.report_error("metadata delete", &e);
+        }
+    }
+}

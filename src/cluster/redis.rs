@@ -1,0 +1,122 @@
+//! The replica's connection to the shared Redis. Redis is optional and may fail: callers
+//! skip it while it is known to be down (so a dead Redis costs requests nothing), and a
+//! monitor pings it every second to notice when it is back. The connection reconnects by
+//! itself and is named `npg-<instance>` so `CLIENT LIST` shows the cluster.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisState {
+    Disabled,
+    Connected,
+    Disconnected,
+}
+
+impl RedisState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisState::Disabled => "disabled",
+            RedisState::Connected => "connected",
+            RedisState::Disconnected => "disconnected",
+        }
+    }
+}
+
+pub struct SharedRedis {
+    conn: Option<ConnectionManager>,
+    prefix: String,
+    up: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl SharedRedis {
+    pub fn disabled(metrics: Arc<Metrics>) -> Arc<SharedRedis> {
+        Arc::new(SharedRedis {
+            conn: None,
+            prefix: String::new(),
+            up: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// Prepares the connection (lazily: npg starts without Redis) and starts the monitor.
+    pub fn connect(url: &str, prefix: &str, instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Arc<SharedRedis>> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_lazy(config)?;
+        let shared = Arc::new(SharedRedis {
+            conn: Some(conn),
+            prefix: prefix.to_string(),
+            up: AtomicBool::new(false),
+            metrics,
+        });
+        tokio::spawn(monitor(Arc::downgrade(&shared), format!("npg-{instance}")));
+        Ok(shared)
+    }
+
+    pub fn state(&self) -> RedisState {
+        match (&self.conn, self.up.load(Ordering::Relaxed)) {
+            (None, _) => RedisState::Disabled,
+            (Some(_), true) => RedisState::Connected,
+            (Some(_), false) => RedisState::Disconnected,
+        }
+    }
+
+    /// The key `<prefix><suffix>`.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    /// A connection handle when Redis is believed up; `None` means "do without Redis".
+    pub fn conn(&self) -> Option<ConnectionManager> {
+        self.conn.clone().filter(|_| self.up.load(Ordering::Relaxed))
+    }
+
+    /// Callers report failed commands here, so the next requests skip Redis until the
+    /// monitor sees it answer again.
+    pub fn report_error(&self, what: &str, err: &redis::RedisError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "redis failed during {what}; serving without it until it answers again");
+            self.metrics.set_redis_up(false);
+        }
+    }
+}
+
+async fn monitor(shared: std::sync::Weak<SharedRedis>, client_name: String) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(redis) = shared.upgrade() else { return };
+        let Some(mut conn) = redis.conn.clone() else { return };
+        // Naming on every tick is cheap and survives the silent reconnects of the manager.
+        let ping = async {
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&client_name)
+                .exec_async(&mut conn)
+                .await?;
+            redis::cmd("PING").exec_async(&mut conn).await
+        };
+        let ok = matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(())));
+        let was_up = redis.up.swap(ok, Ordering::Relaxed);
+        if ok != was_up {
+            redis.metrics.set_redis_up(ok);
+            if ok {
+                tracing::info!("redis connected");
+            } else {
+                tracing::warn!("redis is not answering; serving from memory, disk and upstream");
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! Settings: every one is a `--flag` and an env variable (the Node NPG's names where they
+//! exist), validated at start so a bad value stops npg with a message naming it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "npg",
+    version,
+    about = "npg: security gateway and caching proxy for the npm registry"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Validate the settings, print the effective configuration and exit.
+    CheckConfig,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// Port of the plain HTTP listener.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 3000)]
+    pub http_port: u16,
+
+    /// Address the listeners bind to.
+    #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0")]
+    pub http_bind: IpAddr,
+
+    /// Public base URL of the npm API, path included; tarball URLs are rewritten to
+    /// `<PROXY_URL>/<name>/-/<file>`.
+    #[arg(long, env = "PROXY_URL", default_value = "http://127.0.0.1:3000/npm", value_parser = parse_http_url)]
+    pub proxy_url: Url,
+
+    /// Upstream registry (required), e.g. `REGISTRY_URL=$(npm config get registry)`.
+    #[arg(long, env = "REGISTRY_URL", value_parser = parse_http_url)]
+    pub registry_url: Url,
+
+    /// Directory of the tarball cache (Node NPG layout: `<2 chars>/<name>/<file>`).
+    #[arg(long, env = "STORAGE_DIR", default_value = "./storage")]
+    pub storage_dir: PathBuf,
+
+    /// Use Redis as the shared metadata cache (on by default when REDIS_URL is set).
+    #[arg(long, env = "ENABLE_REDIS_CACHE", value_parser = parse_bool)]
+    pub enable_redis_cache: Option<bool>,
+
+    /// Redis URL (`redis://[:password@]host:port/db`); overrides REDIS_HOST/PORT/PASSWORD/DB.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis host (when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
+    pub redis_host: String,
+
+    /// Redis port (when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+
+    /// Redis password (when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
+    /// Redis database number (when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_DB", default_value_t = 0)]
+    pub redis_db: i64,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "npg:")]
+    pub redis_prefix: String,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// How long a packument is served without asking upstream (e.g. 300, 300s, 5m).
+    #[arg(long, env = "METADATA_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+
+    /// How long an expired packument is kept to serve when upstream fails (stale-if-error).
+    #[arg(long, env = "METADATA_MAX_STALE", default_value = "7d", value_parser = parse_duration)]
+    pub metadata_max_stale: Duration,
+
+    /// Size of the in-process cache of rendered packuments, in MiB.
+    #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub memory_cache_mb: u64,
+
+    /// Timeout of one upstream request (connect to last byte of headers).
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Name of this replica in health, metrics and Redis client lists (default: host name).
+    #[arg(long, env = "INSTANCE_NAME")]
+    pub instance_name: Option<String>,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Settings {
+    /// Whether Redis is used: explicit ENABLE_REDIS_CACHE wins, else REDIS_URL turns it on.
+    pub fn redis_enabled(&self) -> bool {
+        self.enable_redis_cache.unwrap_or(self.redis_url.is_some())
+    }
+
+    /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings.
+    pub fn redis_connection_url(&self) -> String {
+        if let Some(url) = &self.redis_url {
+            return url.clone();
+        }
+        let auth = match &self.redis_password {
+            Some(p) if !p.is_empty() => {
+                format!(
+                    ":{}@",
+                    percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+                )
+            }
+            _ => String::new(),
+        };
+        format!(
+            "redis://{auth}{}:{}/{}",
+            self.redis_host, self.redis_port, self.redis_db
+        )
+    }
+
+    /// PROXY_URL as a string without a trailing slash.
+    pub fn public_base(&self) -> String {
+        self.proxy_url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// REGISTRY_URL with exactly one trailing slash, so joins keep its path.
+    pub fn upstream_base(&self) -> String {
+        format!("{}/", self.registry_url.as_str().trim_end_matches('/'))
+    }
+
+    pub fn instance(&self) -> String {
+        self.instance_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "npg".into())
+        })
+    }
+
+    /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.redis_enabled() {
+            redis::Client::open(self.redis_connection_url())
+                .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
+        }
+        std::fs::create_dir_all(&self.storage_dir)
+            .map_err(|e| format!("STORAGE_DIR: cannot create {} ({e})", self.storage_dir.display()))?;
+        let probe = tempfile::NamedTempFile::new_in(&self.storage_dir);
+        probe.map_err(|e| format!("STORAGE_DIR: {} is not writable ({e})", self.storage_dir.display()))?;
+        Ok(())
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s.trim()).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with http:// or https://".into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(url)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// A duration: a number with an optional unit `ms`, `s` (default), `m`, `h` or `d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 300, 90s, 5m, 72h or 7d"))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit `{other}` (use ms, s, m, h or d)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec!["npg", "--registry-url", "http://127.0.0.1:9/r"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("72h").unwrap(), Duration::from_secs(72 * 3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = parse(&["--http-port", "70000"]).unwrap_err().to_string();
+        assert!(err.contains("--http-port"), "{err}");
+        let err = parse(&["--proxy-url", "ftp://x/npm"]).unwrap_err().to_string();
+        assert!(err.contains("--proxy-url") && err.contains("http"), "{err}");
+        let err = parse(&["--metadata-ttl", "soon"]).unwrap_err().to_string();
+        assert!(err.contains("--metadata-ttl"), "{err}");
+        let err = Cli::try_parse_from(["npg"]).unwrap_err().to_string();
+        assert!(err.contains("--registry-url"), "{err}");
+    }
+
+    #[test]
+    fn redis_settings_as_the_node_npg() {
+        let cli = parse(&["--redis-host", "cache", "--redis-password", "p@ss", "--redis-db", "2"]).unwrap();
+        assert!(!cli.settings.redis_enabled());
+        assert_eq!(cli.settings.redis_connection_url(), "redis://:p%40ss@cache:6379/2");
+        let cli = parse(&["--redis-url", "redis://10.0.0.1:6380/1"]).unwrap();
+        assert!(cli.settings.redis_enabled());
+        let cli = parse(&["--redis-url", "redis://x", "--enable-redis-cache", "false"]).unwrap();
+        assert!(!cli.settings.redis_enabled());
+    }
+
+    #[test]
+    fn urls_are_normalised() {
+        let cli = parse(&["--proxy-url", "https://npg.example.com/npm/"]).unwrap();
+        assert_eq!(cli.settings.public_base(), "https://npg.example.com/npm");
+        assert_eq!(cli.settings.upstream_base(), "http://127.0.0.1:9/r/");
+    }
+}

@@ -1,0 +1,48 @@
+//! `/api/health`, `/-/ping` and `/metrics`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::observe::RouteLabel;
+use crate::app::App;
+use crate::cluster::redis::RedisState;
+
+pub async fn health(State(app): State<App>) -> Response {
+    let redis = app.redis.state();
+    let status = if redis == RedisState::Disconnected {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "redis": redis.as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "instance": app.instance,
+        "uptime_seconds": app.started.elapsed().as_secs(),
+    });
+    let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
+    resp.extensions_mut().insert(RouteLabel("health"));
+    resp
+}
+
+pub async fn ping() -> Response {
+    let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({}))).into_response();
+    resp.extensions_mut().insert(RouteLabel("ping"));
+    resp
+}
+
+pub async fn metrics(State(app): State<App>) -> Response {
+    let mut resp = (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response();
+    resp.extensions_mut().insert(RouteLabel("metrics"));
+    resp
+}

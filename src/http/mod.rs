@@ -1,0 +1,10 @@
+//! The HTTP face of npg: routing, the responses of each route, errors, the listener.
+
+pub mod errors;
+pub mod health;
+pub mod observe;
+pub mod packument;
+pub mod passthrough;
+pub mod routes;
+pub mod server;
+pub mod tarball;

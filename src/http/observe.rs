@@ -1,0 +1,47 @@
+//! Per-request bookkeeping: URL length limit, metrics by route and status, a log line.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::ApiError;
+use crate::app::App;
+
+/// The longest request target accepted (npm's longest paths are far below).
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// Set by handlers as a response extension: the route label for metrics.
+#[derive(Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let uri_len = req.uri().to_string().len();
+    let path = req.uri().path().to_string();
+    let resp = if uri_len > MAX_URI_BYTES {
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "URI too long",
+            format!("request target is longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+    let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
+    let status = resp.status().as_u16();
+    app.metrics.request(route, status);
+    // Streamed bodies (tarballs) count their own bytes as they go.
+    if let Some(len) = axum::body::HttpBody::size_hint(resp.body())
+        .exact()
+        .filter(|_| method != axum::http::Method::HEAD)
+    {
+        app.metrics.bytes(route, len);
+    }
+    tracing::debug!(%method, path = %path.chars().take(256).collect::<String>(), status, route, ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}

@@ -1,0 +1,204 @@
+//! Packument and version-manifest responses: the form the client asked for (full or
+//! abbreviated), gzip as stored when accepted, strong ETags and 304s, `X-Cache`.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::errors::ApiError;
+use crate::npm::name::PackageName;
+use crate::npm::packument::version_manifest;
+use crate::packuments::{Package, Source};
+
+pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
+
+/// Whether the client asked for the abbreviated document (pnpm, yarn 1).
+pub fn wants_abbreviated(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                let mut params = part.split(';').map(str::trim);
+                params.next() == Some(ABBREVIATED_TYPE) && !params.any(|p| p.replace(' ', "") == "q=0")
+            })
+        })
+}
+
+/// Whether gzip is acceptable (and not refused with `q=0`).
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',').any(|part| {
+                let mut params = part.split(';').map(str::trim);
+                matches!(params.next(), Some("gzip" | "*")) && !params.any(|p| p.replace(' ', "") == "q=0")
+            })
+        })
+}
+
+/// Whether `If-None-Match` names one of `etags` (or `*`).
+pub fn etag_matches(headers: &HeaderMap, etags: &[&str]) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || etags.contains(&t))
+        })
+}
+
+fn x_cache(source: Source) -> &'static str {
+    match source {
+        Source::Upstream => "MISS",
+        Source::Stale => "STALE",
+        _ => "HIT",
+    }
+}
+
+/// Headers common to cacheable successful responses.
+fn cache_headers(headers: &mut HeaderMap, source: Source, authed: bool) {
+    headers.insert("x-cache", HeaderValue::from_static(x_cache(source)));
+    let cc = if authed {
+        "private, no-cache"
+    } else {
+        "public, max-age=300"
+    };
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    if source == Source::Stale {
+        headers.insert(
+            header::WARNING,
+            HeaderValue::from_static("110 npg \"Response is Stale\""),
+        );
+    }
+}
+
+/// Builds a body response with an ETag, answering 304 when the client already has it.
+fn respond(
+    req: &HeaderMap,
+    body: Bytes,
+    etag: &str,
+    other_etag: &str,
+    content_type: &'static str,
+    gzip: bool,
+) -> Response<Body> {
+    let not_modified = etag_matches(req, &[etag, other_etag]);
+    let mut resp = if not_modified {
+        Response::builder().status(StatusCode::NOT_MODIFIED).body(Body::empty())
+    } else {
+        Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
+    }
+    .expect("static headers are valid");
+    let h = resp.headers_mut();
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(etag).expect("hex ETag is a valid header"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    if gzip && !not_modified {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    resp
+}
+
+pub fn packument(req: &HeaderMap, pkg: &Package, source: Source) -> Response<Body> {
+    let abbreviated = wants_abbreviated(req);
+    let (variant, content_type) = if abbreviated {
+        (&pkg.abbreviated, ABBREVIATED_TYPE)
+    } else {
+        (&pkg.full, "application/json")
+    };
+    let gzip_etag = format!("{}-gz\"", variant.etag.trim_end_matches('"'));
+    let mut resp = if accepts_gzip(req) {
+        respond(req, variant.gzip.clone(), &gzip_etag, &variant.etag, content_type, true)
+    } else {
+        respond(
+            req,
+            variant.body.clone(),
+            &variant.etag,
+            &gzip_etag,
+            content_type,
+            false,
+        )
+    };
+    cache_headers(resp.headers_mut(), source, req.contains_key(header::AUTHORIZATION));
+    resp
+}
+
+/// The version a spec names: a dist-tag, an exact version, or the highest one a range allows.
+pub fn resolve_spec(pkg: &Package, spec: &str) -> Option<String> {
+    if let Some(v) = pkg.index.dist_tags.get(spec) {
+        return Some(v.clone());
+    }
+    if pkg.index.versions.iter().any(|v| v == spec) {
+        return Some(spec.to_string());
+    }
+    let range = nodejs_semver::Range::parse(spec).ok()?;
+    let versions = pkg
+        .index
+        .versions
+        .iter()
+        .filter_map(|v| nodejs_semver::Version::parse(v).ok());
+    versions.filter(|v| range.satisfies(v)).max().map(|v| v.to_string())
+}
+
+pub fn version(
+    req: &HeaderMap,
+    pkg: &Package,
+    source: Source,
+    name: &PackageName,
+    spec: &str,
+) -> Result<Response<Body>, ApiError> {
+    let missing = || ApiError::not_found(format!("version not found: {name}@{spec}"));
+    let version = resolve_spec(pkg, spec).ok_or_else(missing)?;
+    let body = version_manifest(&pkg.full.body, &version).ok_or_else(missing)?;
+    let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
+    let mut resp = respond(req, body.into(), &etag, &etag, "application/json", false);
+    cache_headers(resp.headers_mut(), source, req.contains_key(header::AUTHORIZATION));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let pnpm = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
+        assert!(wants_abbreviated(&headers(&[("accept", pnpm)])));
+        assert!(!wants_abbreviated(&headers(&[("accept", "application/json")])));
+        assert!(!wants_abbreviated(&headers(&[(
+            "accept",
+            "application/vnd.npm.install-v1+json;q=0"
+        )])));
+        assert!(!wants_abbreviated(&HeaderMap::new()));
+        assert!(accepts_gzip(&headers(&[("accept-encoding", "gzip,deflate")])));
+        assert!(accepts_gzip(&headers(&[("accept-encoding", "br, gzip;q=0.5")])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "gzip;q=0, br")])));
+        assert!(!accepts_gzip(&headers(&[("accept-encoding", "identity")])));
+    }
+
+    #[test]
+    fn if_none_match() {
+        let h = headers(&[("if-none-match", "\"a\", W/\"b\"")]);
+        assert!(etag_matches(&h, &["\"b\""]));
+        assert!(!etag_matches(&h, &["\"c\""]));
+        assert!(etag_matches(&headers(&[("if-none-match", "*")]), &["\"x\""]));
+    }
+}

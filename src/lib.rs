@@ -1,0 +1,25 @@
+//! npg: a security gateway and caching proxy for the npm registry.
+//!
+//! Layout:
+//! - `config`: settings from flags and env, validated once at start.
+//! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
+//! - `upstream`: the HTTP client to the registry.
+//! - `singleflight`: one upstream fetch for many concurrent misses.
+//! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
+//! - `cluster`: the shared Redis connection and its health.
+//! - `packuments`, `tarballs`: the services that answer metadata and tarball requests.
+//! - `metrics`: Prometheus counters shared by every part.
+//! - `http`: routing, error bodies, health, metrics, the listener and graceful shutdown.
+//! - `app`: the shared state that ties them together.
+
+pub mod app;
+pub mod cache;
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod npm;
+pub mod packuments;
+pub mod singleflight;
+pub mod tarballs;
+pub mod upstream;

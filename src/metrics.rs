@@ -1,0 +1,111 @@
+//! Prometheus metrics: requests by route and status, cache hits and misses by tier, upstream
+//! requests and latency, bytes served.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    cache: Family<Labels, Counter>,
+    upstream: Family<Labels, Counter>,
+    upstream_seconds: Family<Labels, Histogram>,
+    bytes_served: Family<Labels, Counter>,
+    redis_up: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("npg");
+        let requests = Family::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let cache = Family::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by tier (l1, l2, disk) and result (hit, miss)",
+            cache.clone(),
+        );
+        let upstream = Family::default();
+        registry.register(
+            "upstream_requests",
+            "Requests to the upstream registry by kind and outcome",
+            upstream.clone(),
+        );
+        let upstream_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Upstream latency to response headers",
+            upstream_seconds.clone(),
+        );
+        let bytes_served = Family::default();
+        registry.register(
+            "bytes_served",
+            "Response body bytes served by route",
+            bytes_served.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register("redis_up", "1 when the shared Redis answers", redis_up.clone());
+        Metrics {
+            registry,
+            requests,
+            cache,
+            upstream,
+            upstream_seconds,
+            bytes_served,
+            redis_up,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &'static str, status: u16) {
+        self.requests
+            .get_or_create(&vec![("route", route.to_string()), ("status", status.to_string())])
+            .inc();
+    }
+
+    pub fn cache(&self, tier: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache
+            .get_or_create(&vec![("tier", tier.to_string()), ("result", result.to_string())])
+            .inc();
+    }
+
+    /// One upstream request of `kind` (packument, tarball, passthrough) and its outcome.
+    pub fn upstream(&self, kind: &'static str, outcome: &str, seconds: f64) {
+        self.upstream
+            .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome.to_string())])
+            .inc();
+        self.upstream_seconds
+            .get_or_create(&vec![("kind", kind.to_string())])
+            .observe(seconds);
+    }
+
+    pub fn bytes(&self, route: &'static str, n: u64) {
+        self.bytes_served
+            .get_or_create(&vec![("route", route.to_string())])
+            .inc_by(n);
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,327 @@
+//! Packuments: checks the upstream document, rewrites tarball URLs to npg's public URL,
+//! derives npm's abbreviated ("corgi") form, and indexes the tarballs it names.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::name::PackageName;
+
+/// Fields an abbreviated version manifest keeps when present (npm's documented list).
+const ABBREVIATED_FIELDS: &[&str] = &[
+    "name",
+    "version",
+    "deprecated",
+    "dependencies",
+    "optionalDependencies",
+    "devDependencies",
+    "peerDependencies",
+    "peerDependenciesMeta",
+    "bundleDependencies",
+    "bundledDependencies",
+    "acceptDependencies",
+    "bin",
+    "directories",
+    "engines",
+    "_hasShrinkwrap",
+    "hasInstallScript",
+    "funding",
+    "cpu",
+    "os",
+    "libc",
+    "dist",
+];
+
+const INSTALL_SCRIPTS: &[&str] = &["preinstall", "install", "postinstall"];
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DocError {
+    #[error("upstream sent invalid JSON: {0}")]
+    Json(String),
+    #[error("upstream document is not a packument: {0}")]
+    Shape(&'static str),
+    #[error("upstream document is for `{0}`")]
+    WrongName(String),
+}
+
+/// What npg needs to know of one tarball.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarballInfo {
+    pub version: String,
+    /// Where upstream serves it (the document's original `dist.tarball`).
+    pub upstream_url: Option<String>,
+    pub integrity: Option<String>,
+    pub shasum: Option<String>,
+}
+
+/// Versions, tags and tarballs of one packument.
+#[derive(Debug, Default, Clone)]
+pub struct Index {
+    pub files: HashMap<String, TarballInfo>,
+    pub dist_tags: HashMap<String, String>,
+    pub versions: Vec<String>,
+}
+
+impl Index {
+    pub fn approx_bytes(&self) -> usize {
+        self.files
+            .iter()
+            .map(|(k, v)| k.len() * 2 + v.upstream_url.as_ref().map_or(0, String::len) + 200)
+            .sum()
+    }
+}
+
+/// A checked upstream document.
+pub struct Document {
+    doc: Map<String, Value>,
+}
+
+impl Document {
+    pub fn parse(raw: &[u8], name: &PackageName) -> Result<Document, DocError> {
+        let value: Value = serde_json::from_slice(raw).map_err(|e| DocError::Json(e.to_string()))?;
+        let Value::Object(doc) = value else {
+            return Err(DocError::Shape("not a JSON object"));
+        };
+        match doc.get("name") {
+            Some(Value::String(n)) if n != name.as_str() => return Err(DocError::WrongName(n.clone())),
+            Some(Value::String(_)) | None => {}
+            Some(_) => return Err(DocError::Shape("`name` is not a string")),
+        }
+        if doc.get("versions").is_some_and(|v| !v.is_object()) {
+            return Err(DocError::Shape("`versions` is not an object"));
+        }
+        if doc.get("dist-tags").is_some_and(|v| !v.is_object()) {
+            return Err(DocError::Shape("`dist-tags` is not an object"));
+        }
+        Ok(Document { doc })
+    }
+
+    fn versions(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.doc
+            .get("versions")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+    }
+
+    /// Indexes the tarballs by file name, from the original (upstream) URLs.
+    pub fn index(&self, name: &PackageName) -> Index {
+        let mut index = Index::default();
+        for (version, manifest) in self.versions() {
+            let dist = manifest.get("dist");
+            let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str).map(str::to_string);
+            let upstream_url = field("tarball");
+            let file = tarball_file(name, version, upstream_url.as_deref());
+            let info = TarballInfo {
+                version: version.clone(),
+                upstream_url,
+                integrity: field("integrity"),
+                shasum: field("shasum"),
+            };
+            index.files.insert(file, info);
+            index.versions.push(version.clone());
+        }
+        if let Some(tags) = self.doc.get("dist-tags").and_then(Value::as_object) {
+            for (tag, v) in tags {
+                if let Some(v) = v.as_str() {
+                    index.dist_tags.insert(tag.clone(), v.to_string());
+                }
+            }
+        }
+        index
+    }
+
+    /// Points every `dist.tarball` at `<public_base>/<name>/-/<file>`.
+    pub fn rewrite_tarballs(&mut self, name: &PackageName, public_base: &str) {
+        let Some(Value::Object(versions)) = self.doc.get_mut("versions") else {
+            return;
+        };
+        for (version, manifest) in versions.iter_mut() {
+            let Some(Value::Object(dist)) = manifest.get_mut("dist") else {
+                continue;
+            };
+            let file = tarball_file(name, version, dist.get("tarball").and_then(Value::as_str));
+            dist.insert(
+                "tarball".into(),
+                Value::String(format!("{public_base}/{name}/-/{file}")),
+            );
+        }
+    }
+
+    /// The full document as JSON bytes.
+    pub fn to_full(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.doc).expect("a JSON map always serializes")
+    }
+
+    /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn.
+    pub fn to_abbreviated(&self) -> Vec<u8> {
+        let mut out = Map::new();
+        for key in ["name", "dist-tags"] {
+            if let Some(v) = self.doc.get(key) {
+                out.insert(key.into(), v.clone());
+            }
+        }
+        if let Some(modified) = self.doc.get("time").and_then(|t| t.get("modified")) {
+            out.insert("modified".into(), modified.clone());
+        }
+        let versions: Map<String, Value> = self
+            .versions()
+            .map(|(v, m)| (v.clone(), abbreviate_version(m)))
+            .collect();
+        out.insert("versions".into(), Value::Object(versions));
+        if let Some(time) = self.doc.get("time") {
+            out.insert("time".into(), time.clone());
+        }
+        serde_json::to_vec(&out).expect("a JSON map always serializes")
+    }
+}
+
+fn abbreviate_version(manifest: &Value) -> Value {
+    let Value::Object(m) = manifest else {
+        return manifest.clone();
+    };
+    let mut out = Map::new();
+    for &field in ABBREVIATED_FIELDS {
+        if let Some(v) = m.get(field) {
+            out.insert(field.into(), v.clone());
+        }
+    }
+    let scripts = m.get("scripts").and_then(Value::as_object);
+    if scripts.is_some_and(|s| INSTALL_SCRIPTS.iter().any(|k| s.contains_key(*k))) {
+        out.insert("hasInstallScript".into(), Value::Bool(true));
+    }
+    Value::Object(out)
+}
+
+/// The file name of a version's tarball: the last segment of its URL when that is a sane
+/// `.tgz` name, else npm's convention `<unscoped name>-<version>.tgz`.
+fn tarball_file(name: &PackageName, version: &str, url: Option<&str>) -> String {
+    let from_url = url
+        .and_then(|u| u.split(['?', '#']).next())
+        .and_then(|u| u.rsplit('/').next())
+        .map(|f| percent_encoding::percent_decode_str(f).decode_utf8_lossy().into_owned());
+    match from_url {
+        Some(f) if super::path::valid_file(&f) => f,
+        _ => format!("{}-{version}.tgz", name.unscoped()),
+    }
+}
+
+/// One version's manifest from a (rewritten) full document, without parsing the rest.
+pub fn version_manifest(full: &[u8], version: &str) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Versions<'a> {
+        #[serde(borrow)]
+        versions: HashMap<String, &'a serde_json::value::RawValue>,
+    }
+    let doc: Versions = serde_json::from_slice(full).ok()?;
+    doc.versions.get(version).map(|raw| raw.get().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn name(n: &str) -> PackageName {
+        PackageName::parse(n).unwrap()
+    }
+
+    fn sample() -> Value {
+        json!({
+            "_id": "@s/pkg", "name": "@s/pkg",
+            "dist-tags": {"latest": "1.1.0"},
+            "time": {"created": "2024-01-01T00:00:00.000Z", "modified": "2024-02-01T00:00:00.000Z",
+                     "1.0.0": "2024-01-01T00:00:00.000Z", "1.1.0": "2024-02-01T00:00:00.000Z"},
+            "readme": "long text",
+            "versions": {
+                "1.0.0": {"name": "@s/pkg", "version": "1.0.0", "description": "d", "readme": "r",
+                          "scripts": {"test": "x"}, "dependencies": {"a": "^1"},
+                          "dist": {"tarball": "https://up.example/@s/pkg/-/pkg-1.0.0.tgz", "shasum": "ab", "integrity": "sha512-x", "signatures": [{"sig": "s"}]}},
+                "1.1.0": {"name": "@s/pkg", "version": "1.1.0", "scripts": {"postinstall": "node x"}, "bin": {"p": "x.js"},
+                          "dist": {"tarball": "https://cdn.example/files/abc/weird%2Bname.tgz?sig=1", "integrity": "sha512-y"}}
+            }
+        })
+    }
+
+    fn doc() -> Document {
+        Document::parse(&serde_json::to_vec(&sample()).unwrap(), &name("@s/pkg")).unwrap()
+    }
+
+    #[test]
+    fn rewrites_tarballs_and_keeps_the_rest() {
+        let mut d = doc();
+        d.rewrite_tarballs(&name("@s/pkg"), "https://npg.test/npm");
+        let full: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        assert_eq!(
+            full["versions"]["1.0.0"]["dist"]["tarball"],
+            "https://npg.test/npm/@s/pkg/-/pkg-1.0.0.tgz"
+        );
+        assert_eq!(
+            full["versions"]["1.1.0"]["dist"]["tarball"],
+            "https://npg.test/npm/@s/pkg/-/weird+name.tgz"
+        );
+        assert_eq!(full["time"], sample()["time"]);
+        assert_eq!(full["readme"], "long text");
+        assert_eq!(
+            full["versions"]["1.0.0"]["dist"]["signatures"],
+            sample()["versions"]["1.0.0"]["dist"]["signatures"]
+        );
+    }
+
+    #[test]
+    fn abbreviates_by_npm_field_list() {
+        let a: Value = serde_json::from_slice(&doc().to_abbreviated()).unwrap();
+        assert_eq!(a["name"], "@s/pkg");
+        assert_eq!(a["modified"], "2024-02-01T00:00:00.000Z");
+        assert_eq!(a["dist-tags"]["latest"], "1.1.0");
+        assert!(a.get("readme").is_none() && a.get("_id").is_none());
+        let v0 = &a["versions"]["1.0.0"];
+        assert_eq!(v0["dependencies"]["a"], "^1");
+        assert!(v0.get("description").is_none() && v0.get("scripts").is_none() && v0.get("readme").is_none());
+        assert!(v0.get("hasInstallScript").is_none());
+        assert_eq!(v0["dist"], sample()["versions"]["1.0.0"]["dist"]);
+        assert_eq!(a["versions"]["1.1.0"]["hasInstallScript"], true);
+        assert_eq!(a["versions"]["1.1.0"]["bin"]["p"], "x.js");
+        assert_eq!(a["time"], sample()["time"]);
+    }
+
+    #[test]
+    fn indexes_tarballs_by_original_file() {
+        let idx = doc().index(&name("@s/pkg"));
+        assert_eq!(idx.files["pkg-1.0.0.tgz"].version, "1.0.0");
+        assert_eq!(idx.files["pkg-1.0.0.tgz"].shasum.as_deref(), Some("ab"));
+        assert_eq!(
+            idx.files["weird+name.tgz"].upstream_url.as_deref(),
+            Some("https://cdn.example/files/abc/weird%2Bname.tgz?sig=1")
+        );
+        assert_eq!(idx.dist_tags["latest"], "1.1.0");
+        assert_eq!(idx.versions.len(), 2);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        let n = name("a");
+        assert!(matches!(
+            Document::parse(b"{\"name\": \"a\", \"versions\": {", &n),
+            Err(DocError::Json(_))
+        ));
+        assert!(matches!(Document::parse(b"[1,2]", &n), Err(DocError::Shape(_))));
+        assert!(matches!(
+            Document::parse(b"{\"versions\": []}", &n),
+            Err(DocError::Shape(_))
+        ));
+        assert_eq!(
+            Document::parse(b"{\"name\": \"b\"}", &n).err(),
+            Some(DocError::WrongName("b".into()))
+        );
+        assert!(Document::parse(b"{\"name\": \"a\"}", &n).is_ok());
+    }
+
+    #[test]
+    fn one_version_manifest() {
+        let full = doc().to_full();
+        let m: Value = serde_json::from_slice(&version_manifest(&full, "1.1.0").unwrap()).unwrap();
+        assert_eq!(m["version"], "1.1.0");
+        assert!(version_manifest(&full, "9.9.9").is_none());
+    }
+}

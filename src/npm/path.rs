@@ -1,0 +1,203 @@
+//! Classifies a request path under the npm API prefix into the read routes npg answers itself;
+//! everything else is passed through. Paths that try to leave their directory, in any
+//! encoding, are refused here, before any route sees them.
+
+use percent_encoding::percent_decode_str;
+
+use super::name::{NameError, PackageName};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/<name>`, `/@scope/<name>`, `/@scope%2f<name>`
+    Packument(PackageName),
+    /// `/<name>/<version-or-tag-or-range>`
+    Version(PackageName, String),
+    /// `/<name>/-/<file>.tgz`
+    Tarball(PackageName, String),
+    /// `/-/ping`
+    Ping,
+    /// Anything else: search, audit, dist-tags, login, publish, ...
+    Passthrough,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path tries to leave its directory")]
+    Traversal,
+    #[error("path is not valid UTF-8 after decoding")]
+    NotUtf8,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("tarball file name is not valid")]
+    BadFile,
+    #[error("version is not valid")]
+    BadVersion,
+}
+
+fn decode(s: &str) -> Result<String, PathError> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| PathError::NotUtf8)
+}
+
+/// Refuses `.`/`..` segments, backslashes and NULs, raw, once-decoded and twice-decoded.
+pub fn check_traversal(raw: &str) -> Result<(), PathError> {
+    let once = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+    let twice = percent_decode_str(&once).decode_utf8_lossy().into_owned();
+    for form in [raw, &once, &twice] {
+        if form.contains('\\') || form.contains('\0') {
+            return Err(PathError::Traversal);
+        }
+        if form.split('/').any(|seg| seg == "." || seg == "..") {
+            return Err(PathError::Traversal);
+        }
+    }
+    Ok(())
+}
+
+/// Classifies `raw` (the percent-encoded path after the API prefix, starting with `/`) for a
+/// GET or HEAD request.
+pub fn classify(raw: &str) -> Result<Route, PathError> {
+    check_traversal(raw)?;
+    let trimmed = raw.trim_start_matches('/');
+    let segs: Vec<&str> = trimmed.split('/').collect();
+    if trimmed.is_empty() || segs[0].starts_with('-') {
+        return Ok(if segs == ["-", "ping"] {
+            Route::Ping
+        } else {
+            Route::Passthrough
+        });
+    }
+    let first = decode(segs[0])?;
+    let (name, rest) = if first.starts_with('@') && !first.contains('/') {
+        match segs.get(1) {
+            Some(second) => (format!("{first}/{}", decode(second)?), &segs[2..]),
+            None => return Err(NameError::BadScope.into()),
+        }
+    } else {
+        (first, &segs[1..])
+    };
+    let name = PackageName::parse(&name)?;
+    match rest {
+        [] | [""] => Ok(Route::Packument(name)),
+        ["-", file] => {
+            let file = decode(file)?;
+            if !valid_file(&file) {
+                return Err(PathError::BadFile);
+            }
+            Ok(Route::Tarball(name, file))
+        }
+        [spec] => {
+            let spec = decode(spec)?;
+            if spec.is_empty() || spec.len() > 256 || spec.chars().any(char::is_control) {
+                return Err(PathError::BadVersion);
+            }
+            Ok(Route::Version(name, spec))
+        }
+        _ => Ok(Route::Passthrough),
+    }
+}
+
+/// A tarball file name npg accepts: `.tgz`, no leading dot, a small safe alphabet.
+pub fn valid_file(file: &str) -> bool {
+    file.len() <= 300
+        && file.ends_with(".tgz")
+        && !file.starts_with('.')
+        && file
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+~!()'".contains(c))
+}
+
+/// The version a tarball file name encodes: `core-7.23.0.tgz` of `@babel/core` is `7.23.0`.
+pub fn version_from_file<'a>(name: &PackageName, file: &'a str) -> Option<&'a str> {
+    file.strip_prefix(name.unscoped())?
+        .strip_prefix('-')?
+        .strip_suffix(".tgz")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> PackageName {
+        PackageName::parse(n).unwrap()
+    }
+
+    #[test]
+    fn packuments_in_every_spelling() {
+        assert_eq!(classify("/left-pad"), Ok(Route::Packument(name("left-pad"))));
+        assert_eq!(classify("/left-pad/"), Ok(Route::Packument(name("left-pad"))));
+        for p in ["/@babel/core", "/@babel%2fcore", "/@babel%2Fcore"] {
+            assert_eq!(classify(p), Ok(Route::Packument(name("@babel/core"))), "{p}");
+        }
+    }
+
+    #[test]
+    fn versions_and_tarballs() {
+        assert_eq!(classify("/a/1.0.0"), Ok(Route::Version(name("a"), "1.0.0".into())));
+        assert_eq!(classify("/a/%5E1.0.0"), Ok(Route::Version(name("a"), "^1.0.0".into())));
+        assert_eq!(
+            classify("/@s%2fn/latest"),
+            Ok(Route::Version(name("@s/n"), "latest".into()))
+        );
+        for p in ["/@s/n/-/n-1.0.0.tgz", "/@s%2fn/-/n-1.0.0.tgz", "/@s%2Fn/-/n-1.0.0.tgz"] {
+            assert_eq!(
+                classify(p),
+                Ok(Route::Tarball(name("@s/n"), "n-1.0.0.tgz".into())),
+                "{p}"
+            );
+        }
+        assert_eq!(classify("/a/-/a-1.0.0.zip"), Err(PathError::BadFile));
+        assert_eq!(classify("/a/-/.a.tgz"), Err(PathError::BadFile));
+        assert_eq!(classify("/a/-/a%2fb.tgz"), Err(PathError::BadFile));
+    }
+
+    #[test]
+    fn other_paths_pass_through() {
+        assert_eq!(classify("/-/ping"), Ok(Route::Ping));
+        for p in [
+            "/-/v1/search",
+            "/-/whoami",
+            "/-/npm/v1/security/advisories/bulk",
+            "/",
+            "/a/-rev/1",
+        ] {
+            assert_eq!(classify(p), Ok(Route::Passthrough), "{p}");
+        }
+        assert_eq!(classify("/a/b/c/d"), Ok(Route::Passthrough));
+    }
+
+    #[test]
+    fn traversal_in_any_encoding() {
+        for p in [
+            "/../etc/passwd",
+            "/%2e%2e/etc",
+            "/%2E%2E%2Fetc",
+            "/%252e%252e/x",
+            "/a/-/..%2f..%2fx.tgz",
+            "/a/..",
+            "/a%5c..%5cb",
+            "/a%00",
+            "/-/../x",
+        ] {
+            assert_eq!(classify(p), Err(PathError::Traversal), "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_names() {
+        assert!(matches!(classify("/_x"), Err(PathError::Name(_))));
+        assert!(matches!(classify("/@scope"), Err(PathError::Name(_))));
+        assert!(matches!(classify("/A%20B"), Err(PathError::Name(_))));
+        assert!(matches!(classify("/%ff"), Err(PathError::NotUtf8)));
+    }
+
+    #[test]
+    fn file_versions() {
+        let n = name("@babel/core");
+        assert_eq!(version_from_file(&n, "core-7.23.0.tgz"), Some("7.23.0"));
+        assert_eq!(version_from_file(&n, "core-1.0.0-beta.1.tgz"), Some("1.0.0-beta.1"));
+        assert_eq!(version_from_file(&n, "other-1.0.0.tgz"), None);
+    }
+}

@@ -1,0 +1,343 @@
+//! The packument service: L1 (rendered, per replica) → L2 (raw, shared Redis) → upstream,
+//! with one upstream fetch per name at a time, ETag revalidation after the TTL and the
+//! stale copy served when upstream fails.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::cache::memory::MemoryCache;
+use crate::cache::redis::{DocMeta, SharedMeta};
+use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::metrics::Metrics;
+use crate::npm::name::PackageName;
+use crate::npm::packument::{DocError, Document, Index};
+use crate::singleflight::SingleFlight;
+use crate::upstream::{Fetched, Upstream, UpstreamError};
+
+/// After an upstream failure, how long the stale copy is served before asking again.
+const STALE_RETRY: Duration = Duration::from_secs(10);
+
+/// One rendered form of a packument, identity and gzip, with its strong ETag.
+#[derive(Clone)]
+pub struct Variant {
+    pub body: Bytes,
+    pub gzip: Bytes,
+    pub etag: String,
+}
+
+impl Variant {
+    fn new(body: Vec<u8>) -> Variant {
+        let digest = Sha256::digest(&body);
+        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 5), flate2::Compression::default());
+        enc.write_all(&body).expect("writing to a Vec cannot fail");
+        let gzip = enc.finish().expect("writing to a Vec cannot fail");
+        Variant {
+            body: body.into(),
+            gzip: gzip.into(),
+            etag,
+        }
+    }
+}
+
+/// A packument as served: both forms rendered, plus what tarball requests need to know.
+#[derive(Clone)]
+pub struct Package {
+    pub name: PackageName,
+    pub full: Variant,
+    pub abbreviated: Variant,
+    pub index: Arc<Index>,
+    pub upstream_etag: Option<String>,
+    /// When upstream sent this body (unix ms): identifies the body across replicas.
+    pub fetched_ms: u64,
+    /// When upstream last confirmed it (unix ms): freshness counts from here.
+    pub checked_ms: u64,
+    /// Served because upstream failed.
+    pub stale: bool,
+}
+
+impl Package {
+    pub fn approx_bytes(&self) -> usize {
+        let v = |v: &Variant| v.body.len() + v.gzip.len();
+        v(&self.full) + v(&self.abbreviated) + self.index.approx_bytes() + 256
+    }
+
+    fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
+        Arc::new(Package {
+            checked_ms,
+            stale,
+            ..self.clone()
+        })
+    }
+}
+
+/// Where an answer came from; `X-Cache` says HIT for all but `Upstream` and `Stale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Shared,
+    Revalidated,
+    Upstream,
+    Stale,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("package not found upstream")]
+    NotFound,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Lookup = (Arc<Package>, Source);
+
+pub struct Settings {
+    pub public_base: String,
+    pub ttl: Duration,
+    pub max_stale: Duration,
+    pub memory_bytes: u64,
+}
+
+pub struct Packuments {
+    inner: Arc<Inner>,
+    flights: SingleFlight<(PackageName, bool), Result<Lookup, FetchError>>,
+}
+
+struct Inner {
+    l1: MemoryCache,
+    l2: SharedMeta,
+    redis: Arc<SharedRedis>,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The copy a revalidation starts from: rendered in L1, or only raw in L2.
+enum Base {
+    Memory(Arc<Package>),
+    Shared(DocMeta),
+}
+
+impl Packuments {
+    pub fn new(
+        settings: Settings,
+        upstream: Arc<Upstream>,
+        redis: Arc<SharedRedis>,
+        metrics: Arc<Metrics>,
+    ) -> Packuments {
+        let inner = Inner {
+            l1: MemoryCache::new(settings.memory_bytes),
+            l2: SharedMeta::new(redis.clone()),
+            redis,
+            upstream,
+            metrics,
+            settings,
+        };
+        Packuments {
+            inner: Arc::new(inner),
+            flights: SingleFlight::default(),
+        }
+    }
+
+    /// The packument, from the nearest fresh copy.
+    pub async fn get(&self, name: &PackageName) -> Result<Lookup, FetchError> {
+        if let Some(p) = self.inner.l1.get(name).await
+            && self.inner.is_fresh(p.checked_ms)
+        {
+            self.inner.metrics.cache("l1", true);
+            return Ok((p, Source::Memory));
+        }
+        self.inner.metrics.cache("l1", false);
+        self.load(name, false).await
+    }
+
+    /// Asks upstream even if the cached copy is fresh (a version it does not know was asked for).
+    pub async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
+        self.load(name, true).await
+    }
+
+    async fn load(&self, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
+        let inner = self.inner.clone();
+        let n = name.clone();
+        let result = self
+            .flights
+            .run(
+                (name.clone(), force),
+                move || async move { inner.load(&n, force).await },
+            )
+            .await;
+        result.unwrap_or_else(|| Err(FetchError::Internal("packument fetch panicked".into())))
+    }
+}
+
+impl Inner {
+    fn is_fresh(&self, checked_ms: u64) -> bool {
+        now_ms().saturating_sub(checked_ms) < self.settings.ttl.as_millis() as u64
+    }
+
+    fn keep_in_redis(&self) -> Duration {
+        self.settings.ttl + self.settings.max_stale
+    }
+
+    async fn load(&self, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
+        let memory = self.l1.get(name).await;
+        if let Some(p) = memory.as_ref().filter(|p| !force && self.is_fresh(p.checked_ms)) {
+            return Ok((p.clone(), Source::Memory));
+        }
+        let mut base = memory.map(Base::Memory);
+        if let Some(meta) = self.l2.meta(name).await {
+            let same = matches!(&base, Some(Base::Memory(p)) if p.fetched_ms == meta.fetched_ms && p.upstream_etag == meta.etag);
+            if !force && self.is_fresh(meta.checked_ms) {
+                let found = match &base {
+                    Some(Base::Memory(p)) if same => Some(p.checked_at(meta.checked_ms, false)),
+                    _ => self.render_shared(name, &meta).await,
+                };
+                if let Some(p) = found {
+                    self.metrics.cache("l2", true);
+                    self.l1.insert(p.clone()).await;
+                    return Ok((p, Source::Shared));
+                }
+            }
+            let newer = match &base {
+                Some(Base::Memory(p)) => meta.fetched_ms > p.fetched_ms,
+                _ => true,
+            };
+            if !same && newer {
+                base = Some(Base::Shared(meta));
+            }
+        } else if self.redis.state() != RedisState::Disabled {
+            self.metrics.cache("l2", false);
+        }
+        self.ask_upstream(name, base).await
+    }
+
+    async fn ask_upstream(&self, name: &PackageName, base: Option<Base>) -> Result<Lookup, FetchError> {
+        let etag = match &base {
+            Some(Base::Memory(p)) => p.upstream_etag.clone(),
+            Some(Base::Shared(meta)) => meta.etag.clone(),
+            None => None,
+        };
+        let now = now_ms();
+        let fetched = self.upstream.packument(name, etag.as_deref()).await;
+        let revalidated = match (&fetched, &base) {
+            (Ok(Fetched::NotModified), Some(Base::Memory(p))) => Some(p.checked_at(now, false)),
+            (Ok(Fetched::NotModified), Some(Base::Shared(meta))) => {
+                self.render_shared(
+                    name,
+                    &DocMeta {
+                        checked_ms: now,
+                        ..meta.clone()
+                    },
+                )
+                .await
+            }
+            _ => None,
+        };
+        match fetched {
+            Ok(Fetched::Modified { body, etag }) => {
+                let meta = DocMeta {
+                    etag,
+                    fetched_ms: now,
+                    checked_ms: now,
+                };
+                match self.render(name, body.clone(), &meta).await {
+                    Ok(p) => {
+                        self.l1.insert(p.clone()).await;
+                        self.l2.put(name, body, &meta, self.keep_in_redis()).await;
+                        Ok((p, Source::Upstream))
+                    }
+                    Err(e) => self.serve_stale(name, base, UpstreamError::Body(e)).await,
+                }
+            }
+            Ok(Fetched::NotModified) => match revalidated {
+                Some(p) => {
+                    self.l1.insert(p.clone()).await;
+                    self.l2.touch(name, now, self.keep_in_redis()).await;
+                    Ok((p, Source::Revalidated))
+                }
+                // The copy we revalidated vanished meanwhile (Redis went away): fetch it whole.
+                None => Box::pin(self.ask_upstream(name, None)).await,
+            },
+            Ok(Fetched::NotFound) => {
+                self.l1.remove(name).await;
+                self.l2.delete(name).await;
+                Err(FetchError::NotFound)
+            }
+            Err(err) => self.serve_stale(name, base, err).await,
+        }
+    }
+
+    /// stale-if-error: the old copy, if there is one and it is not too old.
+    async fn serve_stale(
+        &self,
+        name: &PackageName,
+        base: Option<Base>,
+        err: UpstreamError,
+    ) -> Result<Lookup, FetchError> {
+        let stale = match base {
+            Some(Base::Memory(p)) => Some(p),
+            Some(Base::Shared(meta)) => self.render_shared(name, &meta).await,
+            None => None,
+        };
+        let max_age = (self.settings.ttl + self.settings.max_stale).as_millis() as u64;
+        let now = now_ms();
+        match stale.filter(|p| now.saturating_sub(p.checked_ms) < max_age) {
+            Some(p) => {
+                tracing::warn!(package = %name, error = %err, "upstream failed; serving the stale copy");
+                // Look fresh for a short while so a dead upstream is not asked on every request.
+                let retry_at = now.saturating_sub(self.settings.ttl.saturating_sub(STALE_RETRY).as_millis() as u64);
+                let p = p.checked_at(retry_at.max(p.checked_ms), true);
+                self.l1.insert(p.clone()).await;
+                Ok((p, Source::Stale))
+            }
+            None => Err(err.into()),
+        }
+    }
+
+    async fn render_shared(&self, name: &PackageName, meta: &DocMeta) -> Option<Arc<Package>> {
+        let body = self.l2.body(name).await?;
+        match self.render(name, body, meta).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(package = %name, error = %e, "unusable packument in redis; ignoring it");
+                None
+            }
+        }
+    }
+
+    /// Parses, rewrites and compresses a raw document (on a blocking thread: it can be 40 MB).
+    async fn render(&self, name: &PackageName, raw: Bytes, meta: &DocMeta) -> Result<Arc<Package>, String> {
+        let (n, base) = (name.clone(), self.settings.public_base.clone());
+        let rendered = tokio::task::spawn_blocking(move || -> Result<_, DocError> {
+            let mut doc = Document::parse(&raw, &n)?;
+            let index = doc.index(&n);
+            doc.rewrite_tarballs(&n, &base);
+            Ok((Variant::new(doc.to_full()), Variant::new(doc.to_abbreviated()), index))
+        })
+        .await
+        .map_err(|e| format!("rendering failed: {e}"))?;
+        let (full, abbreviated, index) = rendered.map_err(|e| e.to_string())?;
+        Ok(Arc::new(Package {
+            name: name.clone(),
+            full,
+            abbreviated,
+            index: Arc::new(index),
+            upstream_etag: meta.etag.clone(),
+            fetched_ms: meta.fetched_ms,
+            checked_ms: meta.checked_ms,
+            stale: false,
+        }))
+    }
+}

@@ -1,0 +1,168 @@
+//! The HTTP client to the upstream registry: packument fetches (conditional, decoded, size
+//! bounded), tarball downloads and passthrough requests (both byte for byte).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use reqwest::{StatusCode, header};
+
+use crate::metrics::Metrics;
+use crate::npm::name::PackageName;
+
+/// Packuments larger than this are refused (the largest public ones are ~100 MB).
+const MAX_PACKUMENT_BYTES: usize = 512 << 20;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream did not answer in time")]
+    Timeout,
+    #[error("upstream answered HTTP {0}")]
+    Status(u16),
+    #[error("upstream unreachable: {0}")]
+    Network(String),
+    #[error("upstream sent a bad body: {0}")]
+    Body(String),
+}
+
+impl UpstreamError {
+    fn from_reqwest(e: reqwest::Error) -> UpstreamError {
+        if e.is_timeout() {
+            UpstreamError::Timeout
+        } else {
+            UpstreamError::Network(error_chain(&e))
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub enum Fetched {
+    Modified { body: Bytes, etag: Option<String> },
+    NotModified,
+    NotFound,
+}
+
+pub struct Upstream {
+    base: String,
+    /// Decodes gzip: for packuments npg reads itself.
+    decoding: reqwest::Client,
+    /// Leaves bodies alone: tarballs and passthrough are relayed byte for byte.
+    raw: reqwest::Client,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    /// `base` ends with `/`; `timeout` bounds the wait for response headers and each read.
+    pub fn new(base: String, timeout: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10).min(timeout))
+                .read_timeout(timeout)
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::limited(5))
+        };
+        Ok(Upstream {
+            base,
+            decoding: builder().gzip(true).build()?,
+            raw: builder().gzip(false).build()?,
+            timeout,
+            metrics,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The upstream URL of a path relative to the registry base (`-/v1/search?text=x`).
+    pub fn url(&self, relative: &str) -> String {
+        format!("{}{}", self.base, relative.trim_start_matches('/'))
+    }
+
+    /// Sends a request, bounding the wait for headers, and records the outcome.
+    pub async fn send(
+        &self,
+        kind: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, req.send()).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(r) => r.map_err(UpstreamError::from_reqwest),
+        };
+        let outcome = match &result {
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",
+            Ok(r) if r.status().is_server_error() => "error",
+            Ok(_) => "ok",
+            Err(UpstreamError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.upstream(kind, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Fetches the full packument, conditionally when an upstream ETag is known.
+    pub async fn packument(&self, name: &PackageName, etag: Option<&str>) -> Result<Fetched, UpstreamError> {
+        let mut req = self
+            .decoding
+            .get(self.url(&name.url_segment()))
+            .header(header::ACCEPT, "application/json");
+        if let Some(etag) = etag {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let resp = self.send("packument", req).await?;
+        match resp.status() {
+            StatusCode::NOT_MODIFIED if etag.is_some() => return Ok(Fetched::NotModified),
+            StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
+            s if !s.is_success() => return Err(UpstreamError::Status(s.as_u16())),
+            _ => {}
+        }
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = BytesMut::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Body(error_chain(&e)))?;
+            if body.len() + chunk.len() > MAX_PACKUMENT_BYTES {
+                return Err(UpstreamError::Body("packument larger than 512 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Modified {
+            body: body.freeze(),
+            etag,
+        })
+    }
+
+    /// Starts a tarball download; the body is streamed by the caller.
+    pub async fn tarball(&self, url: &str) -> Result<reqwest::Response, UpstreamError> {
+        let resp = self.send("tarball", self.raw.get(url)).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            s => Err(UpstreamError::Status(s.as_u16())),
+        }
+    }
+
+    /// A request builder on the byte-for-byte client, for passthrough.
+    pub fn raw_request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.raw.request(method, url)
+    }
+}

@@ -1,0 +1,28 @@
+//! Test support shared by the integration tests: real processes (npg, redis-server) started on
+//! free loopback ports and stopped by PID, and an in-process fake upstream registry.
+#![allow(dead_code)]
+
+pub mod clients;
+pub mod npg;
+pub mod redis;
+pub mod upstream;
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests that start at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Path of a required external binary, or a loud failure naming the install script.
+pub fn require_binary(name: &str) -> std::path::PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&paths) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: run scripts/install-test-deps (it installs every tool the tests need)");
+}

@@ -1,0 +1,108 @@
+//! Runs the real `npg` binary (built by cargo for the tests) as a child process.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NpgProcess {
+    child: Child,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`
+    pub base: String,
+    /// The public registry URL clients use: `http://127.0.0.1:<port>/npm`
+    pub proxy_url: String,
+    pub storage: PathBuf,
+    _storage_dir: Option<tempfile::TempDir>,
+}
+
+impl NpgProcess {
+    /// Starts npg against `registry_url` with a fresh storage dir, Redis off unless `env` says
+    /// otherwise; `env` entries override the defaults. Waits until `/api/health` answers.
+    pub fn start(registry_url: &str, env: &[(&str, &str)]) -> NpgProcess {
+        let dir = tempfile::tempdir().expect("temp storage dir");
+        let storage = dir.path().to_path_buf();
+        Self::start_with_storage(registry_url, env, storage, Some(dir))
+    }
+
+    /// Like `start`, with a storage dir the caller owns (shared by several instances).
+    pub fn start_with_storage(
+        registry_url: &str,
+        env: &[(&str, &str)],
+        storage: PathBuf,
+        owned: Option<tempfile::TempDir>,
+    ) -> NpgProcess {
+        let port = super::free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let proxy_url = format!("{base}/npm");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("REGISTRY_URL", registry_url)
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_BIND", "127.0.0.1")
+            .env("PROXY_URL", &proxy_url)
+            .env("STORAGE_DIR", &storage)
+            .env("ENABLE_REDIS_CACHE", "false")
+            .env(
+                "LOG_LEVEL",
+                std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn npg");
+        let npg = NpgProcess {
+            child,
+            port,
+            base,
+            proxy_url,
+            storage,
+            _storage_dir: owned,
+        };
+        npg.wait_ready(Duration::from_secs(20));
+        npg
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("npg did not listen on port {} within {timeout:?}", self.port);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the process (e.g. "TERM", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, returning its status, or None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for NpgProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
