@@ -58,20 +58,12 @@ fn untar(tgz: &[u8]) -> Vec<(String, Vec<u8>)> {
 fn works_from_a_plain_test_and_urls_have_two_shapes() {
     let reg = FakeRegistry::start();
     let url = reg.url();
-    assert_eq!(
-        url,
-        format!("http://127.0.0.1:{}/registry/", reg.addr().port())
-    );
+    assert_eq!(url, format!("http://127.0.0.1:{}/registry/", reg.addr().port()));
     let doc = reg.packument_json("npg-fixture-a");
-    let tarball = doc["versions"]["2.0.0"]["dist"]["tarball"]
-        .as_str()
-        .unwrap();
+    let tarball = doc["versions"]["2.0.0"]["dist"]["tarball"].as_str().unwrap();
     assert_eq!(
         tarball,
-        format!(
-            "{}/files/npg-fixture-a/-/npg-fixture-a-2.0.0.tgz",
-            origin(&reg)
-        )
+        format!("{}/files/npg-fixture-a/-/npg-fixture-a-2.0.0.tgz", origin(&reg))
     );
     assert!(
         !tarball.starts_with(&url),
@@ -111,19 +103,12 @@ async fn every_tarball_matches_its_integrity_and_shasum() {
     for (name, version) in cases {
         let doc = reg.packument_json(name);
         let dist = &doc["versions"][version]["dist"];
-        let resp = http
-            .get(dist["tarball"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
+        let resp = http.get(dist["tarball"].as_str().unwrap()).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{name}@{version}");
         assert!(resp.headers()["etag"].to_str().unwrap().starts_with('"'));
         let bytes = resp.bytes().await.unwrap().to_vec();
         assert_eq!(bytes, reg.tarball_bytes(name, version));
-        assert_eq!(
-            dist["shasum"].as_str().unwrap(),
-            hex::encode(Sha1::digest(&bytes))
-        );
+        assert_eq!(dist["shasum"].as_str().unwrap(), hex::encode(Sha1::digest(&bytes)));
         let sri = format!(
             "sha512-{}",
             base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes))
@@ -180,11 +165,7 @@ async fn corrupt_package_serves_other_bytes() {
     );
     assert_ne!(Some(sri), reg.integrity("npg-corrupt", "1.0.0"));
     // Still a valid tarball.
-    assert!(
-        untar(&bytes)
-            .iter()
-            .any(|(p, _)| p == "package/package.json")
-    );
+    assert!(untar(&bytes).iter().any(|(p, _)| p == "package/package.json"));
 }
 
 #[tokio::test]
@@ -224,10 +205,7 @@ async fn packuments_are_full_documents() {
     assert_eq!(v["dependencies"]["npg-fixture-b"], "^1.0.0");
     assert_eq!(v["dependencies"]["@npg-test/scoped"], "^1.0.0");
     for key in ["created", "modified", "1.0.0", "1.1.0", "2.0.0"] {
-        assert!(
-            doc["time"][key].as_str().unwrap().starts_with("2024-"),
-            "time.{key}"
-        );
+        assert!(doc["time"][key].as_str().unwrap().starts_with("2024-"), "time.{key}");
     }
     let b = reg.packument_json("npg-fixture-b");
     assert_eq!(b["time"]["1.0.0"], "2024-01-15T10:00:00.000Z");
@@ -244,16 +222,8 @@ async fn packuments_are_full_documents() {
 
     // What goes over the wire is exactly packument_json, in every accepted name encoding.
     let http = client();
-    for path in [
-        "@npg-test%2fscoped",
-        "@npg-test%2Fscoped",
-        "@npg-test/scoped",
-    ] {
-        let resp = http
-            .get(format!("{}{path}", reg.url()))
-            .send()
-            .await
-            .unwrap();
+    for path in ["@npg-test%2fscoped", "@npg-test%2Fscoped", "@npg-test/scoped"] {
+        let resp = http.get(format!("{}{path}", reg.url())).send().await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/json");
         let body: Value = resp.bytes().await.map(|b| js(&b)).unwrap();
@@ -272,10 +242,7 @@ async fn packuments_are_full_documents() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.headers()["content-type"],
-        "application/vnd.npm.install-v1+json"
-    );
+    assert_eq!(resp.headers()["content-type"], "application/vnd.npm.install-v1+json");
     let corgi: Value = resp.bytes().await.map(|b| js(&b)).unwrap();
     assert_eq!(corgi["modified"], b["time"]["modified"]);
     assert_eq!(corgi["versions"]["1.0.1"]["hasInstallScript"], true);
@@ -283,11 +250,7 @@ async fn packuments_are_full_documents() {
     assert!(corgi.get("time").is_none() && corgi["versions"]["1.0.1"].get("scripts").is_none());
 
     // Unknown package.
-    let resp = http
-        .get(format!("{}no-such-package", reg.url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(format!("{}no-such-package", reg.url())).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(
         resp.bytes().await.map(|b| js(&b)).unwrap(),
@@ -295,10 +258,7 @@ async fn packuments_are_full_documents() {
     );
     // Tarballs are not under the registry base.
     let resp = http
-        .get(format!(
-            "{}npg-fixture-a/-/npg-fixture-a-2.0.0.tgz",
-            reg.url()
-        ))
+        .get(format!("{}npg-fixture-a/-/npg-fixture-a-2.0.0.tgz", reg.url()))
         .send()
         .await
         .unwrap();
@@ -352,17 +312,9 @@ async fn etags_gzip_and_304() {
     let tarball = reg.tarball_url("npg-fixture-a", "2.0.0");
     let resp = http.get(&tarball).send().await.unwrap();
     let tag = resp.headers()["etag"].to_str().unwrap().to_string();
-    let resp = http
-        .get(&tarball)
-        .header("if-none-match", tag)
-        .send()
-        .await
-        .unwrap();
+    let resp = http.get(&tarball).header("if-none-match", tag).send().await.unwrap();
     assert_eq!(resp.status(), 304);
-    assert_eq!(
-        reg.tarball_requests("npg-fixture-a", "npg-fixture-a-2.0.0.tgz"),
-        2
-    );
+    assert_eq!(reg.tarball_requests("npg-fixture-a", "npg-fixture-a-2.0.0.tgz"), 2);
 
     // A publish changes the document and its ETag, moves latest and adds a time entry.
     reg.publish("npg-fixture-a", "2.1.0");
@@ -409,28 +361,15 @@ async fn passthrough_endpoints_and_recording() {
     let base = reg.url();
 
     let r = http.get(format!("{base}-/ping")).send().await.unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap()),
-        (200, "{}".to_string())
-    );
-    assert_eq!(
-        http.get(format!("{base}-/whoami"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!((r.status().as_u16(), r.text().await.unwrap()), (200, "{}".to_string()));
+    assert_eq!(http.get(format!("{base}-/whoami")).send().await.unwrap().status(), 401);
     let r = http
         .get(format!("{base}-/whoami"))
         .bearer_auth("alice")
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.bytes().await.map(|b| js(&b)).unwrap()["username"],
-        "alice"
-    );
+    assert_eq!(r.bytes().await.map(|b| js(&b)).unwrap()["username"], "alice");
     let r: Value = http
         .get(format!("{base}-/v1/search?text=fixture&size=20"))
         .send()
@@ -450,10 +389,7 @@ async fn passthrough_endpoints_and_recording() {
         .await
         .map(|b| js(&b))
         .unwrap();
-    assert_eq!(
-        r,
-        serde_json::json!({"latest": "1.2.0", "next": "2.0.0-beta.1"})
-    );
+    assert_eq!(r, serde_json::json!({"latest": "1.2.0", "next": "2.0.0-beta.1"}));
     let r: Value = http
         .get(format!("{base}npg-fixture-a/latest"))
         .send()
@@ -475,9 +411,7 @@ async fn passthrough_endpoints_and_recording() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let rec = reg
-        .last_request("/registry/-/npm/v1/security/advisories/bulk")
-        .unwrap();
+    let rec = reg.last_request("/registry/-/npm/v1/security/advisories/bulk").unwrap();
     assert_eq!(rec.method, "POST");
     assert_eq!(rec.body, audit_body);
     assert_eq!(rec.header("Content-Encoding"), Some("gzip"));
@@ -497,9 +431,7 @@ async fn passthrough_endpoints_and_recording() {
     );
     assert_eq!(rec.header("authorization"), Some("Bearer tok"));
     assert_eq!(
-        reg.last_request("/registry/-/v1/search")
-            .unwrap()
-            .path_and_query,
+        reg.last_request("/registry/-/v1/search").unwrap().path_and_query,
         "/registry/-/v1/search?text=fixture&size=20"
     );
 
@@ -525,11 +457,7 @@ async fn failures_and_delay() {
     assert!(serde_json::from_slice::<Value>(&r.bytes().await.unwrap()).is_err());
 
     reg.set_failure(Failure::ResetConnection);
-    let err = http
-        .get(&url)
-        .send()
-        .await
-        .expect_err("reset must fail the request");
+    let err = http.get(&url).send().await.expect_err("reset must fail the request");
     assert!(!err.is_timeout(), "{err:?}");
 
     reg.set_failure(Failure::Hang);
@@ -538,11 +466,7 @@ async fn failures_and_delay() {
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let err = quick
-        .get(&url)
-        .send()
-        .await
-        .expect_err("hang must time out");
+    let err = quick.get(&url).send().await.expect_err("hang must time out");
     assert!(err.is_timeout(), "{err:?}");
 
     reg.set_failure(Failure::None);

@@ -77,10 +77,7 @@ impl RecordedRequest {
     /// The first value of a header (name in any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
     }
 
     /// The raw path, without the query.
@@ -184,9 +181,7 @@ impl FakeRegistry {
     /// Starts the fake with the default package set.
     pub fn start() -> FakeRegistry {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake registry");
-        listener
-            .set_nonblocking(true)
-            .expect("nonblocking listener");
+        listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().expect("fake registry address");
         let origin = format!("http://{addr}");
         let mut state = RegistryState {
@@ -217,8 +212,7 @@ impl FakeRegistry {
                     .build()
                     .expect("fake registry runtime");
                 rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     let listener = ResettableListener {
                         inner: listener,
                         shared: server_shared.clone(),
@@ -313,9 +307,7 @@ impl FakeRegistry {
     pub fn set_failure(&self, f: Failure) {
         let mut s = self.lock();
         s.failure = f;
-        self.shared
-            .reset
-            .store(f == Failure::ResetConnection, Ordering::SeqCst);
+        self.shared.reset.store(f == Failure::ResetConnection, Ordering::SeqCst);
     }
 
     /// Publishes a new version now: a new tarball, `time[version]` and `time.modified` set to
@@ -404,11 +396,7 @@ impl FakeRegistry {
     /// The abbreviated (`application/vnd.npm.install-v1+json`) packument as served.
     pub fn abbreviated_json(&self, name: &str) -> Value {
         let full = self.packument_json(name);
-        if full.is_null() {
-            full
-        } else {
-            abbreviate(&full)
-        }
+        if full.is_null() { full } else { abbreviate(&full) }
     }
 
     /// The last request whose raw path (without query) or raw path and query equals `path`.
@@ -477,10 +465,7 @@ impl RegistryState {
         self.create_package("@npg-test/scoped", "A scoped fixture package", t(2));
         self.add_version("@npg-test/scoped", &VersionSpec::plain("1.0.0", t(2)));
         self.add_version("@npg-test/scoped", &VersionSpec::plain("1.2.0", t(3)));
-        self.add_version(
-            "@npg-test/scoped",
-            &VersionSpec::plain("2.0.0-beta.1", t(4)),
-        );
+        self.add_version("@npg-test/scoped", &VersionSpec::plain("2.0.0-beta.1", t(4)));
         self.set_tag("@npg-test/scoped", "latest", "1.2.0");
         self.set_tag("@npg-test/scoped", "next", "2.0.0-beta.1");
 
@@ -497,11 +482,7 @@ impl RegistryState {
         );
         self.set_tag("npg-fixture-a", "latest", "2.0.0");
 
-        self.create_package(
-            "npg-corrupt",
-            "Its tarball does not match its integrity",
-            t(8),
-        );
+        self.create_package("npg-corrupt", "Its tarball does not match its integrity", t(8));
         self.add_version(
             "npg-corrupt",
             &VersionSpec {
@@ -574,11 +555,7 @@ impl RegistryState {
         if spec.postinstall {
             scripts.insert("postinstall".into(), json!("node -e \"0\""));
         }
-        let deps: Map<String, Value> = spec
-            .deps
-            .iter()
-            .map(|(n, r)| (n.to_string(), json!(r)))
-            .collect();
+        let deps: Map<String, Value> = spec.deps.iter().map(|(n, r)| (n.to_string(), json!(r))).collect();
         let description = format!("{} (version {version})", pkg.description);
 
         // package/package.json as packed.
@@ -631,10 +608,7 @@ impl RegistryState {
             dist.insert("integrity".into(), json!(i));
         }
         dist.insert("shasum".into(), json!(shasum));
-        dist.insert(
-            "tarball".into(),
-            json!(format!("{origin}/files/{name}/-/{file}")),
-        );
+        dist.insert("tarball".into(), json!(format!("{origin}/files/{name}/-/{file}")));
         if !spec.legacy {
             dist.insert("fileCount".into(), json!(file_count));
             dist.insert("unpackedSize".into(), json!(unpacked_size));
@@ -728,18 +702,11 @@ fn full_packument(pkg: &Package) -> Value {
         versions.insert(v.version.clone(), v.manifest.clone());
         time.insert(v.version.clone(), json!(v.time));
     }
-    let tags: Map<String, Value> = pkg
-        .dist_tags
-        .iter()
-        .map(|(t, v)| (t.clone(), json!(v)))
-        .collect();
+    let tags: Map<String, Value> = pkg.dist_tags.iter().map(|(t, v)| (t.clone(), json!(v))).collect();
     let rev = hex::encode(&Sha1::digest(serde_json::to_vec(&versions).unwrap())[..16]);
     let mut doc = Map::new();
     doc.insert("_id".into(), json!(pkg.name));
-    doc.insert(
-        "_rev".into(),
-        json!(format!("{}-{rev}", pkg.versions.len())),
-    );
+    doc.insert("_rev".into(), json!(format!("{}-{rev}", pkg.versions.len())));
     doc.insert("name".into(), json!(pkg.name));
     doc.insert("description".into(), json!(pkg.description));
     doc.insert("dist-tags".into(), Value::Object(tags));
@@ -819,9 +786,7 @@ fn build_tgz(files: &[(&str, Vec<u8>, u32)]) -> Vec<u8> {
         h.set_uid(0);
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
-        builder
-            .append_data(&mut h, path, data.as_slice())
-            .expect("tar entry");
+        builder.append_data(&mut h, path, data.as_slice()).expect("tar entry");
     }
     let tar = builder.into_inner().expect("tar");
     gzip(&tar)
@@ -900,9 +865,7 @@ impl Route {
 }
 
 fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Splits a decoded `name[/rest...]` (with `@scope/name` taking two segments).
@@ -962,9 +925,7 @@ fn parse_route(method: &Method, raw_path: &str) -> Route {
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 256 << 20)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, 256 << 20).await.unwrap_or_default();
     let raw_path = parts.uri.path().to_string();
     let path_and_query = parts
         .uri
@@ -979,9 +940,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         *s.by_path.entry(raw_path.clone()).or_default() += 1;
         match &route {
             Route::Packument(name) => *s.packuments.entry(name.clone()).or_default() += 1,
-            Route::Tarball(name, file) => {
-                *s.tarballs.entry((name.clone(), file.clone())).or_default() += 1
-            }
+            Route::Tarball(name, file) => *s.tarballs.entry((name.clone(), file.clone())).or_default() += 1,
             _ => {}
         }
         s.log.push(RecordedRequest {
@@ -1031,12 +990,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     respond(&mut s, route, &parts.headers, &parts.uri)
 }
 
-fn respond(
-    s: &mut RegistryState,
-    route: Route,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Response {
+fn respond(s: &mut RegistryState, route: Route, headers: &HeaderMap, uri: &axum::http::Uri) -> Response {
     match route {
         Route::Packument(name) => {
             let Some(rendered) = s.render(&name) else {
@@ -1047,13 +1001,7 @@ fn respond(
                 let doc = abbreviate(&serde_json::from_slice(&rendered.json).unwrap());
                 let body = serde_json::to_vec(&doc).unwrap();
                 let etag = strong_etag(&body);
-                return document(
-                    headers,
-                    "application/vnd.npm.install-v1+json",
-                    body,
-                    None,
-                    etag,
-                );
+                return document(headers, "application/vnd.npm.install-v1+json", body, None, etag);
             }
             let gz = Some(rendered.gzip.as_ref().clone());
             document(
@@ -1104,11 +1052,7 @@ fn respond(
                 .find_map(|kv| kv.strip_prefix("text="))
                 .map(|t| decode(&t.replace('+', " ")).to_lowercase())
                 .unwrap_or_default();
-            let mut names: Vec<&String> = s
-                .packages
-                .keys()
-                .filter(|n| n.contains(text.trim()))
-                .collect();
+            let mut names: Vec<&String> = s.packages.keys().filter(|n| n.contains(text.trim())).collect();
             names.sort();
             let objects: Vec<Value> = names
                 .iter()
@@ -1140,11 +1084,7 @@ fn respond(
         Route::AuditBulk => json_response(StatusCode::OK, &json!({})),
         Route::DistTags(name) => match s.packages.get(&name) {
             Some(p) => {
-                let tags: Map<String, Value> = p
-                    .dist_tags
-                    .iter()
-                    .map(|(t, v)| (t.clone(), json!(v)))
-                    .collect();
+                let tags: Map<String, Value> = p.dist_tags.iter().map(|(t, v)| (t.clone(), json!(v))).collect();
                 json_response(StatusCode::OK, &Value::Object(tags))
             }
             None => not_found(),
@@ -1164,29 +1104,24 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> String {
 }
 
 fn accepts_gzip(headers: &HeaderMap) -> bool {
-    header_str(headers, header::ACCEPT_ENCODING)
-        .split(',')
-        .any(|part| {
-            let mut it = part.split(';');
-            let coding = it.next().unwrap_or("").trim();
-            let zero_q = it.any(|p| {
-                let p = p.trim();
-                p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !zero_q
-        })
+    header_str(headers, header::ACCEPT_ENCODING).split(',').any(|part| {
+        let mut it = part.split(';');
+        let coding = it.next().unwrap_or("").trim();
+        let zero_q = it.any(|p| {
+            let p = p.trim();
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !zero_q
+    })
 }
 
 /// Weak comparison, as `If-None-Match` wants: `W/` prefixes are ignored, `*` matches.
 fn if_none_match(headers: &HeaderMap, etags: &[&str]) -> bool {
     let inm = header_str(headers, header::IF_NONE_MATCH);
-    inm.split(',')
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty())
-        .any(|t| {
-            let t = t.strip_prefix("W/").unwrap_or(t);
-            t == "*" || etags.iter().any(|e| e.strip_prefix("W/").unwrap_or(e) == t)
-        })
+    inm.split(',').map(|t| t.trim()).filter(|t| !t.is_empty()).any(|t| {
+        let t = t.strip_prefix("W/").unwrap_or(t);
+        t == "*" || etags.iter().any(|e| e.strip_prefix("W/").unwrap_or(e) == t)
+    })
 }
 
 fn not_modified(etag: &str) -> Response {
@@ -1199,22 +1134,14 @@ fn not_modified(etag: &str) -> Response {
 
 /// A JSON document with a strong ETag, gzip-encoded when the client accepts it (the gzip
 /// representation has its own ETag, `"<hash>-gzip"`; `If-None-Match` with either gives 304).
-fn document(
-    headers: &HeaderMap,
-    content_type: &str,
-    json: Vec<u8>,
-    gz: Option<Vec<u8>>,
-    etag: String,
-) -> Response {
+fn document(headers: &HeaderMap, content_type: &str, json: Vec<u8>, gz: Option<Vec<u8>>, etag: String) -> Response {
     let gzip_etag = format!("{}-gzip\"", etag.trim_end_matches('"'));
     let use_gzip = accepts_gzip(headers);
     let served_etag = if use_gzip { &gzip_etag } else { &etag };
     if if_none_match(headers, &[&etag, &gzip_etag]) {
         let mut r = not_modified(served_etag);
-        r.headers_mut().insert(
-            header::VARY,
-            HeaderValue::from_static("Accept-Encoding, Accept"),
-        );
+        r.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Accept-Encoding, Accept"));
         return r;
     }
     let mut b = Response::builder()
@@ -1252,9 +1179,7 @@ fn username(headers: &HeaderMap) -> Option<String> {
     if scheme.eq_ignore_ascii_case("bearer") && !value.is_empty() {
         Some(value.to_string())
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(value)
-            .ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(value).ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let user = decoded.split(':').next()?.to_string();
         (!user.is_empty()).then_some(user)
@@ -1320,21 +1245,13 @@ impl ResettableStream {
 }
 
 impl AsyncRead for ResettableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ResettableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         if let Err(e) = this.check_reset() {
             return Poll::Ready(Err(e));
