@@ -45,7 +45,6 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let app = App::new(&settings)?;
     let addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
     let listener = tokio::net::TcpListener::bind(addr)

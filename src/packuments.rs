@@ -157,7 +157,8 @@ impl Packuments {
             && self.inner.is_fresh(p.checked_ms)
         {
             self.inner.metrics.cache("l1", true);
-            return Ok((p, Source::Memory));
+            let source = if p.stale { Source::Stale } else { Source::Memory };
+            return Ok((p, source));
         }
         self.inner.metrics.cache("l1", false);
         self.load(name, false).await
@@ -194,7 +195,8 @@ impl Inner {
     async fn load(&self, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
         let memory = self.l1.get(name).await;
         if let Some(p) = memory.as_ref().filter(|p| !force && self.is_fresh(p.checked_ms)) {
-            return Ok((p.clone(), Source::Memory));
+            let source = if p.stale { Source::Stale } else { Source::Memory };
+            return Ok((p.clone(), source));
         }
         let mut base = memory.map(Base::Memory);
         if let Some(meta) = self.l2.meta(name).await {

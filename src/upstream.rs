@@ -66,6 +66,8 @@ pub struct Upstream {
 impl Upstream {
     /// `base` ends with `/`; `timeout` bounds the wait for response headers and each read.
     pub fn new(base: String, timeout: Duration, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
+        // rustls needs one process-wide crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
             reqwest::Client::builder()
                 .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
