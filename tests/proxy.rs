@@ -369,13 +369,8 @@ async fn stale_copy_served_when_upstream_fails() {
     // Expired, upstream unchanged: revalidated by ETag, not downloaded again.
     let revalidated = get(&url, &[]).await;
     assert_eq!(revalidated.header("x-cache"), "HIT");
-    assert_eq!(
-        up.last_request("/registry/npg-fixture-a")
-            .unwrap()
-            .header("if-none-match")
-            .is_some(),
-        true
-    );
+    let last = up.last_request("/registry/npg-fixture-a").unwrap();
+    assert!(last.header("if-none-match").is_some(), "revalidation is conditional");
     for failure in [Failure::Status(500), Failure::Hang, Failure::GarbageJson] {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         up.set_failure(failure);
