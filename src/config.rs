@@ -100,7 +100,7 @@ pub struct Settings {
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub memory_cache_mb: u64,
 
-    /// Timeout of one upstream request (connect to last byte of headers).
+    /// Upstream timeout: for the response headers, and for each read of a body.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
@@ -157,6 +157,21 @@ impl Settings {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "npg".into())
         })
+    }
+
+    /// A copy safe to print: passwords replaced.
+    pub fn redacted(&self) -> Settings {
+        let mut shown = self.clone();
+        if shown.redis_password.is_some() {
+            shown.redis_password = Some("<redacted>".into());
+        }
+        if let Some(mut url) = shown.redis_url.as_deref().and_then(|u| Url::parse(u).ok()) {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("redacted"));
+            }
+            shown.redis_url = Some(url.to_string());
+        }
+        shown
     }
 
     /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
@@ -258,6 +273,13 @@ mod tests {
         assert!(cli.settings.redis_enabled());
         let cli = parse(&["--redis-url", "redis://x", "--enable-redis-cache", "false"]).unwrap();
         assert!(!cli.settings.redis_enabled());
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let cli = parse(&["--redis-url", "redis://:hunter2@cache:6379/0", "--redis-password", "hunter3"]).unwrap();
+        let shown = format!("{:?}", cli.settings.redacted());
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     }
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            println!("{settings:#?}");
+            println!("{:#?}", settings.redacted());
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
