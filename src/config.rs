@@ -277,7 +277,13 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let cli = parse(&["--redis-url", "redis://:hunter2@cache:6379/0", "--redis-password", "hunter3"]).unwrap();
+        let cli = parse(&[
+            "--redis-url",
+            "redis://:hunter2@cache:6379/0",
+            "--redis-password",
+            "hunter3",
+        ])
+        .unwrap();
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
     }
