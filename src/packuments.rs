@@ -26,13 +26,17 @@ const STALE_RETRY: Duration = Duration::from_secs(10);
 pub struct Variant {
     pub body: Bytes,
     pub gzip: Bytes,
+    /// Strong ETag of `body`.
     pub etag: String,
+    /// Strong ETag of `gzip` (another representation, so another tag).
+    pub gzip_etag: String,
 }
 
 impl Variant {
     fn new(body: Vec<u8>) -> Variant {
         let digest = Sha256::digest(&body);
-        let etag = format!("\"{}\"", hex::encode(&digest[..16]));
+        let hash = hex::encode(&digest[..16]);
+        let (etag, gzip_etag) = (format!("\"{hash}\""), format!("\"{hash}-gz\""));
         let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 5), flate2::Compression::default());
         enc.write_all(&body).expect("writing to a Vec cannot fail");
         let gzip = enc.finish().expect("writing to a Vec cannot fail");
@@ -40,6 +44,7 @@ impl Variant {
             body: body.into(),
             gzip: gzip.into(),
             etag,
+            gzip_etag,
         }
     }
 }

@@ -20,8 +20,8 @@ pub struct RouteLabel(pub &'static str);
 pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let uri_len = req.uri().to_string().len();
-    let path = req.uri().path().to_string();
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().chars().take(256).collect::<String>());
     let resp = if uri_len > MAX_URI_BYTES {
         ApiError::new(
             StatusCode::URI_TOO_LONG,
@@ -42,6 +42,6 @@ pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Respon
     {
         app.metrics.bytes(route, len);
     }
-    tracing::debug!(%method, path = %path.chars().take(256).collect::<String>(), status, route, ms = started.elapsed().as_millis() as u64, "request");
+    tracing::debug!(%method, path = path.unwrap_or_default(), status, route, ms = started.elapsed().as_millis() as u64, "request");
     resp
 }

@@ -116,15 +116,21 @@ pub fn packument(req: &HeaderMap, pkg: &Package, source: Source) -> Response<Bod
     } else {
         (&pkg.full, "application/json")
     };
-    let gzip_etag = format!("{}-gz\"", variant.etag.trim_end_matches('"'));
     let mut resp = if accepts_gzip(req) {
-        respond(req, variant.gzip.clone(), &gzip_etag, &variant.etag, content_type, true)
+        respond(
+            req,
+            variant.gzip.clone(),
+            &variant.gzip_etag,
+            &variant.etag,
+            content_type,
+            true,
+        )
     } else {
         respond(
             req,
             variant.body.clone(),
             &variant.etag,
-            &gzip_etag,
+            &variant.gzip_etag,
             content_type,
             false,
         )
