@@ -13,32 +13,24 @@ use crate::packuments::{Package, Source};
 
 pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
 
-/// Whether the client asked for the abbreviated document (pnpm, yarn 1).
-pub fn wants_abbreviated(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|part| {
-                let mut params = part.split(';').map(str::trim);
-                params.next() == Some(ABBREVIATED_TYPE) && !params.any(|p| p.replace(' ', "") == "q=0")
-            })
-        })
+/// Whether a list header (`Accept`, `Accept-Encoding`) offers one of `values` without
+/// refusing it with `q=0`.
+fn offers(headers: &HeaderMap, name: header::HeaderName, values: &[&str]) -> bool {
+    let lists = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    lists.flat_map(|v| v.split(',')).any(|part| {
+        let mut params = part.split(';').map(str::trim);
+        params.next().is_some_and(|v| values.contains(&v)) && !params.any(|p| p.replace(' ', "") == "q=0")
+    })
 }
 
-/// Whether gzip is acceptable (and not refused with `q=0`).
+/// Whether the client asked for the abbreviated document (pnpm, yarn 1).
+pub fn wants_abbreviated(headers: &HeaderMap) -> bool {
+    offers(headers, header::ACCEPT, &[ABBREVIATED_TYPE])
+}
+
+/// Whether gzip is acceptable.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',').any(|part| {
-                let mut params = part.split(';').map(str::trim);
-                matches!(params.next(), Some("gzip" | "*")) && !params.any(|p| p.replace(' ', "") == "q=0")
-            })
-        })
+    offers(headers, header::ACCEPT_ENCODING, &["gzip", "*"])
 }
 
 /// Whether `If-None-Match` names one of `etags` (or `*`).
