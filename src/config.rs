@@ -49,7 +49,7 @@ pub struct Settings {
     pub registry_url: Url,
 
     /// Directory of the tarball cache (Node NPG layout: `<2 chars>/<name>/<file>`).
-    #[arg(long, env = "STORAGE_DIR", default_value = "./storage")]
+    #[arg(long, env = "STORAGE_DIR", default_value = "./var/storage")]
     pub storage_dir: PathBuf,
 
     /// Use Redis as the shared metadata cache (on by default when REDIS_URL is set).
@@ -111,6 +111,55 @@ pub struct Settings {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
+    #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
+    pub blacklist_path: PathBuf,
+
+    /// The malware feed: a JSON list of `{package_name, version, reason}`.
+    #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
+    pub malware_feed_url: Url,
+
+    /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
+    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_parser = parse_reasons)]
+    pub malware_feed_reasons: Vec<String>,
+
+    /// Where the last good feed is kept, so a restart without network still guards.
+    #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
+    pub malware_list_dir: PathBuf,
+
+    /// How often the malware feed is refreshed, in milliseconds (or with a unit: 30m).
+    #[arg(long, env = "UPDATE_INTERVAL", default_value = "1800000ms", value_parser = parse_millis)]
+    pub update_interval: Duration,
+
+    /// Refresh the malware feed in the background.
+    #[arg(long, env = "ENABLE_SCHEDULED_UPDATES", default_value = "true", value_parser = parse_bool)]
+    pub enable_scheduled_updates: bool,
+
+    /// Hide versions published more recently than this (e.g. 72h, 7d); off when unset.
+    #[arg(long, env = "MIN_RELEASE_AGE", value_parser = parse_duration)]
+    pub min_release_age: Option<Duration>,
+
+    /// Packages exempt from MIN_RELEASE_AGE: names, or /regex/ patterns, comma-separated.
+    #[arg(long, env = "MIN_RELEASE_AGE_EXCLUDE", value_delimiter = ',')]
+    pub min_release_age_exclude: Vec<String>,
+
+    /// Follow the registry's changes feed to invalidate changed packages at once.
+    #[arg(long, env = "ENABLE_NPM_CHANGES_POLLER", default_value = "false", value_parser = parse_bool)]
+    pub enable_npm_changes_poller: bool,
+
+    /// Base URL of the changes feed (`<url>/_changes`, `<url>/` for `update_seq`); required
+    /// when the poller is on.
+    #[arg(long, env = "REGISTRY_POLL_URL", value_parser = parse_http_url)]
+    pub registry_poll_url: Option<Url>,
+
+    /// Pause between changes-feed polls once caught up, in milliseconds (or with a unit).
+    #[arg(long, env = "NPM_CHANGES_POLL_INTERVAL", default_value = "5000ms", value_parser = parse_millis)]
+    pub npm_changes_poll_interval: Duration,
+
+    /// Changes per page (at most 10000).
+    #[arg(long, env = "NPM_CHANGES_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub npm_changes_batch_size: u32,
 }
 
 impl Settings {
@@ -182,6 +231,9 @@ impl Settings {
         }
         std::fs::create_dir_all(&self.storage_dir)
             .map_err(|e| format!("STORAGE_DIR: cannot create {} ({e})", self.storage_dir.display()))?;
+        if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
+            return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
+        }
         let probe = tempfile::NamedTempFile::new_in(&self.storage_dir);
         probe.map_err(|e| format!("STORAGE_DIR: {} is not writable ({e})", self.storage_dir.display()))?;
         Ok(())
@@ -207,6 +259,30 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
         _ => Err("expected true or false".into()),
+    }
+}
+
+/// A duration where a bare number means milliseconds (the Node NPG's interval settings).
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return parse_duration(&format!("{s}ms"));
+    }
+    parse_duration(s)
+}
+
+fn parse_reasons(s: &str) -> Result<Vec<String>, String> {
+    let reasons: Vec<String> = s
+        .split(',')
+        .map(|r| r.trim().to_ascii_uppercase())
+        .filter(|r| !r.is_empty())
+        .collect();
+    match reasons
+        .iter()
+        .find(|r| !matches!(r.as_str(), "MALWARE" | "TELEMETRY" | "PROTESTWARE"))
+    {
+        Some(bad) => Err(format!("unknown reason `{bad}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
+        None => Ok(reasons),
     }
 }
 
@@ -248,6 +324,8 @@ mod tests {
         assert_eq!(parse_duration("72h").unwrap(), Duration::from_secs(72 * 3600));
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_millis("1800000").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_millis("30m").unwrap(), Duration::from_secs(1800));
         assert!(parse_duration("5 weeks").is_err());
         assert!(parse_duration("-1").is_err());
     }

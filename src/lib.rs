@@ -3,6 +3,7 @@
 //! Layout:
 //! - `config`: settings from flags and env, validated once at start.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
+//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
 //! - `upstream`: the HTTP client to the registry.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
@@ -16,6 +17,7 @@ pub mod app;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod guard;
 pub mod http;
 pub mod metrics;
 pub mod npm;

@@ -18,6 +18,7 @@ pub struct Metrics {
     upstream_seconds: Family<Labels, Histogram>,
     bytes_served: Family<Labels, Counter>,
     redis_up: Gauge,
+    guard_blocks: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -56,6 +57,12 @@ impl Default for Metrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when the shared Redis answers", redis_up.clone());
+        let guard_blocks = Family::default();
+        registry.register(
+            "guard_blocks",
+            "Refused requests and hidden versions by rule type",
+            guard_blocks.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -64,6 +71,7 @@ impl Default for Metrics {
             upstream_seconds,
             bytes_served,
             redis_up,
+            guard_blocks,
         }
     }
 }
@@ -100,6 +108,10 @@ impl Metrics {
 
     pub fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    pub fn guard_block(&self, kind: &'static str) {
+        self.guard_blocks.get_or_create(&vec![("type", kind.to_string())]).inc();
     }
 
     /// Prometheus text exposition.

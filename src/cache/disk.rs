@@ -81,6 +81,25 @@ impl TarballStore {
         Ok(dest)
     }
 
+    /// Deletes cached tarballs newly found malicious: one version (npm's file name for it), or
+    /// every file of the package. Returns how many files went.
+    pub fn purge(&self, name: &PackageName, version: Option<&str>) -> usize {
+        let Some(dir) = self.path(name, "x.tgz").and_then(|p| p.parent().map(Path::to_path_buf)) else {
+            return 0;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+        let wanted = version.map(|v| format!("{}-{v}.tgz", name.unscoped()));
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let matches = wanted.as_deref().is_none_or(|w| file.to_str() == Some(w));
+            if matches && entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Removes temp files older than `age` (left by a crash; younger ones may belong to a
     /// replica sharing the volume).
     pub fn clean_temp(&self, age: Duration) -> usize {
@@ -136,6 +155,22 @@ mod tests {
         let _kept = store.pending().unwrap();
         assert_eq!(store.clean_temp(Duration::from_secs(3600)), 0);
         assert_eq!(store.clean_temp(Duration::ZERO), 1);
+    }
+
+    #[tokio::test]
+    async fn purges_one_version_or_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TarballStore::new(dir.path()).unwrap();
+        let name = PackageName::parse("@s/p").unwrap();
+        for v in ["1.0.0", "1.0.1", "2.0.0"] {
+            let p = store.pending().unwrap();
+            store.persist(p, &name, &format!("p-{v}.tgz")).await.unwrap();
+        }
+        assert_eq!(store.purge(&name, Some("1.0.1")), 1);
+        assert!(store.open(&name, "p-1.0.1.tgz").await.is_none());
+        assert!(store.open(&name, "p-1.0.0.tgz").await.is_some());
+        assert_eq!(store.purge(&name, None), 2);
+        assert_eq!(store.purge(&PackageName::parse("never").unwrap(), None), 0);
     }
 
     #[test]

@@ -1,0 +1,107 @@
+//! Minimum release age: versions published more recently than `MIN_RELEASE_AGE` (by the
+//! packument's `time`) are hidden, except for the packages `MIN_RELEASE_AGE_EXCLUDE` names.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use regex::RegexSet;
+
+#[derive(Debug)]
+pub struct AgeGate {
+    min_age_ms: u64,
+    min_age: Duration,
+    exempt_names: HashSet<String>,
+    exempt_patterns: Option<RegexSet>,
+}
+
+impl AgeGate {
+    /// `exclude` holds names, or patterns written as `/regex/`.
+    pub fn new(min_age: Duration, exclude: &[String]) -> Result<AgeGate, String> {
+        let mut exempt_names = HashSet::new();
+        let mut patterns = Vec::new();
+        for item in exclude.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            match item.strip_prefix('/').and_then(|p| p.strip_suffix('/')) {
+                Some(pattern) => patterns.push(pattern.to_string()),
+                None => {
+                    exempt_names.insert(item.to_string());
+                }
+            }
+        }
+        let exempt_patterns = if patterns.is_empty() {
+            None
+        } else {
+            Some(RegexSet::new(&patterns).map_err(|e| format!("MIN_RELEASE_AGE_EXCLUDE: {e}"))?)
+        };
+        Ok(AgeGate {
+            min_age_ms: min_age.as_millis() as u64,
+            min_age,
+            exempt_names,
+            exempt_patterns,
+        })
+    }
+
+    pub fn min_age(&self) -> Duration {
+        self.min_age
+    }
+
+    pub fn exempt(&self, name: &str) -> bool {
+        self.exempt_names.contains(name) || self.exempt_patterns.as_ref().is_some_and(|s| s.is_match(name))
+    }
+
+    /// When a version published at `published_ms` may be shown: `None` if it already may.
+    pub fn hidden_until(&self, published_ms: u64, now_ms: u64) -> Option<u64> {
+        let visible_at = published_ms.saturating_add(self.min_age_ms);
+        (visible_at > now_ms).then_some(visible_at)
+    }
+}
+
+/// Milliseconds since the epoch of an ISO 8601 time as npm writes them
+/// (`2024-01-02T03:04:05.678Z`).
+pub fn parse_time_ms(time: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(time.trim_end_matches('Z')).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000;
+
+    #[test]
+    fn hides_young_versions_with_a_fixed_clock() {
+        let gate = AgeGate::new(Duration::from_secs(72 * 3600), &[]).unwrap();
+        let now = 1_000 * HOUR;
+        assert_eq!(gate.hidden_until(now - 71 * HOUR, now), Some(now + HOUR));
+        assert_eq!(gate.hidden_until(now - 72 * HOUR, now), None);
+        assert_eq!(gate.hidden_until(now - 500 * HOUR, now), None);
+        assert_eq!(
+            gate.hidden_until(now + HOUR, now),
+            Some(now + 73 * HOUR),
+            "future dates stay hidden"
+        );
+    }
+
+    #[test]
+    fn exemptions() {
+        let gate = AgeGate::new(
+            Duration::from_secs(1),
+            &["react".into(), "/^@myorg\\//".into(), " ".into()],
+        )
+        .unwrap();
+        assert!(gate.exempt("react"));
+        assert!(gate.exempt("@myorg/tool"));
+        assert!(!gate.exempt("react-dom"));
+        assert!(AgeGate::new(Duration::from_secs(1), &["/(/".into()]).is_err());
+    }
+
+    #[test]
+    fn npm_times() {
+        assert_eq!(parse_time_ms("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(parse_time_ms("2024-01-01T00:00:00.000Z"), Some(1_704_067_200_000));
+        assert_eq!(parse_time_ms("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
+        assert_eq!(parse_time_ms("yesterday"), None);
+    }
+}

@@ -1,0 +1,312 @@
+//! The guard: one decision API over the blocklist, the malware feed and the release-age gate.
+//!
+//! Decision order: blocklist pattern / whole package → malware feed (`*`, then exact
+//! version) → version rules of the blocklist → minimum release age. The current rules are one
+//! immutable `Policy` behind an `ArcSwap`: a reload or a feed update swaps it and bumps its
+//! version, so rendered responses cached under an older version are never served.
+
+pub mod age;
+pub mod blocklist;
+pub mod malware;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+use age::AgeGate;
+use blocklist::{Blocklist, Hit};
+use malware::MalwareList;
+
+/// Why a package or version is refused or hidden (the Node NPG's fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    /// `package`, `pattern`, `malware`, `version` or `age`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(rename = "versionSpec", skip_serializing_if = "Option::is_none")]
+    pub version_spec: Option<String>,
+}
+
+impl Block {
+    fn from_hit(hit: Hit) -> Block {
+        match hit {
+            Hit::Package { reason } => Block {
+                kind: "package",
+                reason,
+                pattern: None,
+                version_spec: None,
+            },
+            Hit::Pattern { pattern, reason } => Block {
+                kind: "pattern",
+                reason,
+                pattern: Some(pattern),
+                version_spec: None,
+            },
+            Hit::Version { spec, reason } => Block {
+                kind: "version",
+                reason,
+                pattern: None,
+                version_spec: Some(spec),
+            },
+        }
+    }
+
+    fn malware(reason: &str) -> Block {
+        Block {
+            kind: "malware",
+            reason: format!("{reason} (malware feed)"),
+            pattern: None,
+            version_spec: None,
+        }
+    }
+}
+
+/// The versions a policy hides in one packument.
+#[derive(Debug, Default, Clone)]
+pub struct Verdict {
+    pub hidden: HashMap<String, Block>,
+    /// When the age gate will show one of the hidden versions (unix ms): the rendering is
+    /// valid until then.
+    pub valid_until_ms: Option<u64>,
+}
+
+/// The rules in force, immutable.
+pub struct Policy {
+    pub version: u64,
+    pub blocklist: Arc<Blocklist>,
+    pub malware: Arc<MalwareList>,
+    pub age: Option<Arc<AgeGate>>,
+}
+
+impl Policy {
+    /// A block of every version of `name`.
+    pub fn package(&self, name: &str) -> Option<Block> {
+        if let Some(hit) = self.blocklist.whole_package(name) {
+            return Some(Block::from_hit(hit));
+        }
+        self.malware.whole_package(name).map(Block::malware)
+    }
+
+    /// A block of `name@version` by the feed or a version rule (not by age: that needs the
+    /// publication time, see `judge`).
+    pub fn version(&self, name: &str, version: &str) -> Option<Block> {
+        if let Some(reason) = self.malware.version(name, version) {
+            return Some(Block::malware(reason));
+        }
+        self.blocklist.version(name, version).map(Block::from_hit)
+    }
+
+    /// Whether the age gate applies to `name`.
+    pub fn age_gate(&self, name: &str) -> Option<&AgeGate> {
+        self.age.as_deref().filter(|g| !g.exempt(name))
+    }
+
+    /// Which of `versions` (with their publication times) to hide at `now_ms`.
+    pub fn judge<'a>(
+        &self,
+        name: &str,
+        versions: impl Iterator<Item = (&'a str, Option<u64>)>,
+        now_ms: u64,
+    ) -> Verdict {
+        let gate = self.age_gate(name);
+        let mut verdict = Verdict::default();
+        for (version, published) in versions {
+            if let Some(block) = self.version(name, version) {
+                verdict.hidden.insert(version.to_string(), block);
+                continue;
+            }
+            let Some(gate) = gate else { continue };
+            // No publication time: npg cannot tell the age, so the version stays hidden.
+            let until = match published {
+                Some(p) => gate.hidden_until(p, now_ms),
+                None => Some(u64::MAX),
+            };
+            if let Some(until) = until {
+                let reason = format!("published less than {} ago", humantime::format_duration(gate.min_age()));
+                verdict.hidden.insert(
+                    version.to_string(),
+                    Block {
+                        kind: "age",
+                        reason,
+                        pattern: None,
+                        version_spec: None,
+                    },
+                );
+                if until != u64::MAX {
+                    verdict.valid_until_ms = Some(verdict.valid_until_ms.map_or(until, |v| v.min(until)));
+                }
+            }
+        }
+        verdict
+    }
+}
+
+/// The malware feed's state, for `/api/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedStatus {
+    /// `disabled`, `loading`, `ok` or `error`.
+    pub state: &'static str,
+    pub entries: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Where the list in use came from: `remote`, `disk` or `redis`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Remembered blocks, so each is logged once (cleared when it grows past this).
+const LOGGED_MAX: usize = 100_000;
+
+pub struct Guard {
+    policy: ArcSwap<Policy>,
+    next_version: AtomicU64,
+    feed_status: Mutex<FeedStatus>,
+    logged: Mutex<HashSet<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Guard {
+    pub fn new(blocklist: Blocklist, age: Option<AgeGate>, metrics: Arc<Metrics>) -> Guard {
+        let policy = Policy {
+            version: 1,
+            blocklist: Arc::new(blocklist),
+            malware: Arc::default(),
+            age: age.map(Arc::new),
+        };
+        Guard {
+            policy: ArcSwap::from_pointee(policy),
+            next_version: AtomicU64::new(2),
+            feed_status: Mutex::new(FeedStatus {
+                state: "disabled",
+                ..FeedStatus::default()
+            }),
+            logged: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// The rules in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.policy.load().version
+    }
+
+    fn swap(&self, change: impl Fn(&Policy) -> Policy) {
+        self.policy.rcu(|old| Arc::new(change(old)));
+        self.logged.lock().expect("guard log set poisoned").clear();
+    }
+
+    pub fn set_blocklist(&self, blocklist: Blocklist) {
+        let blocklist = Arc::new(blocklist);
+        self.swap(|old| Policy {
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            blocklist: blocklist.clone(),
+            malware: old.malware.clone(),
+            age: old.age.clone(),
+        });
+    }
+
+    pub fn set_malware(&self, malware: Arc<MalwareList>) {
+        self.swap(|old| Policy {
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            blocklist: old.blocklist.clone(),
+            malware: malware.clone(),
+            age: old.age.clone(),
+        });
+    }
+
+    pub fn feed_status(&self) -> FeedStatus {
+        self.feed_status.lock().expect("feed status poisoned").clone()
+    }
+
+    pub fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
+        update(&mut self.feed_status.lock().expect("feed status poisoned"));
+    }
+
+    /// Counts a block in the metrics and logs it the first time it is seen under this policy.
+    pub fn record(&self, name: &str, version: Option<&str>, block: &Block) {
+        self.metrics.guard_block(block.kind);
+        let key = format!("{name}@{}", version.unwrap_or("*"));
+        let mut logged = self.logged.lock().expect("guard log set poisoned");
+        if logged.len() >= LOGGED_MAX {
+            logged.clear();
+        }
+        if logged.insert(key) {
+            tracing::warn!(package = name, version = version.unwrap_or("*"), rule = block.kind, reason = %block.reason,
+                pattern = block.pattern.as_deref().unwrap_or(""), spec = block.version_spec.as_deref().unwrap_or(""), "blocked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn guard() -> Guard {
+        let blocklist =
+            Blocklist::parse("packages:\n  - name: p\n    versions: ['>=2.0.0']\n    reason: bad major\n").unwrap();
+        let age = AgeGate::new(Duration::from_secs(3600), &["trusted".into()]).unwrap();
+        Guard::new(blocklist, Some(age), Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn judges_versions_in_order() {
+        let g = guard();
+        let malware = MalwareList::parse(
+            br#"[{"package_name":"p","version":"1.0.1","reason":"MALWARE"}]"#,
+            &["MALWARE".into()],
+        )
+        .unwrap();
+        let before = g.version();
+        g.set_malware(Arc::new(malware));
+        assert!(g.version() > before);
+        let now = 10 * 3_600_000;
+        let versions = [
+            ("1.0.0", Some(0)),
+            ("1.0.1", Some(0)),
+            ("2.0.0", Some(0)),
+            ("1.1.0", Some(now - 60_000)),
+            ("1.2.0", None),
+        ];
+        let verdict = g.policy().judge("p", versions.into_iter(), now);
+        assert_eq!(verdict.hidden.len(), 4);
+        assert_eq!(verdict.hidden["1.0.1"].kind, "malware");
+        assert_eq!(verdict.hidden["2.0.0"].kind, "version");
+        assert_eq!(verdict.hidden["2.0.0"].version_spec.as_deref(), Some(">=2.0.0"));
+        assert_eq!(verdict.hidden["1.1.0"].kind, "age");
+        assert_eq!(verdict.hidden["1.2.0"].kind, "age", "unknown age stays hidden");
+        assert_eq!(verdict.valid_until_ms, Some(now - 60_000 + 3_600_000));
+        let exempt = g.policy().judge("trusted", [("1.0.0", Some(now))].into_iter(), now);
+        assert!(exempt.hidden.is_empty());
+    }
+
+    #[test]
+    fn whole_package_blocks() {
+        let g = guard();
+        g.set_blocklist(Blocklist::parse("patterns:\n  - pattern: '^evil'\n").unwrap());
+        assert_eq!(g.policy().package("evil-x").unwrap().kind, "pattern");
+        assert!(g.policy().package("p").is_none(), "the old rules are gone");
+        let feed = MalwareList::parse(
+            br#"[{"package_name":"m","version":"*","reason":"MALWARE"}]"#,
+            &["MALWARE".into()],
+        )
+        .unwrap();
+        g.set_malware(Arc::new(feed));
+        assert_eq!(g.policy().package("m").unwrap().kind, "malware");
+    }
+}
