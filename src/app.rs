@@ -8,6 +8,9 @@ use anyhow::Context;
 use crate::cache::disk::TarballStore;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
+use crate::guard::Guard;
+use crate::guard::age::AgeGate;
+use crate::guard::blocklist::Blocklist;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
 use crate::tarballs::Tarballs;
@@ -18,6 +21,8 @@ pub struct App {
     pub packuments: Arc<Packuments>,
     pub tarballs: Arc<Tarballs>,
     pub upstream: Arc<Upstream>,
+    pub guard: Arc<Guard>,
+    pub store: Arc<TarballStore>,
     pub redis: Arc<SharedRedis>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
@@ -50,6 +55,14 @@ impl App {
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");
         }
+        let blocklist =
+            Blocklist::load(&settings.blacklist_path).map_err(|e| anyhow::anyhow!("BLACKLIST_PATH: {e}"))?;
+        let age = match settings.min_release_age {
+            Some(min) => Some(AgeGate::new(min, &settings.min_release_age_exclude).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        tracing::info!(rules = blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
+        let guard = Arc::new(Guard::new(blocklist, age, metrics.clone()));
         let packuments = Arc::new(Packuments::new(
             packuments::Settings {
                 public_base: settings.public_base(),
@@ -58,23 +71,36 @@ impl App {
                 memory_bytes: settings.memory_cache_mb << 20,
             },
             upstream.clone(),
+            guard.clone(),
             redis.clone(),
             metrics.clone(),
         ));
         let tarballs = Arc::new(Tarballs::new(
-            store,
+            store.clone(),
             packuments.clone(),
             upstream.clone(),
             metrics.clone(),
         ));
-        Ok(App {
+        let app = App {
             packuments,
             tarballs,
             upstream,
+            guard,
+            store,
             redis,
             metrics,
             instance,
             started: Instant::now(),
-        })
+        };
+        app.start_background(settings);
+        Ok(app)
+    }
+
+    /// Starts the background jobs: each one line, each owning its own loop.
+    fn start_background(&self, settings: &Settings) {
+        crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
+        // [feed] the malware feed refresher starts here.
+        // [changes] the changes follower starts here.
+        let _ = settings;
     }
 }

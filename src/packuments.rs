@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::{DocMeta, SharedMeta};
 use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
 use crate::npm::packument::{DocError, Document, Index};
@@ -119,6 +120,7 @@ struct Inner {
     l2: SharedMeta,
     redis: Arc<SharedRedis>,
     upstream: Arc<Upstream>,
+    guard: Arc<Guard>,
     metrics: Arc<Metrics>,
     settings: Settings,
 }
@@ -139,6 +141,7 @@ impl Packuments {
     pub fn new(
         settings: Settings,
         upstream: Arc<Upstream>,
+        guard: Arc<Guard>,
         redis: Arc<SharedRedis>,
         metrics: Arc<Metrics>,
     ) -> Packuments {
@@ -147,6 +150,7 @@ impl Packuments {
             l2: SharedMeta::new(redis.clone()),
             redis,
             upstream,
+            guard,
             metrics,
             settings,
         };
@@ -167,6 +171,15 @@ impl Packuments {
         }
         self.inner.metrics.cache("l1", false);
         self.load(name, false).await
+    }
+
+    /// Forgets `name` in this replica's memory and, with `shared`, in Redis too (the package
+    /// changed upstream: the next request fetches it again).
+    pub async fn invalidate(&self, name: &PackageName, shared: bool) {
+        self.inner.l1.remove(name).await;
+        if shared {
+            self.inner.l2.delete(name).await;
+        }
     }
 
     /// Asks upstream even if the cached copy is fresh (a version it does not know was asked for).

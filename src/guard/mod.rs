@@ -8,6 +8,7 @@
 pub mod age;
 pub mod blocklist;
 pub mod malware;
+pub mod reload;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
