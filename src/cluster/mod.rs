@@ -1,3 +1,6 @@
-//! What the replicas of a cluster share: one Redis connection per replica and its health.
+//! What the replicas of a cluster share: one Redis connection per replica and its health
+//! (`redis`), leases that let one replica do a job (`lock`), and events between replicas (`bus`).
 
+pub mod bus;
+pub mod lock;
 pub mod redis;

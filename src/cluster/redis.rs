@@ -30,7 +30,10 @@ impl RedisState {
 
 pub struct SharedRedis {
     conn: Option<ConnectionManager>,
+    /// Kept for the connections a manager cannot multiplex (pub/sub, in `cluster::bus`).
+    client: Option<redis::Client>,
     prefix: String,
+    instance: String,
     up: AtomicBool,
     metrics: Arc<Metrics>,
 }
@@ -39,7 +42,9 @@ impl SharedRedis {
     pub fn disabled(metrics: Arc<Metrics>) -> Arc<SharedRedis> {
         Arc::new(SharedRedis {
             conn: None,
+            client: None,
             prefix: String::new(),
+            instance: String::new(),
             up: AtomicBool::new(false),
             metrics,
         })
@@ -56,7 +61,9 @@ impl SharedRedis {
         let conn = client.get_connection_manager_lazy(config)?;
         let shared = Arc::new(SharedRedis {
             conn: Some(conn),
+            client: Some(client),
             prefix: prefix.to_string(),
+            instance: instance.to_string(),
             up: AtomicBool::new(false),
             metrics,
         });
@@ -75,6 +82,17 @@ impl SharedRedis {
     /// The key `<prefix><suffix>`.
     pub fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
+    }
+
+    /// The replica's name (empty when Redis is disabled).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The client behind the shared connection, for dedicated connections (pub/sub); `None`
+    /// when Redis is disabled.
+    pub fn client(&self) -> Option<&redis::Client> {
+        self.client.as_ref()
     }
 
     /// A connection handle when Redis is believed up; `None` means "do without Redis".

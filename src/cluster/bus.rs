@@ -1,0 +1,200 @@
+//! Cluster events over one Redis pub/sub channel, `<prefix>events`.
+//!
+//! Pub/sub is at-most-once: a replica that is disconnected when an event is published never
+//! sees it. That is accepted because every event only speeds something up that also happens
+//! on its own (cache TTLs, periodic re-reads). Subscribing needs a dedicated connection (a
+//! subscribed connection cannot send commands), so the subscriber owns one and opens it again
+//! after Redis restarts; publishing goes over the shared connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::cluster::redis::SharedRedis;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A package changed upstream: drop it from L1.
+    PackageChanged { name: String },
+    /// The leader stored a new malware feed in Redis: reload it from there.
+    FeedUpdated { etag: Option<String> },
+}
+
+/// What goes over the channel. `node` tells apart two processes that share an instance name,
+/// so a misconfigured cluster loses nothing; it is optional on the wire.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    origin: String,
+    #[serde(default)]
+    node: Option<String>,
+    event: Event,
+}
+
+pub struct Bus {
+    redis: Arc<SharedRedis>,
+    channel: String,
+    origin: String,
+    node: String,
+    local: broadcast::Sender<Event>,
+}
+
+/// Events buffered per receiver; a receiver that falls further behind gets `Lagged`.
+const CAPACITY: usize = 4096;
+/// How often a quiet subscription is pinged, to notice a connection that died silently.
+const PING_EVERY: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Bus {
+    /// Starts the subscriber task (inside a tokio runtime). Without Redis there is nobody to
+    /// talk to: `publish` does nothing and `subscribe` never yields.
+    pub fn start(redis: Arc<SharedRedis>, instance: &str) -> Arc<Bus> {
+        let (local, _) = broadcast::channel(CAPACITY);
+        let bus = Arc::new(Bus {
+            channel: redis.key("events"),
+            redis,
+            origin: instance.to_string(),
+            node: format!("{:016x}", super::lock::random_u64()),
+            local,
+        });
+        if bus.redis.client().is_some() {
+            tokio::spawn(subscriber(Arc::downgrade(&bus)));
+        }
+        bus
+    }
+
+    /// Tells the other replicas. Failures are logged: events are hints, never required.
+    pub async fn publish(&self, event: Event) {
+        let Some(mut conn) = self.redis.conn() else {
+            tracing::debug!(?event, "redis unavailable: event not published");
+            return;
+        };
+        let envelope = Envelope {
+            origin: self.origin.clone(),
+            node: Some(self.node.clone()),
+            event,
+        };
+        let payload = match serde_json::to_string(&envelope) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a cluster event");
+                return;
+            }
+        };
+        if let Err(e) = conn.publish::<_, _, ()>(&self.channel, payload).await {
+            self.redis.report_error("event publish", &e);
+        }
+    }
+
+    /// Events published by the other replicas (never our own).
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.local.subscribe()
+    }
+
+    /// Decodes one message and hands it on unless it is our own.
+    fn deliver(&self, payload: &[u8]) {
+        let envelope: Envelope = match serde_json::from_slice(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                // A newer replica may send events this one does not know: skip them.
+                tracing::debug!(error = %e, "ignoring an undecodable cluster event");
+                return;
+            }
+        };
+        let ours = envelope.origin == self.origin && envelope.node.as_deref().is_none_or(|n| n == self.node);
+        if !ours {
+            // No receivers is fine: nothing in this replica cares about events right now.
+            let _ = self.local.send(envelope.event);
+        }
+    }
+}
+
+/// Subscribes, forwards messages, and on any trouble opens a new connection, with a backoff
+/// capped at a few seconds so a restarted Redis is picked up quickly. Ends with the bus.
+async fn subscriber(bus: std::sync::Weak<Bus>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let Some(b) = bus.upgrade() else { return };
+        let Some(client) = b.redis.client().cloned() else {
+            return;
+        };
+        let channel = b.channel.clone();
+        drop(b);
+        match subscribe(&client, &channel).await {
+            Ok(pubsub) => {
+                tracing::debug!(%channel, "subscribed to cluster events");
+                delay = Duration::from_millis(200);
+                if !listen(&bus, pubsub).await {
+                    return;
+                }
+                tracing::info!("cluster event subscription lost; resubscribing");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot subscribe to cluster events yet"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(3));
+    }
+}
+
+async fn subscribe(client: &redis::Client, channel: &str) -> anyhow::Result<redis::aio::PubSub> {
+    let mut pubsub = tokio::time::timeout(TIMEOUT, client.get_async_pubsub()).await??;
+    tokio::time::timeout(TIMEOUT, pubsub.subscribe(channel)).await??;
+    Ok(pubsub)
+}
+
+/// Forwards messages until the connection fails; false when the bus is gone.
+async fn listen(bus: &std::sync::Weak<Bus>, pubsub: redis::aio::PubSub) -> bool {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return true };
+                let Some(b) = bus.upgrade() else { return false };
+                b.deliver(msg.get_payload_bytes());
+            }
+            _ = ping.tick() => {
+                if bus.strong_count() == 0 {
+                    return false;
+                }
+                let pong = tokio::time::timeout(TIMEOUT, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let e = Envelope {
+            origin: "a".into(),
+            node: None,
+            event: Event::PackageChanged {
+                name: "left-pad".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"origin":"a","node":null,"event":{"type":"package_changed","name":"left-pad"}}"#
+        );
+        let f: Envelope =
+            serde_json::from_str(r#"{"origin":"b","event":{"type":"feed_updated","etag":"\"x\""}}"#).unwrap();
+        assert_eq!(
+            f.event,
+            Event::FeedUpdated {
+                etag: Some("\"x\"".into())
+            }
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! A lease in Redis that lets one replica of the cluster do a job (follow the changes feed,
+//! refresh the malware feed, order a certificate).
+//!
+//! Taken with `SET key token NX PX ttl`; extended and released by Lua scripts that first check
+//! the token, so a replica whose lease expired can never extend or delete its successor's. The
+//! holder must extend well within the TTL; if it dies the lease expires and another replica
+//! takes over. Without Redis there is no cluster: the single node always holds the lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use redis::{ExistenceCheck, SetExpiry, SetOptions};
+
+use crate::cluster::redis::{RedisState, SharedRedis};
+
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Fencing for the holder's writes: the write happens only while the token is still ours.
+const SET_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0";
+
+pub struct RedisLock {
+    redis: Arc<SharedRedis>,
+    key: String,
+    token: String,
+    ttl: Duration,
+    held: AtomicBool,
+}
+
+impl RedisLock {
+    /// The lock `<prefix>lock:<purpose>`, held under a token unique to this process and lock.
+    pub fn new(redis: Arc<SharedRedis>, purpose: &str, ttl: Duration) -> RedisLock {
+        let key = redis.key(&format!("lock:{purpose}"));
+        let token = format!("{}:{:016x}", redis.instance(), random_u64());
+        RedisLock {
+            redis,
+            key,
+            token,
+            ttl,
+            held: AtomicBool::new(false),
+        }
+    }
+
+    /// The value this holder stores under the key (`<instance>:<random>`).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// True if we hold the lock now: newly taken, or already ours and extended. Always true
+    /// without Redis (a single node runs its jobs itself); false while Redis is down.
+    pub async fn try_acquire(&self) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return self.set_held(self.redis.state() == RedisState::Disabled);
+        };
+        let opts = SetOptions::default()
+            .conditional_set(ExistenceCheck::NX)
+            .with_expiration(SetExpiry::PX(self.ttl_ms()));
+        match conn
+            .set_options::<_, _, Option<String>>(&self.key, &self.token, opts)
+            .await
+        {
+            Ok(Some(_)) => self.set_held(true),
+            // Taken: by us (then extend it) or by someone else (then extend fails).
+            Ok(None) => self.extend().await,
+            Err(e) => {
+                self.redis.report_error("lock acquire", &e);
+                self.set_held(false)
+            }
+        }
+    }
+
+    /// Pushes the expiry out by the TTL; false if the lock is no longer ours.
+    pub async fn extend(&self) -> bool {
+        let Some(mut conn) = self.conn() else {
+            return self.set_held(self.redis.state() == RedisState::Disabled);
+        };
+        let script = Script::new(EXTEND);
+        let result = script
+            .key(&self.key)
+            .arg(&self.token)
+            .arg(self.ttl_ms())
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        match result {
+            Ok(n) => self.set_held(n == 1),
+            Err(e) => {
+                self.redis.report_error("lock extend", &e);
+                self.set_held(false)
+            }
+        }
+    }
+
+    /// Gives the lock up if it is still ours (others need not wait for the TTL).
+    pub async fn release(&self) {
+        self.held.store(false, Ordering::Relaxed);
+        let Some(mut conn) = self.conn() else { return };
+        let script = Script::new(RELEASE);
+        if let Err(e) = script
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async::<i64>(&mut conn)
+            .await
+        {
+            self.redis.report_error("lock release", &e);
+        }
+    }
+
+    /// `SET <prefix><key_suffix> value` only while the lock is ours, atomically: a holder whose
+    /// lease ran out cannot overwrite its successor's progress. True when written. Without
+    /// Redis there is nothing to write to: false.
+    pub async fn set_if_held(&self, key_suffix: &str, value: &str) -> bool {
+        let Some(mut conn) = self.conn() else { return false };
+        let script = Script::new(SET_IF_HELD);
+        let result = script
+            .key(&self.key)
+            .key(self.redis.key(key_suffix))
+            .arg(&self.token)
+            .arg(value)
+            .invoke_async::<i64>(&mut conn)
+            .await;
+        match result {
+            Ok(n) => {
+                if n != 1 {
+                    self.held.store(false, Ordering::Relaxed);
+                }
+                n == 1
+            }
+            Err(e) => {
+                self.redis.report_error("lock fenced write", &e);
+                false
+            }
+        }
+    }
+
+    /// The state seen by the last acquire, extend or release.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn conn(&self) -> Option<ConnectionManager> {
+        self.redis.conn()
+    }
+
+    fn set_held(&self, held: bool) -> bool {
+        self.held.store(held, Ordering::Relaxed);
+        held
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// Random enough to tell holders apart (std's per-process SipHash keys come from the OS).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}
