@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::cache::disk::TarballStore;
+use crate::changes::ChangesState;
+use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::guard::Guard;
@@ -24,6 +26,10 @@ pub struct App {
     pub guard: Arc<Guard>,
     pub store: Arc<TarballStore>,
     pub redis: Arc<SharedRedis>,
+    /// Events from and to the other replicas.
+    pub bus: Arc<Bus>,
+    /// The changes follower's state, for health.
+    pub changes: Arc<ChangesState>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
     pub started: Instant,
@@ -78,9 +84,11 @@ impl App {
         let tarballs = Arc::new(Tarballs::new(
             store.clone(),
             packuments.clone(),
+            guard.clone(),
             upstream.clone(),
             metrics.clone(),
         ));
+        let bus = Bus::start(redis.clone(), &instance);
         let app = App {
             packuments,
             tarballs,
@@ -88,6 +96,8 @@ impl App {
             guard,
             store,
             redis,
+            bus,
+            changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
             metrics,
             instance,
             started: Instant::now(),
@@ -100,7 +110,8 @@ impl App {
     fn start_background(&self, settings: &Settings) {
         crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
         // [feed] the malware feed refresher starts here.
-        // [changes] the changes follower starts here.
+        crate::changes::spawn_listener(self);
+        crate::changes::spawn(self, settings);
         let _ = settings;
     }
 }

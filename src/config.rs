@@ -121,7 +121,7 @@ pub struct Settings {
     pub malware_feed_url: Url,
 
     /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
-    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_parser = parse_reasons)]
+    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
     pub malware_feed_reasons: Vec<String>,
 
     /// Where the last good feed is kept, so a restart without network still guards.
@@ -271,18 +271,11 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-fn parse_reasons(s: &str) -> Result<Vec<String>, String> {
-    let reasons: Vec<String> = s
-        .split(',')
-        .map(|r| r.trim().to_ascii_uppercase())
-        .filter(|r| !r.is_empty())
-        .collect();
-    match reasons
-        .iter()
-        .find(|r| !matches!(r.as_str(), "MALWARE" | "TELEMETRY" | "PROTESTWARE"))
-    {
-        Some(bad) => Err(format!("unknown reason `{bad}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
-        None => Ok(reasons),
+fn parse_reason(s: &str) -> Result<String, String> {
+    let reason = s.trim().to_ascii_uppercase();
+    match reason.as_str() {
+        "MALWARE" | "TELEMETRY" | "PROTESTWARE" => Ok(reason),
+        _ => Err(format!("unknown reason `{s}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
     }
 }
 
@@ -340,6 +333,22 @@ mod tests {
         assert!(err.contains("--metadata-ttl"), "{err}");
         let err = Cli::try_parse_from(["npg"]).unwrap_err().to_string();
         assert!(err.contains("--registry-url"), "{err}");
+    }
+
+    #[test]
+    fn guard_settings() {
+        let cli = parse(&[
+            "--malware-feed-reasons",
+            "malware, telemetry",
+            "--update-interval",
+            "60000",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.malware_feed_reasons, ["MALWARE", "TELEMETRY"]);
+        assert_eq!(cli.settings.update_interval, Duration::from_secs(60));
+        assert_eq!(parse(&[]).unwrap().settings.malware_feed_reasons.len(), 3);
+        let err = parse(&["--malware-feed-reasons", "SPAM"]).unwrap_err().to_string();
+        assert!(err.contains("--malware-feed-reasons"), "{err}");
     }
 
     #[test]

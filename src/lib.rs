@@ -8,6 +8,8 @@
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
 //! - `cluster`: the shared Redis connection and its health.
+//! - `rendered`: a packument filtered by the policy and rendered in both forms.
+//! - `changes`: follows the registry's changes feed and invalidates changed packages.
 //! - `packuments`, `tarballs`: the services that answer metadata and tarball requests.
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `http`: routing, error bodies, health, metrics, the listener and graceful shutdown.
@@ -15,6 +17,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod changes;
 pub mod cluster;
 pub mod config;
 pub mod guard;
@@ -22,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod npm;
 pub mod packuments;
+pub mod rendered;
 pub mod singleflight;
 pub mod tarballs;
 pub mod upstream;

@@ -2,12 +2,8 @@
 //! with one upstream fetch per name at a time, ETag revalidation after the TTL and the
 //! stale copy served when upstream fails.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::{DocMeta, SharedMeta};
@@ -15,71 +11,14 @@ use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::npm::packument::{DocError, Document, Index};
+use crate::rendered::{Raw, render};
 use crate::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
+pub use crate::rendered::{Package, Variant};
+
 /// After an upstream failure, how long the stale copy is served before asking again.
 const STALE_RETRY: Duration = Duration::from_secs(10);
-
-/// One rendered form of a packument, identity and gzip, with its strong ETag.
-#[derive(Clone)]
-pub struct Variant {
-    pub body: Bytes,
-    pub gzip: Bytes,
-    /// Strong ETag of `body`.
-    pub etag: String,
-    /// Strong ETag of `gzip` (another representation, so another tag).
-    pub gzip_etag: String,
-}
-
-impl Variant {
-    fn new(body: Vec<u8>) -> Variant {
-        let digest = Sha256::digest(&body);
-        let hash = hex::encode(&digest[..16]);
-        let (etag, gzip_etag) = (format!("\"{hash}\""), format!("\"{hash}-gz\""));
-        let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 5), flate2::Compression::default());
-        enc.write_all(&body).expect("writing to a Vec cannot fail");
-        let gzip = enc.finish().expect("writing to a Vec cannot fail");
-        Variant {
-            body: body.into(),
-            gzip: gzip.into(),
-            etag,
-            gzip_etag,
-        }
-    }
-}
-
-/// A packument as served: both forms rendered, plus what tarball requests need to know.
-#[derive(Clone)]
-pub struct Package {
-    pub name: PackageName,
-    pub full: Variant,
-    pub abbreviated: Variant,
-    pub index: Arc<Index>,
-    pub upstream_etag: Option<String>,
-    /// When upstream sent this body (unix ms): identifies the body across replicas.
-    pub fetched_ms: u64,
-    /// When upstream last confirmed it (unix ms): freshness counts from here.
-    pub checked_ms: u64,
-    /// Served because upstream failed.
-    pub stale: bool,
-}
-
-impl Package {
-    pub fn approx_bytes(&self) -> usize {
-        let v = |v: &Variant| v.body.len() + v.gzip.len();
-        v(&self.full) + v(&self.abbreviated) + self.index.approx_bytes() + 256
-    }
-
-    fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
-        Arc::new(Package {
-            checked_ms,
-            stale,
-            ..self.clone()
-        })
-    }
-}
 
 /// Where an answer came from; `X-Cache` says HIT for all but `Upstream` and `Stale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,6 +103,7 @@ impl Packuments {
     pub async fn get(&self, name: &PackageName) -> Result<Lookup, FetchError> {
         if let Some(p) = self.inner.l1.get(name).await
             && self.inner.is_fresh(p.checked_ms)
+            && p.current(self.inner.guard.version(), now_ms())
         {
             self.inner.metrics.cache("l1", true);
             let source = if p.stale { Source::Stale } else { Source::Memory };
@@ -214,14 +154,14 @@ impl Inner {
         let memory = self.l1.get(name).await;
         if let Some(p) = memory.as_ref().filter(|p| !force && self.is_fresh(p.checked_ms)) {
             let source = if p.stale { Source::Stale } else { Source::Memory };
-            return Ok((p.clone(), source));
+            return Ok((self.current(p.clone()).await, source));
         }
         let mut base = memory.map(Base::Memory);
         if let Some(meta) = self.l2.meta(name).await {
             let same = matches!(&base, Some(Base::Memory(p)) if p.fetched_ms == meta.fetched_ms && p.upstream_etag == meta.etag);
             if !force && self.is_fresh(meta.checked_ms) {
                 let found = match &base {
-                    Some(Base::Memory(p)) if same => Some(p.checked_at(meta.checked_ms, false)),
+                    Some(Base::Memory(p)) if same => Some(self.current(p.checked_at(meta.checked_ms, false)).await),
                     _ => self.render_shared(name, &meta).await,
                 };
                 if let Some(p) = found {
@@ -252,7 +192,7 @@ impl Inner {
         let now = now_ms();
         let fetched = self.upstream.packument(name, etag.as_deref()).await;
         let revalidated = match (&fetched, &base) {
-            (Ok(Fetched::NotModified), Some(Base::Memory(p))) => Some(p.checked_at(now, false)),
+            (Ok(Fetched::NotModified), Some(Base::Memory(p))) => Some(self.current(p.checked_at(now, false)).await),
             (Ok(Fetched::NotModified), Some(Base::Shared(meta))) => {
                 self.render_shared(
                     name,
@@ -272,10 +212,14 @@ impl Inner {
                     fetched_ms: now,
                     checked_ms: now,
                 };
-                match self.render(name, body.clone(), &meta).await {
+                let raw = Raw {
+                    plain: Some(body),
+                    gz: None,
+                };
+                match self.render(name, raw, &meta).await {
                     Ok(p) => {
                         self.l1.insert(p.clone()).await;
-                        self.l2.put(name, body, &meta, self.keep_in_redis()).await;
+                        self.l2.put(name, p.raw_gz.clone(), &meta, self.keep_in_redis()).await;
                         Ok((p, Source::Upstream))
                     }
                     Err(e) => self.serve_stale(name, base, UpstreamError::Body(e)).await,
@@ -318,7 +262,7 @@ impl Inner {
                 tracing::warn!(package = %name, error = %err, "upstream failed; serving the stale copy");
                 // Look fresh for a short while so a dead upstream is not asked on every request.
                 let retry_at = now.saturating_sub(self.settings.ttl.saturating_sub(STALE_RETRY).as_millis() as u64);
-                let p = p.checked_at(retry_at.max(p.checked_ms), true);
+                let p = self.current(p.checked_at(retry_at.max(p.checked_ms), true)).await;
                 self.l1.insert(p.clone()).await;
                 Ok((p, Source::Stale))
             }
@@ -327,8 +271,18 @@ impl Inner {
     }
 
     async fn render_shared(&self, name: &PackageName, meta: &DocMeta) -> Option<Arc<Package>> {
-        let body = self.l2.body(name).await?;
-        match self.render(name, body, meta).await {
+        let gz = self.l2.body_gz(name).await?;
+        match self
+            .render(
+                name,
+                Raw {
+                    gz: Some(gz),
+                    plain: None,
+                },
+                meta,
+            )
+            .await
+        {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::warn!(package = %name, error = %e, "unusable packument in redis; ignoring it");
@@ -337,27 +291,55 @@ impl Inner {
         }
     }
 
-    /// Parses, rewrites and compresses a raw document (on a blocking thread: it can be 40 MB).
-    async fn render(&self, name: &PackageName, raw: Bytes, meta: &DocMeta) -> Result<Arc<Package>, String> {
-        let (n, base) = (name.clone(), self.settings.public_base.clone());
-        let rendered = tokio::task::spawn_blocking(move || -> Result<_, DocError> {
-            let mut doc = Document::parse(&raw, &n)?;
-            let index = doc.index(&n);
-            doc.rewrite_tarballs(&n, &base);
-            Ok((Variant::new(doc.to_full()), Variant::new(doc.to_abbreviated()), index))
-        })
-        .await
-        .map_err(|e| format!("rendering failed: {e}"))?;
-        let (full, abbreviated, index) = rendered.map_err(|e| e.to_string())?;
-        Ok(Arc::new(Package {
-            name: name.clone(),
-            full,
-            abbreviated,
-            index: Arc::new(index),
-            upstream_etag: meta.etag.clone(),
-            fetched_ms: meta.fetched_ms,
-            checked_ms: meta.checked_ms,
-            stale: false,
-        }))
+    /// `p` if it was rendered under the policy in force, else rendered again from its raw
+    /// document (the cached document stays valid; only the decision changed).
+    async fn current(&self, p: Arc<Package>) -> Arc<Package> {
+        if p.current(self.guard.version(), now_ms()) {
+            return p;
+        }
+        let meta = DocMeta {
+            etag: p.upstream_etag.clone(),
+            fetched_ms: p.fetched_ms,
+            checked_ms: p.checked_ms,
+        };
+        match self
+            .render(
+                &p.name,
+                Raw {
+                    gz: Some(p.raw_gz.clone()),
+                    plain: None,
+                },
+                &meta,
+            )
+            .await
+        {
+            Ok(fresh) => {
+                let fresh = if p.stale {
+                    fresh.checked_at(fresh.checked_ms, true)
+                } else {
+                    fresh
+                };
+                self.l1.insert(fresh.clone()).await;
+                fresh
+            }
+            Err(e) => {
+                tracing::error!(package = %p.name, error = %e, "cannot re-render under the new policy");
+                p
+            }
+        }
+    }
+
+    /// Filters, rewrites and compresses a raw document under the policy in force (on a
+    /// blocking thread: it can be 40 MB).
+    async fn render(&self, name: &PackageName, raw: Raw, meta: &DocMeta) -> Result<Arc<Package>, String> {
+        let (n, base, meta, policy) = (
+            name.clone(),
+            self.settings.public_base.clone(),
+            meta.clone(),
+            self.guard.policy(),
+        );
+        tokio::task::spawn_blocking(move || render(&n, raw, &meta, &policy, &base, now_ms()).map(Arc::new))
+            .await
+            .map_err(|e| format!("rendering failed: {e}"))?
     }
 }

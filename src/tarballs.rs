@@ -12,11 +12,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::cache::disk::{Pending, TarballStore};
+use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::TarballInfo;
-use crate::packuments::{FetchError, Packuments, Source};
+use crate::npm::path::version_from_file;
+use crate::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub enum TarballBody {
@@ -30,6 +32,12 @@ pub enum TarballBody {
 pub enum TarballError {
     #[error("{0}")]
     NotFound(String),
+    #[error("blocked: {}", block.reason)]
+    Blocked {
+        name: PackageName,
+        block: Block,
+        version: Option<String>,
+    },
     #[error(transparent)]
     Fetch(#[from] FetchError),
 }
@@ -37,6 +45,7 @@ pub enum TarballError {
 pub struct Tarballs {
     store: Arc<TarballStore>,
     packuments: Arc<Packuments>,
+    guard: Arc<Guard>,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
 }
@@ -45,18 +54,21 @@ impl Tarballs {
     pub fn new(
         store: Arc<TarballStore>,
         packuments: Arc<Packuments>,
+        guard: Arc<Guard>,
         upstream: Arc<Upstream>,
         metrics: Arc<Metrics>,
     ) -> Tarballs {
         Tarballs {
             store,
             packuments,
+            guard,
             upstream,
             metrics,
         }
     }
 
     pub async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
+        self.check_policy(name, file).await?;
         if let Some((f, len)) = self.store.open(name, file).await {
             self.metrics.cache("disk", true);
             return Ok((TarballBody::File(f, len), true));
@@ -88,17 +100,67 @@ impl Tarballs {
         Ok((TarballBody::Download(rx, length), false))
     }
 
+    /// Refuses blocked tarballs even when they are on disk: lockfile installs skip metadata
+    /// and yarn 4 builds tarball URLs itself. Hits stay cheap: the packument is only needed
+    /// when the release-age gate applies.
+    async fn check_policy(&self, name: &PackageName, file: &str) -> Result<(), TarballError> {
+        let policy = self.guard.policy();
+        if let Some(block) = policy.package(name.as_str()) {
+            return Err(TarballError::Blocked {
+                name: name.clone(),
+                block,
+                version: None,
+            });
+        }
+        let version = version_from_file(name, file);
+        if let Some(v) = version
+            && let Some(block) = policy.version(name.as_str(), v)
+        {
+            if block.kind == "malware" && self.store.purge(name, Some(v)) > 0 {
+                tracing::warn!(package = %name, version = v, "purged a cached tarball now listed as malware");
+            }
+            return Err(TarballError::Blocked {
+                name: name.clone(),
+                block,
+                version: Some(v.to_string()),
+            });
+        }
+        if policy.age_gate(name.as_str()).is_some() {
+            let (pkg, _) = self.packuments.get(name).await?;
+            let version = version.or_else(|| pkg.index.files.get(file).map(|i| i.version.as_str()));
+            if let Some(block) = version.and_then(|v| pkg.hidden.get(v)) {
+                return Err(TarballError::Blocked {
+                    name: name.clone(),
+                    block: block.clone(),
+                    version: version.map(str::to_string),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The packument's entry for `file`, refreshing the packument once if it does not know it
     /// (a version published after it was cached).
     async fn find(&self, name: &PackageName, file: &str) -> Result<TarballInfo, TarballError> {
         let (pkg, source) = self.packuments.get(name).await?;
-        if let Some(info) = pkg.index.files.get(file) {
-            return Ok(info.clone());
+        let allowed = |pkg: &Package| -> Option<Result<TarballInfo, TarballError>> {
+            let info = pkg.index.files.get(file)?;
+            Some(match pkg.hidden.get(&info.version) {
+                Some(block) => Err(TarballError::Blocked {
+                    name: name.clone(),
+                    block: block.clone(),
+                    version: Some(info.version.clone()),
+                }),
+                None => Ok(info.clone()),
+            })
+        };
+        if let Some(found) = allowed(&pkg) {
+            return found;
         }
         if source != Source::Upstream {
             let (pkg, _) = self.packuments.refresh(name).await?;
-            if let Some(info) = pkg.index.files.get(file) {
-                return Ok(info.clone());
+            if let Some(found) = allowed(&pkg) {
+                return found;
             }
         }
         Err(TarballError::NotFound(format!(

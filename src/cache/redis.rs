@@ -1,13 +1,11 @@
-//! L2: raw upstream packuments in the shared Redis, gzip-compressed, with the upstream ETag,
+//! L2: raw upstream packuments in the shared Redis, gzip-compressed (by the caller), with the upstream ETag,
 //! when the body was fetched and when it was last validated, so every replica can use what
 //! one fetched. Every failure here is a cache miss, never a failed request.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::Compression;
 use redis::AsyncCommands;
 
 use crate::cluster::redis::SharedRedis;
@@ -55,40 +53,21 @@ impl SharedMeta {
         }
     }
 
-    /// The uncompressed body stored for `name`.
-    pub async fn body(&self, name: &PackageName) -> Option<Bytes> {
+    /// The gzip-compressed body stored for `name`.
+    pub async fn body_gz(&self, name: &PackageName) -> Option<Bytes> {
         let mut conn = self.redis.conn()?;
-        let stored: Option<Vec<u8>> = match conn.hget(self.key(name), "body").await {
-            Ok(v) => v,
+        match conn.hget::<_, _, Option<Vec<u8>>>(self.key(name), "body").await {
+            Ok(v) => v.map(Bytes::from),
             Err(e) => {
                 self.redis.report_error("metadata read", &e);
-                return None;
+                None
             }
-        };
-        let stored = stored?;
-        tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(stored.len() * 6);
-            flate2::read::GzDecoder::new(&stored[..])
-                .read_to_end(&mut out)
-                .ok()
-                .map(|_| Bytes::from(out))
-        })
-        .await
-        .ok()
-        .flatten()
+        }
     }
 
-    pub async fn put(&self, name: &PackageName, body: Bytes, meta: &DocMeta, keep: Duration) {
+    /// Stores a gzip-compressed body with what is known of it, for `keep`.
+    pub async fn put(&self, name: &PackageName, gz: Bytes, meta: &DocMeta, keep: Duration) {
         let Some(mut conn) = self.redis.conn() else { return };
-        let Ok(Some(compressed)) = tokio::task::spawn_blocking(move || {
-            let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 6), Compression::fast());
-            enc.write_all(&body).ok()?;
-            enc.finish().ok()
-        })
-        .await
-        else {
-            return;
-        };
         let key = self.key(name);
         let result: redis::RedisResult<()> = redis::pipe()
             .atomic()
@@ -96,7 +75,7 @@ impl SharedMeta {
             .hset_multiple(
                 &key,
                 &[
-                    ("body", compressed),
+                    ("body", gz.to_vec()),
                     ("etag", meta.etag.clone().unwrap_or_default().into_bytes()),
                     ("fetched", meta.fetched_ms.to_string().into_bytes()),
                     ("checked", meta.checked_ms.to_string().into_bytes()),

@@ -55,15 +55,6 @@ impl AgeGate {
     }
 }
 
-/// Milliseconds since the epoch of an ISO 8601 time as npm writes them
-/// (`2024-01-02T03:04:05.678Z`).
-pub fn parse_time_ms(time: &str) -> Option<u64> {
-    let t = humantime::parse_rfc3339_weak(time.trim_end_matches('Z')).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,13 +86,5 @@ mod tests {
         assert!(gate.exempt("@myorg/tool"));
         assert!(!gate.exempt("react-dom"));
         assert!(AgeGate::new(Duration::from_secs(1), &["/(/".into()]).is_err());
-    }
-
-    #[test]
-    fn npm_times() {
-        assert_eq!(parse_time_ms("1970-01-01T00:00:01.500Z"), Some(1500));
-        assert_eq!(parse_time_ms("2024-01-01T00:00:00.000Z"), Some(1_704_067_200_000));
-        assert_eq!(parse_time_ms("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
-        assert_eq!(parse_time_ms("yesterday"), None);
     }
 }

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::guard::Block;
 use crate::npm::path::PathError;
 use crate::packuments::FetchError;
 use crate::tarballs::TarballError;
@@ -13,17 +14,51 @@ use crate::upstream::UpstreamError;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub error: &'static str,
+    pub error: String,
     pub reason: String,
+    /// More fields of the body (the guard's `package`, `type`, `pattern`, ...).
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>, reason: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            error,
+            error: error.into(),
             reason: reason.into(),
+            extra: None,
         }
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>) -> ApiError {
+        self.error = error.into();
+        self
+    }
+
+    /// 403 for a package the guard blocks as a whole (the Node NPG's body).
+    pub fn blocked_package(name: &str, block: &Block) -> ApiError {
+        let error = format!("Blocked package: {name} - {}", block.reason);
+        ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, None, block)
+    }
+
+    /// 403 for a version (its manifest or tarball) the guard blocks.
+    pub fn blocked_version(name: &str, version: &str, block: &Block) -> ApiError {
+        let error = format!("Package tarball is blacklisted ({})", block.reason);
+        ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, Some(version), block)
+    }
+
+    fn with_block(mut self, name: &str, version: Option<&str>, block: &Block) -> ApiError {
+        let mut fields = match serde_json::to_value(block) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        fields.remove("reason");
+        fields.insert("package".into(), name.into());
+        if let Some(v) = version {
+            fields.insert("version".into(), v.into());
+        }
+        self.extra = Some(Box::new(fields));
+        self
     }
 
     pub fn not_found(reason: impl Into<String>) -> ApiError {
@@ -73,6 +108,16 @@ impl From<TarballError> for ApiError {
     fn from(e: TarballError) -> ApiError {
         match e {
             TarballError::NotFound(reason) => ApiError::not_found(reason),
+            TarballError::Blocked {
+                name,
+                block,
+                version: Some(v),
+            } => ApiError::blocked_version(name.as_str(), &v, &block),
+            TarballError::Blocked {
+                name,
+                block,
+                version: None,
+            } => ApiError::blocked_package(name.as_str(), &block),
             TarballError::Fetch(f) => f.into(),
         }
     }
@@ -82,10 +127,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
             tracing::warn!(status = self.status.as_u16(), reason = %self.reason, "{}", self.error);
-        } else {
+        } else if self.status != StatusCode::FORBIDDEN {
+            // Blocks are logged once per package and version by the guard instead.
             tracing::info!(status = self.status.as_u16(), reason = %self.reason, "{}", self.error);
         }
-        let body = serde_json::json!({ "error": self.error, "reason": self.reason });
+        let mut body = self.extra.map(|b| *b).unwrap_or_default();
+        body.insert("error".into(), self.error.into());
+        body.insert("reason".into(), self.reason.into());
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -54,8 +54,11 @@ fn x_cache(source: Source) -> &'static str {
     }
 }
 
-/// Headers common to cacheable successful responses.
-fn cache_headers(headers: &mut HeaderMap, source: Source, authed: bool) {
+/// Headers common to cacheable successful responses, and the guard's notice for npm users.
+fn cache_headers(headers: &mut HeaderMap, pkg: &Package, source: Source, authed: bool) {
+    if let Some(notice) = pkg.notice.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
+        headers.insert("npm-notice", notice);
+    }
     headers.insert("x-cache", HeaderValue::from_static(x_cache(source)));
     let cc = if authed {
         "private, no-cache"
@@ -127,7 +130,7 @@ pub fn packument(req: &HeaderMap, pkg: &Package, source: Source) -> Response<Bod
             false,
         )
     };
-    cache_headers(resp.headers_mut(), source, req.contains_key(header::AUTHORIZATION));
+    cache_headers(resp.headers_mut(), pkg, source, req.contains_key(header::AUTHORIZATION));
     resp
 }
 
@@ -160,7 +163,7 @@ pub fn version(
     let body = version_manifest(&pkg.full.body, &version).ok_or_else(missing)?;
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
     let mut resp = respond(req, body.into(), &etag, &etag, "application/json", false);
-    cache_headers(resp.headers_mut(), source, req.contains_key(header::AUTHORIZATION));
+    cache_headers(resp.headers_mut(), pkg, source, req.contains_key(header::AUTHORIZATION));
     Ok(resp)
 }
 

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{Method, Response, header};
+use axum::http::{HeaderValue, Method, Response, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 
@@ -12,9 +12,11 @@ use super::errors::ApiError;
 use super::observe::{RouteLabel, observe};
 use super::{health, packument, passthrough, tarball};
 use crate::app::App;
+use crate::guard::Block;
 use crate::npm::name::PackageName;
 use crate::npm::path::{Route, check_traversal, classify};
-use crate::packuments::Source;
+use crate::packuments::{FetchError, Lookup, Source};
+use crate::tarballs::TarballError;
 
 pub const API_PREFIX: &str = "/npm";
 
@@ -59,26 +61,65 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         Err(e) => labelled("invalid", Err(e.into())),
         Ok(Route::Ping) => health::ping().await,
         Ok(Route::Passthrough) => labelled("passthrough", passthrough::forward(&app, req, &relative).await),
-        Ok(Route::Packument(name)) => {
-            let result = match app.packuments.get(&name).await {
-                Ok((pkg, source)) => Ok(packument::packument(req.headers(), &pkg, source)),
-                Err(e) => auth_fallback(&app, req, &relative, e.into()).await,
-            };
-            labelled("packument", result)
-        }
+        Ok(Route::Packument(name)) => labelled("packument", packument(&app, req, &relative, &name).await),
         Ok(Route::Version(name, spec)) => labelled("version", version(&app, req, &relative, &name, &spec).await),
         Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &relative, &name, &file).await),
+        Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &relative, &name).await),
     }
 }
 
 /// npg caches only what upstream serves anonymously. When upstream refuses that but the
 /// client brought credentials (a private package), the client's own request goes through.
-async fn auth_fallback(app: &App, req: Request, relative: &str, err: ApiError) -> Result<Response<Body>, ApiError> {
+/// Never used for the guard's refusals.
+async fn auth_fallback(app: &App, req: Request, relative: &str, err: FetchError) -> Result<Response<Body>, ApiError> {
+    let err = ApiError::from(err);
     let refused = matches!(err.status.as_u16(), 401 | 403 | 404);
     if refused && req.headers().contains_key(header::AUTHORIZATION) {
         return passthrough::forward(app, req, relative).await;
     }
     Err(err)
+}
+
+/// Counts and logs a block (once per package and version), and builds its 403.
+fn refuse(app: &App, name: &PackageName, version: Option<&str>, block: &Block) -> ApiError {
+    app.guard.record(name.as_str(), version, block);
+    match version {
+        Some(v) => ApiError::blocked_version(name.as_str(), v, block),
+        None => ApiError::blocked_package(name.as_str(), block),
+    }
+}
+
+/// The packument as the policy allows it: refused when the package is blocked as a whole
+/// (without asking upstream), 404 when every version is hidden.
+async fn allowed_packument(
+    app: &App,
+    req: Request,
+    relative: &str,
+    name: &PackageName,
+) -> Result<Result<(Request, Lookup), Response<Body>>, ApiError> {
+    if let Some(block) = app.guard.policy().package(name.as_str()) {
+        return Err(refuse(app, name, None, &block));
+    }
+    let (pkg, source) = match app.packuments.get(name).await {
+        Ok(found) => found,
+        Err(e) => return auth_fallback(app, req, relative, e).await.map(Err),
+    };
+    if pkg.all_hidden() {
+        for (version, block) in pkg.hidden.iter() {
+            app.guard.record(name.as_str(), Some(version), block);
+        }
+        let reason = pkg.notice.clone().unwrap_or_default();
+        return Err(ApiError::not_found(reason).with_error(format!("All versions of {name} are blocked by policy")));
+    }
+    Ok(Ok((req, (pkg, source))))
+}
+
+async fn packument(app: &App, req: Request, relative: &str, name: &PackageName) -> Result<Response<Body>, ApiError> {
+    let (req, (pkg, source)) = match allowed_packument(app, req, relative, name).await? {
+        Ok(found) => found,
+        Err(passed_through) => return Ok(passed_through),
+    };
+    Ok(packument::packument(req.headers(), &pkg, source))
 }
 
 async fn version(
@@ -88,16 +129,35 @@ async fn version(
     name: &PackageName,
     spec: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let (pkg, source) = match app.packuments.get(name).await {
+    let (req, (pkg, source)) = match allowed_packument(app, req, relative, name).await? {
         Ok(found) => found,
-        Err(e) => return auth_fallback(app, req, relative, e.into()).await,
+        Err(passed_through) => return Ok(passed_through),
     };
+    if let Some(block) = pkg.hidden.get(spec) {
+        return Err(refuse(app, name, Some(spec), block));
+    }
     if packument::resolve_spec(&pkg, spec).is_none() && source != Source::Upstream {
         // Maybe published since we cached it: ask upstream once before saying 404.
         let (pkg, source) = app.packuments.refresh(name).await?;
+        if let Some(block) = pkg.hidden.get(spec) {
+            return Err(refuse(app, name, Some(spec), block));
+        }
         return packument::version(req.headers(), &pkg, source, name, spec);
     }
     packument::version(req.headers(), &pkg, source, name, spec)
+}
+
+/// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.
+async fn dist_tags(app: &App, req: Request, relative: &str, name: &PackageName) -> Result<Response<Body>, ApiError> {
+    let (_, (pkg, _)) = match allowed_packument(app, req, relative, name).await? {
+        Ok(found) => found,
+        Err(passed_through) => return Ok(passed_through),
+    };
+    let tags: std::collections::BTreeMap<_, _> = pkg.index.dist_tags.iter().collect();
+    let mut resp = axum::Json(tags).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
 }
 
 async fn tarball(
@@ -116,6 +176,9 @@ async fn tarball(
             hit,
             app.metrics.clone(),
         )),
-        Err(e) => auth_fallback(app, req, relative, e.into()).await,
+        Err(TarballError::Blocked { block, version, .. }) => Err(refuse(app, name, version.as_deref(), &block)),
+        Err(TarballError::Fetch(e)) => auth_fallback(app, req, relative, e).await,
+        Err(e @ TarballError::NotFound(_)) if !req.headers().contains_key(header::AUTHORIZATION) => Err(e.into()),
+        Err(TarballError::NotFound(_)) => passthrough::forward(app, req, relative).await,
     }
 }

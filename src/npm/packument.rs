@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use nodejs_semver::Version;
+
 use super::name::PackageName;
 
 /// Fields an abbreviated version manifest keeps when present (npm's documented list).
@@ -121,14 +123,70 @@ impl Document {
             index.files.insert(file, info);
             index.versions.push(version.clone());
         }
-        if let Some(tags) = self.doc.get("dist-tags").and_then(Value::as_object) {
-            for (tag, v) in tags {
-                if let Some(v) = v.as_str() {
-                    index.dist_tags.insert(tag.clone(), v.to_string());
-                }
-            }
-        }
+        index.dist_tags = self.index_tags();
         index
+    }
+
+    /// The dist-tags as a map.
+    pub fn index_tags(&self) -> HashMap<String, String> {
+        let tags = self
+            .doc
+            .get("dist-tags")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten();
+        tags.filter_map(|(tag, v)| Some((tag.clone(), v.as_str()?.to_string())))
+            .collect()
+    }
+
+    /// Each version with its publication time from `time` (unix ms), if it has one.
+    pub fn publication_times(&self) -> Vec<(String, Option<u64>)> {
+        let time = self.doc.get("time");
+        let when = |v: &str| {
+            time.and_then(|t| t.get(v))
+                .and_then(Value::as_str)
+                .and_then(parse_time_ms)
+        };
+        self.versions().map(|(v, _)| (v.clone(), when(v))).collect()
+    }
+
+    /// Removes the versions `hide` selects from `versions` and `time`, and moves each dist-tag
+    /// that pointed at one to the highest remaining version not newer than it (never from a
+    /// release to a prerelease), dropping the tag when there is none. Returns how many went.
+    pub fn hide(&mut self, hide: impl Fn(&str) -> bool) -> usize {
+        let Some(Value::Object(versions)) = self.doc.get_mut("versions") else {
+            return 0;
+        };
+        let before = versions.len();
+        versions.retain(|v, _| !hide(v));
+        let removed = before - versions.len();
+        if removed == 0 {
+            return 0;
+        }
+        let remaining: Vec<Version> = versions.keys().filter_map(|v| Version::parse(v).ok()).collect();
+        if let Some(Value::Object(time)) = self.doc.get_mut("time") {
+            time.retain(|k, _| k == "created" || k == "modified" || !hide(k));
+        }
+        if let Some(Value::Object(tags)) = self.doc.get_mut("dist-tags") {
+            tags.retain(|_, target| {
+                let Some(t) = target.as_str().filter(|t| hide(t)) else {
+                    return true;
+                };
+                let Ok(old) = Version::parse(t) else { return false };
+                let best = remaining
+                    .iter()
+                    .filter(|v| **v <= old && (old.is_prerelease() || !v.is_prerelease()))
+                    .max();
+                match best {
+                    Some(v) => {
+                        *target = Value::String(v.to_string());
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        removed
     }
 
     /// Points every `dist.tarball` at `<public_base>/<name>/-/<file>`.
@@ -204,6 +262,14 @@ fn tarball_file(name: &PackageName, version: &str, url: Option<&str>) -> String 
         Some(f) if super::path::valid_file(&f) => f,
         _ => format!("{}-{version}.tgz", name.unscoped()),
     }
+}
+
+/// Milliseconds since the epoch of a time as npm writes them (`2024-01-02T03:04:05.678Z`).
+pub fn parse_time_ms(time: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339_weak(time.trim_end_matches('Z')).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// One version's manifest from a (rewritten) full document, without parsing the rest.
@@ -315,6 +381,73 @@ mod tests {
             Some(DocError::WrongName("b".into()))
         );
         assert!(Document::parse(b"{\"name\": \"a\"}", &n).is_ok());
+    }
+
+    fn tagged(versions: &[&str], tags: Value) -> Document {
+        let versions: Map<String, Value> = versions
+            .iter()
+            .map(|v| (v.to_string(), json!({"version": v})))
+            .collect();
+        let time: Map<String, Value> = versions
+            .keys()
+            .map(|v| (v.clone(), json!("2024-01-01T00:00:00.000Z")))
+            .collect();
+        let doc = json!({"name": "a", "dist-tags": tags, "versions": versions, "time": time});
+        Document::parse(&serde_json::to_vec(&doc).unwrap(), &name("a")).unwrap()
+    }
+
+    #[test]
+    fn hiding_versions_moves_dist_tags() {
+        let mut d = tagged(
+            &["1.0.0", "1.1.0", "1.2.0", "2.0.0-beta.1", "2.0.0", "3.0.0"],
+            json!({"latest": "2.0.0", "next": "3.0.0", "beta": "2.0.0-beta.1", "old": "1.0.0"}),
+        );
+        let hidden = ["2.0.0", "3.0.0", "1.0.0"];
+        assert_eq!(d.hide(|v| hidden.contains(&v)), 3);
+        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        assert_eq!(
+            v["dist-tags"]["latest"], "1.2.0",
+            "a release never moves to a prerelease"
+        );
+        assert_eq!(
+            v["dist-tags"]["next"], "1.2.0",
+            "highest remaining not newer than 3.0.0"
+        );
+        assert_eq!(v["dist-tags"]["beta"], "2.0.0-beta.1", "untouched");
+        assert!(v["dist-tags"].get("old").is_none(), "nothing older than 1.0.0 remains");
+        let versions: Vec<&String> = v["versions"].as_object().unwrap().keys().collect();
+        assert_eq!(versions, ["1.1.0", "1.2.0", "2.0.0-beta.1"]);
+        assert!(v["time"].get("2.0.0").is_none() && v["time"].get("1.1.0").is_some());
+        let a: Value = serde_json::from_slice(&d.to_abbreviated()).unwrap();
+        assert!(a["versions"].get("2.0.0").is_none() && a["time"].get("3.0.0").is_none());
+    }
+
+    #[test]
+    fn prerelease_tags_move_to_prereleases_too() {
+        let mut d = tagged(
+            &["1.0.0", "2.0.0-rc.1", "2.0.0-rc.2"],
+            json!({"next": "2.0.0-rc.2", "latest": "1.0.0"}),
+        );
+        d.hide(|v| v == "2.0.0-rc.2");
+        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        assert_eq!(v["dist-tags"]["next"], "2.0.0-rc.1");
+        assert_eq!(v["dist-tags"]["latest"], "1.0.0");
+        assert_eq!(d.hide(|_| false), 0);
+    }
+
+    #[test]
+    fn npm_times() {
+        assert_eq!(parse_time_ms("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(parse_time_ms("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
+        assert_eq!(parse_time_ms("yesterday"), None);
+    }
+
+    #[test]
+    fn publication_times() {
+        let d = doc();
+        let times: HashMap<String, Option<u64>> = d.publication_times().into_iter().collect();
+        assert_eq!(times["1.0.0"], Some(1_704_067_200_000));
+        assert_eq!(parse_time_ms("nonsense"), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum Route {
     Version(PackageName, String),
     /// `/<name>/-/<file>.tgz`
     Tarball(PackageName, String),
+    /// `/-/package/<name>/dist-tags`
+    DistTags(PackageName),
     /// `/-/ping`
     Ping,
     /// Anything else: search, audit, dist-tags, login, publish, ...
@@ -63,11 +65,14 @@ pub fn classify(raw: &str) -> Result<Route, PathError> {
     let trimmed = raw.trim_start_matches('/');
     let segs: Vec<&str> = trimmed.split('/').collect();
     if trimmed.is_empty() || segs[0].starts_with('-') {
-        return Ok(if segs == ["-", "ping"] {
-            Route::Ping
-        } else {
-            Route::Passthrough
-        });
+        return match segs.as_slice() {
+            ["-", "ping"] => Ok(Route::Ping),
+            ["-", "package", name @ .., "dist-tags"] if !name.is_empty() && name.len() <= 2 => {
+                let name = name.iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?.join("/");
+                Ok(Route::DistTags(PackageName::parse(&name)?))
+            }
+            _ => Ok(Route::Passthrough),
+        };
     }
     let first = decode(segs[0])?;
     let (name, rest) = if first.starts_with('@') && !first.contains('/') {
@@ -166,6 +171,18 @@ mod tests {
             assert_eq!(classify(p), Ok(Route::Passthrough), "{p}");
         }
         assert_eq!(classify("/a/b/c/d"), Ok(Route::Passthrough));
+    }
+
+    #[test]
+    fn dist_tags() {
+        assert_eq!(classify("/-/package/a/dist-tags"), Ok(Route::DistTags(name("a"))));
+        assert_eq!(
+            classify("/-/package/@s%2fn/dist-tags"),
+            Ok(Route::DistTags(name("@s/n")))
+        );
+        assert_eq!(classify("/-/package/@s/n/dist-tags"), Ok(Route::DistTags(name("@s/n"))));
+        assert_eq!(classify("/-/package/a/dist-tags/latest"), Ok(Route::Passthrough));
+        assert!(matches!(classify("/-/package/_a/dist-tags"), Err(PathError::Name(_))));
     }
 
     #[test]

@@ -1,0 +1,179 @@
+//! A packument as npg serves it: the upstream document checked, filtered by the guard's
+//! policy, tarball URLs rewritten, rendered in both forms (full and abbreviated), each
+//! gzip-compressed once with its strong ETag. Rendering is CPU work on documents of up to
+//! tens of MB: callers run it on a blocking thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use crate::cache::redis::DocMeta;
+use crate::guard::{Block, Policy};
+use crate::npm::name::PackageName;
+use crate::npm::packument::{Document, Index};
+
+/// One rendered form, identity and gzip, with its strong ETags.
+#[derive(Clone)]
+pub struct Variant {
+    pub body: Bytes,
+    pub gzip: Bytes,
+    /// Strong ETag of `body`.
+    pub etag: String,
+    /// Strong ETag of `gzip` (another representation, so another tag).
+    pub gzip_etag: String,
+}
+
+impl Variant {
+    fn new(body: Vec<u8>) -> Variant {
+        let digest = Sha256::digest(&body);
+        let hash = hex::encode(&digest[..16]);
+        let (etag, gzip_etag) = (format!("\"{hash}\""), format!("\"{hash}-gz\""));
+        let gzip = gzip(&body, Compression::default());
+        Variant {
+            body: body.into(),
+            gzip: gzip.into(),
+            etag,
+            gzip_etag,
+        }
+    }
+}
+
+fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 5), level);
+    enc.write_all(data).expect("writing to a Vec cannot fail");
+    enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// The upstream document as bytes: gzip-compressed (as kept in memory and in Redis), and
+/// plain when it just arrived.
+pub struct Raw {
+    pub gz: Option<Bytes>,
+    pub plain: Option<Bytes>,
+}
+
+/// A packument as served, plus what tarball and version requests need to know.
+#[derive(Clone)]
+pub struct Package {
+    pub name: PackageName,
+    pub full: Variant,
+    pub abbreviated: Variant,
+    /// Tarballs of every version; tags and versions as served (filtered).
+    pub index: Arc<Index>,
+    /// Versions the policy hides, and why.
+    pub hidden: Arc<HashMap<String, Block>>,
+    /// Told to npm users in an `npm-notice` header when versions are hidden.
+    pub notice: Option<String>,
+    /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
+    pub raw_gz: Bytes,
+    pub upstream_etag: Option<String>,
+    /// When upstream sent this body (unix ms): identifies the body across replicas.
+    pub fetched_ms: u64,
+    /// When upstream last confirmed it (unix ms): freshness counts from here.
+    pub checked_ms: u64,
+    /// Served because upstream failed.
+    pub stale: bool,
+    /// The policy it was rendered under, and until when that rendering holds (the age gate
+    /// lets a version through at a known time).
+    pub policy_version: u64,
+    pub valid_until_ms: Option<u64>,
+}
+
+impl Package {
+    pub fn approx_bytes(&self) -> usize {
+        let v = |v: &Variant| v.body.len() + v.gzip.len();
+        v(&self.full) + v(&self.abbreviated) + self.raw_gz.len() + self.index.approx_bytes() + 256
+    }
+
+    /// Whether this rendering still reflects the policy in force.
+    pub fn current(&self, policy_version: u64, now_ms: u64) -> bool {
+        self.policy_version == policy_version && self.valid_until_ms.is_none_or(|t| now_ms < t)
+    }
+
+    /// Every version is hidden: nothing to serve.
+    pub fn all_hidden(&self) -> bool {
+        self.index.versions.is_empty() && !self.hidden.is_empty()
+    }
+
+    pub fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
+        Arc::new(Package {
+            checked_ms,
+            stale,
+            ..self.clone()
+        })
+    }
+}
+
+/// Renders a raw document under `policy` at `now_ms`.
+pub fn render(
+    name: &PackageName,
+    raw: Raw,
+    meta: &DocMeta,
+    policy: &Policy,
+    public_base: &str,
+    now_ms: u64,
+) -> Result<Package, String> {
+    let (plain, raw_gz) = match (raw.plain, raw.gz) {
+        (Some(plain), Some(gz)) => (plain, gz),
+        (Some(plain), None) => {
+            let gz = Bytes::from(gzip(&plain, Compression::fast()));
+            (plain, gz)
+        }
+        (None, Some(gz)) => {
+            let mut out = Vec::with_capacity(gz.len() * 6);
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_end(&mut out)
+                .map_err(|e| format!("stored document is not gzip: {e}"))?;
+            (Bytes::from(out), gz)
+        }
+        (None, None) => return Err("no document to render".into()),
+    };
+    let mut doc = Document::parse(&plain, name).map_err(|e| e.to_string())?;
+    drop(plain);
+    let mut index = doc.index(name);
+    let times = doc.publication_times();
+    let verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);
+    if !verdict.hidden.is_empty() {
+        doc.hide(|v| verdict.hidden.contains_key(v));
+        index.versions.retain(|v| !verdict.hidden.contains_key(v));
+        index.dist_tags = doc.index_tags();
+    }
+    doc.rewrite_tarballs(name, public_base);
+    let notice = notice(name, &verdict.hidden, times.len());
+    Ok(Package {
+        name: name.clone(),
+        full: Variant::new(doc.to_full()),
+        abbreviated: Variant::new(doc.to_abbreviated()),
+        index: Arc::new(index),
+        hidden: Arc::new(verdict.hidden),
+        notice,
+        raw_gz,
+        upstream_etag: meta.etag.clone(),
+        fetched_ms: meta.fetched_ms,
+        checked_ms: meta.checked_ms,
+        stale: false,
+        policy_version: policy.version,
+        valid_until_ms: verdict.valid_until_ms,
+    })
+}
+
+/// `npg: 2 of 9 versions of foo hidden (malware: 1, age: 1)`; ASCII, fit for a header.
+fn notice(name: &PackageName, hidden: &HashMap<String, Block>, total: usize) -> Option<String> {
+    if hidden.is_empty() {
+        return None;
+    }
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for block in hidden.values() {
+        *kinds.entry(block.kind).or_default() += 1;
+    }
+    let why: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let text = format!(
+        "npg: {} of {total} versions of {name} hidden by policy ({})",
+        hidden.len(),
+        why.join(", ")
+    );
+    Some(text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect())
+}
