@@ -19,6 +19,7 @@ pub struct Metrics {
     bytes_served: Family<Labels, Counter>,
     redis_up: Gauge,
     guard_blocks: Family<Labels, Counter>,
+    changes_invalidations: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -63,6 +64,12 @@ impl Default for Metrics {
             "Refused requests and hidden versions by rule type",
             guard_blocks.clone(),
         );
+        let changes_invalidations = Counter::default();
+        registry.register(
+            "changes_invalidations",
+            "Packages invalidated because the registry's changes feed listed them",
+            changes_invalidations.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -72,6 +79,7 @@ impl Default for Metrics {
             bytes_served,
             redis_up,
             guard_blocks,
+            changes_invalidations,
         }
     }
 }
@@ -112,6 +120,10 @@ impl Metrics {
 
     pub fn guard_block(&self, kind: &'static str) {
         self.guard_blocks.get_or_create(&vec![("type", kind.to_string())]).inc();
+    }
+
+    pub fn changes_invalidation(&self) {
+        self.changes_invalidations.inc();
     }
 
     /// Prometheus text exposition.

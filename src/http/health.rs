@@ -11,6 +11,7 @@ use crate::cluster::redis::RedisState;
 
 pub async fn health(State(app): State<App>) -> Response {
     let redis = app.redis.state();
+    let policy = app.guard.policy();
     let status = if redis == RedisState::Disconnected {
         "degraded"
     } else {
@@ -22,6 +23,13 @@ pub async fn health(State(app): State<App>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "instance": app.instance,
         "uptime_seconds": app.started.elapsed().as_secs(),
+        "guard": {
+            "policy_version": policy.version,
+            "blocklist_rules": policy.blocklist.len(),
+            "malware_entries": policy.malware.len(),
+            "min_release_age": policy.age.as_ref().map(|g| humantime::format_duration(g.min_age()).to_string()),
+            "feed": app.guard.feed_status(),
+        },
     });
     let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));

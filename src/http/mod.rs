@@ -1,6 +1,7 @@
 //! The HTTP face of npg: routing, the responses of each route, errors, the listener.
 
 pub mod errors;
+pub mod guard;
 pub mod health;
 pub mod observe;
 pub mod packument;

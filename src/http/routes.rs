@@ -25,6 +25,7 @@ pub fn router(app: App) -> Router {
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
         .route("/metrics", get(health::metrics))
+        .route("/api/guard/{*name}", get(super::guard::explain))
         .route(API_PREFIX, any(npm))
         .route("/npm/", any(npm))
         .route("/npm/{*rest}", any(npm))

@@ -2,6 +2,7 @@
 //! free loopback ports and stopped by PID, and an in-process fake upstream registry.
 #![allow(dead_code)]
 
+pub mod changes_feed;
 pub mod clients;
 pub mod npg;
 pub mod redis;
