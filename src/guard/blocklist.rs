@@ -160,7 +160,9 @@ impl Blocklist {
             PackageBlock::Versions(..) => None,
         });
         by_name.or_else(|| {
-            let first = self.patterns.as_ref()?.matches(name).into_iter().next()?;
+            // `is_match` first: it allocates nothing, and almost every name matches no pattern.
+            let set = self.patterns.as_ref().filter(|set| set.is_match(name))?;
+            let first = set.matches(name).into_iter().next()?;
             let (pattern, reason) = &self.pattern_rules[first];
             Some(Hit::Pattern {
                 pattern: pattern.clone(),
