@@ -294,8 +294,13 @@ impl Inner {
     /// `p` if it was rendered under the policy in force, else rendered again from its raw
     /// document (the cached document stays valid; only the decision changed).
     async fn current(&self, p: Arc<Package>) -> Arc<Package> {
-        if p.current(self.guard.version(), now_ms()) {
+        let (policy, now) = (self.guard.policy(), now_ms());
+        if p.current(policy.version, now) {
             return p;
+        }
+        if let Some(same) = p.rejudged(&policy, now) {
+            self.l1.insert(same.clone()).await;
+            return same;
         }
         let meta = DocMeta {
             etag: p.upstream_etag.clone(),

@@ -65,6 +65,9 @@ pub struct Package {
     pub index: Arc<Index>,
     /// Versions the policy hides, and why.
     pub hidden: Arc<HashMap<String, Block>>,
+    /// Every upstream version with its publication time: enough to judge a new policy
+    /// without parsing the document again.
+    pub times: Arc<Vec<(String, Option<u64>)>>,
     /// Told to npm users in an `npm-notice` header when versions are hidden.
     pub notice: Option<String>,
     /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
@@ -96,6 +99,20 @@ impl Package {
     /// Every version is hidden: nothing to serve.
     pub fn all_hidden(&self) -> bool {
         self.index.versions.is_empty() && !self.hidden.is_empty()
+    }
+
+    /// Under a new policy: the same rendering when the policy hides the same versions for the
+    /// same reasons (most policy changes concern other packages), else `None`.
+    pub fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
+        let times = self.times.iter().map(|(v, t)| (v.as_str(), *t));
+        let verdict = policy.judge(self.name.as_str(), times, now_ms);
+        (verdict.hidden == *self.hidden).then(|| {
+            Arc::new(Package {
+                policy_version: policy.version,
+                valid_until_ms: verdict.valid_until_ms,
+                ..self.clone()
+            })
+        })
     }
 
     pub fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
@@ -143,12 +160,14 @@ pub fn render(
     }
     doc.rewrite_tarballs(name, public_base);
     let notice = notice(name, &verdict.hidden, times.len());
+    let times = Arc::new(times);
     Ok(Package {
         name: name.clone(),
         full: Variant::new(doc.to_full()),
         abbreviated: Variant::new(doc.to_abbreviated()),
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
+        times,
         notice,
         raw_gz,
         upstream_etag: meta.etag.clone(),
@@ -176,4 +195,80 @@ fn notice(name: &PackageName, hidden: &HashMap<String, Block>, total: usize) -> 
         why.join(", ")
     );
     Some(text.chars().filter(|c| c.is_ascii() && !c.is_ascii_control()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::blocklist::Blocklist;
+
+    fn policy(version: u64, rules: &str) -> Policy {
+        Policy {
+            version,
+            blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
+            malware: Arc::default(),
+            age: None,
+        }
+    }
+
+    fn package(policy: &Policy) -> Package {
+        let doc = serde_json::json!({
+            "name": "a", "dist-tags": {"latest": "2.0.0"},
+            "time": {"1.0.0": "2024-01-01T00:00:00.000Z", "2.0.0": "2024-02-01T00:00:00.000Z"},
+            "versions": {"1.0.0": {"version": "1.0.0", "dist": {"tarball": "http://up/a/-/a-1.0.0.tgz"}},
+                         "2.0.0": {"version": "2.0.0", "dist": {"tarball": "http://up/a/-/a-2.0.0.tgz"}}}
+        });
+        let raw = Raw {
+            plain: Some(serde_json::to_vec(&doc).unwrap().into()),
+            gz: None,
+        };
+        let meta = DocMeta {
+            etag: None,
+            fetched_ms: 1,
+            checked_ms: 1,
+        };
+        render(
+            &PackageName::parse("a").unwrap(),
+            raw,
+            &meta,
+            policy,
+            "http://npg/npm",
+            0,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn renders_filtered_with_a_notice() {
+        let p = package(&policy(1, "packages:\n  - name: a\n    versions: ['2.0.0']\n"));
+        assert_eq!(p.index.versions, ["1.0.0"]);
+        assert_eq!(p.index.dist_tags["latest"], "1.0.0");
+        assert_eq!(
+            p.index.files.len(),
+            2,
+            "tarballs of hidden versions stay known, to refuse them"
+        );
+        assert_eq!(
+            p.notice.as_deref(),
+            Some("npg: 1 of 2 versions of a hidden by policy (version: 1)")
+        );
+        assert!(!p.all_hidden());
+        let full: serde_json::Value = serde_json::from_slice(&p.full.body).unwrap();
+        assert_eq!(
+            full["versions"]["1.0.0"]["dist"]["tarball"],
+            "http://npg/npm/a/-/a-1.0.0.tgz"
+        );
+    }
+
+    #[test]
+    fn a_policy_change_elsewhere_keeps_the_rendering() {
+        let p = package(&policy(1, ""));
+        let unrelated = p.rejudged(&policy(2, "packages:\n  - name: other\n"), 0).unwrap();
+        assert_eq!(unrelated.policy_version, 2);
+        assert_eq!(unrelated.full.etag, p.full.etag);
+        assert!(
+            p.rejudged(&policy(3, "packages:\n  - name: a\n    versions: ['1.0.0']\n"), 0)
+                .is_none()
+        );
+    }
 }
