@@ -142,7 +142,7 @@ impl Follower {
             self.app.changes.update(|s| s.leader = true);
             self.lead(&lock).await;
             self.app.changes.update(|s| s.leader = false);
-            tracing::warn!("no longer following the changes feed (lock lost); another replica takes over");
+            tracing::warn!("stopped following the changes feed (lock lost or Redis failed)");
         }
     }
 
@@ -207,7 +207,13 @@ impl Follower {
                 continue;
             }
             self.invalidate(&page.ids).await;
-            since = page.next.max(since);
+            if page.next <= since {
+                // Without a later sequence the same page would come back at once, forever.
+                self.failed(&mut backoff, format!("the changes feed did not move past {since}"))
+                    .await;
+                continue;
+            }
+            since = page.next;
             if !self.record(since, lock).await {
                 return;
             }
