@@ -30,6 +30,7 @@ pub async fn health(State(app): State<App>) -> Response {
             "min_release_age": policy.age.as_ref().map(|g| humantime::format_duration(g.min_age()).to_string()),
             "feed": app.guard.feed_status(),
         },
+        "changes": app.changes.snapshot(),
     });
     let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));
