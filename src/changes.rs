@@ -25,6 +25,7 @@ use crate::cluster::lock::{RedisLock, random_u64};
 use crate::cluster::redis::RedisState;
 use crate::config::Settings;
 use crate::npm::name::PackageName;
+use crate::upstream::error_chain;
 
 /// The lease outlives a stuck holder by at most this long.
 const LOCK_TTL: Duration = Duration::from_secs(15);
@@ -445,17 +446,6 @@ fn seq_number(v: &Value) -> Option<u64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

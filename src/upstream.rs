@@ -36,7 +36,8 @@ impl UpstreamError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes on one line (reqwest's own message hides the cause).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

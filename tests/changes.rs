@@ -39,7 +39,7 @@ fn agent(name: &str) -> String {
 /// `X-Cache` and `dist-tags.latest` of the package as npg serves it.
 async fn latest(npg: &NpgProcess) -> (String, String) {
     let url = format!("{}/{PKG}", npg.proxy_url);
-    let resp = support::http_client()
+    let resp = support::http::client()
         .get(&url)
         .send()
         .await

@@ -6,41 +6,14 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::clients::{Client, Project};
+use support::http::{ABBREVIATED, Reply};
 use support::npg::NpgProcess;
 use support::upstream::FakeRegistry;
 
-const ABBREVIATED: &str = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
-
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
-    }
-}
-
 async fn get(url: &str, accept: Option<&str>) -> Reply {
-    let mut req = support::http_client().get(url);
-    if let Some(a) = accept {
-        req = req.header("accept", a);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
-    Reply {
-        status,
-        headers,
-        body: resp.bytes().await.unwrap().to_vec(),
-    }
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    support::http::get(url, &headers).await
 }
 
 fn write(path: &Path, text: &str) {
@@ -92,18 +65,18 @@ patterns:
 async fn whole_packages_are_refused_without_asking_upstream() {
     let (up, npg, _dir) = start_with(RULES, &[]);
     let r = get(&format!("{}/npg-legacy", npg.proxy_url), None).await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status.as_u16(), 403);
     let body = r.json();
     assert_eq!(body["error"], "Blocked package: npg-legacy - unmaintained");
     assert_eq!(body["reason"], "unmaintained");
     assert_eq!(body["package"], "npg-legacy");
     assert_eq!(body["type"], "package");
     let r = get(&format!("{}/evil-lodash", npg.proxy_url), None).await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status.as_u16(), 403);
     assert_eq!(r.json()["type"], "pattern");
     assert_eq!(r.json()["pattern"], "^evil-");
     let tarball = get(&format!("{}/npg-legacy/-/npg-legacy-1.0.0.tgz", npg.proxy_url), None).await;
-    assert_eq!(tarball.status, 403);
+    assert_eq!(tarball.status.as_u16(), 403);
     assert_eq!(up.packument_requests("npg-legacy"), 0);
     assert_eq!(up.requests("/registry/evil-lodash"), 0);
     let metrics = String::from_utf8(get(&format!("{}/metrics", npg.base), None).await.body).unwrap();
@@ -143,7 +116,7 @@ async fn blocked_versions_are_filtered_from_both_forms() {
     assert_eq!(original["dist-tags"]["latest"], "2.0.0");
 
     let tarball = get(&format!("{url}/-/npg-fixture-a-2.0.0.tgz"), None).await;
-    assert_eq!(tarball.status, 403);
+    assert_eq!(tarball.status.as_u16(), 403);
     let body = tarball.json();
     assert_eq!(body["type"], "version");
     assert_eq!(body["version"], "2.0.0");

@@ -5,52 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::Value;
+use support::http::{ABBREVIATED, get};
 use support::npg::NpgProcess;
 use support::upstream::{Failure, FakeRegistry};
 
-const ABBREVIATED: &str = "application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8, */*";
-
 fn client() -> reqwest::Client {
-    support::http_client()
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
-    }
-    /// The body, gunzipped when it came gzip-encoded.
-    fn decoded(&self) -> Vec<u8> {
-        if self.header("content-encoding") == "gzip" {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&self.body[..]), &mut out).unwrap();
-            out
-        } else {
-            self.body.clone()
-        }
-    }
-}
-
-async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = client().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let (status, headers) = (resp.status(), resp.headers().clone());
-    let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-    Reply { status, headers, body }
+    support::http::client()
 }
 
 /// A GET written by hand on a socket, so the path arrives exactly as given.

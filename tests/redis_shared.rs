@@ -11,7 +11,7 @@ use support::redis::RedisServer;
 use support::upstream::FakeRegistry;
 
 async fn get(url: &str) -> (u16, String, Vec<u8>) {
-    let resp = support::http_client()
+    let resp = support::http::client()
         .get(url)
         .send()
         .await

@@ -4,6 +4,7 @@
 
 pub mod changes_feed;
 pub mod clients;
+pub mod http;
 pub mod npg;
 pub mod redis;
 pub mod upstream;
@@ -26,10 +27,4 @@ pub fn require_binary(name: &str) -> std::path::PathBuf {
         }
     }
     panic!("`{name}` is not installed: run scripts/install-test-deps (it installs every tool the tests need)");
-}
-
-/// A plain-HTTP test client that leaves gzip bodies encoded, so tests see what npg sent.
-pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().no_gzip().build().expect("reqwest client")
 }
