@@ -190,11 +190,12 @@ async fn corrupted_tarball_is_never_cached_or_served_whole() {
     let (up, npg) = start();
     let url = format!("{}/npg-corrupt/-/npg-corrupt-1.0.0.tgz", npg.proxy_url);
     for _ in 0..2 {
-        let result = client().get(&url).send().await.unwrap().bytes().await;
-        assert!(
-            result.is_err(),
-            "the client must see a broken download, not a complete bad tarball"
-        );
+        // The abort may come before or after the response head reached the client.
+        let broken = match client().get(&url).send().await {
+            Err(_) => true,
+            Ok(resp) => resp.bytes().await.is_err(),
+        };
+        assert!(broken, "the client must see a broken download, not a complete bad tarball");
     }
     assert!(!npg.storage.join("np/npg-corrupt/npg-corrupt-1.0.0.tgz").exists());
     assert_eq!(
