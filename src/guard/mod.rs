@@ -7,6 +7,7 @@
 
 pub mod age;
 pub mod blocklist;
+pub mod feed;
 pub mod malware;
 pub mod reload;
 

@@ -1,0 +1,684 @@
+//! The malware feed refresher: keeps the guard's malware list current.
+//!
+//! - The last good feed is kept on disk in the Node NPG's layout,
+//!   `<MALWARE_LIST_DIR>/<feed host>/<file name>` with `.etag` beside it, and loaded before
+//!   npg serves, so a restart without network still guards.
+//! - Every `UPDATE_INTERVAL` the feed is fetched with `If-None-Match`. A bad download (status,
+//!   JSON, network, timeout) keeps the list in use and is retried with backoff.
+//! - In a cluster one replica fetches per interval: the holder of the Redis lock `feed`, and
+//!   only when no replica checked within the interval (the hash `malware:feed` says when). It
+//!   stores the raw feed there and announces it on the bus; the others load it from Redis on
+//!   that event and on a periodic comparison (pub/sub may lose messages). Without Redis, or
+//!   while it is down, each replica fetches for itself.
+//! - Each new list replaces the guard's (a new policy version, so cached renderings are
+//!   redone) and the tarballs it newly lists are deleted from disk.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use redis::AsyncCommands;
+use reqwest::{StatusCode, header};
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use url::Url;
+
+use super::Guard;
+use super::malware::MalwareList;
+use crate::app::App;
+use crate::cache::disk::TarballStore;
+use crate::cluster::bus::{Bus, Event};
+use crate::cluster::lock::RedisLock;
+use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::config::Settings;
+use crate::npm::name::PackageName;
+use crate::upstream::error_chain;
+
+/// How often a replica compares its list with the cluster's copy (at most the interval).
+const CLUSTER_CHECK: Duration = Duration::from_secs(10);
+/// First retry after a failed fetch; doubles up to the interval.
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+/// Bound of one download, body included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longer than a fetch, so the lock outlives it; short, so a crashed holder is replaced soon.
+const LOCK_TTL: Duration = Duration::from_secs(180);
+/// The real feed is tens of MB; anything far larger is not a feed.
+const MAX_FEED_BYTES: usize = 512 << 20;
+/// A fetch in the cluster is skipped when another replica checked this recently (a fraction
+/// of the interval: replicas' timers drift).
+const RECENT_CHECK: f64 = 0.9;
+/// How long a starting replica waits for Redis before it fetches on its own.
+const REDIS_WAIT: Duration = Duration::from_secs(3);
+/// Never spin, whatever UPDATE_INTERVAL says.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A feed as kept on disk.
+pub struct Persisted {
+    pub body: Vec<u8>,
+    pub etag: Option<String>,
+    pub written: SystemTime,
+}
+
+/// Where the feed is kept on disk (the Node NPG's layout, so its volume is reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedFiles {
+    pub body: PathBuf,
+    pub etag: PathBuf,
+}
+
+impl FeedFiles {
+    pub fn new(dir: &Path, url: &Url) -> FeedFiles {
+        let host = url.host_str().unwrap_or("feed");
+        let file = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .filter(|f| !f.is_empty() && *f != "." && *f != "..")
+            .unwrap_or("malware_predictions.json");
+        let dir = dir.join(host);
+        FeedFiles {
+            body: dir.join(file),
+            etag: dir.join(".etag"),
+        }
+    }
+
+    /// The persisted feed; `None` if there is none.
+    pub fn load(&self) -> io::Result<Option<Persisted>> {
+        let body = match std::fs::read(&self.body) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let written = std::fs::metadata(&self.body)?.modified()?;
+        let etag = std::fs::read_to_string(&self.etag)
+            .ok()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty());
+        Ok(Some(Persisted { body, etag, written }))
+    }
+
+    /// Writes both files atomically. The old ETag goes first, so a crash in between leaves a
+    /// body without an ETag (a full fetch next time), never a stale ETag for a new body.
+    pub fn save(&self, body: &[u8], etag: Option<&str>) -> io::Result<()> {
+        let dir = self.body.parent().expect("feed file has a directory");
+        std::fs::create_dir_all(dir)?;
+        match std::fs::remove_file(&self.etag) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        write_atomic(dir, &self.body, body)?;
+        if let Some(etag) = etag {
+            write_atomic(dir, &self.etag, etag.as_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = tempfile::Builder::new().prefix(".feed-").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A feed body parsed and fingerprinted (off the async threads: the real feed is large).
+struct Parsed {
+    list: MalwareList,
+    digest: Vec<u8>,
+    body: Bytes,
+}
+
+async fn parse(body: Bytes, reasons: &[String]) -> Result<Parsed, String> {
+    let reasons = reasons.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let list = MalwareList::parse(&body, &reasons)?;
+        let digest = Sha256::digest(&body).to_vec();
+        Ok(Parsed { list, digest, body })
+    })
+    .await
+    .map_err(|e| format!("feed parser failed: {e}"))?
+}
+
+/// What a conditional fetch brought.
+enum Fetched {
+    NotModified,
+    New { body: Bytes, etag: Option<String> },
+}
+
+/// The cluster's copy in Redis, without its body.
+struct ClusterCopy {
+    etag: Option<String>,
+    /// When its body was fetched (unix ms); `None` when the hash has no body.
+    updated_ms: Option<u64>,
+    /// When a replica last asked the feed (unix ms).
+    checked_ms: Option<u64>,
+}
+
+/// Deletes the cached tarballs of what `new` lists and `old` did not; returns (entries, files).
+fn purge_added(store: &TarballStore, new: &MalwareList, old: &MalwareList) -> (usize, usize) {
+    let added = new.added_since(old);
+    let mut files = 0;
+    for (name, version) in &added {
+        // The feed is outside input: a name that is not a package name cannot be on disk.
+        if let Ok(name) = PackageName::parse(name) {
+            files += store.purge(&name, version.as_deref());
+        }
+    }
+    (added.len(), files)
+}
+
+struct Refresher {
+    url: Url,
+    reasons: Vec<String>,
+    files: FeedFiles,
+    interval: Duration,
+    guard: Arc<Guard>,
+    store: Arc<TarballStore>,
+    redis: Arc<SharedRedis>,
+    bus: Arc<Bus>,
+    lock: RedisLock,
+    client: reqwest::Client,
+    /// The ETag of the list in use: what `If-None-Match` sends.
+    etag: Option<String>,
+    /// When the list in use was fetched (unix ms), to compare with the cluster's copy.
+    updated_ms: u64,
+    /// SHA-256 of the body in use: the same list again is not re-applied.
+    digest: Vec<u8>,
+}
+
+/// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
+/// in the background.
+pub fn spawn(app: &App, settings: &Settings) {
+    let (guard, store, redis, bus) = (app.guard.clone(), app.store.clone(), app.redis.clone(), app.bus.clone());
+    let url = settings.malware_feed_url.clone();
+    let files = FeedFiles::new(&settings.malware_list_dir, &url);
+    // rustls needs one process-wide crypto provider; installing it twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(30))
+        .gzip(true)
+        .build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no HTTP client for the malware feed; it will not be refreshed");
+            return;
+        }
+    };
+    let mut refresher = Refresher {
+        url,
+        reasons: settings.malware_feed_reasons.clone(),
+        files,
+        interval: settings.update_interval.max(MIN_INTERVAL),
+        lock: RedisLock::new(redis.clone(), "feed", LOCK_TTL),
+        guard,
+        store,
+        redis,
+        bus,
+        client,
+        etag: None,
+        updated_ms: 0,
+        digest: Vec::new(),
+    };
+    let scheduled = settings.enable_scheduled_updates;
+    // Before serving, so the first request is already guarded (parsing is quick even for the
+    // real feed, and this runs once).
+    let from_disk = refresher.load_disk(scheduled);
+    tokio::spawn(async move {
+        if let Some(list) = from_disk {
+            // Tarballs cached before they were listed, by this run or an earlier one.
+            let store = refresher.store.clone();
+            let purged = tokio::task::spawn_blocking(move || purge_added(&store, &list, &MalwareList::default())).await;
+            if let Ok((_, files)) = purged
+                && files > 0
+            {
+                tracing::info!(files, "purged cached tarballs listed by the persisted malware feed");
+            }
+        }
+        if scheduled {
+            refresher.run().await;
+        }
+    });
+}
+
+impl Refresher {
+    /// Applies the persisted feed, if any; returns its list for the purge.
+    fn load_disk(&mut self, scheduled: bool) -> Option<Arc<MalwareList>> {
+        let loaded = self.files.load();
+        let state = if scheduled { "loading" } else { "disabled" };
+        self.guard.update_feed_status(|s| s.state = state);
+        let Persisted { body, etag, written } = match loaded {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                tracing::info!(path = %self.files.body.display(), "no persisted malware feed yet");
+                return None;
+            }
+            Err(e) => {
+                let error = format!("cannot read {}: {e}", self.files.body.display());
+                tracing::warn!(%error, "persisted malware feed not loaded");
+                self.guard.update_feed_status(|s| s.last_error = Some(error));
+                return None;
+            }
+        };
+        let list = match MalwareList::parse(&body, &self.reasons) {
+            Ok(list) => Arc::new(list),
+            Err(e) => {
+                let error = format!("{}: {e}", self.files.body.display());
+                tracing::warn!(%error, "persisted malware feed not loaded");
+                self.guard.update_feed_status(|s| s.last_error = Some(error));
+                return None;
+            }
+        };
+        self.digest = Sha256::digest(&body).to_vec();
+        self.updated_ms = unix_ms(written);
+        self.etag = etag;
+        self.guard.set_malware(list.clone());
+        self.set_ok("disk", self.updated_ms);
+        tracing::info!(entries = list.len(), path = %self.files.body.display(), "malware feed loaded from disk");
+        Some(list)
+    }
+
+    fn set_ok(&self, source: &'static str, at_ms: u64) {
+        let entries = self.guard.policy().malware.len();
+        let etag = self.etag.clone();
+        self.guard.update_feed_status(|s| {
+            s.state = "ok";
+            s.entries = entries;
+            s.etag = etag;
+            s.source = Some(source);
+            s.updated_at_ms = Some(at_ms);
+            s.last_error = None;
+        });
+    }
+
+    async fn run(mut self) {
+        let mut events = self.bus.subscribe();
+        let mut bus_open = true;
+        let clustered = self.redis.state() != RedisState::Disabled;
+        if clustered {
+            // The Redis monitor needs a moment to see Redis up; a replica that did not wait
+            // would fetch for itself at every start.
+            let deadline = Instant::now() + REDIS_WAIT;
+            while self.redis.conn().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // A copy fetched while this replica was away is newer than its disk.
+        self.sync_from_cluster().await;
+        let mut next_fetch = Instant::now();
+        let mut backoff = FIRST_BACKOFF.min(self.interval);
+        let mut check = tokio::time::interval(CLUSTER_CHECK.min(self.interval));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_fetch) => match self.refresh().await {
+                    Ok(()) => {
+                        backoff = FIRST_BACKOFF.min(self.interval);
+                        next_fetch = Instant::now() + self.interval;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?backoff, "malware feed not updated; keeping the list in use");
+                        self.guard.update_feed_status(|s| {
+                            s.state = "error";
+                            s.last_error = Some(error);
+                        });
+                        next_fetch = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(self.interval);
+                    }
+                },
+                event = events.recv(), if bus_open => match event {
+                    Ok(Event::FeedUpdated { .. }) | Err(RecvError::Lagged(_)) => self.sync_from_cluster().await,
+                    Ok(_) => {}
+                    Err(RecvError::Closed) => bus_open = false,
+                },
+                _ = check.tick(), if clustered => self.sync_from_cluster().await,
+            }
+        }
+    }
+
+    /// One scheduled look at the feed.
+    async fn refresh(&mut self) -> Result<(), String> {
+        if self.redis.conn().is_none() {
+            // No Redis, or Redis down: this replica fends for itself.
+            let etag = self.etag.clone();
+            return match self.download(etag.as_deref()).await? {
+                Fetched::NotModified => {
+                    self.checked();
+                    Ok(())
+                }
+                Fetched::New { body, etag } => {
+                    let parsed = parse(body, &self.reasons).await?;
+                    self.apply(parsed, etag, now_ms(), "remote").await;
+                    Ok(())
+                }
+            };
+        }
+        if !self.lock.try_acquire().await {
+            tracing::debug!("another replica holds the malware feed lock");
+            return Ok(());
+        }
+        let result = self.refresh_for_cluster().await;
+        self.lock.release().await;
+        result
+    }
+
+    /// A refresh while holding the lock: fetch unless another replica just did, and share
+    /// what was fetched.
+    async fn refresh_for_cluster(&mut self) -> Result<(), String> {
+        let copy = self.cluster_copy().await;
+        if let Some(copy) = &copy {
+            if copy.updated_ms.is_some_and(|u| u > self.updated_ms) {
+                self.load_from_cluster(copy).await;
+            }
+            let recent = self.interval.mul_f64(RECENT_CHECK).as_millis() as u64;
+            if copy.checked_ms.is_some_and(|c| now_ms().saturating_sub(c) < recent) {
+                tracing::debug!("malware feed checked recently by another replica");
+                return Ok(());
+            }
+        }
+        // A conditional fetch only when Redis holds the list in use: after a Redis restart
+        // the full body is fetched again, so the others can load it.
+        let shared_is_ours = copy
+            .as_ref()
+            .is_some_and(|c| c.updated_ms.is_some() && c.etag.is_some() && c.etag == self.etag);
+        let etag = if shared_is_ours { self.etag.clone() } else { None };
+        match self.download(etag.as_deref()).await? {
+            Fetched::NotModified => {
+                self.store_checked().await;
+                self.checked();
+            }
+            Fetched::New { body, etag } => {
+                // Validated before sharing: a bad body must not reach the other replicas.
+                let parsed = parse(body, &self.reasons).await?;
+                let updated = now_ms();
+                // A holder whose lease ran out while it downloaded leaves Redis to its successor.
+                if self.lock.extend().await && self.store_copy(&parsed.body, etag.as_deref(), updated).await {
+                    self.bus.publish(Event::FeedUpdated { etag: etag.clone() }).await;
+                }
+                self.apply(parsed, etag, updated, "remote").await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A check that found nothing new (the list in use keeps its source).
+    fn checked(&self) {
+        let at = now_ms();
+        self.guard.update_feed_status(|s| {
+            s.state = "ok";
+            s.updated_at_ms = Some(at);
+            s.last_error = None;
+        });
+    }
+
+    /// Puts a parsed feed in force (unless it is the list in use), persists it and purges.
+    async fn apply(&mut self, parsed: Parsed, etag: Option<String>, updated_ms: u64, source: &'static str) {
+        let Parsed { list, digest, body } = parsed;
+        let unchanged = digest == self.digest;
+        self.etag = etag;
+        self.updated_ms = updated_ms;
+        let files = self.files.clone();
+        let etag = self.etag.clone();
+        let saved = tokio::task::spawn_blocking(move || files.save(&body, etag.as_deref())).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, path = %self.files.body.display(), "malware feed not persisted"),
+            Err(e) => tracing::warn!(error = %e, "malware feed not persisted"),
+        }
+        if unchanged {
+            self.set_ok(source, updated_ms);
+            return;
+        }
+        self.digest = digest;
+        let list = Arc::new(list);
+        let old = self.guard.policy().malware.clone();
+        self.guard.set_malware(list.clone());
+        self.set_ok(source, updated_ms);
+        let store = self.store.clone();
+        let entries = list.len();
+        let purged = tokio::task::spawn_blocking(move || purge_added(&store, &list, &old)).await;
+        let (added, files) = purged.unwrap_or_default();
+        tracing::info!(
+            entries,
+            added,
+            purged_files = files,
+            source,
+            etag = self.etag.as_deref().unwrap_or(""),
+            "malware feed updated"
+        );
+    }
+
+    /// A conditional GET of the feed, bounded in time and size.
+    async fn download(&self, etag: Option<&str>) -> Result<Fetched, String> {
+        let mut req = self.client.get(self.url.clone());
+        if let Some(etag) = etag {
+            req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        let fetch = async {
+            let mut resp = req
+                .send()
+                .await
+                .map_err(|e| format!("feed unreachable: {}", error_chain(&e)))?;
+            match resp.status() {
+                StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
+                StatusCode::OK => {}
+                status => return Err(format!("feed answered HTTP {}", status.as_u16())),
+            }
+            let etag = resp
+                .headers()
+                .get(header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let mut body = BytesMut::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| format!("feed body cut off: {}", error_chain(&e)))?
+            {
+                if body.len() + chunk.len() > MAX_FEED_BYTES {
+                    return Err(format!("feed larger than {MAX_FEED_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Fetched::New {
+                body: body.freeze(),
+                etag,
+            })
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("feed did not answer within {FETCH_TIMEOUT:?}"))?
+    }
+
+    fn key(&self) -> String {
+        self.redis.key("malware:feed")
+    }
+
+    async fn cluster_copy(&self) -> Option<ClusterCopy> {
+        let mut conn = self.redis.conn()?;
+        let fields: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
+            .arg(self.key())
+            .arg(&["etag", "updated", "checked"])
+            .query_async(&mut conn)
+            .await;
+        match fields {
+            Ok((etag, updated_ms, checked_ms)) => Some(ClusterCopy {
+                etag: etag.filter(|e| !e.is_empty()),
+                updated_ms,
+                checked_ms,
+            }),
+            Err(e) => {
+                self.redis.report_error("malware feed read", &e);
+                None
+            }
+        }
+    }
+
+    /// Loads the cluster's copy when it is newer than the list in use.
+    async fn sync_from_cluster(&mut self) {
+        if let Some(copy) = self.cluster_copy().await
+            && copy.updated_ms.is_some_and(|u| u > self.updated_ms)
+        {
+            self.load_from_cluster(&copy).await;
+        }
+    }
+
+    async fn load_from_cluster(&mut self, copy: &ClusterCopy) {
+        let Some(updated_ms) = copy.updated_ms else { return };
+        if copy.etag.is_some() && copy.etag == self.etag {
+            // The list in use, fetched again (e.g. after Redis lost it): nothing to load.
+            self.updated_ms = updated_ms;
+            return;
+        }
+        let Some(mut conn) = self.redis.conn() else { return };
+        let stored: Option<Vec<u8>> = match conn.hget(self.key(), "body").await {
+            Ok(v) => v,
+            Err(e) => {
+                self.redis.report_error("malware feed read", &e);
+                return;
+            }
+        };
+        let Some(stored) = stored else { return };
+        let body = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(stored.len() * 8);
+            flate2::read::GzDecoder::new(&stored[..])
+                .read_to_end(&mut out)
+                .map(|_| Bytes::from(out))
+        })
+        .await;
+        let parsed = match body {
+            Ok(Ok(body)) => parse(body, &self.reasons).await,
+            Ok(Err(e)) => Err(format!("not gzip: {e}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match parsed {
+            Ok(parsed) => self.apply(parsed, copy.etag.clone(), updated_ms, "redis").await,
+            // Only a writer of another version could store this: keep the list in use.
+            Err(error) => tracing::warn!(%error, "the cluster's malware feed in Redis is unusable"),
+        }
+    }
+
+    /// Shares a fetched feed; false when Redis did not take it.
+    async fn store_copy(&self, body: &Bytes, etag: Option<&str>, updated_ms: u64) -> bool {
+        let Some(mut conn) = self.redis.conn() else {
+            return false;
+        };
+        let body = body.clone();
+        let compressed = tokio::task::spawn_blocking(move || {
+            let mut enc =
+                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::default());
+            enc.write_all(&body)?;
+            enc.finish()
+        })
+        .await;
+        let Ok(Ok(compressed)) = compressed else { return false };
+        let key = self.key();
+        let result: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .del(&key)
+            .hset_multiple(
+                &key,
+                &[
+                    ("body", compressed),
+                    ("etag", etag.unwrap_or_default().as_bytes().to_vec()),
+                    ("updated", updated_ms.to_string().into_bytes()),
+                    ("checked", updated_ms.to_string().into_bytes()),
+                ],
+            )
+            .query_async(&mut conn)
+            .await;
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.redis.report_error("malware feed write", &e);
+                false
+            }
+        }
+    }
+
+    /// Tells the other replicas the feed was just asked (so they do not ask again).
+    async fn store_checked(&self) {
+        let Some(mut conn) = self.redis.conn() else { return };
+        if let Err(e) = conn.hset::<_, _, _, ()>(self.key(), "checked", now_ms()).await {
+            self.redis.report_error("malware feed write", &e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_npg_layout() {
+        let url = Url::parse("https://malware-list.aikido.dev/malware_predictions.json").unwrap();
+        let files = FeedFiles::new(Path::new("/var/lib/npg"), &url);
+        assert_eq!(
+            files.body,
+            Path::new("/var/lib/npg/malware-list.aikido.dev/malware_predictions.json")
+        );
+        assert_eq!(files.etag, Path::new("/var/lib/npg/malware-list.aikido.dev/.etag"));
+        let bare = FeedFiles::new(Path::new("d"), &Url::parse("http://127.0.0.1:8/").unwrap());
+        assert_eq!(bare.body, Path::new("d/127.0.0.1/malware_predictions.json"));
+    }
+
+    #[test]
+    fn save_then_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::parse("http://127.0.0.1:9/feeds/list.json").unwrap();
+        let files = FeedFiles::new(dir.path(), &url);
+        assert!(files.load().unwrap().is_none());
+        files.save(b"[]", Some("\"v1\"")).unwrap();
+        let saved = files.load().unwrap().unwrap();
+        assert_eq!(
+            (saved.body.as_slice(), saved.etag.as_deref()),
+            (&b"[]"[..], Some("\"v1\""))
+        );
+        files.save(b"[ ]", None).unwrap();
+        let saved = files.load().unwrap().unwrap();
+        assert_eq!((saved.body.as_slice(), saved.etag), (&b"[ ]"[..], None));
+        let names: Vec<_> = std::fs::read_dir(files.body.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["list.json"], "no temp files left");
+    }
+
+    #[tokio::test]
+    async fn purges_what_is_newly_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TarballStore::new(dir.path()).unwrap();
+        let name = PackageName::parse("p").unwrap();
+        for v in ["1.0.0", "1.0.1"] {
+            let pending = store.pending().unwrap();
+            store.persist(pending, &name, &format!("p-{v}.tgz")).await.unwrap();
+        }
+        let all = ["MALWARE".to_string()];
+        let old = MalwareList::parse(br#"[{"package_name":"p","version":"1.0.0"}]"#, &all).unwrap();
+        let new = MalwareList::parse(
+            br#"[{"package_name":"p","version":"1.0.0"},{"package_name":"p","version":"1.0.1"},
+                {"package_name":"../../x","version":"*"}]"#,
+            &all,
+        )
+        .unwrap();
+        assert_eq!(purge_added(&store, &new, &old), (2, 1));
+        assert!(
+            store.open(&name, "p-1.0.0.tgz").await.is_some(),
+            "listed before: not this update's job"
+        );
+        assert!(store.open(&name, "p-1.0.1.tgz").await.is_none());
+    }
+}
