@@ -109,7 +109,7 @@ impl App {
     /// Starts the background jobs: each one line, each owning its own loop.
     fn start_background(&self, settings: &Settings) {
         crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
-        // [feed] the malware feed refresher starts here.
+        crate::guard::feed::spawn(self, settings);
         crate::changes::spawn_listener(self);
         crate::changes::spawn(self, settings);
         let _ = settings;
