@@ -43,6 +43,11 @@ impl NpgProcess {
             .env("PROXY_URL", &proxy_url)
             .env("STORAGE_DIR", &storage)
             .env("ENABLE_REDIS_CACHE", "false")
+            // No test reaches the real malware feed (nor loads a copy left in ./var): the feed
+            // tests pass their own URL, list dir and schedule.
+            .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
+            .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
+            .env("ENABLE_SCHEDULED_UPDATES", "false")
             .env(
                 "LOG_LEVEL",
                 std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
