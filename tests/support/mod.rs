@@ -4,6 +4,7 @@
 
 pub mod changes_feed;
 pub mod clients;
+pub mod feed_server;
 pub mod http;
 pub mod npg;
 pub mod redis;
