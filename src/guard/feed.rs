@@ -45,7 +45,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longer than a fetch, so the lock outlives it; short, so a crashed holder is replaced soon.
 const LOCK_TTL: Duration = Duration::from_secs(180);
-/// The real feed is tens of MB; anything far larger is not a feed.
+/// Far above any real feed: a body this large is refused rather than held in memory.
 const MAX_FEED_BYTES: usize = 512 << 20;
 /// A fetch in the cluster is skipped when another replica checked this recently (a fraction
 /// of the interval: replicas' timers drift).
@@ -234,8 +234,7 @@ pub fn spawn(app: &App, settings: &Settings) {
         digest: Vec::new(),
     };
     let scheduled = settings.enable_scheduled_updates;
-    // Before serving, so the first request is already guarded (parsing is quick even for the
-    // real feed, and this runs once).
+    // Before serving, so the first request is already guarded (once, at start).
     let from_disk = refresher.load_disk(scheduled);
     tokio::spawn(async move {
         if let Some(list) = from_disk {
