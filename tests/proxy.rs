@@ -195,7 +195,10 @@ async fn corrupted_tarball_is_never_cached_or_served_whole() {
             Err(_) => true,
             Ok(resp) => resp.bytes().await.is_err(),
         };
-        assert!(broken, "the client must see a broken download, not a complete bad tarball");
+        assert!(
+            broken,
+            "the client must see a broken download, not a complete bad tarball"
+        );
     }
     assert!(!npg.storage.join("np/npg-corrupt/npg-corrupt-1.0.0.tgz").exists());
     assert_eq!(
