@@ -16,6 +16,7 @@ use crate::guard::blocklist::Blocklist;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
 use crate::tarballs::Tarballs;
+use crate::tls::Tls;
 use crate::upstream::Upstream;
 
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct App {
     pub bus: Arc<Bus>,
     /// The changes follower's state, for health.
     pub changes: Arc<ChangesState>,
+    /// TLS, when npg serves HTTPS.
+    pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
     pub started: Instant,
@@ -89,6 +92,7 @@ impl App {
             metrics.clone(),
         ));
         let bus = Bus::start(redis.clone(), &instance);
+        let redis_for_tls = redis.clone();
         let app = App {
             packuments,
             tarballs,
@@ -98,6 +102,7 @@ impl App {
             redis,
             bus,
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
+            tls: Tls::setup(settings, redis_for_tls)?,
             metrics,
             instance,
             started: Instant::now(),
@@ -112,6 +117,8 @@ impl App {
         crate::guard::feed::spawn(self, settings);
         crate::changes::spawn_listener(self);
         crate::changes::spawn(self, settings);
-        let _ = settings;
+        if let Some(tls) = &self.tls {
+            crate::tls::acme::spawn(tls.clone(), self.redis.clone(), self.bus.clone(), settings);
+        }
     }
 }

@@ -27,6 +27,8 @@ pub enum Command {
     Serve,
     /// Validate the settings, print the effective configuration and exit.
     CheckConfig,
+    /// Print a new secret key (base64, 32 bytes) for NPG_SECRET_KEY_FILE.
+    GenKey,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -160,6 +162,54 @@ pub struct Settings {
     /// Changes per page (at most 10000).
     #[arg(long, env = "NPM_CHANGES_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub npm_changes_batch_size: u32,
+
+    /// Domain names to serve over HTTPS with an ACME certificate, comma-separated; turns TLS on.
+    #[arg(long, env = "NPG_DOMAIN", value_delimiter = ',')]
+    pub npg_domain: Vec<String>,
+
+    /// Contact address of the ACME account.
+    #[arg(long, env = "ACME_EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// ACME directory (any RFC 8555 CA; default Let's Encrypt production).
+    #[arg(long, env = "ACME_DIRECTORY_URL", default_value = "https://acme-v02.api.letsencrypt.org/directory", value_parser = parse_http_url)]
+    pub acme_directory_url: Url,
+
+    /// Extra root certificate (PEM) to trust for the ACME server's own HTTPS (private CAs, tests).
+    #[arg(long, env = "ACME_CA_FILE")]
+    pub acme_ca_file: Option<PathBuf>,
+
+    /// ACME challenge: http-01 (answered on HTTP_PORT) or tls-alpn-01 (on HTTPS_PORT).
+    #[arg(long, env = "ACME_CHALLENGE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
+    pub acme_challenge: String,
+
+    /// How often each replica re-reads the certificate from Redis (it also listens for events).
+    #[arg(long, env = "ACME_CHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub acme_check_interval: Duration,
+
+    /// Port of the HTTPS listener (when TLS is on).
+    #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
+    pub https_port: u16,
+
+    /// Address of the HTTPS listener (default: HTTP_BIND).
+    #[arg(long, env = "HTTPS_BIND")]
+    pub https_bind: Option<IpAddr>,
+
+    /// With TLS on, redirect plain HTTP to HTTPS (ACME answers, health and ping stay on HTTP).
+    #[arg(long, env = "HTTP_REDIRECT", default_value = "true", value_parser = parse_bool)]
+    pub http_redirect: bool,
+
+    /// Static certificate chain (PEM), the alternative to ACME.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// 32-byte key (base64, from `npg gen-key`) encrypting private keys at rest in Redis.
+    #[arg(long, env = "NPG_SECRET_KEY_FILE")]
+    pub npg_secret_key_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -188,9 +238,19 @@ impl Settings {
         )
     }
 
-    /// PROXY_URL as a string without a trailing slash.
+    /// PROXY_URL as a string without a trailing slash; with ACME and PROXY_URL left at its
+    /// default, `https://<first domain>/npm`.
     pub fn public_base(&self) -> String {
-        self.proxy_url.as_str().trim_end_matches('/').to_string()
+        let default = self.proxy_url.as_str() == "http://127.0.0.1:3000/npm";
+        match self.npg_domain.first() {
+            Some(domain) if default => format!("https://{domain}/npm"),
+            _ => self.proxy_url.as_str().trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Whether npg serves HTTPS (ACME or a static certificate).
+    pub fn tls_enabled(&self) -> bool {
+        !self.npg_domain.is_empty() || self.tls_cert_file.is_some()
     }
 
     /// REGISTRY_URL with exactly one trailing slash, so joins keep its path.
@@ -231,6 +291,19 @@ impl Settings {
         }
         std::fs::create_dir_all(&self.storage_dir)
             .map_err(|e| format!("STORAGE_DIR: cannot create {} ({e})", self.storage_dir.display()))?;
+        if !self.npg_domain.is_empty() && self.tls_cert_file.is_some() {
+            return Err("NPG_DOMAIN (ACME) and TLS_CERT_FILE (static) exclude each other".into());
+        }
+        for domain in &self.npg_domain {
+            let ok = !domain.is_empty()
+                && domain.len() <= 253
+                && domain.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !ok {
+                return Err(format!("NPG_DOMAIN: `{domain}` is not a DNS name"));
+            }
+        }
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
             return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
         }

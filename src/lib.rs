@@ -12,6 +12,7 @@
 //! - `changes`: follows the registry's changes feed and invalidates changed packages.
 //! - `packuments`, `tarballs`: the services that answer metadata and tarball requests.
 //! - `metrics`: Prometheus counters shared by every part.
+//! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
 //! - `http`: routing, error bodies, health, metrics, the listener and graceful shutdown.
 //! - `app`: the shared state that ties them together.
 
@@ -28,4 +29,5 @@ pub mod packuments;
 pub mod rendered;
 pub mod singleflight;
 pub mod tarballs;
+pub mod tls;
 pub mod upstream;

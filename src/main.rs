@@ -19,6 +19,11 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // `gen-key` needs no other setting (REGISTRY_URL is required for everything else).
+    if std::env::args().nth(1).as_deref() == Some("gen-key") {
+        println!("{}", npg::tls::secret::generate());
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let settings = cli.settings;
     if let Err(e) = init_logging(&settings).and_then(|()| settings.validate()) {
@@ -26,6 +31,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match cli.command.unwrap_or(Command::Serve) {
+        Command::GenKey => {
+            println!("{}", npg::tls::secret::generate());
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");
@@ -46,15 +55,50 @@ fn main() -> ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = App::new(&settings)?;
-    let addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("HTTP_PORT: cannot listen on {addr}: {e}"))?;
-    tracing::info!(%addr, upstream = %settings.upstream_base(), public = %settings.public_base(), redis = app.redis.state().as_str(), "npg listening");
-    let router = npg::http::routes::router(app);
-    npg::http::server::serve(listener, router, shutdown_signal(), settings.shutdown_timeout).await;
+    let http_addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
+    let http = bind(http_addr, "HTTP_PORT").await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let drain = settings.shutdown_timeout;
+    let mut servers = tokio::task::JoinSet::new();
+    match app.tls.clone() {
+        None => {
+            let router = npg::http::routes::router(app.clone());
+            servers.spawn(npg::http::server::serve(http, router, None, stopped(), drain));
+        }
+        Some(tls) => {
+            let https_addr =
+                std::net::SocketAddr::new(settings.https_bind.unwrap_or(settings.http_bind), settings.https_port);
+            let https = bind(https_addr, "HTTPS_PORT").await?;
+            let plain = if settings.http_redirect {
+                npg::http::routes::redirect_router(app.clone(), settings.https_port)
+            } else {
+                npg::http::routes::router(app.clone())
+            };
+            servers.spawn(npg::http::server::serve(http, plain, None, stopped(), drain));
+            let router = npg::http::routes::router(app.clone());
+            servers.spawn(npg::http::server::serve(https, router, Some(tls), stopped(), drain));
+            tracing::info!(%https_addr, domains = ?settings.npg_domain, "HTTPS listening");
+        }
+    }
+    tracing::info!(%http_addr, upstream = %settings.upstream_base(), public = %settings.public_base(),
+        redis = app.redis.state().as_str(), "npg listening");
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{setting}: cannot listen on {addr}: {e}"))
 }
 
 async fn shutdown_signal() {

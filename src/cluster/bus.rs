@@ -23,6 +23,8 @@ pub enum Event {
     PackageChanged { name: String },
     /// The leader stored a new malware feed in Redis: reload it from there.
     FeedUpdated { etag: Option<String> },
+    /// A replica stored a new certificate for this domain in Redis: serve it.
+    CertificateReplaced { domain: String },
 }
 
 /// What goes over the channel. `node` tells apart two processes that share an instance name,

@@ -58,6 +58,11 @@ impl RedisLock {
         }
     }
 
+    /// The Redis key of the lock, for callers writing their own fenced scripts.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// The value this holder stores under the key (`<instance>:<random>`).
     pub fn token(&self) -> &str {
         &self.token

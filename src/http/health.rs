@@ -31,6 +31,7 @@ pub async fn health(State(app): State<App>) -> Response {
             "feed": app.guard.feed_status(),
         },
         "changes": app.changes.snapshot(),
+        "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),
     });
     let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));

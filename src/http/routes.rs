@@ -26,6 +26,10 @@ pub fn router(app: App) -> Router {
         .route("/-/ping", get(health::ping))
         .route("/metrics", get(health::metrics))
         .route("/api/guard/{*name}", get(super::guard::explain))
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(crate::tls::challenge::http01),
+        )
         .route(API_PREFIX, any(npm))
         .route("/npm/", any(npm))
         .route("/npm/{*rest}", any(npm))
@@ -37,6 +41,51 @@ pub fn router(app: App) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Plain HTTP when npg serves HTTPS: ACME answers, health and ping (for balancers), and a
+/// permanent redirect to HTTPS for everything else.
+pub fn redirect_router(app: App, https_port: u16) -> Router {
+    let domains = app.tls.as_ref().map(|t| t.domains.clone()).unwrap_or_default();
+    Router::new()
+        .route("/api/health", get(health::health))
+        .route("/-/ping", get(health::ping))
+        .route(
+            "/.well-known/acme-challenge/{token}",
+            get(crate::tls::challenge::http01),
+        )
+        .fallback(move |req: Request| async move { labelled("redirect", Ok(to_https(&req, &domains, https_port))) })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// 308 to the same path over HTTPS, on a host npg serves (never an arbitrary Host header when
+/// the domains are known: no open redirect).
+fn to_https(req: &Request, domains: &[String], https_port: u16) -> Response<Body> {
+    let asked = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let asked = asked.rsplit_once(':').map_or(asked, |(h, _)| h).to_ascii_lowercase();
+    let host = match domains.first() {
+        Some(first) if !domains.contains(&asked) => first.clone(),
+        _ if asked.is_empty() => "localhost".to_string(),
+        _ => asked,
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}{port}{path}");
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = axum::http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 fn labelled(route: &'static str, result: Result<Response<Body>, ApiError>) -> Response<Body> {

@@ -1,0 +1,284 @@
+//! The ACME manager, one per replica. It keeps the resolver serving the cluster's current
+//! certificate and, when there is none or it is due for renewal (a third of its lifetime
+//! left), orders a new one under the Redis lock `acme:<domain>` so one replica orders at a
+//! time. The others take the result from Redis on the `CertificateReplaced` event, or at the
+//! next periodic re-read (pub/sub may lose messages).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Tls;
+use super::store::CertBundle;
+use crate::cluster::bus::{Bus, Event};
+use crate::cluster::lock::RedisLock;
+use crate::cluster::redis::SharedRedis;
+use crate::config::Settings;
+
+/// Longer than an order takes; short, so a dead holder is replaced soon.
+const LOCK_TTL: Duration = Duration::from_secs(120);
+/// How long a replica that lost the lock waits before looking again.
+const WAIT_FOR_HOLDER: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+struct Manager {
+    tls: Arc<Tls>,
+    bus: Arc<Bus>,
+    lock: RedisLock,
+    directory: String,
+    ca_file: Option<std::path::PathBuf>,
+    email: Option<String>,
+    challenge: ChallengeType,
+    check_every: Duration,
+    /// What this replica serves, to write it back if Redis comes back empty.
+    current: Option<CertBundle>,
+    backoff: Duration,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Starts the manager when NPG_DOMAIN is set.
+pub fn spawn(tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &Settings) {
+    let Some(primary) = tls.domains.first().cloned() else {
+        return;
+    };
+    let challenge = if settings.acme_challenge == "tls-alpn-01" {
+        ChallengeType::TlsAlpn01
+    } else {
+        ChallengeType::Http01
+    };
+    let manager = Manager {
+        lock: RedisLock::new(redis, &format!("acme:{primary}"), LOCK_TTL),
+        tls,
+        bus,
+        directory: settings.acme_directory_url.to_string(),
+        ca_file: settings.acme_ca_file.clone(),
+        email: settings.acme_email.clone(),
+        challenge,
+        check_every: settings.acme_check_interval,
+        current: None,
+        backoff: FIRST_BACKOFF,
+    };
+    tokio::spawn(manager.run());
+}
+
+impl Manager {
+    fn primary(&self) -> &str {
+        &self.tls.domains[0]
+    }
+
+    async fn run(mut self) {
+        let mut events = self.bus.subscribe();
+        loop {
+            let wait = self.step().await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                event = events.recv() => match event {
+                    Ok(Event::CertificateReplaced { domain }) if domain == self.primary() => {}
+                    Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => events = self.bus.subscribe(),
+                },
+            }
+        }
+    }
+
+    /// One look at the cluster's certificate; returns how long to wait before the next.
+    async fn step(&mut self) -> Duration {
+        let stored = match self.tls.store.load_cert(self.primary()).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Redis trouble: keep serving what we have and look again soon.
+                self.record_error(format!("cannot read the certificate: {e}"));
+                return FIRST_BACKOFF;
+            }
+        };
+        let stored = match (stored, &self.current) {
+            (None, Some(mine)) if mine.not_after > now() => {
+                // Redis came back empty: write ours back rather than ordering a new one.
+                let mine = mine.clone();
+                if let Ok(true) = self.tls.store.restore_cert(self.primary(), &mine).await {
+                    tracing::info!(domain = self.primary(), "wrote the certificate back to redis");
+                }
+                Some(mine)
+            }
+            (stored, _) => stored,
+        };
+        if let Some(bundle) = &stored {
+            self.serve(bundle);
+            if now() < bundle.renew_at() {
+                let until_renewal = Duration::from_secs((bundle.renew_at() - now()).max(1) as u64);
+                return until_renewal.min(self.check_every);
+            }
+        }
+        if !self.lock.try_acquire().await {
+            return WAIT_FOR_HOLDER;
+        }
+        // Another replica may have stored a certificate while we waited for the lock.
+        if let Ok(Some(b)) = self.tls.store.load_cert(self.primary()).await
+            && now() < b.renew_at()
+            && stored.as_ref().is_none_or(|s| s.serial != b.serial)
+        {
+            self.lock.release().await;
+            self.serve(&b);
+            return Duration::ZERO;
+        }
+        let result = self.order().await;
+        self.lock.release().await;
+        match result {
+            Ok(bundle) => {
+                self.backoff = FIRST_BACKOFF;
+                self.serve(&bundle);
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.record_error(e);
+                let wait = self.backoff.mul_f64(0.75 + rand_fraction() / 2.0);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                wait
+            }
+        }
+    }
+
+    fn serve(&mut self, bundle: &CertBundle) {
+        if self.current.as_ref().is_some_and(|c| c.serial == bundle.serial) {
+            return;
+        }
+        match bundle.certified_key() {
+            Ok(key) => {
+                self.tls.resolver.install(&self.tls.domains, key);
+                self.tls.set_status("acme", Some((self.primary(), bundle)), None);
+                tracing::info!(domain = self.primary(), serial = %bundle.serial, "serving certificate");
+                self.current = Some(bundle.clone());
+            }
+            Err(e) => self.record_error(format!("unusable certificate in the store: {e}")),
+        }
+    }
+
+    fn record_error(&self, error: String) {
+        tracing::warn!(domain = self.primary(), %error, "acme");
+        let mut status = self.tls.status.lock().expect("tls status poisoned");
+        status.last_error = Some(error);
+    }
+
+    async fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
+        match &self.ca_file {
+            Some(path) => Account::builder_with_root(path).map_err(|e| format!("ACME_CA_FILE: {e}")),
+            None => Account::builder().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The cluster's account for this directory, created once.
+    async fn account(&self, fresh: bool) -> Result<Account, String> {
+        if !fresh && let Some(json) = self.tls.store.load_account(&self.directory).await? {
+            let credentials = serde_json::from_str(&json).map_err(|e| format!("stored ACME account: {e}"))?;
+            return self
+                .builder()
+                .await?
+                .from_credentials(credentials)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let contact = self.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let new = NewAccount {
+            contact: &contacts,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let (account, credentials) = self
+            .builder()
+            .await?
+            .create(&new, self.directory.clone(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+        self.tls.store.save_account(&self.directory, &json, false).await?;
+        tracing::info!(directory = %self.directory, "created the ACME account");
+        Ok(account)
+    }
+
+    /// Orders, answers the challenges through the store, finalizes with a fresh key and
+    /// stores the result (only while the lock is ours), then tells the other replicas.
+    async fn order(&mut self) -> Result<CertBundle, String> {
+        let ids: Vec<Identifier> = self.tls.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let account = self.account(false).await?;
+        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+            Err(e) if e.to_string().contains("accountDoesNotExist") => {
+                tracing::warn!("the CA no longer knows our account; creating a new one");
+                self.account(true).await?.new_order(&NewOrder::new(&ids)).await
+            }
+            other => other,
+        }
+        .map_err(|e| format!("new order: {e}"))?;
+        self.tls.store.count_order().await;
+        tracing::info!(domains = ?self.tls.domains, "placed an ACME order");
+        let mut published = Vec::new();
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let mut challenge = authz
+                .challenge(self.challenge.clone())
+                .ok_or("the CA offers no such challenge")?;
+            let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
+                return Err("not a DNS identifier".into());
+            };
+            let key_authorization = challenge.key_authorization().as_str().to_string();
+            let (kind, id) = match self.challenge {
+                ChallengeType::TlsAlpn01 => ("alpn", domain),
+                _ => ("http01", challenge.token.clone()),
+            };
+            self.tls.store.put_challenge(kind, &id, &key_authorization).await?;
+            published.push((kind, id));
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("challenge ready: {e}"))?;
+        }
+        let retry = RetryPolicy::new().timeout(Duration::from_secs(90));
+        let status = order.poll_ready(&retry).await.map_err(|e| format!("order: {e}"));
+        for (kind, id) in &published {
+            self.tls.store.remove_challenge(kind, id).await;
+        }
+        match status? {
+            OrderStatus::Ready => {}
+            other => return Err(format!("order ended {other:?}")),
+        }
+        let key_pem = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        let bundle = CertBundle::from_pem(chain_pem, key_pem)?;
+        if !self.tls.store.save_cert(self.primary(), &bundle, &self.lock).await? {
+            return Err("lost the lock before storing the certificate; another replica took over".into());
+        }
+        self.bus
+            .publish(Event::CertificateReplaced {
+                domain: self.primary().to_string(),
+            })
+            .await;
+        tracing::info!(domain = self.primary(), serial = %bundle.serial, "stored a new certificate");
+        Ok(bundle)
+    }
+}
+
+fn rand_fraction() -> f64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
+}

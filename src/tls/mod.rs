@@ -1,0 +1,120 @@
+//! TLS inside npg: rustls with a certificate resolver fed by a static certificate or by the
+//! ACME manager, which shares its account, certificates and challenges through Redis.
+
+pub mod acme;
+pub mod challenge;
+pub mod resolver;
+pub mod secret;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use rustls::ServerConfig;
+use serde::Serialize;
+
+use crate::cluster::redis::SharedRedis;
+use crate::config::Settings;
+use resolver::Resolver;
+use secret::SecretKey;
+use store::{CertBundle, TlsStore};
+
+/// A server config builder with npg's choices: the ring provider, TLS 1.3 and 1.2 only.
+pub fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert> {
+    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+}
+
+/// One certificate as `/api/health` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertInfo {
+    pub domain: String,
+    pub serial: String,
+    pub not_after: String,
+    pub next_renewal: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsStatus {
+    pub mode: &'static str,
+    pub certificates: Vec<CertInfo>,
+    pub last_error: Option<String>,
+}
+
+pub struct Tls {
+    pub resolver: Arc<Resolver>,
+    pub store: Arc<TlsStore>,
+    pub server_config: Arc<ServerConfig>,
+    pub domains: Vec<String>,
+    pub status: Mutex<TlsStatus>,
+}
+
+fn rfc3339(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Tls {
+    /// The TLS state from the settings: `None` when npg serves plain HTTP only.
+    pub fn setup(settings: &Settings, redis: Arc<SharedRedis>) -> anyhow::Result<Option<Arc<Tls>>> {
+        if !settings.tls_enabled() {
+            return Ok(None);
+        }
+        let secret = match &settings.npg_secret_key_file {
+            Some(path) => Some(
+                SecretKey::load(path)
+                    .map_err(anyhow::Error::msg)
+                    .context("NPG_SECRET_KEY_FILE")?,
+            ),
+            None => None,
+        };
+        let resolver = Arc::new(Resolver::default());
+        let mut config = config_builder().with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Tls {
+            resolver,
+            store: Arc::new(TlsStore::new(redis, &settings.storage_dir, secret)),
+            server_config: Arc::new(config),
+            domains: settings.npg_domain.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            status: Mutex::new(TlsStatus {
+                mode: "acme",
+                ..TlsStatus::default()
+            }),
+        };
+        if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
+            let chain = std::fs::read_to_string(cert).with_context(|| format!("TLS_CERT_FILE {}", cert.display()))?;
+            let key = std::fs::read_to_string(key).with_context(|| format!("TLS_KEY_FILE {}", key.display()))?;
+            let bundle = CertBundle::from_pem(chain, key)
+                .map_err(anyhow::Error::msg)
+                .context("TLS_CERT_FILE")?;
+            tls.resolver.install_any(
+                bundle
+                    .certified_key()
+                    .map_err(anyhow::Error::msg)
+                    .context("TLS_KEY_FILE")?,
+            );
+            tls.set_status("static", Some(("*", &bundle)), None);
+        }
+        Ok(Some(Arc::new(tls)))
+    }
+
+    pub fn set_status(&self, mode: &'static str, cert: Option<(&str, &CertBundle)>, error: Option<String>) {
+        let mut status = self.status.lock().expect("tls status poisoned");
+        status.mode = mode;
+        if let Some((domain, b)) = cert {
+            status.certificates = vec![CertInfo {
+                domain: domain.to_string(),
+                serial: b.serial.clone(),
+                not_after: rfc3339(b.not_after),
+                next_renewal: rfc3339(b.renew_at()),
+            }];
+        }
+        status.last_error = error;
+    }
+
+    pub fn status(&self) -> TlsStatus {
+        self.status.lock().expect("tls status poisoned").clone()
+    }
+}

@@ -1,0 +1,148 @@
+//! Encryption at rest of private keys (ACME account and certificate keys) in Redis:
+//! AES-256-GCM with a random 96-bit nonce per value and the Redis key name as associated
+//! data, so a value copied under another key does not decrypt. Values carry a key id, so a
+//! rotated key fails clearly instead of producing garbage.
+
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sha2::{Digest, Sha256};
+
+const PREFIX: &str = "npg-enc-v1";
+
+pub struct SecretKey {
+    cipher: Aes256Gcm,
+    id: String,
+}
+
+/// A new random key, base64, for `npg gen-key`.
+pub fn generate() -> String {
+    let mut key = [0u8; 32];
+    rand_bytes(&mut key);
+    STANDARD.encode(key)
+}
+
+fn rand_bytes(out: &mut [u8]) {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(out)
+        .expect("the system random generator works");
+}
+
+impl SecretKey {
+    pub fn load(path: &Path) -> Result<SecretKey, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = STANDARD
+            .decode(text.trim())
+            .map_err(|_| format!("{}: not base64", path.display()))?;
+        SecretKey::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<SecretKey, String> {
+        let cipher =
+            Aes256Gcm::new_from_slice(bytes).map_err(|_| format!("the key has {} bytes, not 32", bytes.len()))?;
+        let id = hex::encode(&Sha256::digest(bytes)[..4]);
+        Ok(SecretKey { cipher, id })
+    }
+
+    /// `npg-enc-v1:<key id>:<base64(nonce ‖ ciphertext)>`
+    pub fn encrypt(&self, plaintext: &[u8], context: &str) -> String {
+        let mut nonce = [0u8; 12];
+        rand_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: context.as_bytes(),
+                },
+            )
+            .expect("AES-GCM encryption of a small value cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        format!("{PREFIX}:{}:{}", self.id, STANDARD.encode(out))
+    }
+
+    pub fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, String> {
+        let mut parts = value.splitn(3, ':');
+        let (Some(PREFIX), Some(id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err("value is not encrypted by npg".into());
+        };
+        if id != self.id {
+            return Err(format!(
+                "value was encrypted with another key (id {id}, ours {})",
+                self.id
+            ));
+        }
+        let data = STANDARD
+            .decode(data)
+            .map_err(|_| "encrypted value is not base64".to_string())?;
+        if data.len() < 12 {
+            return Err("encrypted value is truncated".into());
+        }
+        let (nonce, sealed) = data.split_at(12);
+        let nonce = Nonce::try_from(nonce).map_err(|_| "bad nonce".to_string())?;
+        self.cipher
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| "encrypted value does not decrypt (wrong key or tampered)".to_string())
+    }
+}
+
+/// Seals a secret when a key is configured, else keeps it as is.
+pub fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
+    match key {
+        Some(k) => k.encrypt(plaintext.as_bytes(), context),
+        None => plaintext.to_string(),
+    }
+}
+
+/// Opens what `seal` made; refuses an encrypted value without a key, and a plaintext one
+/// with a key configured would be accepted (to migrate a cluster to encryption).
+pub fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, String> {
+    match (key, value.starts_with(PREFIX)) {
+        (Some(k), true) => {
+            String::from_utf8(k.decrypt(value, context)?).map_err(|_| "decrypted value is not UTF-8".into())
+        }
+        (None, true) => Err("value is encrypted but NPG_SECRET_KEY_FILE is not set".into()),
+        (_, false) => Ok(value.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_bound_to_context() {
+        let key = SecretKey::from_bytes(&STANDARD.decode(generate()).unwrap()).unwrap();
+        let sealed = seal(Some(&key), "-----BEGIN PRIVATE KEY-----", "npg:acme:cert:a");
+        assert!(!sealed.contains("PRIVATE KEY"));
+        assert_eq!(
+            open(Some(&key), &sealed, "npg:acme:cert:a").unwrap(),
+            "-----BEGIN PRIVATE KEY-----"
+        );
+        assert!(
+            open(Some(&key), &sealed, "npg:acme:cert:b").is_err(),
+            "bound to its Redis key"
+        );
+        assert!(open(None, &sealed, "npg:acme:cert:a").is_err());
+        let other = SecretKey::from_bytes(&[7u8; 32]).unwrap();
+        assert!(
+            open(Some(&other), &sealed, "npg:acme:cert:a")
+                .unwrap_err()
+                .contains("another key")
+        );
+        assert_eq!(open(Some(&key), "plain", "x").unwrap(), "plain");
+        assert!(SecretKey::from_bytes(&[1u8; 16]).is_err());
+    }
+}
