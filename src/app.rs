@@ -102,7 +102,7 @@ impl App {
             redis,
             bus,
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
-            tls: Tls::setup(settings, redis_for_tls)?,
+            tls: Tls::setup(settings, redis_for_tls, metrics.clone())?,
             metrics,
             instance,
             started: Instant::now(),

@@ -19,6 +19,7 @@ pub struct Metrics {
     bytes_served: Family<Labels, Counter>,
     redis_up: Gauge,
     guard_blocks: Family<Labels, Counter>,
+    acme_orders: Family<Labels, Counter>,
     changes_invalidations: Counter,
 }
 
@@ -70,6 +71,12 @@ impl Default for Metrics {
             "Packages invalidated because the registry's changes feed listed them",
             changes_invalidations.clone(),
         );
+        let acme_orders = Family::default();
+        registry.register(
+            "acme_orders",
+            "ACME orders placed by this replica, by result",
+            acme_orders.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -80,6 +87,7 @@ impl Default for Metrics {
             redis_up,
             guard_blocks,
             changes_invalidations,
+            acme_orders,
         }
     }
 }
@@ -116,6 +124,12 @@ impl Metrics {
 
     pub fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    pub fn acme_order(&self, result: &'static str) {
+        self.acme_orders
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     pub fn guard_block(&self, kind: &'static str) {

@@ -131,8 +131,9 @@ impl Manager {
             self.serve(&b);
             return Duration::ZERO;
         }
-        let result = self.order().await;
+        let result = self.order_holding_lock().await;
         self.lock.release().await;
+        self.tls.metrics.acme_order(if result.is_ok() { "ok" } else { "error" });
         match result {
             Ok(bundle) => {
                 self.backoff = FIRST_BACKOFF;
@@ -206,9 +207,27 @@ impl Manager {
         Ok(account)
     }
 
+    /// `order`, extending the lock while it runs (a slow CA must not let another replica in).
+    async fn order_holding_lock(&self) -> Result<CertBundle, String> {
+        let mut extend = tokio::time::interval(LOCK_TTL / 4);
+        extend.tick().await;
+        let keep = async {
+            loop {
+                extend.tick().await;
+                if !self.lock.extend().await {
+                    tracing::warn!("lost the ACME lock while ordering");
+                }
+            }
+        };
+        tokio::select! {
+            result = self.order() => result,
+            () = keep => unreachable!("the keep-alive loop never ends"),
+        }
+    }
+
     /// Orders, answers the challenges through the store, finalizes with a fresh key and
     /// stores the result (only while the lock is ours), then tells the other replicas.
-    async fn order(&mut self) -> Result<CertBundle, String> {
+    async fn order(&self) -> Result<CertBundle, String> {
         let ids: Vec<Identifier> = self.tls.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
         let account = self.account(false).await?;
         let mut order = match account.new_order(&NewOrder::new(&ids)).await {

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use resolver::Resolver;
 use secret::SecretKey;
 use store::{CertBundle, TlsStore};
@@ -49,6 +50,7 @@ pub struct Tls {
     pub server_config: Arc<ServerConfig>,
     pub domains: Vec<String>,
     pub status: Mutex<TlsStatus>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -58,7 +60,11 @@ fn rfc3339(unix: i64) -> String {
 
 impl Tls {
     /// The TLS state from the settings: `None` when npg serves plain HTTP only.
-    pub fn setup(settings: &Settings, redis: Arc<SharedRedis>) -> anyhow::Result<Option<Arc<Tls>>> {
+    pub fn setup(
+        settings: &Settings,
+        redis: Arc<SharedRedis>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Option<Arc<Tls>>> {
         if !settings.tls_enabled() {
             return Ok(None);
         }
@@ -82,6 +88,7 @@ impl Tls {
                 mode: "acme",
                 ..TlsStatus::default()
             }),
+            metrics,
         };
         if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
             let chain = std::fs::read_to_string(cert).with_context(|| format!("TLS_CERT_FILE {}", cert.display()))?;
