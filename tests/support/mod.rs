@@ -7,7 +7,9 @@ pub mod clients;
 pub mod feed_server;
 pub mod http;
 pub mod npg;
+pub mod pebble;
 pub mod redis;
+pub mod tls;
 pub mod upstream;
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests that start at once).
