@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
+    RetryPolicy,
 };
 use tokio::sync::broadcast::error::RecvError;
 
@@ -37,6 +38,8 @@ struct Manager {
     check_every: Duration,
     /// What this replica serves, to write it back if Redis comes back empty.
     current: Option<CertBundle>,
+    /// The certificate whose ARI window was last asked for.
+    ari_checked: Option<String>,
     backoff: Duration,
 }
 
@@ -66,6 +69,7 @@ pub fn spawn(tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &S
         challenge,
         check_every: settings.acme_check_interval,
         current: None,
+        ari_checked: None,
         backoff: FIRST_BACKOFF,
     };
     tokio::spawn(manager.run());
@@ -112,8 +116,10 @@ impl Manager {
             }
             (stored, _) => stored,
         };
-        if let Some(bundle) = &stored {
+        let mut stored = stored;
+        if let Some(bundle) = stored.as_mut() {
             self.serve(bundle);
+            self.consult_ari(bundle).await;
             if now() < bundle.renew_at() {
                 let until_renewal = Duration::from_secs((bundle.renew_at() - now()).max(1) as u64);
                 return until_renewal.min(self.check_every);
@@ -131,7 +137,13 @@ impl Manager {
             self.serve(&b);
             return Duration::ZERO;
         }
-        let result = self.order_holding_lock().await;
+        // With ARI, the CA learns which certificate the new one replaces.
+        let replacing = stored.as_ref().filter(|b| b.ari_renew_at.is_some()).and_then(|b| {
+            CertificateIdentifier::try_from(&b.leaf()?)
+                .ok()
+                .map(CertificateIdentifier::into_owned)
+        });
+        let result = self.order_holding_lock(replacing).await;
         self.lock.release().await;
         self.tls.metrics.acme_order(if result.is_ok() { "ok" } else { "error" });
         match result {
@@ -146,6 +158,49 @@ impl Manager {
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 wait
             }
+        }
+    }
+
+    /// Asks the CA for its renewal window (ARI) once per certificate; a time picked at random
+    /// in it is stored with the certificate, so every replica renews at the same moment.
+    /// CAs without ARI (pebble 2.4) keep the one-third-of-lifetime rule.
+    async fn consult_ari(&mut self, bundle: &mut CertBundle) {
+        if bundle.ari_renew_at.is_some() || self.ari_checked.as_deref() == Some(bundle.serial.as_str()) {
+            return;
+        }
+        self.ari_checked = Some(bundle.serial.clone());
+        let Some(id) = bundle
+            .leaf()
+            .and_then(|leaf| CertificateIdentifier::try_from(&leaf).ok())
+        else {
+            return;
+        };
+        let account = match self.account(false).await {
+            Ok(a) => a,
+            Err(e) => return tracing::debug!(error = %e, "no ACME account to ask for renewal information"),
+        };
+        match account.renewal_info(&id).await {
+            Ok((info, _)) => {
+                let (start, end) = (
+                    info.suggested_window.start.unix_timestamp(),
+                    info.suggested_window.end.unix_timestamp(),
+                );
+                let at = start + ((end - start).max(0) as f64 * rand_fraction()) as i64;
+                if let Err(e) = self.tls.store.set_renew_at(self.primary(), &bundle.serial, at).await {
+                    tracing::warn!(error = %e, "cannot share the renewal time");
+                }
+                bundle.ari_renew_at = Some(at);
+                self.tls.set_status("acme", Some((self.primary(), bundle)), None);
+                tracing::info!(
+                    domain = self.primary(),
+                    renew_at = at,
+                    "renewal time from the CA's ARI window"
+                );
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                tracing::debug!("the CA offers no renewal information; renewing with a third of the lifetime left")
+            }
+            Err(e) => tracing::warn!(error = %e, "renewal information request failed"),
         }
     }
 
@@ -208,7 +263,10 @@ impl Manager {
     }
 
     /// `order`, extending the lock while it runs (a slow CA must not let another replica in).
-    async fn order_holding_lock(&self) -> Result<CertBundle, String> {
+    async fn order_holding_lock(
+        &self,
+        replacing: Option<CertificateIdentifier<'static>>,
+    ) -> Result<CertBundle, String> {
         let mut extend = tokio::time::interval(LOCK_TTL / 4);
         extend.tick().await;
         let keep = async {
@@ -220,20 +278,24 @@ impl Manager {
             }
         };
         tokio::select! {
-            result = self.order() => result,
+            result = self.order(replacing) => result,
             () = keep => unreachable!("the keep-alive loop never ends"),
         }
     }
 
     /// Orders, answers the challenges through the store, finalizes with a fresh key and
     /// stores the result (only while the lock is ours), then tells the other replicas.
-    async fn order(&self) -> Result<CertBundle, String> {
+    async fn order(&self, replacing: Option<CertificateIdentifier<'static>>) -> Result<CertBundle, String> {
         let ids: Vec<Identifier> = self.tls.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
+        let new_order = match replacing {
+            Some(id) => NewOrder::new(&ids).replaces(id),
+            None => NewOrder::new(&ids),
+        };
         let account = self.account(false).await?;
-        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
+        let mut order = match account.new_order(&new_order).await {
             Err(e) if e.to_string().contains("accountDoesNotExist") => {
                 tracing::warn!("the CA no longer knows our account; creating a new one");
-                self.account(true).await?.new_order(&NewOrder::new(&ids)).await
+                self.account(true).await?.new_order(&new_order).await
             }
             other => other,
         }

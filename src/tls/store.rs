@@ -45,6 +45,8 @@ pub struct CertBundle {
     pub not_before: i64,
     pub not_after: i64,
     pub serial: String,
+    /// The renewal time picked in the CA's ARI window (shared so replicas agree), if any.
+    pub ari_renew_at: Option<i64>,
 }
 
 impl CertBundle {
@@ -61,6 +63,7 @@ impl CertBundle {
             serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
             chain_pem,
             key_pem,
+            ari_renew_at: None,
         })
     }
 
@@ -74,9 +77,16 @@ impl CertBundle {
         Ok(Arc::new(CertifiedKey::new(chain, signer)))
     }
 
-    /// When to renew: with a third of the lifetime left.
+    /// When to renew: at the time picked in the CA's ARI window, else with a third of the
+    /// lifetime left.
     pub fn renew_at(&self) -> i64 {
-        self.not_after - (self.not_after - self.not_before) / 3
+        self.ari_renew_at
+            .unwrap_or(self.not_after - (self.not_after - self.not_before) / 3)
+    }
+
+    /// The leaf certificate, DER.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.chain_pem.as_bytes()).next()?.ok()
     }
 }
 
@@ -129,16 +139,18 @@ impl TlsStore {
             };
         }
         let mut conn = self.conn()?;
-        let (chain, key): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let (chain, key, renew_at): (Option<String>, Option<String>, Option<i64>) = redis::cmd("HMGET")
             .arg(self.cert_key(name))
-            .arg(&["chain", "key"])
+            .arg(&["chain", "key", "renew_at"])
             .query_async(&mut conn)
             .await
             .map_err(|e| self.fail("certificate read", e))?;
         if chain.is_none() {
             return Ok(None);
         }
-        self.bundle(name, chain.as_ref(), key.as_ref()).map(Some)
+        let mut bundle = self.bundle(name, chain.as_ref(), key.as_ref())?;
+        bundle.ari_renew_at = renew_at;
+        Ok(Some(bundle))
     }
 
     fn bundle(&self, name: &str, chain: Option<&String>, key: Option<&String>) -> Result<CertBundle, String> {
@@ -193,6 +205,24 @@ impl TlsStore {
             .await
             .map_err(|e| self.fail("certificate write-back", e))?;
         Ok(restored == 1)
+    }
+
+    /// Records the renewal time picked in the ARI window, for every replica.
+    pub async fn set_renew_at(&self, name: &str, serial: &str, at: i64) -> Result<(), String> {
+        if !self.shared() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        // Only for the certificate it was computed for (a newer one may have replaced it).
+        let script = "if redis.call('HGET', KEYS[1], 'serial') == ARGV[1] then redis.call('HSET', KEYS[1], 'renew_at', ARGV[2]) end return 1";
+        redis::Script::new(script)
+            .key(self.cert_key(name))
+            .arg(serial)
+            .arg(at)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| self.fail("renewal time write", e))
     }
 
     fn account_key(&self, directory: &str) -> String {
