@@ -196,6 +196,8 @@ pub struct Project {
     pub registry: String,
     root: tempfile::TempDir,
     dependencies: Vec<(String, String)>,
+    /// Extra environment for every client command (set last: overrides the defaults).
+    env: Vec<(String, String)>,
 }
 
 impl Project {
@@ -220,11 +222,19 @@ impl Project {
                 .iter()
                 .map(|(n, r)| (n.to_string(), r.to_string()))
                 .collect(),
+            env: Vec::new(),
         };
         std::fs::create_dir_all(project.dir()).unwrap();
         std::fs::create_dir_all(project.home()).unwrap();
         project.write_files();
         project
+    }
+
+    /// Adds an environment variable to every client command (e.g. `NODE_EXTRA_CA_CERTS`,
+    /// `NODE_OPTIONS`), overriding the defaults.
+    pub fn with_env(mut self, key: &str, value: impl Into<String>) -> Project {
+        self.env.push((key.to_string(), value.into()));
+        self
     }
 
     /// The project directory (package.json, lockfile, node_modules).
@@ -343,6 +353,9 @@ impl Project {
                     .env("YARN_ENABLE_GLOBAL_CACHE", "0")
                     .env("YARN_IGNORE_PATH", "1");
             }
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
         cmd
     }

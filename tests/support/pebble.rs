@@ -267,6 +267,17 @@ impl Pebble {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
+    /// The serials of the certificates pebble issued so far, in order (from its log: an
+    /// order count that does not rely on npg's own counter).
+    pub fn issued_serials(&self) -> Vec<String> {
+        self.pebble_log()
+            .lines()
+            .filter_map(|l| l.split_once("Issued certificate serial ").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_whitespace().next())
+            .map(super::tls::normalize_serial)
+            .collect()
+    }
+
     pub fn pebble_pid(&self) -> Option<u32> {
         self.pebble.as_ref().map(Child::id)
     }

@@ -211,7 +211,28 @@ pub async fn probe_with(
     root_pem: Option<&str>,
     alpn: &[&str],
 ) -> Result<Leaf, String> {
-    let config = Arc::new(client_config(root_pem, alpn));
+    handshake(addr, sni, client_config(root_pem, alpn)).await
+}
+
+/// `probe` with a client that speaks TLS 1.2 only.
+pub async fn probe_tls12(addr: SocketAddr, sni: Option<&str>, root_pem: &str) -> Result<Leaf, String> {
+    install_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem_certs(root_pem) {
+        roots.add(cert).expect("root certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("TLS 1.2")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    handshake(addr, sni, config).await
+}
+
+/// Connects and handshakes with `config`, reporting the leaf and what was negotiated.
+pub async fn handshake(addr: SocketAddr, sni: Option<&str>, config: rustls::ClientConfig) -> Result<Leaf, String> {
+    let config = Arc::new(config);
     let name = match sni {
         Some(name) => ServerName::try_from(name.to_string()).map_err(|e| format!("bad SNI {name}: {e}"))?,
         // An IP address as the server name: rustls sends no SNI then.
@@ -285,6 +306,14 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
 /// An HTTPS client trusting only `root_pem`, resolving `host` to `addr`, not following
 /// redirects, leaving gzip bodies encoded, each request bounded to 15 s.
 pub fn https_client(root_pem: &str, host: &str, addr: SocketAddr) -> reqwest::Client {
+    https_client_builder(root_pem, host, addr)
+        .build()
+        .expect("reqwest HTTPS client")
+}
+
+/// `https_client` before `build()`, to change more (e.g. `pool_max_idle_per_host(0)`: a new
+/// connection, so a new handshake, for every request).
+pub fn https_client_builder(root_pem: &str, host: &str, addr: SocketAddr) -> reqwest::ClientBuilder {
     install_provider();
     let roots = reqwest::Certificate::from_pem_bundle(root_pem.as_bytes()).expect("root PEM");
     reqwest::Client::builder()
@@ -293,8 +322,32 @@ pub fn https_client(root_pem: &str, host: &str, addr: SocketAddr) -> reqwest::Cl
         .redirect(reqwest::redirect::Policy::none())
         .no_gzip()
         .timeout(Duration::from_secs(15))
-        .build()
-        .expect("reqwest HTTPS client")
+}
+
+/// A JS file for `NODE_OPTIONS=--require <file>`: makes `dns.lookup` (what npm, pnpm and yarn
+/// connect through) answer `ip` for `host`, leaving every other name alone.
+pub fn node_resolve_script(dir: &Path, host: &str, ip: IpAddr) -> PathBuf {
+    let family = if ip.is_ipv4() { 4 } else { 6 };
+    let script = format!(
+        r#"'use strict';
+const dns = require('dns');
+const original = dns.lookup;
+dns.lookup = function lookup(hostname, options, callback) {{
+  if (typeof options === 'function') {{ callback = options; options = {{}}; }}
+  if (typeof options === 'number') {{ options = {{ family: options }}; }}
+  if (String(hostname).toLowerCase() === {host:?}) {{
+    if (options && options.all) {{
+      return process.nextTick(callback, null, [{{ address: {ip:?}, family: {family} }}]);
+    }}
+    return process.nextTick(callback, null, {ip:?}, {family});
+  }}
+  return original.call(this, hostname, options || {{}}, callback);
+}};
+"#,
+        host = host.to_ascii_lowercase(),
+        ip = ip.to_string(),
+    );
+    write_file(dir, &format!("resolve-{host}.js"), &script)
 }
 
 /// A plain-HTTP client that does not follow redirects, each request bounded to 15 s.
