@@ -442,7 +442,7 @@ async fn http01_single_replica_https_health_and_redirect() {
         assert_eq!(orders(&redis).await, 1, "the second replica ordered nothing");
         assert_eq!(
             pebble.issued_serials(),
-            [leaf.serial.clone()],
+            std::slice::from_ref(&leaf.serial),
             "pebble issued one certificate"
         );
     })
