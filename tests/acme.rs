@@ -504,6 +504,7 @@ async fn three_replicas_one_order_same_certificate_npm_install() {
     });
     let root = pebble.issuing_root_pem();
     let env = acme_env(&pebble, &redis);
+    let cold_start = std::time::Instant::now();
     let nodes = start_nodes_at_once(&up, &[2, 3, 4], ports, &env);
     bounded(Duration::from_secs(60), "three replicas", async {
         let mut serials = Vec::new();
@@ -515,6 +516,10 @@ async fn three_replicas_one_order_same_certificate_npm_install() {
             assert_health_matches(&entry, &leaf);
             serials.push(leaf.serial);
         }
+        eprintln!(
+            "three replicas: cold start to all serving HTTPS in {:?}",
+            cold_start.elapsed()
+        );
         assert!(
             serials.iter().all(|s| *s == serials[0]),
             "one certificate for all: {serials:?}"
