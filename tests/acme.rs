@@ -902,3 +902,39 @@ async fn redis_restarted_empty_gets_the_certificate_back_without_an_order() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn without_redis_a_single_node_keeps_its_acme_state_on_disk() {
+    let up = FakeRegistry::start();
+    let ip = loopback(5);
+    let ports = ports_on(&[ip]);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: ports.0,
+        tls_port: ports.1,
+        dns_ipv4: Ipv4Addr::new(127, 0, 0, 5),
+        ..Default::default()
+    });
+    let root = pebble.issuing_root_pem();
+    let env = Env::default()
+        .set("NPG_DOMAIN", DOMAIN)
+        .set("ACME_DIRECTORY_URL", pebble.directory_url())
+        .set("ACME_CA_FILE", pebble.ca_file().display());
+    let node = start_node("solo", &up, ip, ports, &env);
+    bounded(Duration::from_secs(60), "acme without redis", async {
+        node.wait_certificate(DOMAIN, ISSUE_TIMEOUT, |_| true).await;
+        let leaf = tls::probe(node.https_addr(), Some(DOMAIN), Some(&root))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(node.health().await["redis"], "disabled");
+        let state = node.storage().join(".acme");
+        let cert = std::fs::read_to_string(state.join(format!("cert-{DOMAIN}.json"))).expect("certificate on disk");
+        assert!(cert.contains("BEGIN CERTIFICATE"));
+        let accounts = std::fs::read_dir(&state).unwrap().filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains("account"))
+        });
+        assert_eq!(accounts.count(), 1, "the account is kept too");
+        assert_eq!(pebble.issued_serials(), [leaf.serial]);
+    })
+    .await;
+}

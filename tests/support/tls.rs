@@ -418,6 +418,11 @@ pub struct NodeOptions<'a> {
 }
 
 impl TlsNode {
+    /// The node's STORAGE_DIR.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("storage")
+    }
+
     /// Starts npg with plain defaults (as `support::npg`: no Redis, no feed) plus
     /// `INSTANCE_NAME`, `HTTP_BIND`, `HTTP_PORT`, `HTTPS_PORT` and
     /// `PROXY_URL=https://npg.test:<https_port>/npm`, then `opts.env`. Waits until the HTTP
