@@ -29,6 +29,8 @@ pub enum Command {
     CheckConfig,
     /// Print a new secret key (base64, 32 bytes) for NPG_SECRET_KEY_FILE.
     GenKey,
+    /// Probe a running npg (`npg health --url ...`); exit 0 when it serves.
+    Health,
 }
 
 #[derive(Args, Debug, Clone)]

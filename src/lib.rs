@@ -14,6 +14,7 @@
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
 //! - `http`: routing, error bodies, health, metrics, the listener and graceful shutdown.
+//! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the shared state that ties them together.
 
 pub mod app;
@@ -26,6 +27,7 @@ pub mod http;
 pub mod metrics;
 pub mod npm;
 pub mod packuments;
+pub mod probe;
 pub mod rendered;
 pub mod singleflight;
 pub mod tarballs;

@@ -19,10 +19,14 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `gen-key` needs no other setting (REGISTRY_URL is required for everything else).
-    if std::env::args().nth(1).as_deref() == Some("gen-key") {
-        println!("{}", npg::tls::secret::generate());
-        return ExitCode::SUCCESS;
+    // `gen-key` and `health` need none of the server's settings (REGISTRY_URL is required).
+    match std::env::args().nth(1).as_deref() {
+        Some("gen-key") => {
+            println!("{}", npg::tls::secret::generate());
+            return ExitCode::SUCCESS;
+        }
+        Some("health") => return health(),
+        _ => {}
     }
     let cli = Cli::parse();
     let settings = cli.settings;
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
             println!("{}", npg::tls::secret::generate());
             ExitCode::SUCCESS
         }
+        Command::Health => health(),
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");
@@ -93,6 +98,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+fn health() -> ExitCode {
+    let args = npg::probe::HealthArgs::parse_from(std::env::args().skip(1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(npg::probe::run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("npg health: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {

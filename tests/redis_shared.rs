@@ -193,3 +193,40 @@ async fn revalidation_is_shared_between_replicas() {
     assert_eq!(doc["dist-tags"]["latest"], "3.0.0");
     assert_eq!(up.packument_requests("npg-fixture-a"), 2);
 }
+
+/// `npg health` for container health checks: 0 while npg serves, 1 when it does not answer;
+/// `--strict` also fails on `degraded`.
+#[tokio::test]
+async fn health_probe_exit_codes() {
+    let mut redis = RedisServer::start();
+    let up = FakeRegistry::start();
+    let npg = node(&up, &redis.url(), "probe");
+    wait_health(&npg, "ok").await;
+    let probe = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_npg"))
+            .arg("health")
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    let url = format!("{}/api/health", npg.base);
+    assert!(probe(vec!["--url".into(), url.clone()]).status.success());
+    assert!(
+        probe(vec!["--url".into(), url.clone(), "--strict".into()])
+            .status
+            .success()
+    );
+    redis.stop();
+    wait_health(&npg, "degraded").await;
+    assert!(
+        probe(vec!["--url".into(), url.clone()]).status.success(),
+        "degraded still serves"
+    );
+    let strict = probe(vec!["--url".into(), url.clone(), "--strict".into()]);
+    assert!(!strict.status.success());
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("degraded"));
+    let dead = format!("http://127.0.0.1:{}/api/health", support::free_port());
+    let out = probe(vec!["--url".into(), dead, "--timeout".into(), "2".into()]);
+    assert_eq!(out.status.code(), Some(1));
+}
