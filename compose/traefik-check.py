@@ -73,13 +73,12 @@ class Health(BaseHTTPRequestHandler):
         pass
 
 
-def tls_sink(ip):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, 443))
-    s.listen(16)
+def tls_sink(s, ip):
     while True:
-        c, _ = s.accept()
+        try:
+            c, _ = s.accept()
+        except OSError:
+            return  # closed: the replica is "down"
         c.settimeout(2)
         try:
             data = c.recv(4096)
@@ -90,10 +89,16 @@ def tls_sink(ip):
         c.close()
 
 
+fakes = {}
 for ip in REPLICAS:
     srv = ThreadingHTTPServer((ip, 3000), Health)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    threading.Thread(target=tls_sink, args=(ip,), daemon=True).start()
+    sink = socket.socket()
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sink.bind((ip, 443))
+    sink.listen(16)
+    threading.Thread(target=tls_sink, args=(sink, ip), daemon=True).start()
+    fakes[ip] = (srv, sink)
 
 
 # --- Traefik -------------------------------------------------------------------------------
@@ -138,16 +143,17 @@ def wait_up(timeout=15):
     return False
 
 
-def log_errors(log):
+def log_errors(log, expected=lambda rec: False):
     log.flush()
     log.seek(0)
     bad = []
     for line in log:
         try:
-            level = json.loads(line).get("level", "")
+            rec = json.loads(line)
+            level = rec.get("level", "")
         except ValueError:
-            level = "error" if re.search(r"\b(ERR|error|fatal|panic)\b", line) else ""
-        if level in ("error", "fatal", "panic", "warn"):
+            rec, level = {}, "error" if re.search(r"\b(ERR|error|fatal|panic)\b", line) else ""
+        if level in ("error", "fatal", "panic", "warn") and not expected(rec):
             bad.append(line.strip())
     return bad
 
@@ -208,9 +214,27 @@ try:
     check(len(hellos) >= 6 and all(b"npg.example.com" in data for _, data in hellos),
           f"[dashboard] :443 TLS ClientHello passed through untouched ({len(hellos)} of 6)")
     check(len({ip for ip, _ in hellos}) >= 2, f"[dashboard] :443 connections spread over replicas {sorted({ip for ip, _ in hellos})}")
+    # one replica goes away: both health checks take it out, traffic goes on
+    down = REPLICAS[0]
+    srv, sink = fakes[down]
+    srv.shutdown()
+    srv.server_close()
+    sink.shutdown(socket.SHUT_RDWR)
+    sink.close()
+    time.sleep(8)
+    raw = json.loads(api("/api/rawdata", "ops", pw)[1])
+    for kind, name in (("tcpServices", "npg-https@file"), ("services", "npg-http@file")):
+        st = raw[kind][name].get("serverStatus", {})
+        downs = sorted(k for k, v in st.items() if v != "UP")
+        check(len(downs) == 1 and down in downs[0], f"[dashboard] {name}: the stopped replica is marked down {st}")
+    ips = set()
+    for _ in range(6):
+        ips.add(json.loads(urllib.request.urlopen("http://127.0.0.1:80/-/ping", timeout=3).read())["instance"])
+    check(down not in ips and ips, f"[dashboard] :80 requests go to the replicas left {sorted(ips)}")
 finally:
     stop(p)
-errs = log_errors(log)
+# the only complaints allowed: failed health checks of the replica stopped on purpose
+errs = log_errors(log, lambda rec: rec.get("message") == "Health check failed." and REPLICAS[0] in json.dumps(rec))
 check(not errs, "[dashboard] no warning or error in Traefik's log" + "".join("\n       " + e for e in errs[:10]))
 
 # run 2: dashboard off (no users) -- the template must still give a valid config
