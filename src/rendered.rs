@@ -149,7 +149,6 @@ pub fn render(
         (None, None) => return Err("no document to render".into()),
     };
     let mut doc = Document::parse(&plain, name).map_err(|e| e.to_string())?;
-    drop(plain);
     let mut index = doc.index(name);
     let times = doc.publication_times();
     let verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use nodejs_semver::Version;
@@ -73,45 +75,87 @@ impl Index {
     }
 }
 
-/// A checked upstream document.
-pub struct Document {
-    doc: Map<String, Value>,
+/// A checked upstream document. Only what npg changes is parsed into values (`dist-tags`,
+/// `time`, and one version manifest at a time while writing); everything else is kept as the
+/// raw text it came as, borrowed from the input. A 40 MB packument thus never becomes a tree
+/// of values several times its size.
+pub struct Document<'a> {
+    /// Top-level members in upstream order.
+    top: Vec<(String, &'a RawValue)>,
+    versions: IndexMap<String, &'a RawValue>,
+    time: Option<Map<String, Value>>,
+    tags: Option<Map<String, Value>>,
+    /// `(name, public base)` once `rewrite_tarballs` was asked for: applied while writing.
+    rewrite: Option<(PackageName, String)>,
 }
 
-impl Document {
-    pub fn parse(raw: &[u8], name: &PackageName) -> Result<Document, DocError> {
-        let value: Value = serde_json::from_slice(raw).map_err(|e| DocError::Json(e.to_string()))?;
-        let Value::Object(doc) = value else {
-            return Err(DocError::Shape("not a JSON object"));
-        };
-        match doc.get("name") {
-            Some(Value::String(n)) if n != name.as_str() => return Err(DocError::WrongName(n.clone())),
-            Some(Value::String(_)) | None => {}
-            Some(_) => return Err(DocError::Shape("`name` is not a string")),
-        }
-        if doc.get("versions").is_some_and(|v| !v.is_object()) {
-            return Err(DocError::Shape("`versions` is not an object"));
-        }
-        if doc.get("dist-tags").is_some_and(|v| !v.is_object()) {
-            return Err(DocError::Shape("`dist-tags` is not an object"));
-        }
-        Ok(Document { doc })
-    }
+/// What kind of output a version manifest is written into.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Full,
+    Abbreviated,
+}
 
-    fn versions(&self) -> impl Iterator<Item = (&String, &Value)> {
-        self.doc
-            .get("versions")
-            .and_then(Value::as_object)
+fn shape_or_json(e: serde_json::Error, shape: &'static str) -> DocError {
+    match e.classify() {
+        serde_json::error::Category::Data => DocError::Shape(shape),
+        _ => DocError::Json(e.to_string()),
+    }
+}
+
+impl<'a> Document<'a> {
+    pub fn parse(raw: &'a [u8], name: &PackageName) -> Result<Document<'a>, DocError> {
+        let top: Vec<(String, &'a RawValue)> = serde_json::from_slice::<IndexMap<String, &'a RawValue>>(raw)
+            .map_err(|e| shape_or_json(e, "not a JSON object"))?
             .into_iter()
-            .flatten()
+            .collect();
+        let member = |key: &str| top.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        if let Some(n) = member("name") {
+            match serde_json::from_str::<Value>(n.get()) {
+                Ok(Value::String(n)) if n != name.as_str() => return Err(DocError::WrongName(n)),
+                Ok(Value::String(_)) => {}
+                _ => return Err(DocError::Shape("`name` is not a string")),
+            }
+        }
+        let versions = match member("versions") {
+            Some(v) => serde_json::from_str::<IndexMap<String, &'a RawValue>>(v.get())
+                .map_err(|e| shape_or_json(e, "`versions` is not an object"))?,
+            None => IndexMap::new(),
+        };
+        let tags = match member("dist-tags") {
+            Some(t) => Some(
+                serde_json::from_str::<Map<String, Value>>(t.get())
+                    .map_err(|e| shape_or_json(e, "`dist-tags` is not an object"))?,
+            ),
+            None => None,
+        };
+        // A `time` that is not an object is passed on untouched.
+        let time = member("time").and_then(|t| serde_json::from_str::<Map<String, Value>>(t.get()).ok());
+        Ok(Document {
+            top,
+            versions,
+            time,
+            tags,
+            rewrite: None,
+        })
     }
 
     /// Indexes the tarballs by file name, from the original (upstream) URLs.
     pub fn index(&self, name: &PackageName) -> Index {
+        #[derive(serde::Deserialize)]
+        struct DistOnly {
+            #[serde(default)]
+            dist: Option<Value>,
+        }
         let mut index = Index::default();
-        for (version, manifest) in self.versions() {
-            let dist = manifest.get("dist");
-            let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str).map(str::to_string);
+        for (version, raw) in &self.versions {
+            let dist = serde_json::from_str::<DistOnly>(raw.get()).ok().and_then(|d| d.dist);
+            let field = |k: &str| {
+                dist.as_ref()
+                    .and_then(|d| d.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
             let upstream_url = field("tarball");
             let file = tarball_file(name, version, upstream_url.as_deref());
             let info = TarballInfo {
@@ -129,45 +173,38 @@ impl Document {
 
     /// The dist-tags as a map.
     pub fn index_tags(&self) -> HashMap<String, String> {
-        let tags = self
-            .doc
-            .get("dist-tags")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten();
+        let tags = self.tags.iter().flatten();
         tags.filter_map(|(tag, v)| Some((tag.clone(), v.as_str()?.to_string())))
             .collect()
     }
 
     /// Each version with its publication time from `time` (unix ms), if it has one.
     pub fn publication_times(&self) -> Vec<(String, Option<u64>)> {
-        let time = self.doc.get("time");
         let when = |v: &str| {
-            time.and_then(|t| t.get(v))
+            self.time
+                .as_ref()
+                .and_then(|t| t.get(v))
                 .and_then(Value::as_str)
                 .and_then(parse_time_ms)
         };
-        self.versions().map(|(v, _)| (v.clone(), when(v))).collect()
+        self.versions.keys().map(|v| (v.clone(), when(v))).collect()
     }
 
     /// Removes the versions `hide` selects from `versions` and `time`, and moves each dist-tag
     /// that pointed at one to the highest remaining version not newer than it (never from a
     /// release to a prerelease), dropping the tag when there is none. Returns how many went.
     pub fn hide(&mut self, hide: impl Fn(&str) -> bool) -> usize {
-        let Some(Value::Object(versions)) = self.doc.get_mut("versions") else {
-            return 0;
-        };
-        let before = versions.len();
-        versions.retain(|v, _| !hide(v));
-        let removed = before - versions.len();
+        let before = self.versions.len();
+        self.versions.retain(|v, _| !hide(v));
+        let removed = before - self.versions.len();
         if removed == 0 {
             return 0;
         }
-        let remaining: Vec<Version> = versions.keys().filter_map(|v| Version::parse(v).ok()).collect();
-        if let Some(Value::Object(time)) = self.doc.get_mut("time") {
+        let remaining: Vec<Version> = self.versions.keys().filter_map(|v| Version::parse(v).ok()).collect();
+        if let Some(time) = self.time.as_mut() {
             time.retain(|k, _| k == "created" || k == "modified" || !hide(k));
         }
-        if let Some(Value::Object(tags)) = self.doc.get_mut("dist-tags") {
+        if let Some(tags) = self.tags.as_mut() {
             tags.retain(|_, target| {
                 let Some(t) = target.as_str().filter(|t| hide(t)) else {
                     return true;
@@ -189,49 +226,99 @@ impl Document {
         removed
     }
 
-    /// Points every `dist.tarball` at `<public_base>/<name>/-/<file>`.
+    /// Points every `dist.tarball` at `<public_base>/<name>/-/<file>` (applied while writing).
     pub fn rewrite_tarballs(&mut self, name: &PackageName, public_base: &str) {
-        let Some(Value::Object(versions)) = self.doc.get_mut("versions") else {
-            return;
-        };
-        for (version, manifest) in versions.iter_mut() {
-            let Some(Value::Object(dist)) = manifest.get_mut("dist") else {
-                continue;
-            };
-            let file = tarball_file(name, version, dist.get("tarball").and_then(Value::as_str));
-            dist.insert(
-                "tarball".into(),
-                Value::String(format!("{public_base}/{name}/-/{file}")),
-            );
-        }
+        self.rewrite = Some((name.clone(), public_base.to_string()));
     }
 
-    /// The full document as JSON bytes.
+    /// One version manifest as written: tarball rewritten, abbreviated if asked.
+    fn write_version(&self, out: &mut Vec<u8>, version: &str, raw: &RawValue, form: Form) {
+        let Ok(mut manifest) = serde_json::from_str::<Value>(raw.get()) else {
+            out.extend_from_slice(raw.get().as_bytes());
+            return;
+        };
+        if let (Some((name, base)), Some(Value::Object(dist))) = (&self.rewrite, manifest.get_mut("dist")) {
+            let file = tarball_file(name, version, dist.get("tarball").and_then(Value::as_str));
+            dist.insert("tarball".into(), Value::String(format!("{base}/{name}/-/{file}")));
+        }
+        let manifest = if form == Form::Abbreviated {
+            abbreviate_version(&manifest)
+        } else {
+            manifest
+        };
+        serde_json::to_writer(&mut *out, &manifest).expect("writing to a Vec cannot fail");
+    }
+
+    fn write_versions(&self, out: &mut Vec<u8>, form: Form) {
+        out.push(b'{');
+        for (i, (version, raw)) in self.versions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(out, version);
+            self.write_version(out, version, raw, form);
+        }
+        out.push(b'}');
+    }
+
+    /// The full document as JSON bytes, members in upstream order.
     pub fn to_full(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.doc).expect("a JSON map always serializes")
+        let mut out = Vec::with_capacity(self.top.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum());
+        out.push(b'{');
+        for (i, (key, raw)) in self.top.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(&mut out, key);
+            match (key.as_str(), &self.time, &self.tags) {
+                ("versions", _, _) => self.write_versions(&mut out, Form::Full),
+                ("time", Some(time), _) => serde_json::to_writer(&mut out, time).expect("writing to a Vec"),
+                ("dist-tags", _, Some(tags)) => serde_json::to_writer(&mut out, tags).expect("writing to a Vec"),
+                _ => out.extend_from_slice(raw.get().as_bytes()),
+            }
+        }
+        out.push(b'}');
+        out
     }
 
     /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn.
     pub fn to_abbreviated(&self) -> Vec<u8> {
-        let mut out = Map::new();
-        for key in ["name", "dist-tags"] {
-            if let Some(v) = self.doc.get(key) {
-                out.insert(key.into(), v.clone());
+        let mut out = Vec::with_capacity(self.versions.values().map(|v| v.get().len() / 4).sum::<usize>() + 256);
+        out.push(b'{');
+        let mut first = true;
+        let mut member = |out: &mut Vec<u8>, key: &str| {
+            if !first {
+                out.push(b',');
             }
+            first = false;
+            write_key(out, key);
+        };
+        if let Some((_, name)) = self.top.iter().find(|(k, _)| k == "name") {
+            member(&mut out, "name");
+            out.extend_from_slice(name.get().as_bytes());
         }
-        if let Some(modified) = self.doc.get("time").and_then(|t| t.get("modified")) {
-            out.insert("modified".into(), modified.clone());
+        if let Some(tags) = &self.tags {
+            member(&mut out, "dist-tags");
+            serde_json::to_writer(&mut out, tags).expect("writing to a Vec");
         }
-        let versions: Map<String, Value> = self
-            .versions()
-            .map(|(v, m)| (v.clone(), abbreviate_version(m)))
-            .collect();
-        out.insert("versions".into(), Value::Object(versions));
-        if let Some(time) = self.doc.get("time") {
-            out.insert("time".into(), time.clone());
+        if let Some(modified) = self.time.as_ref().and_then(|t| t.get("modified")) {
+            member(&mut out, "modified");
+            serde_json::to_writer(&mut out, modified).expect("writing to a Vec");
         }
-        serde_json::to_vec(&out).expect("a JSON map always serializes")
+        member(&mut out, "versions");
+        self.write_versions(&mut out, Form::Abbreviated);
+        if let Some(time) = &self.time {
+            member(&mut out, "time");
+            serde_json::to_writer(&mut out, time).expect("writing to a Vec");
+        }
+        out.push(b'}');
+        out
     }
+}
+
+fn write_key(out: &mut Vec<u8>, key: &str) {
+    serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+    out.push(b':');
 }
 
 fn abbreviate_version(manifest: &Value) -> Value {
@@ -309,8 +396,13 @@ mod tests {
         })
     }
 
-    fn doc() -> Document {
-        Document::parse(&serde_json::to_vec(&sample()).unwrap(), &name("@s/pkg")).unwrap()
+    /// Documents borrow their input: tests keep it alive for the whole run.
+    fn leak(v: &Value) -> &'static [u8] {
+        Box::leak(serde_json::to_vec(v).unwrap().into_boxed_slice())
+    }
+
+    fn doc() -> Document<'static> {
+        Document::parse(leak(&sample()), &name("@s/pkg")).unwrap()
     }
 
     #[test]
@@ -383,7 +475,7 @@ mod tests {
         assert!(Document::parse(b"{\"name\": \"a\"}", &n).is_ok());
     }
 
-    fn tagged(versions: &[&str], tags: Value) -> Document {
+    fn tagged(versions: &[&str], tags: Value) -> Document<'static> {
         let versions: Map<String, Value> = versions
             .iter()
             .map(|v| (v.to_string(), json!({"version": v})))
@@ -393,7 +485,7 @@ mod tests {
             .map(|v| (v.clone(), json!("2024-01-01T00:00:00.000Z")))
             .collect();
         let doc = json!({"name": "a", "dist-tags": tags, "versions": versions, "time": time});
-        Document::parse(&serde_json::to_vec(&doc).unwrap(), &name("a")).unwrap()
+        Document::parse(leak(&doc), &name("a")).unwrap()
     }
 
     #[test]
@@ -433,6 +525,22 @@ mod tests {
         assert_eq!(v["dist-tags"]["next"], "2.0.0-rc.1");
         assert_eq!(v["dist-tags"]["latest"], "1.0.0");
         assert_eq!(d.hide(|_| false), 0);
+    }
+
+    #[test]
+    fn keeps_member_order_and_unknown_members() {
+        let d = doc();
+        let full: Map<String, Value> = serde_json::from_slice(&d.to_full()).unwrap();
+        let keys: Vec<&String> = full.keys().collect();
+        assert_eq!(keys, ["_id", "name", "dist-tags", "time", "readme", "versions"]);
+        let weird = br#"{"name":"a","time":"not an object","x":{"y":[1,2,{"z":null}]},"versions":{"1.0.0":"odd"}}"#;
+        let d = Document::parse(weird, &name("a")).unwrap();
+        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        assert_eq!(v["time"], "not an object");
+        assert_eq!(v["x"]["y"][2]["z"], Value::Null);
+        assert_eq!(v["versions"]["1.0.0"], "odd");
+        let a: Value = serde_json::from_slice(&d.to_abbreviated()).unwrap();
+        assert_eq!(a["versions"]["1.0.0"], "odd");
     }
 
     #[test]
