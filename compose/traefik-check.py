@@ -90,7 +90,10 @@ def tls_sink(s, ip):
 
 
 fakes = {}
-for ip in REPLICAS:
+
+
+def start_fake(ip):
+    ThreadingHTTPServer.allow_reuse_address = True
     srv = ThreadingHTTPServer((ip, 3000), Health)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     sink = socket.socket()
@@ -99,6 +102,10 @@ for ip in REPLICAS:
     sink.listen(16)
     threading.Thread(target=tls_sink, args=(sink, ip), daemon=True).start()
     fakes[ip] = (srv, sink)
+
+
+for ip in REPLICAS:
+    start_fake(ip)
 
 
 # --- Traefik -------------------------------------------------------------------------------
@@ -238,6 +245,7 @@ errs = log_errors(log, lambda rec: rec.get("message") == "Health check failed." 
 check(not errs, "[dashboard] no warning or error in Traefik's log" + "".join("\n       " + e for e in errs[:10]))
 
 # run 2: dashboard off (no users) -- the template must still give a valid config
+start_fake(REPLICAS[0])  # all replicas back: a new Traefik takes every server as up at first
 p, log, d = run_traefik("no-dashboard", {"TRAEFIK_DASHBOARD_USERS": ""})
 try:
     check(wait_up(), "[no-dashboard] traefik answers /ping")
