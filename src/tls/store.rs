@@ -175,36 +175,53 @@ impl TlsStore {
             write_private(&self.dir.join(format!("cert-{name}.json")), json.to_string().as_bytes())?;
             return Ok(true);
         }
-        let mut conn = self.conn()?;
-        let [chain, key, not_after, serial] = self.sealed_fields(name, bundle);
-        let stored: i64 = redis::Script::new(STORE_IF_HELD)
-            .key(lock.key())
-            .key(self.cert_key(name))
-            .arg(lock.token())
-            .arg(chain)
-            .arg(key)
-            .arg(not_after)
-            .arg(serial)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("certificate write", e))?;
-        Ok(stored == 1)
+        let cert_key = self.cert_key(name);
+        self.cert_script(
+            STORE_IF_HELD,
+            &[lock.key(), &cert_key],
+            Some(lock.token()),
+            name,
+            bundle,
+            "certificate write",
+        )
+        .await
     }
 
     /// Puts back a certificate Redis lost, unless another replica already did.
     pub async fn restore_cert(&self, name: &str, bundle: &CertBundle) -> Result<bool, String> {
+        let cert_key = self.cert_key(name);
+        self.cert_script(RESTORE, &[&cert_key], None, name, bundle, "certificate write-back")
+            .await
+    }
+
+    /// Runs a certificate-writing script with `keys`, then `token` (if any) and the sealed
+    /// fields as arguments; true when it wrote.
+    async fn cert_script(
+        &self,
+        script: &str,
+        keys: &[&str],
+        token: Option<&str>,
+        name: &str,
+        bundle: &CertBundle,
+        what: &str,
+    ) -> Result<bool, String> {
         let mut conn = self.conn()?;
-        let [chain, key, not_after, serial] = self.sealed_fields(name, bundle);
-        let restored: i64 = redis::Script::new(RESTORE)
-            .key(self.cert_key(name))
-            .arg(chain)
-            .arg(key)
-            .arg(not_after)
-            .arg(serial)
+        let script = redis::Script::new(script);
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(*key);
+        }
+        if let Some(token) = token {
+            invocation.arg(token);
+        }
+        for field in self.sealed_fields(name, bundle) {
+            invocation.arg(field);
+        }
+        let written: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.fail("certificate write-back", e))?;
-        Ok(restored == 1)
+            .map_err(|e| self.fail(what, e))?;
+        Ok(written == 1)
     }
 
     /// Records the renewal time picked in the ARI window, for every replica.
