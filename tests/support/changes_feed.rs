@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -32,8 +31,7 @@ pub struct ChangesRequest {
 pub struct FakeChanges {
     state: Arc<Mutex<FeedState>>,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: super::server::BackgroundServer,
 }
 
 struct FeedState {
@@ -50,7 +48,6 @@ type Shared = Arc<Mutex<FeedState>>;
 impl FakeChanges {
     pub fn start() -> FakeChanges {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake changes feed");
-        listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().expect("fake changes feed address");
         let state = Arc::new(Mutex::new(FeedState {
             head: START_SEQ,
@@ -59,32 +56,9 @@ impl FakeChanges {
             changes_requests: Vec::new(),
             failure: None,
         }));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-changes-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fake changes runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    let app = Router::new().fallback(handle).with_state(server_state);
-                    tokio::select! {
-                        _ = axum::serve(listener, app) => {}
-                        _ = rx => {}
-                    }
-                });
-                rt.shutdown_timeout(Duration::from_millis(100));
-            })
-            .expect("spawn fake changes thread");
-        FakeChanges {
-            state,
-            addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let _server = super::server::BackgroundServer::start(&format!("fake-changes-{}", addr.port()), listener, app);
+        FakeChanges { state, addr, _server }
     }
 
     /// `http://127.0.0.1:<port>/feed` (no trailing slash: the follower appends the paths).
@@ -139,17 +113,6 @@ impl FakeChanges {
 
     fn lock(&self) -> MutexGuard<'_, FeedState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Drop for FakeChanges {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,8 +26,7 @@ pub struct FeedRequest {
 pub struct FakeFeed {
     state: Arc<Mutex<FeedState>>,
     addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: super::server::BackgroundServer,
 }
 
 struct FeedState {
@@ -43,7 +41,6 @@ impl FakeFeed {
     /// Starts the fake serving an empty list.
     pub fn start() -> FakeFeed {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake feed");
-        listener.set_nonblocking(true).expect("nonblocking listener");
         let addr = listener.local_addr().expect("fake feed address");
         let state = Arc::new(Mutex::new(FeedState {
             body: b"[]".to_vec(),
@@ -52,32 +49,9 @@ impl FakeFeed {
             failure: None,
             log: Vec::new(),
         }));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server_state = state.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("fake-feed-{}", addr.port()))
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("fake feed runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    let app = Router::new().fallback(handle).with_state(server_state);
-                    tokio::select! {
-                        _ = axum::serve(listener, app) => {}
-                        _ = rx => {}
-                    }
-                });
-                rt.shutdown_timeout(Duration::from_millis(100));
-            })
-            .expect("spawn fake feed thread");
-        FakeFeed {
-            state,
-            addr,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let _server = super::server::BackgroundServer::start(&format!("fake-feed-{}", addr.port()), listener, app);
+        FakeFeed { state, addr, _server }
     }
 
     /// `http://127.0.0.1:<port>/malware_predictions.json`
@@ -128,17 +102,6 @@ impl FakeFeed {
 
     fn lock(&self) -> MutexGuard<'_, FeedState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Drop for FakeFeed {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
