@@ -36,6 +36,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub instance: String,
     pub started: Instant,
+    /// Set on SIGTERM: health answers 503 while the listeners still serve (SHUTDOWN_DELAY).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -106,6 +108,7 @@ impl App {
             metrics,
             instance,
             started: Instant::now(),
+            draining: Arc::default(),
         };
         app.start_background(settings);
         Ok(app)

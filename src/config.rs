@@ -116,6 +116,11 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
+    /// On SIGTERM, keep serving this long with `/api/health` answering 503, so a balancer
+    /// takes the replica out before its listeners close (set it above the health-check interval).
+    #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
     #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
     pub blacklist_path: PathBuf,

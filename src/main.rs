@@ -94,6 +94,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%http_addr, upstream = %settings.upstream_base(), public = %settings.public_base(),
         redis = app.redis.state().as_str(), "npg listening");
     shutdown_signal().await;
+    if !settings.shutdown_delay.is_zero() {
+        // Balancers see the 503 health and stop routing here before the listeners close.
+        app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            "draining: health answers 503 for {:?} before the listeners close",
+            settings.shutdown_delay
+        );
+        tokio::time::sleep(settings.shutdown_delay).await;
+    }
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");

@@ -463,3 +463,19 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
     assert_eq!(std::fs::read_dir(npg.storage.join(".tmp")).unwrap().count(), 0);
 }
+
+#[tokio::test]
+async fn shutdown_delay_reports_draining_while_still_serving() {
+    let up = FakeRegistry::start();
+    let mut npg = NpgProcess::start(&up.url(), &[("SHUTDOWN_DELAY", "1500ms")]);
+    assert_eq!(get(&format!("{}/api/health", npg.base), &[]).await.status, 200);
+    npg.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health = get(&format!("{}/api/health", npg.base), &[]).await;
+    assert_eq!(health.status, 503, "balancers take the replica out first");
+    assert_eq!(health.json()["status"], "draining");
+    let served = get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
+    assert_eq!(served.status, 200, "still serving during the delay");
+    let status = npg.wait_exit(Duration::from_secs(10)).expect("exits after the delay");
+    assert!(status.success());
+}

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::observe::RouteLabel;
@@ -12,10 +12,11 @@ use crate::cluster::redis::RedisState;
 pub async fn health(State(app): State<App>) -> Response {
     let redis = app.redis.state();
     let policy = app.guard.policy();
-    let status = if redis == RedisState::Disconnected {
-        "degraded"
-    } else {
-        "ok"
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let status = match (draining, redis) {
+        (true, _) => "draining",
+        (false, RedisState::Disconnected) => "degraded",
+        (false, _) => "ok",
     };
     let body = serde_json::json!({
         "status": status,
@@ -33,7 +34,13 @@ pub async fn health(State(app): State<App>) -> Response {
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),
     });
-    let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
+    // A replica shutting down answers 503 so balancers stop sending it new work first.
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));
     resp
 }
