@@ -25,7 +25,7 @@ use crate::cluster::lock::{RedisLock, random_u64};
 use crate::cluster::redis::RedisState;
 use crate::config::Settings;
 use crate::npm::name::PackageName;
-use crate::upstream::error_chain;
+use crate::upstream::{error_chain, read_bounded};
 
 /// The lease outlives a stuck holder by at most this long.
 const LOCK_TTL: Duration = Duration::from_secs(15);
@@ -393,7 +393,7 @@ impl Feed {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
-        let mut resp = self
+        let resp = self
             .client
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -403,18 +403,10 @@ impl Feed {
         if !resp.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", resp.status().as_u16()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let body = read_bounded(resp, MAX_PAGE_BYTES)
             .await
-            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?
-        {
-            if body.len() + chunk.len() > MAX_PAGE_BYTES {
-                return Err(format!("GET {url}: response larger than {MAX_PAGE_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        Ok(body.to_vec())
     }
 }
 

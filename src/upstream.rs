@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use reqwest::{StatusCode, header};
 
 use crate::metrics::Metrics;
@@ -46,6 +45,31 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// A response's `ETag`, if it has a readable one.
+pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Reads a whole body, refusing more than `max` bytes, so no response grows without bound in
+/// memory; the error says which limit was hit or what broke.
+pub async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Bytes, String> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("body cut off: {}", error_chain(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(format!("body larger than {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 pub enum Fetched {
@@ -135,24 +159,11 @@ impl Upstream {
             s if !s.is_success() => return Err(UpstreamError::Status(s.as_u16())),
             _ => {}
         }
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let mut body = BytesMut::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| UpstreamError::Body(error_chain(&e)))?;
-            if body.len() + chunk.len() > MAX_PACKUMENT_BYTES {
-                return Err(UpstreamError::Body("packument larger than 512 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Fetched::Modified {
-            body: body.freeze(),
-            etag,
-        })
+        let etag = etag_of(&resp);
+        let body = read_bounded(resp, MAX_PACKUMENT_BYTES)
+            .await
+            .map_err(UpstreamError::Body)?;
+        Ok(Fetched::Modified { body, etag })
     }
 
     /// Starts a tarball download; the body is streamed by the caller.

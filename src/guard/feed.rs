@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use redis::AsyncCommands;
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -35,7 +35,7 @@ use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
 use crate::npm::name::PackageName;
-use crate::upstream::error_chain;
+use crate::upstream::{error_chain, etag_of, read_bounded};
 
 /// How often a replica compares its list with the cluster's copy (at most the interval).
 const CLUSTER_CHECK: Duration = Duration::from_secs(10);
@@ -467,7 +467,7 @@ impl Refresher {
             req = req.header(header::IF_NONE_MATCH, etag);
         }
         let fetch = async {
-            let mut resp = req
+            let resp = req
                 .send()
                 .await
                 .map_err(|e| format!("feed unreachable: {}", error_chain(&e)))?;
@@ -476,26 +476,11 @@ impl Refresher {
                 StatusCode::OK => {}
                 status => return Err(format!("feed answered HTTP {}", status.as_u16())),
             }
-            let etag = resp
-                .headers()
-                .get(header::ETAG)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let mut body = BytesMut::new();
-            while let Some(chunk) = resp
-                .chunk()
+            let etag = etag_of(&resp);
+            let body = read_bounded(resp, MAX_FEED_BYTES)
                 .await
-                .map_err(|e| format!("feed body cut off: {}", error_chain(&e)))?
-            {
-                if body.len() + chunk.len() > MAX_FEED_BYTES {
-                    return Err(format!("feed larger than {MAX_FEED_BYTES} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(Fetched::New {
-                body: body.freeze(),
-                etag,
-            })
+                .map_err(|e| format!("feed {e}"))?;
+            Ok(Fetched::New { body, etag })
         };
         tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await

@@ -377,17 +377,7 @@ pub async fn get(client: &reqwest::Client, url: &str) -> Result<super::http::Rep
     Ok(super::http::Reply { status, headers, body })
 }
 
-/// An error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
+pub use npg::upstream::error_chain;
 
 // --- npg with TLS -----------------------------------------------------------------------------
 
