@@ -1,0 +1,61 @@
+# Declarations of exactly the NixOS options that nixos-module/ and the VM test nodes set, with
+# NixOS's types (simplified where NixOS itself is freeform). No freeform type here: an option
+# missing from this file, e.g. a misspelt one, fails the evaluation as it would in NixOS.
+# Used by nix/module-tests.nix and by the stub nixpkgs' runNixOSTest (nix/stub-nixpkgs).
+{ lib, ... }:
+let
+  inherit (lib) mkOption types;
+  opt = type: default: mkOption { inherit type default; };
+  unitValue = types.oneOf [ types.bool types.int types.str types.path (types.listOf (types.oneOf [ types.bool types.int types.str types.path ])) ];
+in
+{
+  options = {
+    assertions = opt (types.listOf (types.submodule {
+      options.assertion = mkOption { type = types.bool; };
+      options.message = mkOption { type = types.str; };
+    })) [ ];
+    warnings = opt (types.listOf types.str) [ ];
+
+    users.users = opt (types.attrsOf (types.submodule {
+      options.isSystemUser = opt types.bool false;
+      options.group = opt types.str "";
+      options.home = opt types.str "/var/empty";
+    })) { };
+    users.groups = opt (types.attrsOf (types.submodule { })) { };
+
+    networking.firewall.allowedTCPPorts = opt (types.listOf types.port) [ ];
+    networking.hosts = opt (types.attrsOf (types.listOf types.str)) { };
+    # set by the NixOS test framework for every node
+    networking.primaryIPAddress = opt types.str "";
+
+    environment.systemPackages = opt (types.listOf types.package) [ ];
+    security.pki.certificateFiles = opt (types.listOf types.path) [ ];
+
+    systemd.services = opt (types.attrsOf (types.submodule {
+      options = {
+        description = opt types.str "";
+        wantedBy = opt (types.listOf types.str) [ ];
+        wants = opt (types.listOf types.str) [ ];
+        after = opt (types.listOf types.str) [ ];
+        environment = opt (types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]))) { };
+        serviceConfig = opt (types.attrsOf unitValue) { };
+      };
+    })) { };
+
+    services.redis.servers = opt (types.attrsOf (types.submodule {
+      options = {
+        enable = opt types.bool false;
+        port = opt types.port 0;
+        bind = opt (types.nullOr types.str) "127.0.0.1";
+        openFirewall = opt types.bool false;
+        settings = opt (types.attrsOf (types.oneOf [ types.bool types.int types.str (types.listOf types.str) ])) { };
+      };
+    })) { };
+
+    services.traefik = {
+      enable = opt types.bool false;
+      staticConfigOptions = opt (types.attrsOf types.anything) { };
+      dynamicConfigOptions = opt (types.attrsOf types.anything) { };
+    };
+  };
+}

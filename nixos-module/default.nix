@@ -1,0 +1,217 @@
+# services.npg: npg as a hardened systemd service. Free of flake inputs: the flake (or any
+# NixOS configuration) imports it as is; `pkgs` is only touched in config, so the option
+# docs evaluate without packages.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+  cfg = config.services.npg;
+  s = cfg.settings;
+
+  tls = cfg.acme.enable || s.TLS_CERT_FILE != null;
+  httpsPort = if s.HTTPS_PORT == null then 443 else s.HTTPS_PORT;
+  ports = [ s.HTTP_PORT ] ++ lib.optional tls httpsPort;
+  lowPort = lib.any (p: p < 1024) ports;
+  redisPort = config.services.redis.servers.npg.port;
+
+  # environment values are strings; null means "not set, npg's default"
+  render = v: if lib.isBool v then lib.boolToString v else toString v;
+  environment = lib.mapAttrs (_: render) (lib.filterAttrs (_: v: v != null) s);
+
+  blocklistFile =
+    if lib.isPath cfg.blocklist || lib.isString cfg.blocklist then cfg.blocklist
+    else (pkgs.formats.yaml { }).generate "npg-blacklist.yml" {
+      packages = map (p: lib.filterAttrs (_: v: v != null && v != [ ]) p) cfg.blocklist.packages;
+      patterns = map (p: lib.filterAttrs (_: v: v != null) p) cfg.blocklist.patterns;
+    };
+
+  blocklistType = types.submodule {
+    options = {
+      packages = mkOption {
+        default = [ ];
+        description = "Packages blocked whole (no `versions`) or by version (exact versions or node-semver ranges).";
+        type = types.listOf (types.submodule {
+          options = {
+            name = mkOption { type = types.str; description = "Package name."; };
+            versions = mkOption { type = types.listOf types.str; default = [ ]; description = "Blocked versions or ranges; empty blocks the whole package."; };
+            reason = mkOption { type = types.nullOr types.str; default = null; description = "Shown to clients."; };
+          };
+        });
+      };
+      patterns = mkOption {
+        default = [ ];
+        description = "Regular expressions (Rust regex) on package names.";
+        type = types.listOf (types.submodule {
+          options = {
+            pattern = mkOption { type = types.str; description = "Regex on the name."; };
+            reason = mkOption { type = types.nullOr types.str; default = null; description = "Shown to clients."; };
+          };
+        });
+      };
+    };
+  };
+in
+{
+  options.services.npg = {
+    enable = mkEnableOption "npg, the security gateway and caching proxy for the npm registry";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.npg;
+      defaultText = literalExpression "pkgs.npg";
+      description = "The npg package (the flake's `overlays.default` provides `pkgs.npg`).";
+    };
+
+    settings = mkOption {
+      description = ''
+        npg's environment (README, "Configuration"): any setting by its env name. Booleans
+        render as `true`/`false`, null leaves npg's default. Secrets belong in `environmentFile`.
+      '';
+      default = { };
+      example = literalExpression ''{ REGISTRY_URL = "https://registry.example.com/"; MIN_RELEASE_AGE = "3d"; }'';
+      type = types.submodule {
+        freeformType = types.attrsOf (types.nullOr (types.oneOf [ types.bool types.int types.str ]));
+        options = {
+          REGISTRY_URL = mkOption { type = types.str; description = "Upstream registry (required: npg has no built-in upstream)."; };
+          HTTP_PORT = mkOption { type = types.port; default = 3000; description = "HTTP listener port."; };
+          HTTPS_PORT = mkOption { type = types.nullOr types.port; default = null; description = "HTTPS listener port when TLS is on (npg's default: 443)."; };
+          HTTP_BIND = mkOption { type = types.nullOr types.str; default = null; description = "Listen address (npg's default: 0.0.0.0)."; };
+          PROXY_URL = mkOption { type = types.nullOr types.str; default = null; description = "Public base URL of the npm API, path included."; };
+          STORAGE_DIR = mkOption {
+            type = types.str;
+            default = "${cfg.stateDir}/storage";
+            defaultText = literalExpression ''"''${config.services.npg.stateDir}/storage"'';
+            description = "Tarball cache. Must be under `stateDir` (the rest of the file system is read-only for npg).";
+          };
+          MALWARE_LIST_DIR = mkOption {
+            type = types.str;
+            default = "${cfg.stateDir}/malware-list";
+            defaultText = literalExpression ''"''${config.services.npg.stateDir}/malware-list"'';
+            description = "Last good malware feed.";
+          };
+          TLS_CERT_FILE = mkOption { type = types.nullOr types.str; default = null; description = "Static certificate (PEM chain) instead of ACME; readable by the npg user."; };
+          TLS_KEY_FILE = mkOption { type = types.nullOr types.str; default = null; description = "Key of `TLS_CERT_FILE`; readable by the npg user (group npg)."; };
+        };
+      };
+    };
+
+    domain = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "npg.example.com";
+      description = "Public name(s), comma-separated; with `acme.enable` they become NPG_DOMAIN.";
+    };
+
+    acme = {
+      enable = mkEnableOption "certificates from an ACME CA for `domain` (npg's own ACME client)";
+      email = mkOption { type = types.nullOr types.str; default = null; description = "ACME account contact (ACME_EMAIL)."; };
+      directoryUrl = mkOption { type = types.nullOr types.str; default = null; description = "ACME directory (ACME_DIRECTORY_URL); null: Let's Encrypt production."; };
+      challenge = mkOption { type = types.enum [ "http-01" "tls-alpn-01" ]; default = "http-01"; description = "ACME_CHALLENGE: http-01 on HTTP_PORT (the CA reaches port 80), tls-alpn-01 on the HTTPS port."; };
+    };
+
+    redis = {
+      createLocally = mkOption { type = types.bool; default = false; description = "Run `services.redis.servers.npg` on this host and point REDIS_URL at it."; };
+      url = mkOption { type = types.nullOr types.str; default = null; example = "redis://redis.internal:6379/0"; description = "A shared Redis (all replicas the same). A password belongs in `environmentFile` as REDIS_URL instead."; };
+    };
+
+    blocklist = mkOption {
+      type = types.nullOr (types.either types.path blocklistType);
+      default = null;
+      example = literalExpression ''{ packages = [ { name = "event-stream"; versions = [ "3.3.6" ]; reason = "backdoor"; } ]; patterns = [ { pattern = "^evil-"; reason = "typosquatting"; } ]; }'';
+      description = "The blocklist (README, \"The guard\"): an attribute set rendered to YAML, or a path to a blacklist.yml (BLACKLIST_PATH).";
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/run/secrets/npg.env";
+      description = "systemd EnvironmentFile with secrets (REDIS_URL with its password, NPG_SECRET_KEY_FILE ...). Give it as a string so it stays out of the Nix store.";
+    };
+
+    openFirewall = mkOption { type = types.bool; default = false; description = "Open HTTP_PORT (and the HTTPS port with TLS) in the firewall."; };
+
+    stateDir = mkOption { type = types.str; default = "/var/lib/npg"; description = "State directory (a systemd StateDirectory: must be under /var/lib)."; };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      { assertion = cfg.acme.enable -> cfg.domain != null; message = "services.npg.acme.enable needs services.npg.domain (the names to certify)."; }
+      { assertion = !(cfg.redis.createLocally && cfg.redis.url != null); message = "services.npg.redis.createLocally and services.npg.redis.url contradict each other: set one."; }
+      { assertion = !(cfg.acme.enable && s.TLS_CERT_FILE != null); message = "services.npg: acme.enable and settings.TLS_CERT_FILE contradict each other: ACME or a static certificate, not both."; }
+      { assertion = (s.TLS_CERT_FILE == null) == (s.TLS_KEY_FILE == null); message = "services.npg: settings.TLS_CERT_FILE and settings.TLS_KEY_FILE go together."; }
+      { assertion = lib.hasPrefix "/var/lib/" cfg.stateDir; message = "services.npg.stateDir must be under /var/lib/ (it is the unit's StateDirectory)."; }
+    ];
+    warnings = lib.optional (cfg.domain != null && !cfg.acme.enable)
+      "services.npg.domain is set but acme.enable is not: npg ignores the domain.";
+
+    # the typed options become environment entries; a conflicting explicit setting is an error
+    services.npg.settings = {
+      NPG_DOMAIN = mkIf cfg.acme.enable cfg.domain;
+      ACME_EMAIL = mkIf cfg.acme.enable cfg.acme.email;
+      ACME_DIRECTORY_URL = mkIf cfg.acme.enable cfg.acme.directoryUrl;
+      ACME_CHALLENGE = mkIf cfg.acme.enable cfg.acme.challenge;
+      REDIS_URL = mkIf (cfg.redis.createLocally || cfg.redis.url != null)
+        (if cfg.redis.createLocally then "redis://127.0.0.1:${toString redisPort}/0" else cfg.redis.url);
+      BLACKLIST_PATH = mkIf (cfg.blocklist != null) "${blocklistFile}";
+    };
+
+    services.redis.servers.npg = mkIf cfg.redis.createLocally {
+      enable = true;
+      # named servers listen on a unix socket only by default
+      port = lib.mkDefault 6379;
+      bind = lib.mkDefault "127.0.0.1";
+    };
+
+    users.users.npg = { isSystemUser = true; group = "npg"; home = cfg.stateDir; };
+    users.groups.npg = { };
+
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall ports;
+
+    systemd.services.npg = {
+      description = "npg npm registry gateway";
+      wantedBy = [ "multi-user.target" ];
+      # wants, not requires: npg serves without Redis (degraded), and a Redis restart must
+      # not restart npg
+      wants = [ "network-online.target" ] ++ lib.optional cfg.redis.createLocally "redis-npg.service";
+      after = [ "network-online.target" ] ++ lib.optional cfg.redis.createLocally "redis-npg.service";
+      inherit environment;
+      serviceConfig = {
+        ExecStart = lib.getExe' cfg.package "npg";
+        # reloads the blocklist
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        User = "npg";
+        Group = "npg";
+        StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDir;
+        StateDirectoryMode = "0750";
+        WorkingDirectory = cfg.stateDir;
+        EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+        Restart = "on-failure";
+        RestartSec = "2s";
+        LimitNOFILE = 65536;
+
+        AmbientCapabilities = if lowPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+        CapabilityBoundingSet = if lowPort then [ "CAP_NET_BIND_SERVICE" ] else [ "" ];
+        NoNewPrivileges = true;
+        ProtectSystem = "strict";
+        ProtectHome = true;
+        PrivateTmp = true;
+        PrivateDevices = true;
+        ProtectKernelTunables = true;
+        ProtectKernelModules = true;
+        ProtectKernelLogs = true;
+        ProtectControlGroups = true;
+        ProtectClock = true;
+        ProtectHostname = true;
+        ProtectProc = "invisible";
+        RestrictNamespaces = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        LockPersonality = true;
+        MemoryDenyWriteExecute = true;
+        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+        SystemCallArchitectures = "native";
+        SystemCallFilter = [ "@system-service" "~@privileged" ];
+        UMask = "0027";
+      };
+    };
+  };
+}
