@@ -87,7 +87,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             };
             servers.spawn(npg::http::server::serve(http, plain, None, stopped(), drain));
             let router = npg::http::routes::router(app.clone());
-            servers.spawn(npg::http::server::serve(https, router, Some(tls), stopped(), drain));
+            let serve_https = npg::http::server::serve(https, router, Some(tls.clone()), stopped(), drain);
+            servers.spawn(async move {
+                // Connections wait in the backlog until the certificate is known (bounded).
+                tls.first_look(std::time::Duration::from_secs(5)).await;
+                serve_https.await
+            });
             tracing::info!(%https_addr, domains = ?settings.npg_domain, "HTTPS listening");
         }
     }

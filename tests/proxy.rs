@@ -468,7 +468,9 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 async fn shutdown_delay_reports_draining_while_still_serving() {
     let up = FakeRegistry::start();
     let mut npg = NpgProcess::start(&up.url(), &[("SHUTDOWN_DELAY", "1500ms")]);
-    assert_eq!(get(&format!("{}/api/health", npg.base), &[]).await.status, 200);
+    let before = get(&format!("{}/api/health", npg.base), &[]).await;
+    assert_eq!(before.status, 200);
+    assert_eq!(before.header("connection"), "", "keep-alive until draining");
     npg.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let health = get(&format!("{}/api/health", npg.base), &[]).await;
@@ -476,6 +478,11 @@ async fn shutdown_delay_reports_draining_while_still_serving() {
     assert_eq!(health.json()["status"], "draining");
     let served = get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
     assert_eq!(served.status, 200, "still serving during the delay");
+    assert_eq!(
+        served.header("connection"),
+        "close",
+        "HTTP/1.1 clients move to another replica"
+    );
     let status = npg.wait_exit(Duration::from_secs(10)).expect("exits after the delay");
     assert!(status.success());
 }

@@ -1,9 +1,11 @@
-//! Per-request bookkeeping: URL length limit, metrics by route and status, a log line.
+//! Per-request bookkeeping: URL length limit, metrics by route and status, a log line, and
+//! `Connection: close` while the replica drains.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -20,6 +22,7 @@ pub struct RouteLabel(pub &'static str);
 pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
+    let http1 = req.version() < Version::HTTP_2;
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let path = tracing::enabled!(tracing::Level::DEBUG).then(|| req.uri().path().chars().take(256).collect::<String>());
     let resp = if uri_len > MAX_URI_BYTES {
@@ -43,5 +46,12 @@ pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Respon
         app.metrics.bytes(route, len);
     }
     tracing::debug!(%method, path = path.unwrap_or_default(), status, route, ms = started.elapsed().as_millis() as u64, "request");
+    // While draining, HTTP/1.1 clients are told to reconnect: their next connection goes
+    // through the balancer to a replica that stays, instead of racing this one's close.
+    let mut resp = resp;
+    if http1 && app.draining.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     resp
 }

@@ -102,6 +102,7 @@ impl Manager {
             Err(e) => {
                 // Redis trouble: keep serving what we have and look again soon.
                 self.record_error(format!("cannot read the certificate: {e}"));
+                self.tls.mark_looked();
                 return FIRST_BACKOFF;
             }
         };
@@ -117,8 +118,11 @@ impl Manager {
             (stored, _) => stored,
         };
         let mut stored = stored;
-        if let Some(bundle) = stored.as_mut() {
+        if let Some(bundle) = &stored {
             self.serve(bundle);
+        }
+        self.tls.mark_looked();
+        if let Some(bundle) = stored.as_mut() {
             self.consult_ari(bundle).await;
             if now() < bundle.renew_at() {
                 let until_renewal = Duration::from_secs((bundle.renew_at() - now()).max(1) as u64);

@@ -51,6 +51,8 @@ pub struct Tls {
     pub domains: Vec<String>,
     pub status: Mutex<TlsStatus>,
     pub metrics: Arc<Metrics>,
+    /// True once this replica has a certificate or has looked for the cluster's one.
+    looked: tokio::sync::watch::Sender<bool>,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -89,6 +91,7 @@ impl Tls {
                 ..TlsStatus::default()
             }),
             metrics,
+            looked: tokio::sync::watch::Sender::new(false),
         };
         if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
             let chain = std::fs::read_to_string(cert).with_context(|| format!("TLS_CERT_FILE {}", cert.display()))?;
@@ -103,6 +106,7 @@ impl Tls {
                     .context("TLS_KEY_FILE")?,
             );
             tls.set_status("static", Some(("*", &bundle)), None);
+            tls.mark_looked();
         }
         Ok(Some(Arc::new(tls)))
     }
@@ -119,6 +123,18 @@ impl Tls {
             }];
         }
         status.last_error = error;
+    }
+
+    /// Called by the ACME manager after its first read of the store, whatever it found.
+    pub fn mark_looked(&self) {
+        self.looked.send_replace(true);
+    }
+
+    /// Waits (at most `limit`) until the certificate this replica can serve is known, so a
+    /// replica that restarts into a running cluster answers its first handshake with it.
+    pub async fn first_look(&self, limit: std::time::Duration) {
+        let mut looked = self.looked.subscribe();
+        let _ = tokio::time::timeout(limit, looked.wait_for(|v| *v)).await;
     }
 
     pub fn status(&self) -> TlsStatus {
