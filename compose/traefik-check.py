@@ -47,6 +47,9 @@ for proto in ("tcp", "http"):
     for name, svc in tr.get(proto, {}).get("services", {}).items():
         lb = dict(svc["loadbalancer"])
         port = lb.pop("server")["port"]
+        # labels are strings; the file provider wants the health check's port as a number
+        if "port" in lb.get("healthcheck", {}):
+            lb["healthcheck"] = dict(lb["healthcheck"], port=int(lb["healthcheck"]["port"]))
         if proto == "tcp":
             lb["servers"] = [{"address": f"{ip}:{port}"} for ip in REPLICAS]
         else:
@@ -57,17 +60,24 @@ check("npg-http" in services["http"]["services"], "npg labels define http servic
 
 # --- fake replicas -------------------------------------------------------------------------
 tls_hits, http_hits = [], []
+draining = set()  # replicas whose health answers 503, as npg's does during SHUTDOWN_DELAY
 
 
 class Health(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # as npg answers; the TCP check expects "HTTP/1.1 200"
+
     def do_GET(self):
-        http_hits.append((self.server.server_address[0], self.path))
-        body = json.dumps({"status": "ok", "instance": self.server.server_address[0]}).encode()
-        self.send_response(200)
+        ip = self.server.server_address[0]
+        http_hits.append((ip, self.path))
+        body = json.dumps({"status": "draining" if ip in draining else "ok", "instance": ip}).encode()
+        self.send_response(503 if ip in draining else 200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except ConnectionError:
+            pass  # Traefik's TCP check reads the status line only, then closes
 
     def log_message(self, *a):
         pass
@@ -221,8 +231,10 @@ try:
     check(len(hellos) >= 6 and all(b"npg.example.com" in data for _, data in hellos),
           f"[dashboard] :443 TLS ClientHello passed through untouched ({len(hellos)} of 6)")
     check(len({ip for ip, _ in hellos}) >= 2, f"[dashboard] :443 connections spread over replicas {sorted({ip for ip, _ in hellos})}")
-    # one replica goes away: both health checks take it out, traffic goes on
-    down = REPLICAS[0]
+    # one replica goes away and one drains (health 503, :443 still open): both health checks
+    # take both out, traffic goes on to the third
+    down, drain = REPLICAS[0], REPLICAS[1]
+    draining.add(drain)
     srv, sink = fakes[down]
     srv.shutdown()
     srv.server_close()
@@ -233,22 +245,35 @@ try:
     for kind, name in (("tcpServices", "npg-https@file"), ("services", "npg-http@file")):
         st = raw[kind][name].get("serverStatus", {})
         downs = sorted(k for k, v in st.items() if v != "UP")
-        check(len(downs) == 1 and down in downs[0], f"[dashboard] {name}: the stopped replica is marked down {st}")
+        check(len(downs) == 2 and down in downs[0] and drain in downs[1],
+              f"[dashboard] {name}: the stopped and the draining replica are marked down {st}")
     ips = set()
     for _ in range(6):
         ips.add(json.loads(urllib.request.urlopen("http://127.0.0.1:80/-/ping", timeout=3).read())["instance"])
-    check(down not in ips and ips, f"[dashboard] :80 requests go to the replicas left {sorted(ips)}")
+    check(ips == {REPLICAS[2]}, f"[dashboard] :80 requests go to the replica left {sorted(ips)}")
+    tls_hits.clear()
+    for _ in range(4):
+        try:
+            with socket.create_connection(("127.0.0.1", 443), timeout=3) as s:
+                ssl.create_default_context().wrap_socket(s, server_hostname="npg.example.com")
+        except (ssl.SSLError, OSError):
+            pass
+    time.sleep(0.5)
+    hellos = {ip for ip, data in tls_hits if data[:1] == b"\x16"}
+    check(hellos == {REPLICAS[2]}, f"[dashboard] :443 connections go to the replica left {sorted(hellos)}")
 except Exception as e:  # a refused request or a missing key: report it, then read the log
     check(False, f"stopped by {type(e).__name__}: {e}")
 finally:
     stop(p)
 # the only complaints allowed: failed health checks of the replica stopped on purpose
-errs = log_errors(log, lambda rec: rec.get("message") == "Health check failed." and REPLICAS[0] in json.dumps(rec))
+errs = log_errors(log, lambda rec: rec.get("message") == "Health check failed."
+                  and (REPLICAS[0] in json.dumps(rec) or REPLICAS[1] in json.dumps(rec)))
 check(not errs, "[dashboard] no warning or error in Traefik's log" + "".join("\n       " + e for e in errs[:10]))
 
 # run 2: dashboard off (no users) -- the template must still give a valid config
 if fakes[REPLICAS[0]][1].fileno() == -1:  # stopped in run 1: bring it back, since a new
     start_fake(REPLICAS[0])               # Traefik takes every server as up at first
+draining.clear()
 p, log, d = run_traefik("no-dashboard", {"TRAEFIK_DASHBOARD_USERS": ""})
 try:
     check(wait_up(), "[no-dashboard] traefik answers /ping")
