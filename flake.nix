@@ -26,21 +26,20 @@
 
       checks = forAllSystems (pkgs:
         let
-          vmTest = file: pkgs.testers.runNixOSTest (import file {
+          vmTests = import ./vm-tests {
             inherit pkgs;
             inherit (pkgs) lib;
             npgModule = self.nixosModules.default;
-          });
-          failures = import ./nix/module-tests.nix { inherit (pkgs) lib; };
+          };
+          moduleTests = import ./nix/module-tests.nix { inherit (pkgs) lib; };
         in
-        {
+        pkgs.lib.mapAttrs' (name: test: pkgs.lib.nameValuePair "vm-${name}" (pkgs.testers.runNixOSTest test)) vmTests
+        // {
           npg = pkgs.npg;
-          vm-single = vmTest ./vm-tests/single.nix;
-          vm-cluster = vmTest ./vm-tests/cluster.nix;
           # lib.runTests over the module with stub NixOS options (nix/check runs the same)
           module-eval =
-            if failures.failed == [ ] then pkgs.runCommand "npg-module-eval" { } "touch $out"
-            else throw "module tests failed: ${builtins.toJSON failures.failed}";
+            if moduleTests.failed == [ ] then pkgs.runCommand "npg-module-eval" { } "touch $out"
+            else throw "module tests failed: ${builtins.toJSON moduleTests.failed}";
         });
 
       devShells = forAllSystems (pkgs: {

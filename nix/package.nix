@@ -5,10 +5,8 @@ rustPlatform.buildRustPackage {
   pname = "npg";
   version = (lib.importTOML ../Cargo.toml).package.version;
 
-  src = lib.fileset.toSource {
-    root = ../.;
-    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../src ];
-  };
+  # only what cargo needs: a change to the docs, tests or Nix files does not rebuild npg
+  src = lib.sourceByRegex ../. [ "^Cargo\\.(toml|lock)$" "^src(/.*)?$" ];
   cargoLock.lockFile = ../Cargo.lock;
 
   cargoTestFlags = [ "--lib" ];
