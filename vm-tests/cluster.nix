@@ -106,7 +106,8 @@ in
           ping.entryPoint = "traefik";
         };
         # the routers of compose/traefik/dynamic.yml; the services list the replicas (as the
-        # cluster test does) instead of coming from Docker labels. TCP health checks: Traefik >= 3.6
+        # cluster test does) instead of coming from Docker labels. The TCP check asks npg's
+        # HTTP health, so a draining replica (503) leaves first (TCP checks: Traefik >= 3.6)
         dynamicConfigOptions = {
           tcp.routers.npg-https = {
             entryPoints = [ "websecure" ];
@@ -115,7 +116,13 @@ in
             tls.passthrough = true;
           };
           tcp.services.npg-https.loadBalancer = {
-            healthCheck = { interval = "1s"; timeout = "1s"; };
+            healthCheck = {
+              interval = "1s";
+              timeout = "1s";
+              port = 80;
+              send = "GET /api/health HTTP/1.1\r\nHost: npg\r\nConnection: close\r\n\r\n";
+              expect = "HTTP/1.1 200";
+            };
             servers = map (n: { address = "${n}:443"; }) replicas;
           };
           http.routers.npg-http = {
