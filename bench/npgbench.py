@@ -276,3 +276,17 @@ def start_guarded_npg(procs, work, name, registry_base):
     npg = Npg(procs, work, name, registry_base, registry_base + "/feed-guard.json", blacklist=path)
     wait_until(lambda: npg.health()["guard"]["malware_entries"] >= 100000 // 3, 60, "guard-on npg feed", npg.proc, procs)
     return npg
+
+
+def guard_rounds(off, on, seconds, rounds, work):
+    """req/s of the hot large packument (gzip) on npg with the guard off and on, rounds
+    interleaved (the order alternating); returns {"off": [...], "on": [...]}."""
+    runs = {"off": [], "on": []}
+    for npg in (off, on):
+        http_get(npg.npm + "/bench-large", {"Accept-Encoding": "gzip"}, timeout=120)
+    for r in range(rounds):
+        for key in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            npg = off if key == "off" else on
+            runs[key].append(wrk(npg.npm + "/bench-large", seconds, ["Accept-Encoding: gzip"], work=work)["rps"])
+        log(f"guard round {r + 1}: off {runs['off'][-1]:.0f} req/s, on {runs['on'][-1]:.0f} req/s")
+    return runs
