@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::cache::disk::{Pending, TarballStore};
+use crate::cache::disk::{Cached, Pending, TarballStore};
 use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
@@ -22,8 +22,8 @@ use crate::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 
 pub enum TarballBody {
-    /// A cached file and its length.
-    File(tokio::fs::File, u64),
+    /// From the disk cache.
+    Cached(Cached),
     /// A download in progress: chunks, and the length upstream announced.
     Download(mpsc::Receiver<io::Result<Bytes>>, Option<u64>),
 }
@@ -69,9 +69,9 @@ impl Tarballs {
 
     pub async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
         self.check_policy(name, file).await?;
-        if let Some((f, len)) = self.store.open(name, file).await {
+        if let Some(cached) = self.store.open(name, file).await {
             self.metrics.cache("disk", true);
-            return Ok((TarballBody::File(f, len), true));
+            return Ok((TarballBody::Cached(cached), true));
         }
         self.metrics.cache("disk", false);
         let info = self.find(name, file).await?;

@@ -3,13 +3,33 @@
 //! rename of a complete, verified temp file, so readers (and replicas sharing the volume)
 //! never see a partial tarball. Temp files live in `<root>/.tmp`, which no name can reach.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use tempfile::TempPath;
 
 use crate::npm::name::PackageName;
+
+/// Tarballs up to this size (most of npm's) are served from one read into memory.
+const READ_WHOLE_MAX: u64 = 256 * 1024;
+
+/// A tarball found on disk.
+pub enum Cached {
+    Whole(Bytes),
+    /// Too large to hold: a file to stream, and its length.
+    File(tokio::fs::File, u64),
+}
+
+impl Cached {
+    pub fn size(&self) -> u64 {
+        match self {
+            Cached::Whole(b) => b.len() as u64,
+            Cached::File(_, len) => *len,
+        }
+    }
+}
 
 pub struct TarballStore {
     root: PathBuf,
@@ -42,12 +62,27 @@ impl TarballStore {
         (normal && !leading_dot).then(|| self.root.join(rel))
     }
 
-    /// Opens a cached tarball for streaming, with its length.
-    pub async fn open(&self, name: &PackageName, file: &str) -> Option<(tokio::fs::File, u64)> {
+    /// A cached tarball: read whole when small, else opened for streaming. One trip to the
+    /// blocking pool either way (open, stat and read of a small file each took one before).
+    pub async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {
         let path = self.path(name, file)?;
-        let f = tokio::fs::File::open(&path).await.ok()?;
-        let meta = f.metadata().await.ok()?;
-        meta.is_file().then_some((f, meta.len()))
+        tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&path).ok()?;
+            let meta = f.metadata().ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            if meta.len() > READ_WHOLE_MAX {
+                return Some(Cached::File(tokio::fs::File::from_std(f), meta.len()));
+            }
+            // Cached files are complete and never rewritten in place (atomic rename only).
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            f.read_to_end(&mut bytes).ok()?;
+            Some(Cached::Whole(Bytes::from(bytes)))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// A new temp file beside the cache (same file system, so the final rename is atomic).
@@ -139,8 +174,17 @@ mod tests {
         p.file.write_all(b"tgz bytes").await.unwrap();
         store.persist(p, &name, "core-7.23.0.tgz").await.unwrap();
         assert_eq!(std::fs::read(&expected).unwrap(), b"tgz bytes");
-        let (_, len) = store.open(&name, "core-7.23.0.tgz").await.unwrap();
-        assert_eq!(len, 9);
+        match store.open(&name, "core-7.23.0.tgz").await.unwrap() {
+            Cached::Whole(bytes) => assert_eq!(&bytes[..], b"tgz bytes"),
+            Cached::File(..) => panic!("a small tarball is read whole"),
+        }
+        let big = vec![7u8; READ_WHOLE_MAX as usize + 1];
+        let mut p = store.pending().unwrap();
+        p.file.write_all(&big).await.unwrap();
+        store.persist(p, &name, "core-7.24.0.tgz").await.unwrap();
+        let cached = store.open(&name, "core-7.24.0.tgz").await.unwrap();
+        assert_eq!(cached.size(), big.len() as u64);
+        assert!(matches!(cached, Cached::File(..)), "a large tarball is streamed");
         assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
     }
 

@@ -1,5 +1,5 @@
-//! Tarball responses: a cached file streamed from disk (never loaded whole), or a download
-//! relayed as it arrives.
+//! Tarball responses: a cached tarball (small ones from memory, large ones streamed from disk),
+//! or a download relayed as it arrives.
 
 use std::sync::Arc;
 
@@ -9,11 +9,15 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
+use crate::cache::disk::Cached;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
 use crate::tarballs::TarballBody;
 
 use super::packument::etag_matches;
+
+/// Read size when streaming a large cached tarball.
+const STREAM_CHUNK: usize = 512 * 1024;
 
 /// Tarballs never change once published, so name and size identify the bytes on any replica.
 fn etag(name: &PackageName, file: &str, len: u64) -> String {
@@ -42,7 +46,8 @@ pub fn respond(
             },
         );
     let body = match body {
-        TarballBody::File(file_handle, len) => {
+        TarballBody::Cached(cached) => {
+            let len = cached.size();
             let tag = etag(name, file, len);
             builder = builder.header(header::ETAG, &tag);
             if etag_matches(req, &[&tag]) {
@@ -53,7 +58,11 @@ pub fn respond(
             }
             metrics.bytes("tarball", len);
             builder = builder.header(header::CONTENT_LENGTH, len);
-            Body::from_stream(ReaderStream::with_capacity(file_handle, 64 * 1024))
+            match cached {
+                Cached::Whole(bytes) => Body::from(bytes),
+                // Large reads: each is a trip to the blocking pool.
+                Cached::File(f, _) => Body::from_stream(ReaderStream::with_capacity(f, STREAM_CHUNK)),
+            }
         }
         TarballBody::Download(rx, len) => {
             if let Some(len) = len {
