@@ -87,6 +87,8 @@ class Builder:
                      "fileCount": 3 + seed[0] % 40, "unpackedSize": unpacked or 10000 + seed[1] * 400,
                      "signatures": [{"keyid": SIGNING_KEY, "sig": base64.b64encode(seed[:70]).decode()}]},
             "_npmUser": self.person(1), "directories": {}, "maintainers": [self.person(1), self.person(2)],
+            "contributors": [self.person(j) for j in range(3, 6)],
+            "_npmOperationalInternal": {"host": "s3://bench-packages", "tmp": f"tmp/{name.split('/')[-1]}_{version}_{seed[0]}"},
             "_hasShrinkwrap": False,
         }
 
@@ -130,10 +132,10 @@ def build(base, fixture_size):
     b.packument("bench-small", [("1.0.0", {}), ("1.1.0", {}), ("1.2.0", {})], readme_kb=1, dev_deps=2, desc_words=4,
                 served={"1.2.0": (small_tgz, small_unpacked)})
     # ~5 MB full: 2,500 versions; its latest tarball is the 5 MB one.
-    b.packument("bench-large", many_versions(2500, deps)[:-1] + [("4.19.19", deps)], readme_kb=40, dev_deps=12,
+    b.packument("bench-large", many_versions(2500, deps)[:-1] + [("4.19.19", deps)], readme_kb=40, dev_deps=6,
                 served={"4.19.19": (big_tgz, big_unpacked)})
-    # ~40 MB full: 12,000 versions with many devDependencies (like the biggest real packuments).
-    b.packument("bench-huge", many_versions(12000, deps), readme_kb=60, dev_deps=60, desc_words=20)
+    # ~40 MB full: 18,000 versions with long descriptions (like the biggest real packuments).
+    b.packument("bench-huge", many_versions(18000, deps), readme_kb=60, dev_deps=10, desc_words=40)
     b.packument("@bench/scoped", many_versions(150, deps), readme_kb=20)
     b.packument("bench-slow-coalesce", many_versions(300, deps), readme_kb=20)
     b.packument("bench-cold-big", [("1.0.0", {})], readme_kb=2, served={"1.0.0": (big_tgz, big_unpacked)})
