@@ -61,7 +61,9 @@ impl App {
             settings.upstream_timeout,
             metrics.clone(),
         )?);
-        let store = Arc::new(TarballStore::new(&settings.storage_dir).context("STORAGE_DIR")?);
+        let store = Arc::new(
+            TarballStore::new(&settings.storage_dir, settings.tarball_memory_mb << 20).context("STORAGE_DIR")?,
+        );
         let removed = store.clean_temp(Duration::from_secs(3600));
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");

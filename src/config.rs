@@ -104,6 +104,10 @@ pub struct Settings {
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub memory_cache_mb: u64,
 
+    /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB; 0 = none.
+    #[arg(long, env = "TARBALL_MEMORY_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65536))]
+    pub tarball_memory_mb: u64,
+
     /// Upstream timeout: for the response headers, and for each read of a body.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use tempfile::TempPath;
 
+use super::hot::HotTarballs;
 use crate::npm::name::PackageName;
 
 /// Tarballs up to this size (most of npm's) are served from one read into memory.
@@ -34,6 +35,7 @@ impl Cached {
 pub struct TarballStore {
     root: PathBuf,
     tmp: PathBuf,
+    hot: HotTarballs,
 }
 
 /// A tarball being written: deleted on drop unless persisted.
@@ -43,12 +45,14 @@ pub struct Pending {
 }
 
 impl TarballStore {
-    pub fn new(root: &Path) -> io::Result<TarballStore> {
+    /// The store under `root`, keeping up to `memory_bytes` of small tarballs in memory too.
+    pub fn new(root: &Path, memory_bytes: u64) -> io::Result<TarballStore> {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let tmp = root.join(".tmp");
         std::fs::create_dir_all(&tmp)?;
-        Ok(TarballStore { root, tmp })
+        let hot = HotTarballs::new(memory_bytes);
+        Ok(TarballStore { root, tmp, hot })
     }
 
     /// Where a tarball lives; `None` if the name or file could leave the root (they are
@@ -62,11 +66,14 @@ impl TarballStore {
         (normal && !leading_dot).then(|| self.root.join(rel))
     }
 
-    /// A cached tarball: read whole when small, else opened for streaming. One trip to the
-    /// blocking pool either way (open, stat and read of a small file each took one before).
+    /// A cached tarball: from memory, or read whole from disk when small (then kept in
+    /// memory), else opened for streaming. At most one trip to the blocking pool.
     pub async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {
+        if let Some(bytes) = self.hot.get(name, file).await {
+            return Some(Cached::Whole(bytes));
+        }
         let path = self.path(name, file)?;
-        tokio::task::spawn_blocking(move || {
+        let cached = tokio::task::spawn_blocking(move || {
             let mut f = std::fs::File::open(&path).ok()?;
             let meta = f.metadata().ok()?;
             if !meta.is_file() {
@@ -82,7 +89,11 @@ impl TarballStore {
         })
         .await
         .ok()
-        .flatten()
+        .flatten()?;
+        if let Cached::Whole(bytes) = &cached {
+            self.hot.insert(name, file, bytes.clone()).await;
+        }
+        Some(cached)
     }
 
     /// A new temp file beside the cache (same file system, so the final rename is atomic).
@@ -122,8 +133,9 @@ impl TarballStore {
         let Some(dir) = self.path(name, "x.tgz").and_then(|p| p.parent().map(Path::to_path_buf)) else {
             return 0;
         };
-        let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
         let wanted = version.map(|v| format!("{}-{v}.tgz", name.unscoped()));
+        self.hot.purge(name, wanted.as_deref());
+        let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
         let mut removed = 0;
         for entry in entries.flatten() {
             let file = entry.file_name();
@@ -164,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn node_npg_layout_and_atomic_persist() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path()).unwrap();
+        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
         let name = PackageName::parse("@Babel/core").unwrap();
         let expected = store.root.join("@b/@Babel/core/core-7.23.0.tgz");
         assert_eq!(store.path(&name, "core-7.23.0.tgz"), Some(expected.clone()));
@@ -191,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_downloads_leave_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path()).unwrap();
+        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
         let mut p = store.pending().unwrap();
         p.file.write_all(b"half").await.unwrap();
         drop(p);
@@ -204,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn purges_one_version_or_all() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path()).unwrap();
+        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
         let name = PackageName::parse("@s/p").unwrap();
         for v in ["1.0.0", "1.0.1", "2.0.0"] {
             let p = store.pending().unwrap();
@@ -220,7 +232,7 @@ mod tests {
     #[test]
     fn refuses_paths_outside_the_root() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path()).unwrap();
+        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
         let name = PackageName::parse("a").unwrap();
         assert!(store.path(&name, "../../etc/passwd").is_none());
         assert!(store.path(&name, "/etc/passwd").is_none());

@@ -644,7 +644,7 @@ mod tests {
     #[tokio::test]
     async fn purges_what_is_newly_listed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path()).unwrap();
+        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
         let name = PackageName::parse("p").unwrap();
         for v in ["1.0.0", "1.0.1"] {
             let pending = store.pending().unwrap();
