@@ -1,6 +1,6 @@
 # npg from Cargo.lock. Only the unit tests run in the build: the integration tests start
 # redis-server, pebble, npm and more, which the build sandbox does not have.
-{ lib, rustPlatform }:
+{ lib, stdenv, rustPlatform }:
 rustPlatform.buildRustPackage {
   pname = "npg";
   version = (lib.importTOML ../Cargo.toml).package.version;
@@ -10,6 +10,10 @@ rustPlatform.buildRustPackage {
   cargoLock.lockFile = ../Cargo.lock;
 
   cargoTestFlags = [ "--lib" ];
+
+  # jemalloc fixes its page size at build time: 64 KiB runs on every aarch64 kernel
+  # (4, 16 or 64 KiB pages); x86_64 has 4 KiB only.
+  env = lib.optionalAttrs stdenv.hostPlatform.isAarch64 { JEMALLOC_SYS_WITH_LG_PAGE = "16"; };
 
   meta = {
     description = "Security gateway and caching proxy for the npm registry";

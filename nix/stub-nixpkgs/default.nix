@@ -44,11 +44,14 @@ let
       let f = if builtins.isFunction fn then fn else import fn;
       in f (builtins.intersectAttrs (builtins.functionArgs f) final // args);
 
+    stdenv.hostPlatform = lib.systems.elaborate system;
+
     rustPlatform.buildRustPackage = args:
       assert lib.assertMsg (builtins.pathExists args.cargoLock.lockFile) "cargoLock.lockFile missing";
       placeholder "${args.pname}-${args.version}" {
         inherit (args) src;
         cargoTestFlags = args.cargoTestFlags or [ ];
+        env = builtins.toJSON (args.env or { });
       } // { inherit (args) pname version; meta = args.meta or { }; };
 
     dockerTools.buildLayeredImage = args: placeholder "${args.name}.tar.gz" {
