@@ -428,11 +428,13 @@ async fn http01_single_replica_https_health_and_redirect() {
         );
 
         // A second replica with HTTP_REDIRECT=false: the certificate from Redis, the API on HTTP.
+        // Its very first handshake, as soon as it answers on HTTP, already gets the cluster's
+        // certificate: HTTPS accepts only once it has been read from Redis.
         let node2 = start_node("b", &up, ip2, ports, &env.clone().set("HTTP_REDIRECT", "false"));
-        let entry2 = node2.wait_certificate(DOMAIN, ISSUE_TIMEOUT, |_| true).await;
-        assert_eq!(entry2["serial"], entry["serial"]);
         let leaf2 = tls::probe(node2.https_addr(), Some(DOMAIN), Some(&root)).await.unwrap();
         assert_eq!(leaf2.serial, leaf.serial);
+        let entry2 = node2.wait_certificate(DOMAIN, ISSUE_TIMEOUT, |_| true).await;
+        assert_eq!(entry2["serial"], entry["serial"]);
         let reply = tls::get(&plain, &format!("{}/npm/npg-fixture-a", node2.http_base))
             .await
             .unwrap();
