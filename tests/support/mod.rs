@@ -21,6 +21,26 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// Waits until something accepts connections on `addr`; `Err` says why not: the child
+/// exited, or the time ran out.
+pub fn wait_listening(
+    addr: std::net::SocketAddr,
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited ({status})"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    Err(format!("not within {timeout:?}"))
+}
+
 /// Path of a required external binary, or a loud failure naming the install script.
 pub fn require_binary(name: &str) -> std::path::PathBuf {
     let paths = std::env::var_os("PATH").unwrap_or_default();

@@ -57,7 +57,7 @@ impl NpgProcess {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn npg");
-        let npg = NpgProcess {
+        let mut npg = NpgProcess {
             child,
             port,
             base,
@@ -69,15 +69,11 @@ impl NpgProcess {
         npg
     }
 
-    fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+    fn wait_ready(&mut self, timeout: Duration) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        if let Err(why) = super::wait_listening(addr, &mut self.child, timeout) {
+            panic!("npg did not listen on port {}: {why}", self.port);
         }
-        panic!("npg did not listen on port {} within {timeout:?}", self.port);
     }
 
     pub fn pid(&self) -> u32 {

@@ -448,7 +448,7 @@ impl TlsNode {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn npg");
-        let node = TlsNode {
+        let mut node = TlsNode {
             child,
             name: opts.name.to_string(),
             bind: opts.bind,
@@ -462,31 +462,15 @@ impl TlsNode {
         node
     }
 
-    fn wait_listening(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+    fn wait_listening(&mut self, timeout: Duration) {
         let addr = SocketAddr::new(self.bind, self.http_port);
-        let mut child_exited = false;
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            if std::process::Command::new("kill")
-                .args(["-0", &self.child.id().to_string()])
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| !s.success())
-            {
-                child_exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        if let Err(why) = super::wait_listening(addr, &mut self.child, timeout) {
+            panic!(
+                "npg {} did not listen on {addr}: {why}\n--- npg log:\n{}",
+                self.name,
+                self.logs()
+            );
         }
-        panic!(
-            "npg {} did not listen on {addr} within {timeout:?}{}\n--- npg log:\n{}",
-            self.name,
-            if child_exited { " (it exited)" } else { "" },
-            self.logs()
-        );
     }
 
     /// `<bind>:<https_port>`
