@@ -175,6 +175,20 @@ def log_errors(log, expected=lambda rec: False):
     return bad
 
 
+def tls_hellos(n):
+    """Opens `n` TLS connections to :443; returns the (replica, ClientHello) pairs that reached
+    the fake replicas."""
+    tls_hits.clear()
+    for _ in range(n):
+        try:
+            with socket.create_connection(("127.0.0.1", 443), timeout=3) as s:
+                ssl.create_default_context().wrap_socket(s, server_hostname="npg.example.com")
+        except (ssl.SSLError, OSError):
+            pass  # the fake replica closes instead of answering the handshake
+    time.sleep(0.5)
+    return [(ip, data) for ip, data in tls_hits if data[:1] == b"\x16"]
+
+
 def stop(p):
     p.terminate()
     try:
@@ -218,16 +232,7 @@ try:
     check([p.lower() for p in got] == ["/npm/@scope%2fname"], f"[dashboard] :80 passes an npm scoped name's %2f through: {got}")
     hc = subprocess.run([traefik, "healthcheck", f"--configFile={d}/traefik.yml"], capture_output=True, text=True)
     check(hc.returncode == 0, f"[dashboard] `traefik healthcheck` (the container health check) exits 0: {hc.stdout.strip()}")
-    seen = set()
-    for _ in range(6):
-        ctx = ssl.create_default_context()
-        try:
-            with socket.create_connection(("127.0.0.1", 443), timeout=3) as s:
-                ctx.wrap_socket(s, server_hostname="npg.example.com")
-        except (ssl.SSLError, OSError):
-            pass  # the fake replica closes instead of answering the handshake
-    time.sleep(0.5)
-    hellos = [(ip, data) for ip, data in tls_hits if data[:1] == b"\x16"]
+    hellos = tls_hellos(6)
     check(len(hellos) >= 6 and all(b"npg.example.com" in data for _, data in hellos),
           f"[dashboard] :443 TLS ClientHello passed through untouched ({len(hellos)} of 6)")
     check(len({ip for ip, _ in hellos}) >= 2, f"[dashboard] :443 connections spread over replicas {sorted({ip for ip, _ in hellos})}")
@@ -251,15 +256,7 @@ try:
     for _ in range(6):
         ips.add(json.loads(urllib.request.urlopen("http://127.0.0.1:80/-/ping", timeout=3).read())["instance"])
     check(ips == {REPLICAS[2]}, f"[dashboard] :80 requests go to the replica left {sorted(ips)}")
-    tls_hits.clear()
-    for _ in range(4):
-        try:
-            with socket.create_connection(("127.0.0.1", 443), timeout=3) as s:
-                ssl.create_default_context().wrap_socket(s, server_hostname="npg.example.com")
-        except (ssl.SSLError, OSError):
-            pass
-    time.sleep(0.5)
-    hellos = {ip for ip, data in tls_hits if data[:1] == b"\x16"}
+    hellos = {ip for ip, _ in tls_hellos(4)}
     check(hellos == {REPLICAS[2]}, f"[dashboard] :443 connections go to the replica left {sorted(hellos)}")
 except Exception as e:  # a refused request or a missing key: report it, then read the log
     check(False, f"stopped by {type(e).__name__}: {e}")
