@@ -72,7 +72,7 @@ impl From<PathError> for ApiError {
             PathError::Name(_) => "Invalid package name",
             PathError::BadVersion => "Invalid version",
             PathError::BadFile => "Invalid tarball name",
-            PathError::Traversal | PathError::NotUtf8 => "Invalid path",
+            PathError::Traversal | PathError::NotUtf8 | PathError::NotARoute => "Invalid path",
         };
         ApiError::new(StatusCode::BAD_REQUEST, error, e.to_string())
     }

@@ -1,6 +1,9 @@
 //! Classifies a request path under the npm API prefix into the read routes npg answers itself;
 //! everything else is passed through. Paths that try to leave their directory, in any
-//! encoding, are refused here, before any route sees them.
+//! encoding, are refused here, before any route sees them. Empty segments (`//`, a trailing
+//! `/`) are dropped before classifying, and a read path that names a package but is none of
+//! npg's routes is refused: upstreams that merge slashes or ignore a trailing slash would
+//! otherwise serve it unguarded.
 
 use percent_encoding::percent_decode_str;
 
@@ -18,7 +21,7 @@ pub enum Route {
     DistTags(PackageName),
     /// `/-/ping`
     Ping,
-    /// Anything else: search, audit, dist-tags, login, publish, ...
+    /// Anything else that names no package: search, audit, whoami, ...
     Passthrough,
 }
 
@@ -34,6 +37,8 @@ pub enum PathError {
     BadFile,
     #[error("version is not valid")]
     BadVersion,
+    #[error("this path names a package but is not a route of the read API")]
+    NotARoute,
 }
 
 fn decode(s: &str) -> Result<String, PathError> {
@@ -62,9 +67,8 @@ pub fn check_traversal(raw: &str) -> Result<(), PathError> {
 /// GET or HEAD request.
 pub fn classify(raw: &str) -> Result<Route, PathError> {
     check_traversal(raw)?;
-    let trimmed = raw.trim_start_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').collect();
-    if trimmed.is_empty() || segs[0].starts_with('-') {
+    let segs: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.first().is_none_or(|s| s.starts_with('-')) {
         return match segs.as_slice() {
             ["-", "ping"] => Ok(Route::Ping),
             ["-", "package", name @ .., "dist-tags"] if !name.is_empty() && name.len() <= 2 => {
@@ -85,7 +89,7 @@ pub fn classify(raw: &str) -> Result<Route, PathError> {
     };
     let name = PackageName::parse(&name)?;
     match rest {
-        [] | [""] => Ok(Route::Packument(name)),
+        [] => Ok(Route::Packument(name)),
         ["-", file] => {
             let file = decode(file)?;
             if !valid_file(&file) {
@@ -100,7 +104,7 @@ pub fn classify(raw: &str) -> Result<Route, PathError> {
             }
             Ok(Route::Version(name, spec))
         }
-        _ => Ok(Route::Passthrough),
+        _ => Err(PathError::NotARoute),
     }
 }
 
@@ -166,11 +170,43 @@ mod tests {
             "/-/whoami",
             "/-/npm/v1/security/advisories/bulk",
             "/",
-            "/a/-rev/1",
+            "//-/v1/search",
         ] {
             assert_eq!(classify(p), Ok(Route::Passthrough), "{p}");
         }
-        assert_eq!(classify("/a/b/c/d"), Ok(Route::Passthrough));
+    }
+
+    #[test]
+    fn empty_segments_are_dropped_before_classifying() {
+        let tarball = Ok(Route::Tarball(name("a"), "a-1.0.0.tgz".into()));
+        for p in [
+            "/a/-/a-1.0.0.tgz/",
+            "/a//-/a-1.0.0.tgz",
+            "/a/-//a-1.0.0.tgz",
+            "//a/-/a-1.0.0.tgz/",
+        ] {
+            assert_eq!(classify(p), tarball, "{p}");
+        }
+        assert_eq!(classify("/a/1.0.0/"), Ok(Route::Version(name("a"), "1.0.0".into())));
+        assert_eq!(
+            classify("/@s//n//1.0.0"),
+            Ok(Route::Version(name("@s/n"), "1.0.0".into()))
+        );
+        assert_eq!(classify("/a//"), Ok(Route::Packument(name("a"))));
+        assert_eq!(classify("/-/package/a/dist-tags/"), Ok(Route::DistTags(name("a"))));
+    }
+
+    #[test]
+    fn package_paths_that_are_no_route_are_refused() {
+        for p in [
+            "/a/b/c/d",
+            "/a/-rev/1",
+            "/a/-/a-1.0.0.tgz/x",
+            "/@s/n/-/x/n-1.0.0.tgz",
+            "/a/1.0.0/x",
+        ] {
+            assert_eq!(classify(p), Err(PathError::NotARoute), "{p}");
+        }
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! No way around the guard: every path shape and every request that reaches a package's bytes
+//! goes through the same policy.
+
+mod support;
+
+use support::http::get;
+use support::npg::NpgProcess;
+use support::upstream::FakeRegistry;
+
+const RULES: &str = r#"
+packages:
+  - name: npg-fixture-a
+    versions: ["2.0.0"]
+    reason: compromised release
+"#;
+
+fn start(env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blacklist.yml");
+    std::fs::write(&path, RULES).unwrap();
+    let up = FakeRegistry::start();
+    let mut all = vec![
+        ("BLACKLIST_PATH", path.to_str().unwrap()),
+        ("ENABLE_SCHEDULED_UPDATES", "false"),
+    ];
+    all.extend_from_slice(env);
+    let npg = NpgProcess::start(&up.url(), &all);
+    (up, npg, dir)
+}
+
+/// Slashes that an upstream may merge or ignore (nginx `merge_slashes`, non-strict routers)
+/// name the same tarball or manifest: npg judges them as the canonical path, and nothing that
+/// names a package goes to upstream as it came.
+#[tokio::test]
+async fn extra_slashes_name_the_same_blocked_bytes() {
+    let (up, npg, _dir) = start(&[]);
+    let file = "npg-fixture-a-2.0.0.tgz";
+    for path in [
+        format!("/npg-fixture-a/-/{file}/"),
+        format!("/npg-fixture-a//-/{file}"),
+        format!("/npg-fixture-a/-//{file}"),
+        format!("//npg-fixture-a/-/{file}"),
+        "/npg-fixture-a/2.0.0/".to_string(),
+        "/npg-fixture-a//2.0.0".to_string(),
+    ] {
+        let r = get(&format!("{}{path}", npg.proxy_url), &[]).await;
+        assert_eq!(r.status.as_u16(), 403, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["versionSpec"], "2.0.0", "{path}");
+    }
+    let ok = get(
+        &format!("{}/npg-fixture-a/-/npg-fixture-a-1.0.0.tgz/", npg.proxy_url),
+        &[],
+    )
+    .await;
+    assert_eq!(ok.status.as_u16(), 200);
+    assert_eq!(ok.body, up.tarball_bytes("npg-fixture-a", "1.0.0"));
+    for path in ["/npg-fixture-a/-/x/npg-fixture-a-2.0.0.tgz", "/npg-fixture-a/2.0.0/x"] {
+        let r = get(&format!("{}{path}", npg.proxy_url), &[]).await;
+        assert_eq!(r.status.as_u16(), 400, "{path}");
+        assert_eq!(r.json()["error"], "Invalid path");
+    }
+    let relayed: Vec<String> = up
+        .all_requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .filter(|p| p.contains("2.0.0"))
+        .collect();
+    assert!(
+        relayed.is_empty(),
+        "requests naming the blocked version reached upstream: {relayed:?}"
+    );
+}
