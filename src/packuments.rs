@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use reqwest::header::HeaderValue;
+
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::{DocMeta, SharedMeta};
 use crate::cluster::redis::{RedisState, SharedRedis};
@@ -122,6 +124,30 @@ impl Packuments {
         }
     }
 
+    /// A packument upstream serves only with the client's `credentials` (a private package):
+    /// fetched with them, judged and rendered like any other, and never kept, neither in
+    /// memory nor in Redis, so no other client is ever served it.
+    pub async fn private(&self, name: &PackageName, credentials: &HeaderValue) -> Result<Arc<Package>, FetchError> {
+        let now = now_ms();
+        match self.inner.upstream.packument(name, None, Some(credentials)).await? {
+            Fetched::Modified { body, etag } => {
+                let meta = DocMeta {
+                    etag,
+                    fetched_ms: now,
+                    checked_ms: now,
+                };
+                let raw = Raw {
+                    plain: Some(body),
+                    gz: None,
+                };
+                let rendered = self.inner.render(name, raw, &meta).await;
+                rendered.map_err(|e| FetchError::Upstream(UpstreamError::Body(e)))
+            }
+            Fetched::NotFound => Err(FetchError::NotFound),
+            Fetched::NotModified => Err(FetchError::Internal("304 to an unconditional request".into())),
+        }
+    }
+
     /// Asks upstream even if the cached copy is fresh (a version it does not know was asked for).
     pub async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
         self.load(name, true).await
@@ -190,7 +216,7 @@ impl Inner {
             None => None,
         };
         let now = now_ms();
-        let fetched = self.upstream.packument(name, etag.as_deref()).await;
+        let fetched = self.upstream.packument(name, etag.as_deref(), None).await;
         let revalidated = match (&fetched, &base) {
             (Ok(Fetched::NotModified), Some(Base::Memory(p))) => Some(self.current(p.checked_at(now, false)).await),
             (Ok(Fetched::NotModified), Some(Base::Shared(meta))) => {

@@ -143,14 +143,23 @@ impl Upstream {
         result
     }
 
-    /// Fetches the full packument, conditionally when an upstream ETag is known.
-    pub async fn packument(&self, name: &PackageName, etag: Option<&str>) -> Result<Fetched, UpstreamError> {
+    /// Fetches the full packument, conditionally when an upstream ETag is known; with a
+    /// client's `credentials` for a package upstream serves only to them.
+    pub async fn packument(
+        &self,
+        name: &PackageName,
+        etag: Option<&str>,
+        credentials: Option<&header::HeaderValue>,
+    ) -> Result<Fetched, UpstreamError> {
         let mut req = self
             .decoding
             .get(self.url(&name.url_segment()))
             .header(header::ACCEPT, "application/json");
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(credentials) = credentials {
+            req = req.header(header::AUTHORIZATION, credentials);
         }
         let resp = self.send("packument", req).await?;
         match resp.status() {

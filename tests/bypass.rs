@@ -12,6 +12,9 @@ packages:
   - name: npg-fixture-a
     versions: ["2.0.0"]
     reason: compromised release
+  - name: npg-private
+    versions: ["2.0.0"]
+    reason: compromised release
 "#;
 
 fn start(env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess, tempfile::TempDir) {
@@ -69,4 +72,51 @@ async fn extra_slashes_name_the_same_blocked_bytes() {
         relayed.is_empty(),
         "requests naming the blocked version reached upstream: {relayed:?}"
     );
+}
+
+/// A package upstream serves only with the client's credentials goes through the same guard
+/// (versions, tags, manifests, tarballs, URLs) and is never kept for anyone else.
+#[tokio::test]
+async fn credentials_do_not_switch_the_guard_off() {
+    let (up, npg, _dir) = start(&[]);
+    up.add_package("npg-private", &["1.0.0", "2.0.0"]);
+    up.set_private("npg-private", "sekrit");
+    let auth = [("authorization", "Bearer sekrit")];
+    let url = |path: &str| format!("{}{path}", npg.proxy_url);
+
+    let doc = get(&url("/npg-private"), &auth).await;
+    assert_eq!(doc.status.as_u16(), 200, "{}", String::from_utf8_lossy(&doc.body));
+    assert_eq!(doc.header("cache-control"), "private, no-cache");
+    let json = doc.json();
+    let versions: Vec<&String> = json["versions"].as_object().unwrap().keys().collect();
+    assert_eq!(versions, ["1.0.0"]);
+    assert_eq!(json["dist-tags"]["latest"], "1.0.0");
+    assert_eq!(
+        json["versions"]["1.0.0"]["dist"]["tarball"],
+        url("/npg-private/-/npg-private-1.0.0.tgz")
+    );
+    assert!(doc.header("npm-notice").contains("1 of 2 versions"));
+
+    assert_eq!(get(&url("/npg-private/2.0.0"), &auth).await.status.as_u16(), 403);
+    assert_eq!(get(&url("/npg-private/latest"), &auth).await.json()["version"], "1.0.0");
+    let tags = get(&url("/-/package/npg-private/dist-tags"), &auth).await.json();
+    assert_eq!(tags["latest"], "1.0.0");
+    let blocked = get(&url("/npg-private/-/npg-private-2.0.0.tgz"), &auth).await;
+    assert_eq!(blocked.status.as_u16(), 403);
+    assert_eq!(blocked.json()["versionSpec"], "2.0.0");
+
+    // Nothing of it is served to anyone else, from any cache.
+    for headers in [&[][..], &[("authorization", "Bearer other")][..]] {
+        for path in ["/npg-private", "/npg-private/1.0.0"] {
+            let r = get(&url(path), headers).await;
+            assert_eq!(r.status.as_u16(), 404, "{path} {headers:?}");
+        }
+    }
+    let to_upstream: Vec<_> = up
+        .all_requests()
+        .into_iter()
+        .filter(|r| r.path().contains("2.0.0"))
+        .map(|r| r.path_and_query)
+        .collect();
+    assert!(to_upstream.is_empty(), "{to_upstream:?}");
 }

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, Response, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 
@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::guard::Block;
 use crate::npm::name::PackageName;
 use crate::npm::path::{Route, check_traversal, classify};
-use crate::packuments::{FetchError, Lookup, Source};
+use crate::packuments::{Lookup, Source};
 use crate::tarballs::TarballError;
 
 pub const API_PREFIX: &str = "/npm";
@@ -111,23 +111,32 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         Err(e) => labelled("invalid", Err(e.into())),
         Ok(Route::Ping) => health::ping().await,
         Ok(Route::Passthrough) => labelled("passthrough", passthrough::forward(&app, req, &relative).await),
-        Ok(Route::Packument(name)) => labelled("packument", packument(&app, req, &relative, &name).await),
-        Ok(Route::Version(name, spec)) => labelled("version", version(&app, req, &relative, &name, &spec).await),
+        Ok(Route::Packument(name)) => labelled("packument", packument(&app, req, &name).await),
+        Ok(Route::Version(name, spec)) => labelled("version", version(&app, req, &name, &spec).await),
         Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &relative, &name, &file).await),
-        Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &relative, &name).await),
+        Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &name).await),
     }
 }
 
-/// npg caches only what upstream serves anonymously. When upstream refuses that but the
-/// client brought credentials (a private package), the client's own request goes through.
-/// Never used for the guard's refusals.
-async fn auth_fallback(app: &App, req: Request, relative: &str, err: FetchError) -> Result<Response<Body>, ApiError> {
-    let err = ApiError::from(err);
+/// The client's credentials, when upstream refused the package anonymously (a private
+/// package) and the client brought some.
+fn private_credentials<'a>(headers: &'a HeaderMap, err: &ApiError) -> Option<&'a HeaderValue> {
     let refused = matches!(err.status.as_u16(), 401 | 403 | 404);
-    if refused && req.headers().contains_key(header::AUTHORIZATION) {
-        return passthrough::forward(app, req, relative).await;
+    headers.get(header::AUTHORIZATION).filter(|_| refused)
+}
+
+/// The packument for this request: the shared one, or, when upstream refuses it anonymously
+/// and the client brought credentials, one fetched with them, judged by the same policy and
+/// never cached.
+async fn lookup(app: &App, headers: &HeaderMap, name: &PackageName) -> Result<Lookup, ApiError> {
+    let err = match app.packuments.get(name).await {
+        Ok(found) => return Ok(found),
+        Err(e) => ApiError::from(e),
+    };
+    match private_credentials(headers, &err) {
+        Some(credentials) => Ok((app.packuments.private(name, credentials).await?, Source::Upstream)),
+        None => Err(err),
     }
-    Err(err)
 }
 
 /// Counts and logs a block (once per package and version), and builds its 403.
@@ -141,19 +150,11 @@ fn refuse(app: &App, name: &PackageName, version: Option<&str>, block: &Block) -
 
 /// The packument as the policy allows it: refused when the package is blocked as a whole
 /// (without asking upstream), 404 when every version is hidden.
-async fn allowed_packument(
-    app: &App,
-    req: Request,
-    relative: &str,
-    name: &PackageName,
-) -> Result<Result<(Request, Lookup), Response<Body>>, ApiError> {
+async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -> Result<Lookup, ApiError> {
     if let Some(block) = app.guard.policy().package(name.as_str()) {
         return Err(refuse(app, name, None, &block));
     }
-    let (pkg, source) = match app.packuments.get(name).await {
-        Ok(found) => found,
-        Err(e) => return auth_fallback(app, req, relative, e).await.map(Err),
-    };
+    let (pkg, source) = lookup(app, headers, name).await?;
     if pkg.all_hidden() {
         for (version, block) in pkg.hidden.iter() {
             app.guard.record(name.as_str(), Some(version), block);
@@ -161,28 +162,16 @@ async fn allowed_packument(
         let reason = pkg.notice.clone().unwrap_or_default();
         return Err(ApiError::not_found(reason).with_error(format!("All versions of {name} are blocked by policy")));
     }
-    Ok(Ok((req, (pkg, source))))
+    Ok((pkg, source))
 }
 
-async fn packument(app: &App, req: Request, relative: &str, name: &PackageName) -> Result<Response<Body>, ApiError> {
-    let (req, (pkg, source)) = match allowed_packument(app, req, relative, name).await? {
-        Ok(found) => found,
-        Err(passed_through) => return Ok(passed_through),
-    };
+async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
+    let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
     Ok(packument::packument(req.headers(), &pkg, source))
 }
 
-async fn version(
-    app: &App,
-    req: Request,
-    relative: &str,
-    name: &PackageName,
-    spec: &str,
-) -> Result<Response<Body>, ApiError> {
-    let (req, (pkg, source)) = match allowed_packument(app, req, relative, name).await? {
-        Ok(found) => found,
-        Err(passed_through) => return Ok(passed_through),
-    };
+async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
+    let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
     if let Some(block) = pkg.hidden.get(spec) {
         return Err(refuse(app, name, Some(spec), block));
     }
@@ -198,11 +187,8 @@ async fn version(
 }
 
 /// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.
-async fn dist_tags(app: &App, req: Request, relative: &str, name: &PackageName) -> Result<Response<Body>, ApiError> {
-    let (_, (pkg, _)) = match allowed_packument(app, req, relative, name).await? {
-        Ok(found) => found,
-        Err(passed_through) => return Ok(passed_through),
-    };
+async fn dist_tags(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
+    let (pkg, _) = allowed_packument(app, req.headers(), name).await?;
     let tags: std::collections::BTreeMap<_, _> = pkg.index.dist_tags.iter().collect();
     let mut resp = axum::Json(tags).into_response();
     resp.headers_mut()
@@ -217,18 +203,26 @@ async fn tarball(
     name: &PackageName,
     file: &str,
 ) -> Result<Response<Body>, ApiError> {
-    match app.tarballs.get(name, file).await {
-        Ok((body, hit)) => Ok(tarball::respond(
-            req.headers(),
-            name,
-            file,
-            body,
-            hit,
-            app.metrics.clone(),
-        )),
-        Err(TarballError::Blocked { block, version, .. }) => Err(refuse(app, name, version.as_deref(), &block)),
-        Err(TarballError::Fetch(e)) => auth_fallback(app, req, relative, e).await,
-        Err(e @ TarballError::NotFound(_)) if !req.headers().contains_key(header::AUTHORIZATION) => Err(e.into()),
-        Err(TarballError::NotFound(_)) => passthrough::forward(app, req, relative).await,
+    let err = match app.tarballs.get(name, file).await {
+        Ok((body, hit)) => {
+            let resp = tarball::respond(req.headers(), name, file, body, hit, app.metrics.clone());
+            return Ok(resp);
+        }
+        Err(TarballError::Blocked { block, version, .. }) => return Err(refuse(app, name, version.as_deref(), &block)),
+        Err(e) => ApiError::from(e),
+    };
+    let Some(credentials) = private_credentials(req.headers(), &err) else {
+        return Err(err);
+    };
+    // A private package: its tarball is judged by the packument the client may read.
+    let pkg = app.packuments.private(name, credentials).await?;
+    let info = pkg
+        .index
+        .files
+        .get(file)
+        .ok_or_else(|| ApiError::not_found(format!("{name} has no version with tarball {file}")))?;
+    if let Some(block) = pkg.hidden.get(&info.version) {
+        return Err(refuse(app, name, Some(&info.version), block));
     }
+    passthrough::forward(app, req, relative).await
 }

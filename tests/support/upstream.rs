@@ -111,6 +111,8 @@ struct RegistryState {
     packuments: HashMap<String, usize>,
     tarballs: HashMap<(String, String), usize>,
     log: Vec<RecordedRequest>,
+    /// Private packages: name → the token that may read them (others get 404, as upstream).
+    private: HashMap<String, String>,
 }
 
 struct Package {
@@ -194,6 +196,7 @@ impl FakeRegistry {
             packuments: HashMap::new(),
             tarballs: HashMap::new(),
             log: Vec::new(),
+            private: HashMap::new(),
         };
         state.add_default_packages();
         let shared = Arc::new(Shared {
@@ -345,6 +348,12 @@ impl FakeRegistry {
         if let Some(last) = versions.last() {
             s.set_tag(name, "latest", last);
         }
+    }
+
+    /// Makes a package private: its packument, manifests and tarballs answer 404 unless the
+    /// request carries `Authorization: Bearer <token>`.
+    pub fn set_private(&self, name: &str, token: &str) {
+        self.lock().private.insert(name.to_string(), token.to_string());
     }
 
     /// Points a dist-tag at a version (it must exist).
@@ -991,6 +1000,13 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 fn respond(s: &mut RegistryState, route: Route, headers: &HeaderMap, uri: &axum::http::Uri) -> Response {
+    let named = match &route {
+        Route::Packument(name) | Route::Manifest(name, _) | Route::Tarball(name, _) => s.private.get(name),
+        _ => None,
+    };
+    if named.is_some_and(|token| username(headers).as_ref() != Some(token)) {
+        return not_found();
+    }
     match route {
         Route::Packument(name) => {
             let Some(rendered) = s.render(&name) else {
