@@ -76,6 +76,11 @@ pub struct Settings {
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
+    /// File holding the Redis password (a compose or systemd secret); it also applies to a
+    /// REDIS_URL that has no password of its own.
+    #[arg(long, env = "REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
     /// Redis database number (when REDIS_URL is not set).
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
     pub redis_db: i64,
@@ -229,12 +234,27 @@ impl Settings {
         self.enable_redis_cache.unwrap_or(self.redis_url.is_some())
     }
 
-    /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings.
-    pub fn redis_connection_url(&self) -> String {
+    /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings, with the
+    /// password of REDIS_PASSWORD_FILE when one is set.
+    pub fn redis_connection_url(&self) -> Result<String, String> {
+        let from_file = match &self.redis_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|p| p.trim().to_string())
+                    .map_err(|e| format!("REDIS_PASSWORD_FILE: cannot read {} ({e})", path.display()))?,
+            ),
+            None => None,
+        };
         if let Some(url) = &self.redis_url {
-            return url.clone();
+            let mut parsed = Url::parse(url).map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
+            if let Some(p) = from_file.filter(|_| parsed.password().is_none()) {
+                parsed
+                    .set_password(Some(&p))
+                    .map_err(|()| "REDIS_URL: cannot take a password".to_string())?;
+            }
+            return Ok(parsed.into());
         }
-        let auth = match &self.redis_password {
+        let auth = match from_file.as_ref().or(self.redis_password.as_ref()) {
             Some(p) if !p.is_empty() => {
                 format!(
                     ":{}@",
@@ -243,10 +263,10 @@ impl Settings {
             }
             _ => String::new(),
         };
-        format!(
+        Ok(format!(
             "redis://{auth}{}:{}/{}",
             self.redis_host, self.redis_port, self.redis_db
-        )
+        ))
     }
 
     /// PROXY_URL as a string without a trailing slash; with ACME and PROXY_URL left at its
@@ -297,7 +317,7 @@ impl Settings {
     /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
     pub fn validate(&self) -> Result<(), String> {
         if self.redis_enabled() {
-            redis::Client::open(self.redis_connection_url())
+            redis::Client::open(self.redis_connection_url()?)
                 .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
         }
         std::fs::create_dir_all(&self.storage_dir)
@@ -439,11 +459,40 @@ mod tests {
     fn redis_settings_as_the_node_npg() {
         let cli = parse(&["--redis-host", "cache", "--redis-password", "p@ss", "--redis-db", "2"]).unwrap();
         assert!(!cli.settings.redis_enabled());
-        assert_eq!(cli.settings.redis_connection_url(), "redis://:p%40ss@cache:6379/2");
+        assert_eq!(
+            cli.settings.redis_connection_url().unwrap(),
+            "redis://:p%40ss@cache:6379/2"
+        );
         let cli = parse(&["--redis-url", "redis://10.0.0.1:6380/1"]).unwrap();
         assert!(cli.settings.redis_enabled());
         let cli = parse(&["--redis-url", "redis://x", "--enable-redis-cache", "false"]).unwrap();
         assert!(!cli.settings.redis_enabled());
+    }
+
+    #[test]
+    fn redis_password_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cr:t\n").unwrap();
+        let f = file.to_str().unwrap();
+        let cli = parse(&["--redis-url", "redis://redis:6379/0", "--redis-password-file", f]).unwrap();
+        assert_eq!(
+            cli.settings.redis_connection_url().unwrap(),
+            "redis://:s3cr%3At@redis:6379/0"
+        );
+        let cli = parse(&["--redis-url", "redis://:own@redis:6379/0", "--redis-password-file", f]).unwrap();
+        assert_eq!(
+            cli.settings.redis_connection_url().unwrap(),
+            "redis://:own@redis:6379/0"
+        );
+        let cli = parse(&["--redis-host", "cache", "--redis-password-file", f]).unwrap();
+        assert_eq!(
+            cli.settings.redis_connection_url().unwrap(),
+            "redis://:s3cr%3At@cache:6379/0"
+        );
+        let cli = parse(&["--redis-url", "redis://r", "--redis-password-file", "/nonexistent/pw"]).unwrap();
+        let err = cli.settings.validate().unwrap_err();
+        assert!(err.contains("REDIS_PASSWORD_FILE"), "{err}");
     }
 
     #[test]
