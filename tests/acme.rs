@@ -789,6 +789,31 @@ async fn secret_key_encrypts_private_keys_in_redis() {
                 "{k} {field} holds a readable private key: {value}"
             );
         }
+
+        // Whoever can write to Redis plants a certificate and plaintext key of their own:
+        // with a key configured, no replica takes it.
+        let planted = tls::TestCa::new("planted").issue(&[DOMAIN]);
+        let mut conn = redis_conn(&redis).await;
+        let _: () = redis::cmd("HSET")
+            .arg(format!("npg:acme:cert:{DOMAIN}"))
+            .arg(&[
+                "chain",
+                &planted.cert_pem,
+                "key",
+                &planted.key_pem,
+                "not_after",
+                "99999999999",
+            ])
+            .arg(&["serial", "0badc0de"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(8)).await; // beyond ACME_CHECK_INTERVAL (5 s)
+        for node in &nodes {
+            tls::probe(node.https_addr(), Some(DOMAIN), Some(&root))
+                .await
+                .unwrap_or_else(|e| panic!("{} serves the planted certificate: {e}", node.name));
+        }
     })
     .await;
 }

@@ -106,15 +106,20 @@ pub fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
     }
 }
 
-/// Opens what `seal` made; refuses an encrypted value without a key, and a plaintext one
-/// with a key configured would be accepted (to migrate a cluster to encryption).
+/// Opens what `seal` made. With a key configured, a plaintext value is refused: anyone who
+/// can write to Redis could otherwise plant a certificate and key of their own and have every
+/// replica serve it. (To turn sealing on for a cluster, delete the plaintext keys: npg then
+/// makes a new account and orders a new certificate.)
 pub fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, String> {
     match (key, value.starts_with(PREFIX)) {
         (Some(k), true) => {
             String::from_utf8(k.decrypt(value, context)?).map_err(|_| "decrypted value is not UTF-8".into())
         }
+        (Some(_), false) => Err(format!(
+            "{context} is not sealed, but NPG_SECRET_KEY_FILE is set: refused (delete it to start anew)"
+        )),
         (None, true) => Err("value is encrypted but NPG_SECRET_KEY_FILE is not set".into()),
-        (_, false) => Ok(value.to_string()),
+        (None, false) => Ok(value.to_string()),
     }
 }
 
@@ -142,7 +147,13 @@ mod tests {
                 .unwrap_err()
                 .contains("another key")
         );
-        assert_eq!(open(Some(&key), "plain", "x").unwrap(), "plain");
+        assert!(
+            open(Some(&key), "-----BEGIN PRIVATE KEY-----", "npg:acme:cert:a")
+                .unwrap_err()
+                .contains("not sealed"),
+            "a planted plaintext key is refused once a key is configured"
+        );
+        assert_eq!(open(None, "plain", "x").unwrap(), "plain");
         assert!(SecretKey::from_bytes(&[1u8; 16]).is_err());
     }
 }
