@@ -6,23 +6,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::http::{ABBREVIATED, get};
+use support::http::{ABBREVIATED, get, raw_get};
 use support::npg::NpgProcess;
 use support::upstream::{Failure, FakeRegistry};
 
 fn client() -> reqwest::Client {
     support::http::client()
-}
-
-/// A GET written by hand on a socket, so the path arrives exactly as given.
-fn raw_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, out)
 }
 
 fn start() -> (FakeRegistry, NpgProcess) {

@@ -1,12 +1,16 @@
 //! The router: npg's own endpoints, then npm's read API under `/npm`, everything else
 //! under `/npm` passed through.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Response, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
+use http_body_util::BodyExt;
 
 use super::errors::ApiError;
 use super::observe::{RouteLabel, observe};
@@ -105,7 +109,19 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         return labelled("invalid", Err(e.into()));
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return labelled("passthrough", passthrough::forward(&app, req, &relative).await);
+        // npm's writes only: no TRACE reflecting credentials, no CONNECT or WebDAV relayed.
+        if !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
+            let reason = format!("{} is not a method of the npm API", req.method());
+            return labelled(
+                "invalid",
+                Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Method not allowed",
+                    reason,
+                )),
+            );
+        }
+        return labelled("passthrough", forward_write(&app, req, &relative).await);
     }
     match classify(&rest) {
         Err(e) => labelled("invalid", Err(e.into())),
@@ -115,6 +131,28 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         Ok(Route::Version(name, spec)) => labelled("version", version(&app, req, &name, &spec).await),
         Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &relative, &name, &file).await),
         Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &name).await),
+    }
+}
+
+/// Passes a write through; when the client's own body breaks (bad chunking, cut off) the
+/// answer is 400, not an upstream error.
+async fn forward_write(app: &App, req: Request, relative: &str) -> Result<Response<Body>, ApiError> {
+    let broken = Arc::new(AtomicBool::new(false));
+    let seen = broken.clone();
+    let req = req.map(|body| {
+        Body::new(body.map_err(move |e| {
+            seen.store(true, Ordering::Relaxed);
+            e
+        }))
+    });
+    let result = passthrough::forward(app, req, relative).await;
+    match result {
+        Err(_) if broken.load(Ordering::Relaxed) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "the request body could not be read (malformed or cut off)",
+        )),
+        other => other,
     }
 }
 

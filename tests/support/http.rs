@@ -51,3 +51,24 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     Reply { status, headers, body }
 }
+
+/// Sends `request` as written on a fresh socket (nothing normalised, nothing added) and reads
+/// the answer until npg closes (at most `timeout`): the status (0 when none came) and the text.
+pub fn raw(port: u16, request: &[u8], timeout: std::time::Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    // npg may answer and close before reading all of a hostile request.
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out)
+}
+
+/// A GET written by hand, so the path arrives exactly as given.
+pub fn raw_get(port: u16, path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    raw(port, request.as_bytes(), std::time::Duration::from_secs(10))
+}

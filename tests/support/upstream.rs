@@ -113,6 +113,8 @@ struct RegistryState {
     log: Vec<RecordedRequest>,
     /// Private packages: name → the token that may read them (others get 404, as upstream).
     private: HashMap<String, String>,
+    /// Packuments served exactly as given (hostile or broken documents), by name.
+    raw: HashMap<String, Vec<u8>>,
 }
 
 struct Package {
@@ -197,6 +199,7 @@ impl FakeRegistry {
             tarballs: HashMap::new(),
             log: Vec::new(),
             private: HashMap::new(),
+            raw: HashMap::new(),
         };
         state.add_default_packages();
         let shared = Arc::new(Shared {
@@ -354,6 +357,12 @@ impl FakeRegistry {
     /// request carries `Authorization: Bearer <token>`.
     pub fn set_private(&self, name: &str, token: &str) {
         self.lock().private.insert(name.to_string(), token.to_string());
+    }
+
+    /// Serves `body` as the packument of `name` (any bytes, as `application/json`), for
+    /// documents no honest registry would send.
+    pub fn set_raw_packument(&self, name: &str, body: impl Into<Vec<u8>>) {
+        self.lock().raw.insert(name.to_string(), body.into());
     }
 
     /// Points a dist-tag at a version (it must exist).
@@ -1008,6 +1017,10 @@ fn respond(s: &mut RegistryState, route: Route, headers: &HeaderMap, uri: &axum:
         return not_found();
     }
     match route {
+        Route::Packument(name) if s.raw.contains_key(&name) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(s.raw[&name].clone()))
+            .unwrap(),
         Route::Packument(name) => {
             let Some(rendered) = s.render(&name) else {
                 return not_found();
