@@ -123,8 +123,16 @@ fn hostile_documents(up: &FakeRegistry) -> Vec<Case> {
 
 fn run(port: u16, cases: &[Case], results: &mut Vec<(String, u16, u16)>) {
     for case in cases {
-        let (status, _) = raw(port, &case.request, Duration::from_secs(15));
+        let (status, text) = raw(port, &case.request, Duration::from_secs(15));
         println!("| {} | {} | {} |", case.what, case.expect, status);
+        let answered_by_npg = status != 0 && text.contains("content-type: application/json");
+        if answered_by_npg {
+            assert!(
+                text.contains("x-content-type-options: nosniff"),
+                "{}: {text}",
+                case.what
+            );
+        }
         results.push((case.what.to_string(), case.expect, status));
     }
 }

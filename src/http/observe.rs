@@ -1,5 +1,5 @@
-//! Per-request bookkeeping: URL length limit, metrics by route and status, a log line, and
-//! `Connection: close` while the replica drains.
+//! Per-request bookkeeping: URL length limit, metrics by route and status, a log line,
+//! `X-Content-Type-Options: nosniff`, and `Connection: close` while the replica drains.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -49,6 +49,9 @@ pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Respon
     // While draining, HTTP/1.1 clients are told to reconnect: their next connection goes
     // through the balancer to a replica that stays, instead of racing this one's close.
     let mut resp = resp;
+    // Error bodies quote what the client sent: no browser may read them as anything but JSON.
+    resp.headers_mut()
+        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if http1 && app.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
