@@ -66,6 +66,14 @@ fn hostile_requests() -> Vec<Case> {
             431,
         ),
         raw_case(
+            "200 header lines",
+            format!(
+                "GET /npm/npg-fixture-a HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..200).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+            ),
+            431,
+        ),
+        raw_case(
             "bad chunked body",
             "PUT /npm/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n",
             400,
