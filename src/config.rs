@@ -117,6 +117,20 @@ pub struct Settings {
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// A new connection must deliver its first request head within this (TLS handshake
+    /// included), and every later head too; else it is closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike).
+    #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Open client connections per listener; beyond it new ones wait in the kernel backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// Name of this replica in health, metrics and Redis client lists (default: host name).
     #[arg(long, env = "INSTANCE_NAME")]
     pub instance_name: Option<String>,

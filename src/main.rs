@@ -75,11 +75,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let drain = settings.shutdown_timeout;
+    let limits = npg::http::server::Limits {
+        deadlines: npg::http::connection::Deadlines {
+            head: settings.header_read_timeout,
+            idle: settings.keepalive_timeout,
+        },
+        max_connections: settings.max_connections as usize,
+        metrics: app.metrics.clone(),
+    };
     let mut servers = tokio::task::JoinSet::new();
     match app.tls.clone() {
         None => {
             let router = npg::http::routes::router(app.clone());
-            servers.spawn(npg::http::server::serve(http, router, None, stopped(), drain));
+            servers.spawn(npg::http::server::serve(
+                http,
+                router,
+                None,
+                stopped(),
+                drain,
+                limits.clone(),
+            ));
         }
         Some(tls) => {
             let https_addr =
@@ -90,9 +105,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             } else {
                 npg::http::routes::router(app.clone())
             };
-            servers.spawn(npg::http::server::serve(http, plain, None, stopped(), drain));
+            servers.spawn(npg::http::server::serve(
+                http,
+                plain,
+                None,
+                stopped(),
+                drain,
+                limits.clone(),
+            ));
             let router = npg::http::routes::router(app.clone());
-            let serve_https = npg::http::server::serve(https, router, Some(tls.clone()), stopped(), drain);
+            let serve_https = npg::http::server::serve(https, router, Some(tls.clone()), stopped(), drain, limits);
             servers.spawn(async move {
                 // Connections wait in the backlog until the certificate is known (bounded).
                 tls.first_look(std::time::Duration::from_secs(5)).await;

@@ -21,6 +21,17 @@ pub struct Metrics {
     guard_blocks: Family<Labels, Counter>,
     acme_orders: Family<Labels, Counter>,
     changes_invalidations: Counter,
+    connections_open: Gauge,
+    connections_cut: Family<Labels, Counter>,
+}
+
+/// An open client connection, counted until dropped.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -77,8 +88,18 @@ impl Default for Metrics {
             "ACME orders placed by this replica, by result",
             acme_orders.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "Client connections open", connections_open.clone());
+        let connections_cut = Family::default();
+        registry.register(
+            "connections_cut",
+            "Client connections closed by a deadline (head: no request in time; idle)",
+            connections_cut.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_cut,
             requests,
             cache,
             upstream,
@@ -93,6 +114,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_open.inc();
+        OpenConnection(self.connections_open.clone())
+    }
+
+    pub fn connection_deadline(&self, which: &'static str) {
+        self.connections_cut
+            .get_or_create(&vec![("deadline", which.to_string())])
+            .inc();
+    }
+
     pub fn request(&self, route: &'static str, status: u16) {
         self.requests
             .get_or_create(&vec![("route", route.to_string()), ("status", status.to_string())])

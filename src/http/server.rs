@@ -1,22 +1,27 @@
-//! The listener: HTTP/1.1 and h2c on one port, bounded header sizes and read times, and a
-//! graceful shutdown that stops accepting, lets in-flight requests finish (bounded), then
-//! returns.
+//! The listener: HTTP/1.1 and h2c on one port, bounded header sizes, connection deadlines
+//! (`connection`), a cap on open connections, and a graceful shutdown that stops accepting,
+//! lets in-flight requests finish (bounded), then returns.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use std::sync::Arc;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::sync::Semaphore;
+use tower_service::Service;
 
 use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::connection::{Activity, Deadlines, hold_until_sent, run_within};
+use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tls::challenge::{ALPN_ACME, alpn_config};
 
@@ -65,6 +70,46 @@ async fn handshake(tls: &Tls, stream: TcpStream) -> Option<TlsStream<TcpStream>>
 /// Request heads larger than this are refused by hyper with 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS: u32 = 256;
+
+/// What one listener allows its clients.
+#[derive(Clone)]
+pub struct Limits {
+    pub deadlines: Deadlines,
+    /// Beyond this many open connections, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves one accepted connection: its requests go to `router`, its deadlines are watched.
+async fn serve_connection<I>(io: I, router: Router, builder: Builder<TokioExecutor>, watcher: Watcher, limits: Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let seen = activity.clone();
+    let service = hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+        let guard = seen.begin();
+        // Router is always ready: `call` on a clone needs no poll_ready.
+        let answer = router.clone().call(req.map(Body::new));
+        async move {
+            let resp = answer.await.unwrap_or_else(|never| match never {});
+            Ok::<_, Infallible>(hold_until_sent(resp, guard))
+        }
+    });
+    let conn = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+    let conn = async {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    };
+    if let Some(which) = run_within(conn, &activity, limits.deadlines).await {
+        tracing::debug!(deadline = which, "connection closed by its deadline");
+        limits.metrics.connection_deadline(which);
+    }
+}
+
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -72,21 +117,32 @@ pub async fn serve(
     tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    limits: Limits,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.deadlines.head)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32);
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS)
+        // A peer that stops answering pings is gone, whatever its socket says.
+        .keep_alive_interval(Some(limits.deadlines.idle.min(Duration::from_secs(30))))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting: further clients wait in the backlog, not in memory.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -100,35 +156,21 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        match tls.clone() {
-            None => {
-                let conn = watcher.watch(
-                    builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned(),
-                );
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(tls) => {
-                tokio::spawn(async move {
+        let (router, builder, watcher, limits) = (router.clone(), builder.clone(), graceful.watcher(), limits.clone());
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _open = limits.metrics.connection_opened();
+            match tls {
+                None => serve_connection(TokioIo::new(stream), router, builder, watcher, limits).await,
+                Some(tls) => {
                     let Some(stream) = handshake(&tls, stream).await else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                    serve_connection(TokioIo::new(stream), router, builder, watcher, limits).await;
+                }
             }
-        }
+            drop(slot);
+        });
     }
     drop(listener);
     tracing::info!("shutting down: waiting up to {drain:?} for in-flight requests");

@@ -1,0 +1,178 @@
+//! Connection limits through a real npg: deadlines for the first request head (silent
+//! sockets, a partial HTTP/2 preface, a TLS handshake then silence), for idle kept-alive
+//! connections, and a cap on open connections.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::npg::NpgProcess;
+use support::upstream::FakeRegistry;
+
+const DEADLINES: [(&str, &str); 2] = [("HEADER_READ_TIMEOUT", "2s"), ("KEEPALIVE_TIMEOUT", "2s")];
+
+/// Seconds until the peer closes `s` (read gives 0 or an error), at most `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<f64> {
+    let started = Instant::now();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) if started.elapsed() < limit => return Some(started.elapsed().as_secs_f64()),
+            Ok(0) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn connect(npg: &NpgProcess) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", npg.port)).unwrap()
+}
+
+#[test]
+fn silent_connections_are_closed_at_the_head_deadline() {
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &DEADLINES);
+    let mut silent: Vec<TcpStream> = (0..50).map(|_| connect(&npg)).collect();
+    let mut preface = connect(&npg);
+    preface.write_all(&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..23]).unwrap();
+    let mut half_head = connect(&npg);
+    half_head
+        .write_all(b"GET /npm/npg-fixture-a HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(6)).is_some(),
+            "silent connection {i} still open"
+        );
+    }
+    assert!(
+        closed_within(&mut preface, Duration::from_secs(6)).is_some(),
+        "23 bytes of preface"
+    );
+    assert!(
+        closed_within(&mut half_head, Duration::from_secs(6)).is_some(),
+        "half a request head"
+    );
+    let took = started.elapsed().as_secs_f64();
+    assert!(
+        (1.5..6.0).contains(&took),
+        "closed after {took:.1} s with a 2 s deadline"
+    );
+    let (_, metrics) = support::http::raw_get(npg.port, "/metrics");
+    // The half head may also be cut by hyper's own header timeout, at the same moment.
+    let cut: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("npg_connections_cut_total{deadline=\"head\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no head deadline count: {metrics}"));
+    assert!((51..=52).contains(&cut), "{cut} connections cut by the head deadline");
+}
+
+#[test]
+fn idle_kept_alive_connections_are_closed_busy_ones_are_not() {
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &DEADLINES);
+    let ping = b"GET /-/ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (mut idle, mut busy) = (connect(&npg), connect(&npg));
+    for s in [&mut idle, &mut busy] {
+        s.write_all(ping).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(s.read(&mut buf).unwrap() > 0);
+    }
+    // The busy one asks every second for 4 s: never idle for 2 s.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        busy.write_all(ping).unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(busy.read(&mut buf).unwrap() > 0, "a busy connection was closed");
+    }
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(3)).is_some(),
+        "idle connection still open"
+    );
+}
+
+#[test]
+fn beyond_max_connections_clients_wait_until_one_closes() {
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &[("MAX_CONNECTIONS", "5"), ("KEEPALIVE_TIMEOUT", "60s")]);
+    let ping = b"GET /-/ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    // NpgProcess's readiness probe may hold a slot for a moment: let it go.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<TcpStream> = (0..5).map(|_| connect(&npg)).collect();
+    for s in &mut held {
+        s.write_all(ping).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 1024];
+        assert!(s.read(&mut buf).unwrap() > 0, "one of the first five was not served");
+    }
+    let mut sixth = connect(&npg);
+    sixth.write_all(ping).unwrap();
+    sixth.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        sixth.read(&mut buf).is_err(),
+        "the sixth connection was served beyond the cap"
+    );
+    drop(held.pop());
+    sixth.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let n = sixth.read(&mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "served once a slot was free"
+    );
+}
+
+#[tokio::test]
+async fn a_tls_handshake_then_silence_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let up = FakeRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("npg limits CA");
+    let issued = ca.issue(&["localhost"]);
+    let cert = support::tls::write_file(dir.path(), "cert.pem", &issued.cert_pem);
+    let key = support::tls::write_file(dir.path(), "key.pem", &issued.key_pem);
+    let https_port = support::free_port();
+    let (cert, key, port) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        https_port.to_string(),
+    );
+    let mut env = DEADLINES.to_vec();
+    env.extend([
+        ("TLS_CERT_FILE", cert.as_str()),
+        ("TLS_KEY_FILE", key.as_str()),
+        ("HTTPS_PORT", port.as_str()),
+    ]);
+    let _npg = NpgProcess::start(&up.url(), &env);
+    let config = Arc::new(support::tls::client_config(Some(&ca.cert_pem), &["http/1.1"]));
+    let mut tls = None;
+    for _ in 0..50 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", https_port)).await {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tls = Some(
+                tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .unwrap(),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut tls = tls.expect("HTTPS listener");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(6), tls.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "still open after the handshake: {read:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
