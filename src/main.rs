@@ -101,7 +101,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 std::net::SocketAddr::new(settings.https_bind.unwrap_or(settings.http_bind), settings.https_port);
             let https = bind(https_addr, "HTTPS_PORT").await?;
             let plain = if settings.http_redirect {
-                npg::http::routes::redirect_router(app.clone(), settings.https_port)
+                npg::http::routes::redirect_router(app.clone(), settings.https_port, &settings.public_base())
             } else {
                 npg::http::routes::router(app.clone())
             };

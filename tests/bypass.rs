@@ -120,3 +120,33 @@ async fn credentials_do_not_switch_the_guard_off() {
         .collect();
     assert!(to_upstream.is_empty(), "{to_upstream:?}");
 }
+
+/// With a static certificate, plain HTTP redirects to PROXY_URL's host, never to the host a
+/// client names (an open redirect).
+#[test]
+fn the_https_redirect_never_goes_to_the_clients_host() {
+    let up = FakeRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tls::TestCa::new("npg redirect CA");
+    let issued = ca.issue(&["localhost"]);
+    let cert = support::tls::write_file(dir.path(), "cert.pem", &issued.cert_pem);
+    let key = support::tls::write_file(dir.path(), "key.pem", &issued.key_pem);
+    let https_port = support::free_port().to_string();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let npg = NpgProcess::start(
+        &up.url(),
+        &[
+            ("TLS_CERT_FILE", &cert),
+            ("TLS_KEY_FILE", &key),
+            ("HTTPS_PORT", &https_port),
+        ],
+    );
+    let request = "GET /npm/npg-fixture-a HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
+    let (status, text) = support::http::raw(npg.port, request.as_bytes(), std::time::Duration::from_secs(5));
+    assert_eq!(status, 308, "{text}");
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location: {text}"));
+    assert_eq!(location, format!("https://127.0.0.1:{https_port}/npm/npg-fixture-a"));
+}

@@ -48,9 +48,14 @@ pub fn router(app: App) -> Router {
 }
 
 /// Plain HTTP when npg serves HTTPS: ACME answers, health and ping (for balancers), and a
-/// permanent redirect to HTTPS for everything else.
-pub fn redirect_router(app: App, https_port: u16) -> Router {
-    let domains = app.tls.as_ref().map(|t| t.domains.clone()).unwrap_or_default();
+/// permanent redirect to HTTPS for everything else, on a host npg serves: the ACME domains,
+/// or with a static certificate the host of `public_base` (PROXY_URL).
+pub fn redirect_router(app: App, https_port: u16, public_base: &str) -> Router {
+    let mut domains = app.tls.as_ref().map(|t| t.domains.clone()).unwrap_or_default();
+    if domains.is_empty() {
+        let public = url::Url::parse(public_base).ok();
+        domains.extend(public.and_then(|u| u.host_str().map(str::to_ascii_lowercase)));
+    }
     Router::new()
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
