@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::cache::redis::DocMeta;
 use crate::guard::{Block, Policy};
 use crate::npm::name::PackageName;
-use crate::npm::packument::{Document, Index};
+use crate::npm::packument::{Document, Index, Manifests};
 
 /// One rendered form, identity and gzip, with its strong ETags.
 #[derive(Clone)]
@@ -60,6 +60,8 @@ pub struct Raw {
 pub struct Package {
     pub name: PackageName,
     pub full: Variant,
+    /// Where each served version's manifest lies in `full.body`.
+    pub manifests: Arc<Manifests>,
     pub abbreviated: Variant,
     /// Tarballs of every version; tags and versions as served (filtered).
     pub index: Arc<Index>,
@@ -88,7 +90,8 @@ pub struct Package {
 impl Package {
     pub fn approx_bytes(&self) -> usize {
         let v = |v: &Variant| v.body.len() + v.gzip.len();
-        v(&self.full) + v(&self.abbreviated) + self.raw_gz.len() + self.index.approx_bytes() + 256
+        let manifests = self.manifests.keys().map(|k| k.len() + 40).sum::<usize>();
+        v(&self.full) + v(&self.abbreviated) + self.raw_gz.len() + self.index.approx_bytes() + manifests + 256
     }
 
     /// Whether this rendering still reflects the policy in force.
@@ -160,9 +163,11 @@ pub fn render(
     doc.rewrite_tarballs(name, public_base);
     let notice = notice(name, &verdict.hidden, times.len());
     let times = Arc::new(times);
+    let full = doc.to_full();
     Ok(Package {
         name: name.clone(),
-        full: Variant::new(doc.to_full()),
+        full: Variant::new(full.body),
+        manifests: Arc::new(full.manifests),
         abbreviated: Variant::new(doc.to_abbreviated()),
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),

@@ -8,7 +8,6 @@ use sha2::{Digest, Sha256};
 
 use super::errors::ApiError;
 use crate::npm::name::PackageName;
-use crate::npm::packument::version_manifest;
 use crate::packuments::{Package, Source};
 
 pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
@@ -160,9 +159,11 @@ pub fn version(
 ) -> Result<Response<Body>, ApiError> {
     let missing = || ApiError::not_found(format!("version not found: {name}@{spec}"));
     let version = resolve_spec(pkg, spec).ok_or_else(missing)?;
-    let body = version_manifest(&pkg.full.body, &version).ok_or_else(missing)?;
+    // Prepared at render time: a slice of the served document, no parse per request.
+    let range = pkg.manifests.get(&version).ok_or_else(missing)?;
+    let body = pkg.full.body.slice(range.clone());
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
-    let mut resp = respond(req, body.into(), &etag, &etag, "application/json", false);
+    let mut resp = respond(req, body, &etag, &etag, "application/json", false);
     cache_headers(resp.headers_mut(), pkg, source, req.contains_key(header::AUTHORIZATION));
     Ok(resp)
 }

@@ -249,20 +249,32 @@ impl<'a> Document<'a> {
         serde_json::to_writer(&mut *out, &manifest).expect("writing to a Vec cannot fail");
     }
 
-    fn write_versions(&self, out: &mut Vec<u8>, form: Form) {
+    /// Writes `versions`; with `manifests`, records where each version's manifest lies.
+    fn write_versions(&self, out: &mut Vec<u8>, form: Form, mut manifests: Option<&mut Manifests>) {
         out.push(b'{');
         for (i, (version, raw)) in self.versions.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             write_key(out, version);
+            let start = out.len();
             self.write_version(out, version, raw, form);
+            if let Some(m) = manifests.as_deref_mut() {
+                m.insert(version.clone(), start..out.len());
+            }
         }
         out.push(b'}');
     }
 
-    /// The full document as JSON bytes, members in upstream order.
-    pub fn to_full(&self) -> Vec<u8> {
+    /// The full document as JSON bytes, members in upstream order, with where each version's
+    /// manifest lies in them (a manifest request is then a slice, not a parse).
+    pub fn to_full(&self) -> Full {
+        let mut manifests = Manifests::new();
+        let body = self.write_full(&mut manifests);
+        Full { body, manifests }
+    }
+
+    fn write_full(&self, manifests: &mut Manifests) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.top.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum());
         out.push(b'{');
         for (i, (key, raw)) in self.top.iter().enumerate() {
@@ -271,7 +283,7 @@ impl<'a> Document<'a> {
             }
             write_key(&mut out, key);
             match (key.as_str(), &self.time, &self.tags) {
-                ("versions", _, _) => self.write_versions(&mut out, Form::Full),
+                ("versions", _, _) => self.write_versions(&mut out, Form::Full, Some(&mut *manifests)),
                 ("time", Some(time), _) => serde_json::to_writer(&mut out, time).expect("writing to a Vec"),
                 ("dist-tags", _, Some(tags)) => serde_json::to_writer(&mut out, tags).expect("writing to a Vec"),
                 _ => out.extend_from_slice(raw.get().as_bytes()),
@@ -306,7 +318,7 @@ impl<'a> Document<'a> {
             serde_json::to_writer(&mut out, modified).expect("writing to a Vec");
         }
         member(&mut out, "versions");
-        self.write_versions(&mut out, Form::Abbreviated);
+        self.write_versions(&mut out, Form::Abbreviated, None);
         if let Some(time) = &self.time {
             member(&mut out, "time");
             serde_json::to_writer(&mut out, time).expect("writing to a Vec");
@@ -338,6 +350,15 @@ fn abbreviate_version(manifest: &Value) -> Value {
     Value::Object(out)
 }
 
+/// Byte ranges of each version's manifest in a rendered full document.
+pub type Manifests = HashMap<String, std::ops::Range<usize>>;
+
+/// A rendered full document.
+pub struct Full {
+    pub body: Vec<u8>,
+    pub manifests: Manifests,
+}
+
 /// The file name of a version's tarball: the last segment of its URL when that is a sane
 /// `.tgz` name, else npm's convention `<unscoped name>-<version>.tgz`.
 fn tarball_file(name: &PackageName, version: &str, url: Option<&str>) -> String {
@@ -357,17 +378,6 @@ pub fn parse_time_ms(time: &str) -> Option<u64> {
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as u64)
-}
-
-/// One version's manifest from a (rewritten) full document, without parsing the rest.
-pub fn version_manifest(full: &[u8], version: &str) -> Option<Vec<u8>> {
-    #[derive(serde::Deserialize)]
-    struct Versions<'a> {
-        #[serde(borrow)]
-        versions: HashMap<String, &'a serde_json::value::RawValue>,
-    }
-    let doc: Versions = serde_json::from_slice(full).ok()?;
-    doc.versions.get(version).map(|raw| raw.get().as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -409,7 +419,7 @@ mod tests {
     fn rewrites_tarballs_and_keeps_the_rest() {
         let mut d = doc();
         d.rewrite_tarballs(&name("@s/pkg"), "https://npg.test/npm");
-        let full: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        let full: Value = serde_json::from_slice(&d.to_full().body).unwrap();
         assert_eq!(
             full["versions"]["1.0.0"]["dist"]["tarball"],
             "https://npg.test/npm/@s/pkg/-/pkg-1.0.0.tgz"
@@ -496,7 +506,7 @@ mod tests {
         );
         let hidden = ["2.0.0", "3.0.0", "1.0.0"];
         assert_eq!(d.hide(|v| hidden.contains(&v)), 3);
-        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        let v: Value = serde_json::from_slice(&d.to_full().body).unwrap();
         assert_eq!(
             v["dist-tags"]["latest"], "1.2.0",
             "a release never moves to a prerelease"
@@ -521,7 +531,7 @@ mod tests {
             json!({"next": "2.0.0-rc.2", "latest": "1.0.0"}),
         );
         d.hide(|v| v == "2.0.0-rc.2");
-        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        let v: Value = serde_json::from_slice(&d.to_full().body).unwrap();
         assert_eq!(v["dist-tags"]["next"], "2.0.0-rc.1");
         assert_eq!(v["dist-tags"]["latest"], "1.0.0");
         assert_eq!(d.hide(|_| false), 0);
@@ -530,12 +540,12 @@ mod tests {
     #[test]
     fn keeps_member_order_and_unknown_members() {
         let d = doc();
-        let full: Map<String, Value> = serde_json::from_slice(&d.to_full()).unwrap();
+        let full: Map<String, Value> = serde_json::from_slice(&d.to_full().body).unwrap();
         let keys: Vec<&String> = full.keys().collect();
         assert_eq!(keys, ["_id", "name", "dist-tags", "time", "readme", "versions"]);
         let weird = br#"{"name":"a","time":"not an object","x":{"y":[1,2,{"z":null}]},"versions":{"1.0.0":"odd"}}"#;
         let d = Document::parse(weird, &name("a")).unwrap();
-        let v: Value = serde_json::from_slice(&d.to_full()).unwrap();
+        let v: Value = serde_json::from_slice(&d.to_full().body).unwrap();
         assert_eq!(v["time"], "not an object");
         assert_eq!(v["x"]["y"][2]["z"], Value::Null);
         assert_eq!(v["versions"]["1.0.0"], "odd");
@@ -561,8 +571,13 @@ mod tests {
     #[test]
     fn one_version_manifest() {
         let full = doc().to_full();
-        let m: Value = serde_json::from_slice(&version_manifest(&full, "1.1.0").unwrap()).unwrap();
+        let m: Value = serde_json::from_slice(&full.body[full.manifests["1.1.0"].clone()]).unwrap();
         assert_eq!(m["version"], "1.1.0");
-        assert!(version_manifest(&full, "9.9.9").is_none());
+        assert!(!full.manifests.contains_key("9.9.9"));
+        let whole: Value = serde_json::from_slice(&full.body).unwrap();
+        for (v, range) in &full.manifests {
+            let slice: Value = serde_json::from_slice(&full.body[range.clone()]).unwrap();
+            assert_eq!(slice, whole["versions"][v], "{v}: the slice is that version's manifest");
+        }
     }
 }
