@@ -82,6 +82,8 @@ impl App {
                 ttl: settings.metadata_ttl,
                 max_stale: settings.metadata_max_stale,
                 memory_bytes: settings.memory_cache_mb << 20,
+                max_document_bytes: (settings.max_packument_mb as usize) << 20,
+                render_memory_bytes: settings.render_memory_mb << 20,
             },
             upstream.clone(),
             guard.clone(),

@@ -109,6 +109,16 @@ pub struct Settings {
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub memory_cache_mb: u64,
 
+    /// Packuments larger than this (decoded), in MiB, are refused (the largest public ones
+    /// are about 100 MB).
+    #[arg(long, env = "MAX_PACKUMENT_MB", default_value_t = 160, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_packument_mb: u64,
+
+    /// Memory for packuments being read and rendered at once, in MiB; rendering takes about
+    /// three times a document's size, so keep it at least 3 x MAX_PACKUMENT_MB.
+    #[arg(long, env = "RENDER_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub render_memory_mb: u64,
+
     /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB; 0 = none.
     #[arg(long, env = "TARBALL_MEMORY_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub tarball_memory_mb: u64,

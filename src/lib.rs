@@ -6,6 +6,7 @@
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
 //! - `upstream`: the HTTP client to the registry.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
+//! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
 //! - `cluster`: the shared Redis connection and its health.
 //! - `rendered`: a packument filtered by the policy and rendered in both forms.
@@ -18,6 +19,7 @@
 //! - `app`: the shared state that ties them together.
 
 pub mod app;
+pub mod budget;
 pub mod cache;
 pub mod changes;
 pub mod cluster;

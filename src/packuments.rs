@@ -5,15 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use reqwest::header::HeaderValue;
 
+use crate::budget::{Budget, RENDER_FACTOR, Reservation};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::{DocMeta, SharedMeta};
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::rendered::{Raw, render};
+use crate::rendered::{Raw, gunzip, render};
 use crate::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
@@ -49,6 +51,10 @@ pub struct Settings {
     pub ttl: Duration,
     pub max_stale: Duration,
     pub memory_bytes: u64,
+    /// Documents larger than this, decoded, are refused.
+    pub max_document_bytes: usize,
+    /// The memory budget of documents being read and rendered at once.
+    pub render_memory_bytes: u64,
 }
 
 pub struct Packuments {
@@ -63,6 +69,7 @@ struct Inner {
     upstream: Arc<Upstream>,
     guard: Arc<Guard>,
     metrics: Arc<Metrics>,
+    budget: Budget,
     settings: Settings,
 }
 
@@ -93,6 +100,7 @@ impl Packuments {
             upstream,
             guard,
             metrics,
+            budget: Budget::new(settings.render_memory_bytes),
             settings,
         };
         Packuments {
@@ -129,7 +137,13 @@ impl Packuments {
     /// memory nor in Redis, so no other client is ever served it.
     pub async fn private(&self, name: &PackageName, credentials: &HeaderValue) -> Result<Arc<Package>, FetchError> {
         let now = now_ms();
-        match self.inner.upstream.packument(name, None, Some(credentials)).await? {
+        let mut reservation = self.inner.budget.reserve();
+        let max = self.inner.settings.max_document_bytes;
+        let fetched = self
+            .inner
+            .upstream
+            .packument(name, None, Some(credentials), max, &mut reservation);
+        match fetched.await? {
             Fetched::Modified { body, etag } => {
                 let meta = DocMeta {
                     etag,
@@ -140,7 +154,7 @@ impl Packuments {
                     plain: Some(body),
                     gz: None,
                 };
-                let rendered = self.inner.render(name, raw, &meta).await;
+                let rendered = self.inner.render(name, raw, &meta, reservation).await;
                 rendered.map_err(|e| FetchError::Upstream(UpstreamError::Body(e)))
             }
             Fetched::NotFound => Err(FetchError::NotFound),
@@ -216,7 +230,12 @@ impl Inner {
             None => None,
         };
         let now = now_ms();
-        let fetched = self.upstream.packument(name, etag.as_deref(), None).await;
+        let mut reservation = self.budget.reserve();
+        let max = self.settings.max_document_bytes;
+        let fetched = self
+            .upstream
+            .packument(name, etag.as_deref(), None, max, &mut reservation)
+            .await;
         let revalidated = match (&fetched, &base) {
             (Ok(Fetched::NotModified), Some(Base::Memory(p))) => Some(self.current(p.checked_at(now, false)).await),
             (Ok(Fetched::NotModified), Some(Base::Shared(meta))) => {
@@ -242,7 +261,7 @@ impl Inner {
                     plain: Some(body),
                     gz: None,
                 };
-                match self.render(name, raw, &meta).await {
+                match self.render(name, raw, &meta, reservation).await {
                     Ok(p) => {
                         self.l1.insert(p.clone()).await;
                         self.l2.put(name, p.raw_gz.clone(), &meta, self.keep_in_redis()).await;
@@ -306,6 +325,7 @@ impl Inner {
                     plain: None,
                 },
                 meta,
+                self.budget.reserve(),
             )
             .await
         {
@@ -341,6 +361,7 @@ impl Inner {
                     plain: None,
                 },
                 &meta,
+                self.budget.reserve(),
             )
             .await
         {
@@ -361,16 +382,48 @@ impl Inner {
     }
 
     /// Filters, rewrites and compresses a raw document under the policy in force (on a
-    /// blocking thread: it can be 40 MB).
-    async fn render(&self, name: &PackageName, raw: Raw, meta: &DocMeta) -> Result<Arc<Package>, String> {
+    /// blocking thread: it can be 40 MB), holding `reservation` of the memory budget for what
+    /// that takes. A document kept only gzip'd (Redis, memory) is decoded first, bounded.
+    async fn render(
+        &self,
+        name: &PackageName,
+        raw: Raw,
+        meta: &DocMeta,
+        mut reservation: Reservation,
+    ) -> Result<Arc<Package>, String> {
+        let max = self.settings.max_document_bytes;
+        let raw = match raw {
+            Raw {
+                plain: None,
+                gz: Some(gz),
+            } => {
+                // npg's own documents shrink about tenfold: one that grows more than forty
+                // times is refused (and fetched again), so a bomb costs no more than that.
+                let limit = gz.len().saturating_mul(40).min(max);
+                reservation.grow_to(limit).await?;
+                let zipped = gz.clone();
+                let plain = tokio::task::spawn_blocking(move || gunzip(&zipped, limit))
+                    .await
+                    .map_err(|e| format!("decoding failed: {e}"))??;
+                Raw {
+                    plain: Some(plain),
+                    gz: Some(gz),
+                }
+            }
+            raw => raw,
+        };
+        let size = raw.plain.as_ref().map_or(0, Bytes::len);
+        reservation.grow_to(size.saturating_mul(RENDER_FACTOR)).await?;
         let (n, base, meta, policy) = (
             name.clone(),
             self.settings.public_base.clone(),
             meta.clone(),
             self.guard.policy(),
         );
-        tokio::task::spawn_blocking(move || render(&n, raw, &meta, &policy, &base, now_ms()).map(Arc::new))
-            .await
-            .map_err(|e| format!("rendering failed: {e}"))?
+        let rendered =
+            tokio::task::spawn_blocking(move || render(&n, raw, &meta, &policy, &base, now_ms()).map(Arc::new));
+        let rendered = rendered.await.map_err(|e| format!("rendering failed: {e}"))?;
+        drop(reservation);
+        rendered
     }
 }

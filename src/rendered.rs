@@ -127,6 +127,20 @@ impl Package {
     }
 }
 
+/// A gzip'd document decoded, refused beyond `max` bytes (what is read back from Redis is
+/// not trusted to be small).
+pub fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, String> {
+    let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(max));
+    let mut decoder = flate2::read::GzDecoder::new(gz).take(max as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| format!("stored document is not gzip: {e}"))?;
+    if out.len() > max {
+        return Err(format!("stored document decodes to more than {max} bytes"));
+    }
+    Ok(Bytes::from(out))
+}
+
 /// Renders a raw document under `policy` at `now_ms`.
 pub fn render(
     name: &PackageName,
@@ -142,14 +156,7 @@ pub fn render(
             let gz = Bytes::from(gzip(&plain, Compression::fast()));
             (plain, gz)
         }
-        (None, Some(gz)) => {
-            let mut out = Vec::with_capacity(gz.len() * 6);
-            flate2::read::GzDecoder::new(&gz[..])
-                .read_to_end(&mut out)
-                .map_err(|e| format!("stored document is not gzip: {e}"))?;
-            (Bytes::from(out), gz)
-        }
-        (None, None) => return Err("no document to render".into()),
+        (None, _) => return Err("no decoded document to render".into()),
     };
     let mut doc = Document::parse(&plain, name).map_err(|e| e.to_string())?;
     let mut index = doc.index(name);

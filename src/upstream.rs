@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use reqwest::{StatusCode, header};
 
+use crate::budget::Reservation;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-
-/// Packuments larger than this are refused (the largest public ones are ~100 MB).
-const MAX_PACKUMENT_BYTES: usize = 512 << 20;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -57,7 +55,16 @@ pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
 
 /// Reads a whole body, refusing more than `max` bytes, so no response grows without bound in
 /// memory; the error says which limit was hit or what broke.
-pub async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Bytes, String> {
+pub async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, String> {
+    read_within(resp, max, None).await
+}
+
+/// `read_bounded`, holding `reservation` of the memory budget for what has arrived.
+async fn read_within(
+    mut resp: reqwest::Response,
+    max: usize,
+    mut reservation: Option<&mut Reservation>,
+) -> Result<Bytes, String> {
     let mut body = BytesMut::new();
     while let Some(chunk) = resp
         .chunk()
@@ -66,6 +73,11 @@ pub async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Byt
     {
         if body.len() + chunk.len() > max {
             return Err(format!("body larger than {max} bytes"));
+        }
+        body.reserve(chunk.len());
+        if let Some(r) = reservation.as_deref_mut() {
+            // What is allocated, not what is filled: a buffer grows by doubling.
+            r.grow_to(body.capacity()).await?;
         }
         body.extend_from_slice(&chunk);
     }
@@ -144,12 +156,15 @@ impl Upstream {
     }
 
     /// Fetches the full packument, conditionally when an upstream ETag is known; with a
-    /// client's `credentials` for a package upstream serves only to them.
+    /// client's `credentials` for a package upstream serves only to them. The decoded body
+    /// holds `reservation` of the memory budget and is refused beyond `max` bytes.
     pub async fn packument(
         &self,
         name: &PackageName,
         etag: Option<&str>,
         credentials: Option<&header::HeaderValue>,
+        max: usize,
+        reservation: &mut Reservation,
     ) -> Result<Fetched, UpstreamError> {
         let mut req = self
             .decoding
@@ -169,7 +184,7 @@ impl Upstream {
             _ => {}
         }
         let etag = etag_of(&resp);
-        let body = read_bounded(resp, MAX_PACKUMENT_BYTES)
+        let body = read_within(resp, max, Some(reservation))
             .await
             .map_err(UpstreamError::Body)?;
         Ok(Fetched::Modified { body, etag })

@@ -176,3 +176,102 @@ async fn a_tls_handshake_then_silence_is_closed() {
     );
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// `mib` MiB of zeros, gzip'd by the system's `gzip` (fast even in a debug test build).
+fn gzip_bomb(mib: usize) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("gzip")
+        .arg("-9")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let zeros = vec![b'0'; 1 << 20];
+        for _ in 0..mib {
+            stdin.write_all(&zeros).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out.stdout
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+const BOUNDED: [(&str, &str); 2] = [("MAX_PACKUMENT_MB", "256"), ("RENDER_MEMORY_MB", "64")];
+
+#[tokio::test]
+async fn gzip_bombs_from_upstream_stay_within_the_render_budget() {
+    let up = FakeRegistry::start();
+    let bomb = gzip_bomb(300);
+    assert!(bomb.len() < 1 << 20, "a bomb: {} bytes of gzip", bomb.len());
+    let names: Vec<String> = (0..4).map(|i| format!("npg-bomb-{i}")).collect();
+    for name in &names {
+        up.set_raw_packument_gzip(name, bomb.clone());
+    }
+    let npg = NpgProcess::start(&up.url(), &BOUNDED);
+    let before = peak_mib(npg.pid());
+    let urls: Vec<String> = names.iter().map(|name| format!("{}/{name}", npg.proxy_url)).collect();
+    let requests = urls.iter().map(|url| support::http::get(url, &[]));
+    let (replies, ping) = tokio::join!(futures_util::future::join_all(requests), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        support::http::get(&format!("{}/-/ping", npg.base), &[]).await
+    });
+    let peak = peak_mib(npg.pid());
+    println!("VmHWM before {before} MiB, after four 300 MiB bombs {peak} MiB");
+    for r in &replies {
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+        assert!(r.json()["reason"].as_str().unwrap().contains("budget"), "{}", r.json());
+    }
+    assert_eq!(ping.status, 200, "npg answers while the bombs go off");
+    // The budget bounds what is counted; a reader waiting for room is not counted, and a
+    // buffer's reallocation briefly holds two copies: at most about 3 x 64 MiB above start.
+    assert!(
+        peak < before + 3 * 64 + 32,
+        "peak RSS {peak} MiB with a 64 MiB render budget"
+    );
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_in_redis_is_refused_and_fetched_again() {
+    let redis = support::redis::RedisServer::start();
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(
+        &up.url(),
+        &[
+            BOUNDED[0],
+            BOUNDED[1],
+            ("ENABLE_REDIS_CACHE", "true"),
+            ("REDIS_URL", &redis.url()),
+        ],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("npg:meta:npg-fixture-a")
+        .arg("body")
+        .arg(gzip_bomb(300))
+        .arg(&["etag", "", "fetched", &now, "checked", &now])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = support::http::get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-cache"), "MISS", "fetched from upstream instead of the bomb");
+    assert_eq!(up.packument_requests("npg-fixture-a"), 1);
+    let peak = peak_mib(npg.pid());
+    println!("VmHWM after a 300 MiB bomb in Redis: {peak} MiB");
+    assert!(peak < 150, "peak RSS {peak} MiB after the bomb in Redis");
+}

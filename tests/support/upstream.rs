@@ -113,8 +113,9 @@ struct RegistryState {
     log: Vec<RecordedRequest>,
     /// Private packages: name → the token that may read them (others get 404, as upstream).
     private: HashMap<String, String>,
-    /// Packuments served exactly as given (hostile or broken documents), by name.
-    raw: HashMap<String, Vec<u8>>,
+    /// Packuments served exactly as given (hostile or broken documents), by name, with
+    /// whether the bytes are gzip (sent with `Content-Encoding: gzip` whatever was accepted).
+    raw: HashMap<String, (Vec<u8>, bool)>,
 }
 
 struct Package {
@@ -362,7 +363,12 @@ impl FakeRegistry {
     /// Serves `body` as the packument of `name` (any bytes, as `application/json`), for
     /// documents no honest registry would send.
     pub fn set_raw_packument(&self, name: &str, body: impl Into<Vec<u8>>) {
-        self.lock().raw.insert(name.to_string(), body.into());
+        self.lock().raw.insert(name.to_string(), (body.into(), false));
+    }
+
+    /// Serves `gz` as the gzip-encoded packument of `name` (e.g. a gzip bomb).
+    pub fn set_raw_packument_gzip(&self, name: &str, gz: Vec<u8>) {
+        self.lock().raw.insert(name.to_string(), (gz, true));
     }
 
     /// Points a dist-tag at a version (it must exist).
@@ -1017,10 +1023,14 @@ fn respond(s: &mut RegistryState, route: Route, headers: &HeaderMap, uri: &axum:
         return not_found();
     }
     match route {
-        Route::Packument(name) if s.raw.contains_key(&name) => Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(s.raw[&name].clone()))
-            .unwrap(),
+        Route::Packument(name) if s.raw.contains_key(&name) => {
+            let (body, gzip) = s.raw[&name].clone();
+            let mut resp = Response::builder().header(header::CONTENT_TYPE, "application/json");
+            if gzip {
+                resp = resp.header(header::CONTENT_ENCODING, "gzip");
+            }
+            resp.body(Body::from(body)).unwrap()
+        }
         Route::Packument(name) => {
             let Some(rendered) = s.render(&name) else {
                 return not_found();
