@@ -15,6 +15,8 @@ packages:
   - name: npg-private
     versions: ["2.0.0"]
     reason: compromised release
+  - name: -dash
+    reason: typosquat
 "#;
 
 fn start(env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess, tempfile::TempDir) {
@@ -72,6 +74,19 @@ async fn extra_slashes_name_the_same_blocked_bytes() {
         relayed.is_empty(),
         "requests naming the blocked version reached upstream: {relayed:?}"
     );
+}
+
+/// A name that starts with `-` is a package, not the registry's `/-/` API (found by fuzzing:
+/// `/-dash` was passed through, blocklist and all).
+#[tokio::test]
+async fn names_starting_with_a_dash_are_guarded() {
+    let (up, npg, _dir) = start(&[]);
+    up.add_package("-dash", &["1.0.0"]);
+    for path in ["/-dash", "/-dash/1.0.0", "/-dash/-/-dash-1.0.0.tgz", "/%2Ddash"] {
+        let r = get(&format!("{}{path}", npg.proxy_url), &[]).await;
+        assert_eq!(r.status.as_u16(), 403, "{path}: {}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(up.total_requests(), 0, "a blocked package reached upstream");
 }
 
 /// A package upstream serves only with the client's credentials goes through the same guard

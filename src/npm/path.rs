@@ -68,10 +68,10 @@ pub fn check_traversal(raw: &str) -> Result<(), PathError> {
 pub fn classify(raw: &str) -> Result<Route, PathError> {
     check_traversal(raw)?;
     let segs: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
-    if segs.first().is_none_or(|s| s.starts_with('-')) {
-        return match segs.as_slice() {
-            ["-", "ping"] => Ok(Route::Ping),
-            ["-", "package", name @ .., "dist-tags"] if !name.is_empty() && name.len() <= 2 => {
+    if api_namespace(&segs)? {
+        return match segs.get(1..).unwrap_or_default() {
+            ["ping"] => Ok(Route::Ping),
+            ["package", name @ .., "dist-tags"] if !name.is_empty() && name.len() <= 2 => {
                 let name = name.iter().map(|s| decode(s)).collect::<Result<Vec<_>, _>>()?.join("/");
                 Ok(Route::DistTags(PackageName::parse(&name)?))
             }
@@ -108,9 +108,21 @@ pub fn classify(raw: &str) -> Result<Route, PathError> {
     }
 }
 
-/// A tarball file name npg accepts: `.tgz`, no leading dot, a small safe alphabet.
+/// Whether `segs` is under the registry's own API (`/-/...`), or the root. Only a first
+/// segment that is exactly `-` (in any encoding) is: `-foo` and the package `-` itself (`/-`,
+/// `/-/-/--1.0.0.tgz`) are package names and go through the guard.
+fn api_namespace(segs: &[&str]) -> Result<bool, PathError> {
+    let Some(first) = segs.first() else {
+        return Ok(true);
+    };
+    let dash = |s: &str| decode(s).map(|d| d == "-");
+    Ok(dash(first)? && segs.len() >= 2 && !dash(segs[1])?)
+}
+
+/// A tarball file name npg accepts: `.tgz`, no leading dot, a small safe alphabet, at most
+/// 255 bytes (the longest file name a disk takes).
 pub fn valid_file(file: &str) -> bool {
-    file.len() <= 300
+    file.len() <= 255
         && file.ends_with(".tgz")
         && !file.starts_with('.')
         && file
@@ -207,6 +219,27 @@ mod tests {
         ] {
             assert_eq!(classify(p), Err(PathError::NotARoute), "{p}");
         }
+    }
+
+    #[test]
+    fn names_starting_with_a_dash_are_packages() {
+        // Found by fuzzing: these were passed through unguarded.
+        assert_eq!(classify("/-foo"), Ok(Route::Packument(name("-foo"))));
+        assert_eq!(classify("/-"), Ok(Route::Packument(name("-"))));
+        assert_eq!(
+            classify("/-foo/-/-foo-1.0.0.tgz"),
+            Ok(Route::Tarball(name("-foo"), "-foo-1.0.0.tgz".into()))
+        );
+        assert_eq!(
+            classify("/-/-/--1.0.0.tgz"),
+            Ok(Route::Tarball(name("-"), "--1.0.0.tgz".into()))
+        );
+        assert_eq!(classify("/%2D/-/--1.0.0.tgz"), classify("/-/-/--1.0.0.tgz"));
+        assert_eq!(
+            classify("/-foo/1.0.0"),
+            Ok(Route::Version(name("-foo"), "1.0.0".into()))
+        );
+        assert_eq!(classify("/%2D/package/a/dist-tags"), Ok(Route::DistTags(name("a"))));
     }
 
     #[test]
