@@ -23,6 +23,8 @@ pub struct Metrics {
     changes_invalidations: Counter,
     connections_open: Gauge,
     connections_cut: Family<Labels, Counter>,
+    tarball_downloads: Family<Labels, Counter>,
+    tarball_store_errors: Counter,
 }
 
 /// An open client connection, counted until dropped.
@@ -96,8 +98,22 @@ impl Default for Metrics {
             "Client connections closed by a deadline (head: no request in time; idle)",
             connections_cut.clone(),
         );
+        let tarball_downloads = Family::default();
+        registry.register(
+            "tarball_downloads",
+            "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight)",
+            tarball_downloads.clone(),
+        );
+        let tarball_store_errors = Counter::default();
+        registry.register(
+            "tarball_store_errors",
+            "Tarball downloads that could not be written to STORAGE_DIR (still verified, not cached)",
+            tarball_store_errors.clone(),
+        );
         Metrics {
             registry,
+            tarball_downloads,
+            tarball_store_errors,
             connections_open,
             connections_cut,
             requests,
@@ -166,6 +182,16 @@ impl Metrics {
 
     pub fn guard_block(&self, kind: &'static str) {
         self.guard_blocks.get_or_create(&vec![("type", kind.to_string())]).inc();
+    }
+
+    pub fn tarball_download(&self, role: &'static str) {
+        self.tarball_downloads
+            .get_or_create(&vec![("role", role.to_string())])
+            .inc();
+    }
+
+    pub fn tarball_store_error(&self) {
+        self.tarball_store_errors.inc();
     }
 
     pub fn changes_invalidation(&self) {

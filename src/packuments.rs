@@ -123,6 +123,11 @@ impl Packuments {
         self.load(name, false).await
     }
 
+    /// The packument this replica holds in memory, fresh or not, without asking anyone.
+    pub async fn cached(&self, name: &PackageName) -> Option<Arc<Package>> {
+        self.inner.l1.get(name).await
+    }
+
     /// Forgets `name` in this replica's memory and, with `shared`, in Redis too (the package
     /// changed upstream: the next request fetches it again).
     pub async fn invalidate(&self, name: &PackageName, shared: bool) {

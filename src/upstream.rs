@@ -190,9 +190,18 @@ impl Upstream {
         Ok(Fetched::Modified { body, etag })
     }
 
-    /// Starts a tarball download; the body is streamed by the caller.
-    pub async fn tarball(&self, url: &str) -> Result<reqwest::Response, UpstreamError> {
-        let resp = self.send("tarball", self.raw.get(url)).await?;
+    /// Starts a tarball download, with a client's `credentials` for a private package; the
+    /// body is streamed by the caller.
+    pub async fn tarball(
+        &self,
+        url: &str,
+        credentials: Option<&header::HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut req = self.raw.get(url);
+        if let Some(credentials) = credentials {
+            req = req.header(header::AUTHORIZATION, credentials);
+        }
+        let resp = self.send("tarball", req).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             s => Err(UpstreamError::Status(s.as_u16())),

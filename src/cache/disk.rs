@@ -44,6 +44,12 @@ pub struct Pending {
     path: TempPath,
 }
 
+impl Pending {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl TarballStore {
     /// The store under `root`, keeping up to `memory_bytes` of small tarballs in memory too.
     pub fn new(root: &Path, memory_bytes: u64) -> io::Result<TarballStore> {
@@ -127,20 +133,24 @@ impl TarballStore {
         Ok(dest)
     }
 
-    /// Deletes cached tarballs newly found malicious: one version (npm's file name for it), or
-    /// every file of the package. Returns how many files went.
-    pub fn purge(&self, name: &PackageName, version: Option<&str>) -> usize {
+    /// Deletes cached tarballs newly found malicious: the given files, or every file of the
+    /// package. Returns how many files went. Blocking: call it off the async workers.
+    pub fn purge(&self, name: &PackageName, files: Option<&[String]>) -> usize {
         let Some(dir) = self.path(name, "x.tgz").and_then(|p| p.parent().map(Path::to_path_buf)) else {
             return 0;
         };
-        let wanted = version.map(|v| format!("{}-{v}.tgz", name.unscoped()));
-        self.hot.purge(name, wanted.as_deref());
-        let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+        let Some(files) = files else {
+            self.hot.purge(name, None);
+            let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+            let removed = entries
+                .flatten()
+                .filter(|e| e.path().is_file() && std::fs::remove_file(e.path()).is_ok());
+            return removed.count();
+        };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let file = entry.file_name();
-            let matches = wanted.as_deref().is_none_or(|w| file.to_str() == Some(w));
-            if matches && entry.path().is_file() && std::fs::remove_file(entry.path()).is_ok() {
+        for file in files {
+            self.hot.purge(name, Some(file));
+            if self.path(name, file).is_some_and(|p| std::fs::remove_file(p).is_ok()) {
                 removed += 1;
             }
         }
@@ -222,7 +232,7 @@ mod tests {
             let p = store.pending().unwrap();
             store.persist(p, &name, &format!("p-{v}.tgz")).await.unwrap();
         }
-        assert_eq!(store.purge(&name, Some("1.0.1")), 1);
+        assert_eq!(store.purge(&name, Some(&["p-1.0.1.tgz".into(), "p-9.tgz".into()])), 1);
         assert!(store.open(&name, "p-1.0.1.tgz").await.is_none());
         assert!(store.open(&name, "p-1.0.0.tgz").await.is_some());
         assert_eq!(store.purge(&name, None), 2);

@@ -29,12 +29,12 @@ use url::Url;
 use super::Guard;
 use super::malware::MalwareList;
 use crate::app::App;
-use crate::cache::disk::TarballStore;
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
 use crate::npm::name::PackageName;
+use crate::tarballs::Tarballs;
 use crate::upstream::{error_chain, etag_of, read_bounded};
 
 /// How often a replica compares its list with the cluster's copy (at most the interval).
@@ -165,15 +165,22 @@ struct ClusterCopy {
     checked_ms: Option<u64>,
 }
 
-/// Deletes the cached tarballs of what `new` lists and `old` did not; returns (entries, files).
-fn purge_added(store: &TarballStore, new: &MalwareList, old: &MalwareList) -> (usize, usize) {
+/// What `new` lists and `old` did not, as package names (the feed is outside input: a name
+/// that is not a package name cannot be cached).
+fn newly_listed(new: &MalwareList, old: &MalwareList) -> Vec<(PackageName, Option<String>)> {
     let added = new.added_since(old);
+    added
+        .into_iter()
+        .filter_map(|(name, version)| Some((PackageName::parse(&name).ok()?, version)))
+        .collect()
+}
+
+/// Deletes the cached tarballs of what `new` lists and `old` did not; returns (entries, files).
+async fn purge_added(tarballs: &Tarballs, new: &MalwareList, old: &MalwareList) -> (usize, usize) {
+    let added = newly_listed(new, old);
     let mut files = 0;
     for (name, version) in &added {
-        // The feed is outside input: a name that is not a package name cannot be on disk.
-        if let Ok(name) = PackageName::parse(name) {
-            files += store.purge(&name, version.as_deref());
-        }
+        files += tarballs.purge(name, version.as_deref()).await;
     }
     (added.len(), files)
 }
@@ -184,7 +191,7 @@ struct Refresher {
     files: FeedFiles,
     interval: Duration,
     guard: Arc<Guard>,
-    store: Arc<TarballStore>,
+    tarballs: Arc<Tarballs>,
     redis: Arc<SharedRedis>,
     bus: Arc<Bus>,
     lock: RedisLock,
@@ -200,7 +207,12 @@ struct Refresher {
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
 /// in the background.
 pub fn spawn(app: &App, settings: &Settings) {
-    let (guard, store, redis, bus) = (app.guard.clone(), app.store.clone(), app.redis.clone(), app.bus.clone());
+    let (guard, tarballs, redis, bus) = (
+        app.guard.clone(),
+        app.tarballs.clone(),
+        app.redis.clone(),
+        app.bus.clone(),
+    );
     let url = settings.malware_feed_url.clone();
     let files = FeedFiles::new(&settings.malware_list_dir, &url);
     // rustls needs one process-wide crypto provider; installing it twice is harmless.
@@ -225,7 +237,7 @@ pub fn spawn(app: &App, settings: &Settings) {
         interval: settings.update_interval.max(MIN_INTERVAL),
         lock: RedisLock::new(redis.clone(), "feed", LOCK_TTL),
         guard,
-        store,
+        tarballs,
         redis,
         bus,
         client,
@@ -239,11 +251,8 @@ pub fn spawn(app: &App, settings: &Settings) {
     tokio::spawn(async move {
         if let Some(list) = from_disk {
             // Tarballs cached before they were listed, by this run or an earlier one.
-            let store = refresher.store.clone();
-            let purged = tokio::task::spawn_blocking(move || purge_added(&store, &list, &MalwareList::default())).await;
-            if let Ok((_, files)) = purged
-                && files > 0
-            {
+            let (_, files) = purge_added(&refresher.tarballs, &list, &MalwareList::default()).await;
+            if files > 0 {
                 tracing::info!(files, "purged cached tarballs listed by the persisted malware feed");
             }
         }
@@ -446,10 +455,8 @@ impl Refresher {
         let old = self.guard.policy().malware.clone();
         self.guard.set_malware(list.clone());
         self.set_ok(source, updated_ms);
-        let store = self.store.clone();
         let entries = list.len();
-        let purged = tokio::task::spawn_blocking(move || purge_added(&store, &list, &old)).await;
-        let (added, files) = purged.unwrap_or_default();
+        let (added, files) = purge_added(&self.tarballs, &list, &old).await;
         tracing::info!(
             entries,
             added,
@@ -641,15 +648,8 @@ mod tests {
         assert_eq!(names, ["list.json"], "no temp files left");
     }
 
-    #[tokio::test]
-    async fn purges_what_is_newly_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TarballStore::new(dir.path(), 1 << 20).unwrap();
-        let name = PackageName::parse("p").unwrap();
-        for v in ["1.0.0", "1.0.1"] {
-            let pending = store.pending().unwrap();
-            store.persist(pending, &name, &format!("p-{v}.tgz")).await.unwrap();
-        }
+    #[test]
+    fn purges_what_is_newly_listed() {
         let all = ["MALWARE".to_string()];
         let old = MalwareList::parse(br#"[{"package_name":"p","version":"1.0.0"}]"#, &all).unwrap();
         let new = MalwareList::parse(
@@ -658,11 +658,7 @@ mod tests {
             &all,
         )
         .unwrap();
-        assert_eq!(purge_added(&store, &new, &old), (2, 1));
-        assert!(
-            store.open(&name, "p-1.0.0.tgz").await.is_some(),
-            "listed before: not this update's job"
-        );
-        assert!(store.open(&name, "p-1.0.1.tgz").await.is_none());
+        let p = PackageName::parse("p").unwrap();
+        assert_eq!(newly_listed(&new, &old), [(p, Some("1.0.1".to_string()))]);
     }
 }

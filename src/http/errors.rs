@@ -118,6 +118,9 @@ impl From<TarballError> for ApiError {
                 block,
                 version: None,
             } => ApiError::blocked_package(name.as_str(), &block),
+            TarballError::Unverifiable(reason) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "Unverifiable tarball", reason)
+            }
             TarballError::Fetch(f) => f.into(),
         }
     }

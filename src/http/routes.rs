@@ -134,7 +134,7 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         Ok(Route::Passthrough) => labelled("passthrough", passthrough::forward(&app, req, &relative).await),
         Ok(Route::Packument(name)) => labelled("packument", packument(&app, req, &name).await),
         Ok(Route::Version(name, spec)) => labelled("version", version(&app, req, &name, &spec).await),
-        Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &relative, &name, &file).await),
+        Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &name, &file).await),
         Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &name).await),
     }
 }
@@ -239,13 +239,7 @@ async fn dist_tags(app: &App, req: Request, name: &PackageName) -> Result<Respon
     Ok(resp)
 }
 
-async fn tarball(
-    app: &App,
-    req: Request,
-    relative: &str,
-    name: &PackageName,
-    file: &str,
-) -> Result<Response<Body>, ApiError> {
+async fn tarball(app: &App, req: Request, name: &PackageName, file: &str) -> Result<Response<Body>, ApiError> {
     let err = match app.tarballs.get(name, file).await {
         Ok((body, hit)) => {
             let resp = tarball::respond(req.headers(), name, file, body, hit, app.metrics.clone());
@@ -259,13 +253,18 @@ async fn tarball(
     };
     // A private package: its tarball is judged by the packument the client may read.
     let pkg = app.packuments.private(name, credentials).await?;
-    let info = pkg
-        .index
-        .files
-        .get(file)
-        .ok_or_else(|| ApiError::not_found(format!("{name} has no version with tarball {file}")))?;
-    if let Some(block) = pkg.hidden.get(&info.version) {
+    if let Some(info) = pkg.index.files.get(file)
+        && let Some(block) = pkg.hidden.get(&info.version)
+    {
         return Err(refuse(app, name, Some(&info.version), block));
     }
-    passthrough::forward(app, req, relative).await
+    let body = app.tarballs.private(name, file, &pkg, credentials).await?;
+    Ok(tarball::respond(
+        req.headers(),
+        name,
+        file,
+        body,
+        false,
+        app.metrics.clone(),
+    ))
 }

@@ -1,17 +1,23 @@
-//! The tarball service: disk hits stream from the file; a miss streams from upstream to the
-//! client and to a temp file at once while hashing, and the file is renamed into the cache
-//! only when the hash matches the version's `dist.integrity` (else `dist.shasum`). The last
-//! chunk is held back until that check, so a client never receives a complete bad tarball.
+//! The tarball service. Every request, hit or miss, is judged by the version the packument
+//! gives the file (never by the file's name alone). Disk hits stream from the file; a miss
+//! joins the download of that file in flight or leads a new one (`flight`), which streams
+//! from upstream into a temp file while hashing (`download`); each client reads it as it is
+//! released (`relay`), and the file is renamed into the cache only when the hash matches the
+//! version's `dist.integrity` (else `dist.shasum`).
 
+mod download;
+mod flight;
+mod relay;
+
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
+use axum::http::HeaderValue;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::cache::disk::{Cached, Pending, TarballStore};
+use crate::cache::disk::{Cached, TarballStore};
 use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
@@ -20,6 +26,11 @@ use crate::npm::packument::TarballInfo;
 use crate::npm::path::version_from_file;
 use crate::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
+use download::{Download, Outputs};
+use flight::{Failure, Flights, Role, State};
+
+/// Chunks buffered per client of a download.
+const CLIENT_BUFFER: usize = 16;
 
 pub enum TarballBody {
     /// From the disk cache.
@@ -38,8 +49,21 @@ pub enum TarballError {
         block: Block,
         version: Option<String>,
     },
+    /// The packument gives no hash to check the bytes against: npg serves nothing unchecked.
+    #[error("{0}")]
+    Unverifiable(String),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+}
+
+impl From<Failure> for TarballError {
+    fn from(f: Failure) -> TarballError {
+        match f {
+            Failure::NotFound => TarballError::NotFound("upstream has no such tarball".into()),
+            Failure::Upstream(e) => TarballError::Fetch(e.into()),
+            other => TarballError::Fetch(UpstreamError::Body(other.to_string()).into()),
+        }
+    }
 }
 
 pub struct Tarballs {
@@ -48,6 +72,7 @@ pub struct Tarballs {
     guard: Arc<Guard>,
     upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
+    flights: Arc<Flights>,
 }
 
 impl Tarballs {
@@ -64,171 +89,248 @@ impl Tarballs {
             guard,
             upstream,
             metrics,
+            flights: Arc::default(),
         }
     }
 
     pub async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
-        self.check_policy(name, file).await?;
+        let info = self.judge(name, file).await?;
         if let Some(cached) = self.store.open(name, file).await {
             self.metrics.cache("disk", true);
             return Ok((TarballBody::Cached(cached), true));
         }
         self.metrics.cache("disk", false);
-        let info = self.find(name, file).await?;
+        let info = match info {
+            Some(info) => info,
+            None => self.find(name, file).await?,
+        };
+        let expected = expected(name, &info).map_err(TarballError::Unverifiable)?;
+        // A joiner whose download failed on the leader's disk leads its own (once).
+        let mut last = Failure::Disk;
+        for _ in 0..2 {
+            match self.miss(name, file, &info, &expected).await {
+                Err(Failure::Disk) => last = Failure::Disk,
+                Err(f) => return Err(f.into()),
+                Ok(found) => return Ok(found),
+            }
+        }
+        Err(last.into())
+    }
+
+    /// A private package's tarball (the client's `credentials`, `pkg` the packument fetched
+    /// with them): verified like any other, never kept.
+    pub async fn private(
+        &self,
+        name: &PackageName,
+        file: &str,
+        pkg: &Package,
+        credentials: &HeaderValue,
+    ) -> Result<TarballBody, TarballError> {
+        let info = pkg
+            .index
+            .files
+            .get(file)
+            .ok_or_else(|| TarballError::NotFound(format!("{name} has no version with tarball {file}")))?;
+        let expected = expected(name, info).map_err(TarballError::Unverifiable)?;
+        let download = self.download(name, file, info, expected, None);
+        let request = self.request(name, file, info, Some(credentials.clone()));
+        let (state_tx, state) = watch::channel(State::Asking);
+        let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
+        let outputs = Outputs {
+            pending: None,
+            state: state_tx,
+            direct: Some(direct_tx),
+            landing: None,
+        };
+        tokio::spawn(download.run(request, outputs));
+        let body = self
+            .respond(Some(direct), None, state)
+            .await
+            .map_err(TarballError::from)?;
+        Ok(body)
+    }
+    /// Refuses blocked tarballs even when they are on disk (lockfile installs skip metadata;
+    /// yarn 4 builds tarball URLs itself), by the version the packument gives the file: a
+    /// file name need not be `<name>-<version>.tgz`. Returns the file's entry when known.
+    /// Without any packument (upstream down, nothing cached) a hit is judged by its name,
+    /// unless the release-age gate applies.
+    async fn judge(&self, name: &PackageName, file: &str) -> Result<Option<TarballInfo>, TarballError> {
+        let policy = self.guard.policy();
+        if let Some(block) = policy.package(name.as_str()) {
+            return Err(blocked(name, None, block));
+        }
+        let info = match self.find(name, file).await {
+            Ok(info) => Some(info),
+            Err(TarballError::Fetch(e @ FetchError::Upstream(_))) if policy.age_gate(name.as_str()).is_none() => {
+                tracing::warn!(package = %name, error = %e, "no packument to judge a tarball by; judged by its file name");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let version = info.as_ref().map(|i| i.version.as_str());
+        if let Some(v) = version.or_else(|| version_from_file(name, file))
+            && let Some(block) = policy.version(name.as_str(), v)
+        {
+            return Err(self.refuse(name, v, block).await);
+        }
+        Ok(info)
+    }
+
+    /// The block of a version, and, when it is malware, its cached tarballs purged.
+    async fn refuse(&self, name: &PackageName, version: &str, block: Block) -> TarballError {
+        if block.kind == "malware" && self.purge(name, Some(version)).await > 0 {
+            tracing::warn!(package = %name, version, "purged a cached tarball now listed as malware");
+        }
+        blocked(name, Some(version), block)
+    }
+
+    /// The packument's entry for `file`, refreshing the packument once if it does not know it
+    /// (a version published after it was cached); refused when its version is hidden.
+    async fn find(&self, name: &PackageName, file: &str) -> Result<TarballInfo, TarballError> {
+        let (pkg, source) = self.packuments.get(name).await?;
+        let pkg = match pkg.index.files.contains_key(file) || source == Source::Upstream {
+            true => pkg,
+            false => self.packuments.refresh(name).await?.0,
+        };
+        let Some(info) = pkg.index.files.get(file) else {
+            return Err(TarballError::NotFound(format!(
+                "{name} has no version with tarball {file}"
+            )));
+        };
+        match pkg.hidden.get(&info.version) {
+            Some(block) => Err(self.refuse(name, &info.version, block.clone()).await),
+            None => Ok(info.clone()),
+        }
+    }
+
+    /// Serves a miss from the download of `file` in flight, or leads a new one.
+    async fn miss(
+        &self,
+        name: &PackageName,
+        file: &str,
+        info: &TarballInfo,
+        expected: &Expected,
+    ) -> Result<(TarballBody, bool), Failure> {
+        let role = self.flights.lead_or_join(name, file, || self.store.pending());
+        let (direct, file_handle, state) = match role {
+            Role::Join(flight) => {
+                self.metrics.tarball_download("join");
+                match tokio::fs::File::open(&flight.temp).await {
+                    Ok(f) => (None, Some(f), flight.state.clone()),
+                    // Renamed into the cache just now, or failed: the cache, else lead anew.
+                    Err(_) => match self.store.open(name, file).await {
+                        Some(cached) => return Ok((TarballBody::Cached(cached), true)),
+                        None => return Err(Failure::Disk),
+                    },
+                }
+            }
+            Role::Lead {
+                state,
+                landing,
+                pending,
+            } => {
+                self.metrics.tarball_download("lead");
+                let reader = match &pending {
+                    Some(p) => tokio::fs::File::open(p.path()).await.ok(),
+                    None => None,
+                };
+                let watching = state.subscribe();
+                let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
+                let outputs = Outputs {
+                    pending,
+                    state,
+                    direct: Some(direct_tx),
+                    landing,
+                };
+                let download = self.download(name, file, info, expected.clone(), Some(self.store.clone()));
+                tokio::spawn(download.run(self.request(name, file, info, None), outputs));
+                (Some(direct), reader, watching)
+            }
+        };
+        Ok((self.respond(direct, file_handle, state).await?, false))
+    }
+
+    /// Waits for upstream's answer, then relays the download to one client.
+    async fn respond(
+        &self,
+        direct: Option<relay::Chunks>,
+        file: Option<tokio::fs::File>,
+        mut state: watch::Receiver<State>,
+    ) -> Result<TarballBody, Failure> {
+        let length = relay::started(&mut state).await?;
+        let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+        tokio::spawn(relay::relay(direct, file, state, tx));
+        Ok(TarballBody::Download(rx, length))
+    }
+
+    fn download(
+        &self,
+        name: &PackageName,
+        file: &str,
+        info: &TarballInfo,
+        expected: Expected,
+        store: Option<Arc<TarballStore>>,
+    ) -> Download {
+        Download {
+            name: name.clone(),
+            file: file.to_string(),
+            version: info.version.clone(),
+            expected,
+            store,
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// The upstream request for `file`, owned, to run in the download's task.
+    fn request(
+        &self,
+        name: &PackageName,
+        file: &str,
+        info: &TarballInfo,
+        credentials: Option<HeaderValue>,
+    ) -> impl Future<Output = Result<reqwest::Response, UpstreamError>> + Send + 'static {
         let url = info
             .upstream_url
             .clone()
             .unwrap_or_else(|| self.upstream.url(&format!("{name}/-/{file}")));
-        let resp = self.upstream.tarball(&url).await.map_err(|e| match e {
-            UpstreamError::Status(404) => TarballError::NotFound(format!("upstream has no tarball {file} of {name}")),
-            e => TarballError::Fetch(e.into()),
-        })?;
-        let length = resp.content_length();
-        let (tx, rx) = mpsc::channel(16);
-        let expected = Expected::from_dist(info.integrity.as_deref(), info.shasum.as_deref());
-        let pending = self
-            .store
-            .pending()
-            .map_err(|e| FetchError::Internal(format!("temp file: {e}")))?;
-        let job = Download {
-            store: self.store.clone(),
-            name: name.clone(),
-            file: file.to_string(),
-            version: info.version,
-        };
-        tokio::spawn(job.run(resp, pending, expected, tx));
-        Ok((TarballBody::Download(rx, length), false))
+        let upstream = self.upstream.clone();
+        async move { upstream.tarball(&url, credentials.as_ref()).await }
     }
 
-    /// Refuses blocked tarballs even when they are on disk: lockfile installs skip metadata
-    /// and yarn 4 builds tarball URLs itself. Hits stay cheap: the packument is only needed
-    /// when the release-age gate applies.
-    async fn check_policy(&self, name: &PackageName, file: &str) -> Result<(), TarballError> {
-        let policy = self.guard.policy();
-        if let Some(block) = policy.package(name.as_str()) {
-            return Err(TarballError::Blocked {
-                name: name.clone(),
-                block,
-                version: None,
-            });
-        }
-        let version = version_from_file(name, file);
-        if let Some(v) = version
-            && let Some(block) = policy.version(name.as_str(), v)
-        {
-            if block.kind == "malware" && self.store.purge(name, Some(v)) > 0 {
-                tracing::warn!(package = %name, version = v, "purged a cached tarball now listed as malware");
+    /// Deletes the cached tarballs of one version (every file the cached packument gives it,
+    /// and npm's own name for it), or of the whole package; returns how many files went.
+    pub async fn purge(&self, name: &PackageName, version: Option<&str>) -> usize {
+        let files = match version {
+            None => None,
+            Some(v) => {
+                let mut files = vec![format!("{}-{v}.tgz", name.unscoped())];
+                if let Some(pkg) = self.packuments.cached(name).await {
+                    let of_version = pkg.index.files.iter().filter(|(_, i)| i.version == v);
+                    files.extend(of_version.map(|(f, _)| f.clone()));
+                }
+                Some(files)
             }
-            return Err(TarballError::Blocked {
-                name: name.clone(),
-                block,
-                version: Some(v.to_string()),
-            });
-        }
-        if policy.age_gate(name.as_str()).is_some() {
-            let (pkg, _) = self.packuments.get(name).await?;
-            let version = version.or_else(|| pkg.index.files.get(file).map(|i| i.version.as_str()));
-            if let Some(block) = version.and_then(|v| pkg.hidden.get(v)) {
-                return Err(TarballError::Blocked {
-                    name: name.clone(),
-                    block: block.clone(),
-                    version: version.map(str::to_string),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The packument's entry for `file`, refreshing the packument once if it does not know it
-    /// (a version published after it was cached).
-    async fn find(&self, name: &PackageName, file: &str) -> Result<TarballInfo, TarballError> {
-        let (pkg, source) = self.packuments.get(name).await?;
-        let allowed = |pkg: &Package| -> Option<Result<TarballInfo, TarballError>> {
-            let info = pkg.index.files.get(file)?;
-            Some(match pkg.hidden.get(&info.version) {
-                Some(block) => Err(TarballError::Blocked {
-                    name: name.clone(),
-                    block: block.clone(),
-                    version: Some(info.version.clone()),
-                }),
-                None => Ok(info.clone()),
-            })
         };
-        if let Some(found) = allowed(&pkg) {
-            return found;
-        }
-        if source != Source::Upstream {
-            let (pkg, _) = self.packuments.refresh(name).await?;
-            if let Some(found) = allowed(&pkg) {
-                return found;
-            }
-        }
-        Err(TarballError::NotFound(format!(
-            "{name} has no version with tarball {file}"
-        )))
+        let (store, name) = (self.store.clone(), name.clone());
+        let purged = tokio::task::spawn_blocking(move || store.purge(&name, files.as_deref())).await;
+        purged.unwrap_or_default()
     }
 }
 
-/// One download from upstream, run in its own task so it completes (and fills the cache)
-/// even when the client goes away.
-struct Download {
-    store: Arc<TarballStore>,
-    name: PackageName,
-    file: String,
-    version: String,
+fn blocked(name: &PackageName, version: Option<&str>, block: Block) -> TarballError {
+    TarballError::Blocked {
+        name: name.clone(),
+        block,
+        version: version.map(str::to_string),
+    }
 }
 
-impl Download {
-    async fn run(
-        self,
-        resp: reqwest::Response,
-        mut pending: Pending,
-        expected: Option<Expected>,
-        tx: mpsc::Sender<io::Result<Bytes>>,
-    ) {
-        let mut verifier = expected.as_ref().map(Expected::verifier);
-        let mut held: Option<Bytes> = None;
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(package = %self.name, file = %self.file, error = %e, "tarball download from upstream broke off");
-                    let _ = tx.send(Err(io::Error::other("upstream download broke off"))).await;
-                    return;
-                }
-            };
-            if let Err(e) = pending.file.write_all(&chunk).await {
-                tracing::error!(file = %self.file, error = %e, "cannot write tarball temp file; serving without caching");
-                verifier = None;
-            }
-            if let Some(v) = verifier.as_mut() {
-                v.update(&chunk);
-            }
-            if let Some(prev) = held.replace(chunk) {
-                // A client that went away does not stop the download: the cache still fills.
-                let _ = tx.send(Ok(prev)).await;
-            }
-        }
-        let last = held.unwrap_or_default();
-        match verifier.map(|v| v.matches()) {
-            Some(true) => {
-                if let Err(e) = self.store.persist(pending, &self.name, &self.file).await {
-                    tracing::error!(file = %self.file, error = %e, "cannot store verified tarball");
-                }
-                let _ = tx.send(Ok(last)).await;
-            }
-            Some(false) => {
-                tracing::error!(package = %self.name, version = %self.version, file = %self.file,
-                    "tarball from upstream does not match dist.integrity; not cached, client aborted");
-                let _ = tx.send(Err(io::Error::other("integrity mismatch"))).await;
-            }
-            None => {
-                if expected.is_none() {
-                    tracing::warn!(package = %self.name, version = %self.version, "packument gives no integrity for this tarball; served without caching");
-                }
-                let _ = tx.send(Ok(last)).await;
-            }
-        }
-    }
+/// The hash a download must match; a version without one is not served (`Unverifiable`).
+fn expected(name: &PackageName, info: &TarballInfo) -> Result<Expected, String> {
+    Expected::from_dist(info.integrity.as_deref(), info.shasum.as_deref()).ok_or_else(|| {
+        format!(
+            "{name}@{} has no dist.integrity or dist.shasum to check its tarball against",
+            info.version
+        )
+    })
 }

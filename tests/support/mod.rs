@@ -2,6 +2,7 @@
 //! free loopback ports and stopped by PID, and an in-process fake upstream registry.
 #![allow(dead_code)]
 
+pub mod blob_registry;
 pub mod changes_feed;
 pub mod clients;
 pub mod feed_server;

@@ -1,0 +1,151 @@
+//! One download from upstream, run in its own task so it completes (and fills the cache) even
+//! when its clients go away. Every chunk is hashed whether or not the temp file takes it: a
+//! full disk costs the cache, never the integrity check. The last chunk is held back until
+//! the hash matched, so no client ever receives a complete bad tarball.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use super::flight::{Failure, Landing, State};
+use crate::cache::disk::{Pending, TarballStore};
+use crate::metrics::Metrics;
+use crate::npm::integrity::Expected;
+use crate::npm::name::PackageName;
+use crate::upstream::UpstreamError;
+
+/// Chunks for the client that started the download, sent as they are verified safe to send.
+pub type Direct = mpsc::Sender<io::Result<Bytes>>;
+
+pub struct Download {
+    pub name: PackageName,
+    pub file: String,
+    pub version: String,
+    pub expected: Expected,
+    /// Where a verified download is kept; `None` for a private package (never cached).
+    pub store: Option<Arc<TarballStore>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where a download's bytes go.
+pub struct Outputs {
+    /// The temp file joiners read (and the cache keeps), while the disk takes it.
+    pub pending: Option<Pending>,
+    pub state: watch::Sender<State>,
+    pub direct: Option<Direct>,
+    /// Takes the download out of the map of downloads in flight when it ends.
+    #[expect(dead_code, reason = "held for its Drop")]
+    pub landing: Option<Landing>,
+}
+
+impl Download {
+    pub async fn run(self, request: impl Future<Output = Result<reqwest::Response, UpstreamError>>, mut out: Outputs) {
+        let resp = match request.await {
+            Ok(resp) => resp,
+            Err(UpstreamError::Status(404)) => return fail(&out, Failure::NotFound).await,
+            Err(e) => return fail(&out, Failure::Upstream(e)).await,
+        };
+        let length = resp.content_length();
+        out.state.send_replace(State::Streaming { length, relayable: 0 });
+        let mut verifier = self.expected.verifier();
+        let mut held: Option<Bytes> = None;
+        let mut total = 0u64;
+        let mut resp = resp;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(package = %self.name, file = %self.file, error = %e, "tarball download from upstream broke off");
+                    let broke = UpstreamError::Network("the download from upstream broke off".into());
+                    return fail(&out, Failure::Upstream(broke)).await;
+                }
+            };
+            verifier.update(&chunk);
+            total += chunk.len() as u64;
+            self.write(&mut out, &chunk).await;
+            if let Some(prev) = held.replace(chunk) {
+                pass(&mut out, prev, total - held.as_ref().map_or(0, |h| h.len() as u64)).await;
+            }
+            if out.pending.is_none() && out.direct.is_none() {
+                return; // nobody to serve and nothing to keep
+            }
+        }
+        if !verifier.matches() {
+            tracing::error!(package = %self.name, version = %self.version, file = %self.file,
+                "tarball from upstream does not match dist.integrity; not cached, client aborted");
+            return fail(&out, Failure::Integrity).await;
+        }
+        let on_disk = out.pending.is_some();
+        self.keep(out.pending.take()).await;
+        out.state.send_replace(State::Verified { length: total });
+        if let (Some(direct), Some(last)) = (out.direct.take(), held) {
+            // With the file, a client that cannot take it now reads it there.
+            let _ = match on_disk {
+                true => direct.try_send(Ok(last)).map_err(|_| ()),
+                false => direct.send(Ok(last)).await.map_err(|_| ()),
+            };
+        }
+    }
+
+    /// Appends to the temp file; a failure stops the file (joiners are told), never the hash.
+    async fn write(&self, out: &mut Outputs, chunk: &Bytes) {
+        let Some(pending) = out.pending.as_mut() else { return };
+        // Flushed before it is announced: joiners read what `relayable` says is there.
+        let written = match pending.file.write_all(chunk).await {
+            Ok(()) => pending.file.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::error!(package = %self.name, file = %self.file, error = %e,
+                "cannot write the tarball temp file; still verified, not cached");
+            self.metrics.tarball_store_error();
+            out.pending = None;
+            out.state.send_replace(State::Failed(Failure::Disk));
+        }
+    }
+
+    /// Renames a verified download into the cache.
+    async fn keep(&self, pending: Option<Pending>) {
+        let (Some(store), Some(pending)) = (self.store.as_ref(), pending) else {
+            return;
+        };
+        if let Err(e) = store.persist(pending, &self.name, &self.file).await {
+            tracing::error!(package = %self.name, file = %self.file, error = %e, "cannot store a verified tarball");
+            self.metrics.tarball_store_error();
+        }
+    }
+}
+
+/// Makes `chunk` (ending at `relayable`) available: in the file for joiners, and to the
+/// direct client. While the file is there a slow direct client is not waited for (it goes on
+/// reading the file), so no client can stall a download others share.
+async fn pass(out: &mut Outputs, chunk: Bytes, relayable: u64) {
+    if out.pending.is_some() {
+        out.state.send_modify(|s| {
+            if let State::Streaming { relayable: r, .. } = s {
+                *r = relayable;
+            }
+        });
+    }
+    let Some(direct) = out.direct.as_ref() else { return };
+    let delivered = if out.pending.is_some() {
+        direct.try_send(Ok(chunk)).is_ok()
+    } else {
+        direct.send(Ok(chunk)).await.is_ok()
+    };
+    if !delivered {
+        out.direct = None;
+    }
+}
+
+async fn fail(out: &Outputs, failure: Failure) {
+    out.state.send_replace(State::Failed(failure.clone()));
+    if let Some(direct) = &out.direct {
+        let _ = direct.send(Err(io::Error::other(failure.to_string()))).await;
+    }
+}

@@ -1,0 +1,138 @@
+//! Downloads in flight, one per tarball file: the first miss leads (fetches from upstream into
+//! a temp file), later misses of the same file join it and read that file as it grows, so 20
+//! concurrent clients make one upstream request and each gets the full verified bytes.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::cache::disk::Pending;
+use crate::npm::name::PackageName;
+use crate::upstream::UpstreamError;
+
+/// Where a download stands; every client of it watches this.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// Waiting for upstream's answer.
+    Asking,
+    /// Bytes arriving: `relayable` of them are in the temp file and may be sent (the last
+    /// chunk is held back until the hash is checked).
+    Streaming {
+        length: Option<u64>,
+        relayable: u64,
+    },
+    /// Complete and matching its integrity: `length` bytes in all.
+    Verified {
+        length: u64,
+    },
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    #[error("upstream has no such tarball")]
+    NotFound,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the tarball from upstream does not match its integrity")]
+    Integrity,
+    #[error("the temp file could not be written")]
+    Disk,
+}
+
+impl State {
+    pub fn is_final(&self) -> bool {
+        matches!(self, State::Verified { .. } | State::Failed(_))
+    }
+}
+
+/// One download in flight, as its joiners see it.
+pub struct Flight {
+    pub state: watch::Receiver<State>,
+    /// The temp file being written; joiners open it before it is renamed into the cache.
+    pub temp: PathBuf,
+}
+
+type Key = (PackageName, String);
+
+#[derive(Default)]
+pub struct Flights {
+    map: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+/// What a miss does: join the download of its file in flight, or lead a new one, registered
+/// for joiners while it has a temp file (`landing` takes it out when it ends).
+pub enum Role {
+    Join(Arc<Flight>),
+    Lead {
+        state: watch::Sender<State>,
+        landing: Option<Landing>,
+        pending: Option<Pending>,
+    },
+}
+
+impl Flights {
+    /// Joins the download of `file` in flight, or starts one writing to a temp file from
+    /// `temp` (without one when the disk refuses: then nobody can join it).
+    pub fn lead_or_join(
+        self: &Arc<Self>,
+        name: &PackageName,
+        file: &str,
+        temp: impl FnOnce() -> io::Result<Pending>,
+    ) -> Role {
+        let key = (name.clone(), file.to_string());
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = map.get(&key)
+            && !flight.state.borrow().is_final()
+        {
+            return Role::Join(flight.clone());
+        }
+        let (state, rx) = watch::channel(State::Asking);
+        let pending = match temp() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create a tarball temp file; downloading without caching");
+                return Role::Lead {
+                    state,
+                    landing: None,
+                    pending: None,
+                };
+            }
+        };
+        let flight = Arc::new(Flight {
+            state: rx,
+            temp: pending.path().to_path_buf(),
+        });
+        map.insert(key.clone(), flight.clone());
+        let landing = Landing {
+            flights: self.clone(),
+            key,
+            flight,
+        };
+        Role::Lead {
+            state,
+            landing: Some(landing),
+            pending: Some(pending),
+        }
+    }
+}
+
+/// Removes a led download from the map when its leader ends, however it ends.
+pub struct Landing {
+    flights: Arc<Flights>,
+    key: Key,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
+        // A newer download of the same file may have replaced this one.
+        if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+            map.remove(&self.key);
+        }
+    }
+}
