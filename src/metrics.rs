@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by route and status, cache hits and misses by tier, upstream
-//! requests and latency, bytes served.
+//! requests and latency, bytes served, access refused.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,8 @@ pub struct Metrics {
     changes_invalidations: Counter,
     connections_open: Gauge,
     connections_cut: Family<Labels, Counter>,
+    auth_denied: Family<Labels, Counter>,
+    auth_reload_errors: Counter,
 }
 
 /// An open client connection, counted until dropped.
@@ -96,8 +98,22 @@ impl Default for Metrics {
             "Client connections closed by a deadline (head: no request in time; idle)",
             connections_cut.clone(),
         );
+        let auth_denied = Family::default();
+        registry.register(
+            "auth_denied",
+            "Requests refused by access control, by reason (missing, invalid, forbidden)",
+            auth_denied.clone(),
+        );
+        let auth_reload_errors = Counter::default();
+        registry.register(
+            "auth_reload_errors",
+            "Reloads of AUTH_TOKENS_FILE refused (the previous table stays)",
+            auth_reload_errors.clone(),
+        );
         Metrics {
             registry,
+            auth_denied,
+            auth_reload_errors,
             connections_open,
             connections_cut,
             requests,
@@ -166,6 +182,16 @@ impl Metrics {
 
     pub fn guard_block(&self, kind: &'static str) {
         self.guard_blocks.get_or_create(&vec![("type", kind.to_string())]).inc();
+    }
+
+    pub fn auth_denied(&self, reason: &'static str) {
+        self.auth_denied
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn auth_reload_error(&self) {
+        self.auth_reload_errors.inc();
     }
 
     pub fn changes_invalidation(&self) {

@@ -43,6 +43,8 @@ pub fn router(app: App) -> Router {
                 Err(ApiError::not_found("no such route; the npm API is under /npm/")),
             )
         })
+        // Inside `observe`, so refused requests are counted and logged too.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), super::auth::require))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
@@ -162,7 +164,8 @@ async fn forward_write(app: &App, req: Request, relative: &str) -> Result<Respon
 }
 
 /// The client's credentials, when upstream refused the package anonymously (a private
-/// package) and the client brought some.
+/// package) and the client brought some. With access control on there are none: the client's
+/// Authorization is npg's and was removed at the door (`super::auth`).
 fn private_credentials<'a>(headers: &'a HeaderMap, err: &ApiError) -> Option<&'a HeaderValue> {
     let refused = matches!(err.status.as_u16(), 401 | 403 | 404);
     headers.get(header::AUTHORIZATION).filter(|_| refused)
