@@ -237,6 +237,18 @@ impl Project {
         self
     }
 
+    /// Adds a line to the project's `.npmrc` (e.g. `//host/npm/:_authToken=...`).
+    pub fn add_npmrc_line(&self, line: &str) {
+        use std::io::Write;
+        let path = self.dir().join(".npmrc");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        writeln!(file, "{line}").unwrap();
+    }
+
     /// The project directory (package.json, lockfile, node_modules).
     pub fn dir(&self) -> PathBuf {
         self.root.path().join("project")
