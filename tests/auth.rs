@@ -265,9 +265,25 @@ fn a_malformed_file_stops_the_start_naming_file_and_line() {
 fn npm_project(s: &Setup, token: Option<&str>) -> Project {
     let project = Project::fixture(Client::Npm, &s.npg.proxy_url);
     if let Some(token) = token {
-        project.add_npmrc_line(&format!("//127.0.0.1:{}/npm/:_authToken={token}", s.npg.port));
+        project.set_token(token);
     }
     project
+}
+
+#[test]
+fn pnpm_and_yarn_install_with_their_token() {
+    let s = Setup::start();
+    for client in [Client::Pnpm, Client::Yarn1, Client::Yarn4] {
+        let project = Project::fixture(client, &s.npg.proxy_url);
+        project.set_token(READ);
+        project.install().assert_success();
+        assert_eq!(
+            project.installed_version("npg-fixture-a").as_deref(),
+            Some("2.0.0"),
+            "{client:?}"
+        );
+    }
+    s.assert_no_token_upstream();
 }
 
 #[test]

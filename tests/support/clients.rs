@@ -237,10 +237,24 @@ impl Project {
         self
     }
 
-    /// Adds a line to the project's `.npmrc` (e.g. `//host/npm/:_authToken=...`).
-    pub fn add_npmrc_line(&self, line: &str) {
+    /// Configures `token` for the registry the way users do: `//host/path/:_authToken=` in
+    /// `.npmrc`, `npmAuthToken` in yarn 4's `.yarnrc.yml`. Both yarns send it for unscoped
+    /// packages only when told to always authenticate.
+    pub fn set_token(&self, token: &str) {
         use std::io::Write;
-        let path = self.dir().join(".npmrc");
+        let (file, line) = match self.client {
+            Client::Yarn4 => (".yarnrc.yml", format!("npmAlwaysAuth: true\nnpmAuthToken: \"{token}\"")),
+            _ => {
+                let nerf_dart = self.registry.split_once(':').map_or("", |(_, rest)| rest);
+                let always = if self.client == Client::Yarn1 {
+                    "always-auth=true\n"
+                } else {
+                    ""
+                };
+                (".npmrc", format!("{always}{nerf_dart}:_authToken={token}"))
+            }
+        };
+        let path = self.dir().join(file);
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
