@@ -296,6 +296,8 @@ fn npm_install_needs_the_token() {
     let project = npm_project(&s, Some(READ));
     project.install().assert_success();
     assert_eq!(project.installed_version("npg-fixture-a").as_deref(), Some("2.0.0"));
+    let whoami = project.run(&["whoami"]);
+    assert_eq!(whoami.assert_success().stdout.trim(), "ci", "npg answers whoami itself");
     s.assert_no_token_upstream();
 }
 

@@ -170,14 +170,6 @@ impl Auth {
     pub fn set(&self, tokens: Tokens) {
         self.tokens.store(Arc::new(tokens));
     }
-
-    pub fn len(&self) -> usize {
-        self.tokens.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.load().is_empty()
-    }
 }
 
 #[cfg(test)]

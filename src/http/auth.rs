@@ -96,6 +96,16 @@ pub async fn require(State(app): State<App>, mut req: Request, next: Next) -> Re
     resp
 }
 
+/// `npm whoami` with access control on: the name of the caller's token (upstream would only
+/// see a request without credentials).
+pub fn whoami(req: &Request) -> Option<Response> {
+    let Caller(who) = req.extensions().get::<Caller>()?;
+    let mut resp = axum::Json(serde_json::json!({ "username": &*who.name })).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(resp)
+}
+
 /// 401 with the challenge npm understands (it then reports E401 and asks for a token).
 fn unauthorized(app: &App, reason: &'static str) -> Response {
     app.metrics.auth_denied(reason);

@@ -115,6 +115,9 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
     if let Err(e) = check_traversal(&rest) {
         return labelled("invalid", Err(e.into()));
     }
+    if let Some(resp) = (rest == "/-/whoami").then(|| super::auth::whoami(&req)).flatten() {
+        return labelled("whoami", Ok(resp));
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         // npm's writes only: no TRACE reflecting credentials, no CONNECT or WebDAV relayed.
         if !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
