@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use crate::auth::{Auth, Tokens};
 use crate::cache::disk::TarballStore;
 use crate::changes::ChangesState;
 use crate::cluster::bus::Bus;
@@ -34,6 +35,8 @@ pub struct App {
     /// TLS, when npg serves HTTPS.
     pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
+    /// Access control, when AUTH_TOKENS_FILE is set.
+    pub auth: Option<Arc<Auth>>,
     pub instance: String,
     pub started: Instant,
     /// Set on SIGTERM: health answers 503 while the listeners still serve (SHUTDOWN_DELAY).
@@ -97,6 +100,17 @@ impl App {
             upstream.clone(),
             metrics.clone(),
         ));
+        let auth = match &settings.auth_tokens_file {
+            Some(path) => {
+                let tokens = Tokens::load(path).map_err(|e| anyhow::anyhow!("AUTH_TOKENS_FILE: {e}"))?;
+                if tokens.is_empty() {
+                    tracing::warn!("AUTH_TOKENS_FILE lists no token: every request needing one is refused");
+                }
+                tracing::info!(tokens = tokens.len(), "access control on");
+                Some(Arc::new(Auth::new(tokens)))
+            }
+            None => None,
+        };
         let bus = Bus::start(redis.clone(), &instance);
         let redis_for_tls = redis.clone();
         let app = App {
@@ -110,6 +124,7 @@ impl App {
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
             tls: Tls::setup(settings, redis_for_tls, metrics.clone())?,
             metrics,
+            auth,
             instance,
             started: Instant::now(),
             draining: Arc::default(),
@@ -122,6 +137,9 @@ impl App {
     fn start_background(&self, settings: &Settings) {
         crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
         crate::guard::feed::spawn(self, settings);
+        if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
+            crate::auth::reload::spawn(auth.clone(), self.metrics.clone(), path.clone());
+        }
         crate::changes::spawn_listener(self);
         crate::changes::spawn(self, settings);
         if let Some(tls) = &self.tls {

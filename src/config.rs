@@ -31,6 +31,8 @@ pub enum Command {
     GenKey,
     /// Probe a running npg (`npg health --url ...`); exit 0 when it serves.
     Health,
+    /// Read a token on stdin, print its SHA-256: the start of its AUTH_TOKENS_FILE line.
+    HashToken,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -250,6 +252,11 @@ pub struct Settings {
     /// 32-byte key (base64, from `npg gen-key`) encrypting private keys at rest in Redis.
     #[arg(long, env = "NPG_SECRET_KEY_FILE")]
     pub npg_secret_key_file: Option<PathBuf>,
+
+    /// Turns access control on: the tokens file (`<sha256> <name> <perm>[,<perm>]` a line,
+    /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -358,6 +365,9 @@ impl Settings {
             if !ok {
                 return Err(format!("NPG_DOMAIN: `{domain}` is not a DNS name"));
             }
+        }
+        if let Some(path) = &self.auth_tokens_file {
+            crate::auth::Tokens::load(path).map_err(|e| format!("AUTH_TOKENS_FILE: {e}"))?;
         }
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
             return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());

@@ -4,6 +4,8 @@
 //! - `config`: settings from flags and env, validated once at start.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
+//! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
+//! - `watch`: reloads a config file on SIGHUP and when it changes.
 //! - `upstream`: the HTTP client to the registry.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `budget`: the memory budget that documents being read and rendered hold.
@@ -14,11 +16,13 @@
 //! - `packuments`, `tarballs`: the services that answer metadata and tarball requests.
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
-//! - `http`: routing, error bodies, health, metrics, the listener and graceful shutdown.
+//! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
+//!   shutdown.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the shared state that ties them together.
 
 pub mod app;
+pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod changes;
@@ -35,3 +39,4 @@ pub mod singleflight;
 pub mod tarballs;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

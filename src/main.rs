@@ -24,13 +24,15 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `gen-key` and `health` need none of the server's settings (REGISTRY_URL is required).
+    // `gen-key`, `health` and `hash-token` need none of the server's settings (REGISTRY_URL
+    // is required).
     match std::env::args().nth(1).as_deref() {
         Some("gen-key") => {
             println!("{}", npg::tls::secret::generate());
             return ExitCode::SUCCESS;
         }
         Some("health") => return health(),
+        Some("hash-token") => return hash_token(),
         _ => {}
     }
     let cli = Cli::parse();
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Health => health(),
+        Command::HashToken => hash_token(),
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");
@@ -139,6 +142,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     while servers.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads a token on stdin (one trailing newline dropped, as `echo` adds it) and prints its
+/// hash, so the plain token never goes into AUTH_TOKENS_FILE.
+fn hash_token() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut input) {
+        eprintln!("npg hash-token: cannot read the token on stdin: {e}");
+        return ExitCode::from(2);
+    }
+    let token = input.strip_suffix('\n').unwrap_or(&input);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        eprintln!("npg hash-token: give one token on stdin (no spaces), e.g. `printf %s \"$TOKEN\" | npg hash-token`");
+        return ExitCode::from(2);
+    }
+    println!("{}", npg::auth::hash_token(token));
+    ExitCode::SUCCESS
 }
 
 fn health() -> ExitCode {

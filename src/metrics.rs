@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by route and status, cache hits and misses by tier, upstream
-//! requests and latency, bytes served.
+//! requests and latency, bytes served, access refused.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +25,8 @@ pub struct Metrics {
     connections_cut: Family<Labels, Counter>,
     tarball_downloads: Family<Labels, Counter>,
     tarball_store_errors: Counter,
+    auth_denied: Family<Labels, Counter>,
+    auth_reload_errors: Counter,
 }
 
 /// An open client connection, counted until dropped.
@@ -110,8 +112,22 @@ impl Default for Metrics {
             "Tarball downloads that could not be written to STORAGE_DIR (still verified, not cached)",
             tarball_store_errors.clone(),
         );
+        let auth_denied = Family::default();
+        registry.register(
+            "auth_denied",
+            "Requests refused by access control, by reason (missing, invalid, forbidden)",
+            auth_denied.clone(),
+        );
+        let auth_reload_errors = Counter::default();
+        registry.register(
+            "auth_reload_errors",
+            "Reloads of AUTH_TOKENS_FILE refused (the previous table stays)",
+            auth_reload_errors.clone(),
+        );
         Metrics {
             registry,
+            auth_denied,
+            auth_reload_errors,
             tarball_downloads,
             tarball_store_errors,
             connections_open,
@@ -192,6 +208,16 @@ impl Metrics {
 
     pub fn tarball_store_error(&self) {
         self.tarball_store_errors.inc();
+    }
+
+    pub fn auth_denied(&self, reason: &'static str) {
+        self.auth_denied
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn auth_reload_error(&self) {
+        self.auth_reload_errors.inc();
     }
 
     pub fn changes_invalidation(&self) {

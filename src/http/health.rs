@@ -1,24 +1,45 @@
 //! `/api/health`, `/-/ping` and `/metrics`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
+use super::auth::{Caller, allowed};
 use super::observe::RouteLabel;
 use crate::app::App;
+use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
 
-pub async fn health(State(app): State<App>) -> Response {
+/// The status for anyone; the details only for admins when access control is on.
+pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
     let redis = app.redis.state();
-    let policy = app.guard.policy();
     let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
     let status = match (draining, redis) {
         (true, _) => "draining",
         (false, RedisState::Disconnected) => "degraded",
         (false, _) => "ok",
     };
-    let body = serde_json::json!({
+    let body = if allowed(&app, caller.as_deref(), Permission::Admin) {
+        details(&app, status)
+    } else {
+        serde_json::json!({ "status": status })
+    };
+    // A replica shutting down answers 503 so balancers stop sending it new work first.
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
+    resp.extensions_mut().insert(RouteLabel("health"));
+    resp
+}
+
+fn details(app: &App, status: &str) -> serde_json::Value {
+    let redis = app.redis.state();
+    let policy = app.guard.policy();
+    serde_json::json!({
         "status": status,
         "redis": redis.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -33,16 +54,7 @@ pub async fn health(State(app): State<App>) -> Response {
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),
-    });
-    // A replica shutting down answers 503 so balancers stop sending it new work first.
-    let code = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
-    resp.extensions_mut().insert(RouteLabel("health"));
-    resp
+    })
 }
 
 pub async fn ping() -> Response {

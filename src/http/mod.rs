@@ -1,5 +1,6 @@
 //! The HTTP face of npg: routing, the responses of each route, errors, the listener.
 
+pub mod auth;
 pub mod connection;
 pub mod errors;
 pub mod guard;

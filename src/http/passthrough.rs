@@ -1,6 +1,7 @@
 //! Everything npg does not answer itself goes to upstream byte for byte, streamed both ways,
-//! with the client's headers (Authorization included) and never cached: search, audit,
-//! dist-tags, whoami, login, publish.
+//! with the client's headers (Authorization included, unless access control is on: then it
+//! was npg's and is gone, see `super::auth`) and never cached: search, audit, dist-tags,
+//! whoami, login, publish.
 
 use axum::body::Body;
 use axum::extract::Request;

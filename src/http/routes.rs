@@ -43,6 +43,8 @@ pub fn router(app: App) -> Router {
                 Err(ApiError::not_found("no such route; the npm API is under /npm/")),
             )
         })
+        // Inside `observe`, so refused requests are counted and logged too.
+        .layer(axum::middleware::from_fn_with_state(app.clone(), super::auth::require))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }
@@ -113,6 +115,9 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
     if let Err(e) = check_traversal(&rest) {
         return labelled("invalid", Err(e.into()));
     }
+    if let Some(resp) = (rest == "/-/whoami").then(|| super::auth::whoami(&req)).flatten() {
+        return labelled("whoami", Ok(resp));
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         // npm's writes only: no TRACE reflecting credentials, no CONNECT or WebDAV relayed.
         if !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
@@ -162,7 +167,8 @@ async fn forward_write(app: &App, req: Request, relative: &str) -> Result<Respon
 }
 
 /// The client's credentials, when upstream refused the package anonymously (a private
-/// package) and the client brought some.
+/// package) and the client brought some. With access control on there are none: the client's
+/// Authorization is npg's and was removed at the door (`super::auth`).
 fn private_credentials<'a>(headers: &'a HeaderMap, err: &ApiError) -> Option<&'a HeaderValue> {
     let refused = matches!(err.status.as_u16(), 401 | 403 | 404);
     headers.get(header::AUTHORIZATION).filter(|_| refused)

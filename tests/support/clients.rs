@@ -237,6 +237,32 @@ impl Project {
         self
     }
 
+    /// Configures `token` for the registry the way users do: `//host/path/:_authToken=` in
+    /// `.npmrc`, `npmAuthToken` in yarn 4's `.yarnrc.yml`. Both yarns send it for unscoped
+    /// packages only when told to always authenticate.
+    pub fn set_token(&self, token: &str) {
+        use std::io::Write;
+        let (file, line) = match self.client {
+            Client::Yarn4 => (".yarnrc.yml", format!("npmAlwaysAuth: true\nnpmAuthToken: \"{token}\"")),
+            _ => {
+                let nerf_dart = self.registry.split_once(':').map_or("", |(_, rest)| rest);
+                let always = if self.client == Client::Yarn1 {
+                    "always-auth=true\n"
+                } else {
+                    ""
+                };
+                (".npmrc", format!("{always}{nerf_dart}:_authToken={token}"))
+            }
+        };
+        let path = self.dir().join(file);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        writeln!(file, "{line}").unwrap();
+    }
+
     /// The project directory (package.json, lockfile, node_modules).
     pub fn dir(&self) -> PathBuf {
         self.root.path().join("project")

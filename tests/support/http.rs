@@ -42,11 +42,19 @@ impl Reply {
 
 /// GET with extra headers; panics only when no response arrives at all.
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = client().get(url);
+    send(reqwest::Method::GET, url, headers, Vec::new()).await
+}
+
+/// Any request with extra headers and a body; panics only when no response arrives at all.
+pub async fn send(method: reqwest::Method, url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    let mut req = client().request(method.clone(), url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    if !body.is_empty() {
+        req = req.body(body);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let (status, headers) = (resp.status(), resp.headers().clone());
     let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     Reply { status, headers, body }

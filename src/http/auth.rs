@@ -1,0 +1,186 @@
+//! Access control at the door, when AUTH_TOKENS_FILE is set: the permission a request needs,
+//! the identity its `Authorization: Bearer <token>` names (npm sends the `_authToken` of
+//! `.npmrc` so), and 401 or 403 otherwise. The client's Authorization header is npg's: it is
+//! removed before the request goes on, so it never reaches upstream, and shared answers are
+//! marked `private` so no shared cache in front hands them to callers without a token.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::errors::ApiError;
+use super::observe::RouteLabel;
+use super::routes::API_PREFIX;
+use crate::app::App;
+use crate::auth::{Identity, Permission};
+
+/// The identity of a request's valid token, as a request extension.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Identity);
+
+/// npm audit's POSTs: reads, whatever their method.
+const AUDIT_PREFIX: &str = "/npm/-/npm/v1/security/";
+
+/// What a request needs; `None` for the paths that stay open (balancers' health and ping,
+/// ACME challenges). Health details are judged by the handler (see `allowed`).
+fn needed(method: &Method, path: &str) -> Option<Permission> {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let open = matches!(path, "/-/ping" | "/npm/-/ping" | "/api/health");
+    if read && (open || path.starts_with("/.well-known/acme-challenge/")) {
+        return None;
+    }
+    if path == "/metrics" || path.starts_with("/api/") {
+        return Some(Permission::Admin);
+    }
+    let npm = path == API_PREFIX || path.starts_with("/npm/");
+    let audit = *method == Method::POST && path.starts_with(AUDIT_PREFIX);
+    if npm && !read && !audit {
+        return Some(Permission::Publish);
+    }
+    // Everything else, unknown paths included: a token is needed to learn anything.
+    Some(Permission::Read)
+}
+
+/// What the Authorization header brought.
+enum Presented {
+    Missing,
+    Invalid,
+    Known(Identity),
+}
+
+impl Presented {
+    fn of(app: &App, headers: &HeaderMap) -> Presented {
+        let (Some(auth), Some(value)) = (&app.auth, headers.get(header::AUTHORIZATION)) else {
+            return Presented::Missing;
+        };
+        let token = value.to_str().ok().and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        match token.and_then(|t| auth.identify(t)) {
+            Some(identity) => Presented::Known(identity),
+            None => Presented::Invalid,
+        }
+    }
+}
+
+/// Whether the request's caller may do what `needed` asks (always, with access control off).
+pub fn allowed(app: &App, caller: Option<&Caller>, needed: Permission) -> bool {
+    app.auth.is_none() || caller.is_some_and(|c| c.0.may(needed))
+}
+
+pub async fn require(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    if app.auth.is_none() {
+        return next.run(req).await;
+    }
+    let needed = needed(req.method(), req.uri().path());
+    let presented = Presented::of(&app, req.headers());
+    req.headers_mut().remove(header::AUTHORIZATION);
+    let refusal = match (needed, presented) {
+        (_, Presented::Known(who)) if needed.is_none_or(|n| who.may(n)) => {
+            req.extensions_mut().insert(Caller(who));
+            None
+        }
+        (None, _) => None,
+        (Some(_), Presented::Missing) => Some(unauthorized(&app, "missing")),
+        (Some(_), Presented::Invalid) => Some(unauthorized(&app, "invalid")),
+        (Some(n), Presented::Known(who)) => Some(forbidden(&app, &req, &who, n)),
+    };
+    if let Some(mut resp) = refusal {
+        resp.extensions_mut().insert(RouteLabel("auth"));
+        return resp;
+    }
+    let mut resp = next.run(req).await;
+    make_private(resp.headers_mut());
+    resp
+}
+
+/// `npm whoami` with access control on: the name of the caller's token (upstream would only
+/// see a request without credentials).
+pub fn whoami(req: &Request) -> Option<Response> {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let Caller(who) = req.extensions().get::<Caller>().filter(|_| read)?;
+    let mut resp = axum::Json(serde_json::json!({ "username": &*who.name })).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Some(resp)
+}
+
+/// 401 with the challenge npm understands (it then reports E401 and asks for a token).
+fn unauthorized(app: &App, reason: &'static str) -> Response {
+    app.metrics.auth_denied(reason);
+    let why = match reason {
+        "missing" => "npg needs a token: add `//<npg host>/npm/:_authToken=<token>` to .npmrc",
+        _ => "the token is not one npg knows (mistyped, or revoked)",
+    };
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "Authentication required", why).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"npg\""),
+    );
+    resp
+}
+
+fn forbidden(app: &App, req: &Request, who: &Identity, needed: Permission) -> Response {
+    app.metrics.auth_denied("forbidden");
+    tracing::info!(identity = %who.name, needed = needed.as_str(), method = %req.method(),
+        path = %req.uri().path(), "access refused");
+    let reason = format!(
+        "the token of `{}` has the {} permission; this needs {}",
+        who.name,
+        who.permission.as_str(),
+        needed.as_str()
+    );
+    ApiError::new(StatusCode::FORBIDDEN, "Forbidden", reason).into_response()
+}
+
+/// `public` becomes `private`: what needed a token is no shared cache's to serve.
+fn make_private(headers: &mut HeaderMap) {
+    let private = headers
+        .get(header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok()?.strip_prefix("public"))
+        .and_then(|rest| HeaderValue::from_str(&format!("private{rest}")).ok());
+    if let Some(value) = private {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_request_needs() {
+        use Permission::*;
+        let cases = [
+            (Method::GET, "/-/ping", None),
+            (Method::GET, "/npm/-/ping", None),
+            (Method::POST, "/npm/-/ping", Some(Publish)),
+            (Method::GET, "/api/health", None),
+            (Method::GET, "/.well-known/acme-challenge/x", None),
+            (Method::GET, "/metrics", Some(Admin)),
+            (Method::GET, "/api/guard/left-pad", Some(Admin)),
+            (Method::GET, "/npm/left-pad", Some(Read)),
+            (Method::HEAD, "/npm/left-pad/-/left-pad-1.0.0.tgz", Some(Read)),
+            (Method::POST, "/npm/-/npm/v1/security/advisories/bulk", Some(Read)),
+            (Method::PUT, "/npm/left-pad", Some(Publish)),
+            (Method::DELETE, "/npm/left-pad/-rev/1", Some(Publish)),
+            (Method::GET, "/elsewhere", Some(Read)),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(needed(&method, path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn shared_answers_become_private() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+        make_private(&mut h);
+        assert_eq!(h[header::CACHE_CONTROL], "private, max-age=300");
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        make_private(&mut h);
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+    }
+}
