@@ -119,10 +119,28 @@ async fn credentials_do_not_switch_the_guard_off() {
     let blocked = get(&url("/npg-private/-/npg-private-2.0.0.tgz"), &auth).await;
     assert_eq!(blocked.status.as_u16(), 403);
     assert_eq!(blocked.json()["versionSpec"], "2.0.0");
+    let allowed = get(&url("/npg-private/-/npg-private-1.0.0.tgz"), &auth).await;
+    assert_eq!(allowed.status.as_u16(), 200);
+    assert_eq!(allowed.body, up.tarball_bytes("npg-private", "1.0.0"));
+    assert_eq!(allowed.header("cache-control"), "private, no-cache");
+    let unknown = get(&url("/npg-private/-/npg-private-3.0.0.tgz"), &auth).await;
+    assert_eq!(
+        unknown.status.as_u16(),
+        404,
+        "a file the packument does not give is not fetched"
+    );
+    assert!(
+        !npg.storage.join("np/npg-private").exists(),
+        "a private tarball was cached"
+    );
 
     // Nothing of it is served to anyone else, from any cache.
     for headers in [&[][..], &[("authorization", "Bearer other")][..]] {
-        for path in ["/npg-private", "/npg-private/1.0.0"] {
+        for path in [
+            "/npg-private",
+            "/npg-private/1.0.0",
+            "/npg-private/-/npg-private-1.0.0.tgz",
+        ] {
             let r = get(&url(path), headers).await;
             assert_eq!(r.status.as_u16(), 404, "{path} {headers:?}");
         }
