@@ -321,7 +321,7 @@ impl Inner {
     }
 
     async fn render_shared(&self, name: &PackageName, meta: &DocMeta) -> Option<Arc<Package>> {
-        let gz = self.l2.body_gz(name).await?;
+        let gz = self.l2.body_gz(name, self.settings.max_document_bytes).await?;
         match self
             .render(
                 name,

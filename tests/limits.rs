@@ -275,3 +275,40 @@ async fn a_gzip_bomb_in_redis_is_refused_and_fetched_again() {
     println!("VmHWM after a 300 MiB bomb in Redis: {peak} MiB");
     assert!(peak < 150, "peak RSS {peak} MiB after the bomb in Redis");
 }
+
+/// A huge entry in Redis (planted, or corrupted) is not even read: its size is checked first.
+#[tokio::test]
+async fn an_oversized_document_in_redis_is_not_read() {
+    let redis = support::redis::RedisServer::start();
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(
+        &up.url(),
+        &[
+            ("MAX_PACKUMENT_MB", "16"),
+            ("ENABLE_REDIS_CACHE", "true"),
+            ("REDIS_URL", &redis.url()),
+        ],
+    );
+    let before = peak_mib(npg.pid());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("npg:meta:npg-fixture-a")
+        .arg("body")
+        .arg(vec![7u8; 96 << 20])
+        .arg(&["etag", "", "fetched", &now, "checked", &now])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = support::http::get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-cache"), "MISS", "fetched from upstream instead");
+    let peak = peak_mib(npg.pid());
+    println!("VmHWM before {before} MiB, after a 96 MiB entry in Redis {peak} MiB");
+    assert!(peak < before + 48, "peak RSS {peak} MiB: the entry was read");
+}

@@ -53,11 +53,22 @@ impl SharedMeta {
         }
     }
 
-    /// The gzip-compressed body stored for `name`.
-    pub async fn body_gz(&self, name: &PackageName) -> Option<Bytes> {
+    /// The gzip-compressed body stored for `name`, unless it is over `max` bytes (then not
+    /// even read: a planted or corrupted entry costs no memory). One atomic round trip.
+    pub async fn body_gz(&self, name: &PackageName, max: usize) -> Option<Bytes> {
         let mut conn = self.redis.conn()?;
-        match conn.hget::<_, _, Option<Vec<u8>>>(self.key(name), "body").await {
-            Ok(v) => v.map(Bytes::from),
+        let script = redis::Script::new(
+            "if redis.call('HSTRLEN', KEYS[1], 'body') > tonumber(ARGV[1]) then return -1 end \
+             return redis.call('HGET', KEYS[1], 'body')",
+        );
+        let body = script.key(self.key(name)).arg(max).invoke_async(&mut conn).await;
+        match body {
+            Ok(redis::Value::BulkString(v)) => Some(Bytes::from(v)),
+            Ok(redis::Value::Int(-1)) => {
+                tracing::warn!(package = %name, max, "a document in Redis is larger than MAX_PACKUMENT_MB; ignored");
+                None
+            }
+            Ok(_) => None,
             Err(e) => {
                 self.redis.report_error("metadata read", &e);
                 None
