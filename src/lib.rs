@@ -4,7 +4,8 @@
 //! - `config`: settings from flags and env, validated once at start.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
-//! - `upstream`: the HTTP client to the registry.
+//! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
+//!   credentials (by scope), URL redaction for logs.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
