@@ -602,6 +602,40 @@ mod tests {
     }
 
     #[test]
+    fn upstream_credentials_only_from_the_auth_file() {
+        let cli = Cli::try_parse_from(["npg", "--registry-url", "https://npg:t0ken@registry.test/r/"]).unwrap();
+        let err = cli.settings.validate().unwrap_err();
+        assert!(err.contains("UPSTREAM_AUTH_FILE") && !err.contains("t0ken"), "{err}");
+        let shown = format!("{:?}", cli.settings.redacted());
+        assert!(!shown.contains("t0ken"), "{shown}");
+        let cli = parse(&["--upstream-auth-file", "/nonexistent/auth"]).unwrap();
+        assert!(cli.settings.validate().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
+    }
+
+    #[test]
+    fn upstream_limits() {
+        let cli = parse(&["--upstream-tarball-hosts", "cdn.test, http://files.test:8080"]).unwrap();
+        let hosts: Vec<String> = cli
+            .settings
+            .upstream_tarball_hosts
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(hosts, ["https://cdn.test", "http://files.test:8080"]);
+        assert_eq!(cli.settings.upstream_fetch_deadline, Duration::from_secs(60));
+        let err = parse(&["--upstream-tarball-hosts", "cdn.test/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--upstream-tarball-hosts"), "{err}");
+        let err = parse(&["--upstream-fetch-deadline", "0"])
+            .unwrap()
+            .settings
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("UPSTREAM_FETCH_DEADLINE"), "{err}");
+    }
+
+    #[test]
     fn urls_are_normalised() {
         let cli = parse(&["--proxy-url", "https://npg.example.com/npm/"]).unwrap();
         assert_eq!(cli.settings.public_base(), "https://npg.example.com/npm");
