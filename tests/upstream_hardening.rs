@@ -92,19 +92,20 @@ async fn upstream_auth_file_is_used_on_npg_reads_only() {
     );
 }
 
-/// `npg-fixture-a` whose `dist.tarball` URLs all point at `elsewhere`.
-fn tarballs_elsewhere(up: &FakeRegistry, elsewhere: &FakeRegistry) {
-    let mut doc = up.packument_json("npg-fixture-a");
+/// `npg-fixture-a`'s packument with each version's `dist.tarball` set to `url_of(version)`.
+fn with_tarballs_at(fixtures: &FakeRegistry, url_of: impl Fn(&str) -> String) -> Vec<u8> {
+    let mut doc = fixtures.packument_json("npg-fixture-a");
     for (v, m) in doc["versions"].as_object_mut().unwrap() {
-        m["dist"]["tarball"] = json!(elsewhere.tarball_url("npg-fixture-a", v));
+        m["dist"]["tarball"] = json!(url_of(v));
     }
-    up.set_raw_packument("npg-fixture-a", serde_json::to_vec(&doc).unwrap());
+    serde_json::to_vec(&doc).unwrap()
 }
 
 #[tokio::test]
 async fn tarballs_come_only_from_allowed_origins() {
     let (up, elsewhere) = (FakeRegistry::start(), FakeRegistry::start());
-    tarballs_elsewhere(&up, &elsewhere);
+    let doc = with_tarballs_at(&up, |v| elsewhere.tarball_url("npg-fixture-a", v));
+    up.set_raw_packument("npg-fixture-a", doc);
     let npg = NpgProcess::start(&up.url(), &[]);
     let tarball = "/npg-fixture-a/-/npg-fixture-a-1.0.0.tgz";
     let r = get(&format!("{}{tarball}", npg.proxy_url), &[]).await;
@@ -163,6 +164,29 @@ async fn a_trickled_packument_gives_way_to_the_stale_copy() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_trickled_tarball_is_cut_at_its_deadline() {
+    let fixtures = FakeRegistry::start();
+    let hostile = HostileServer::start(Behaviour::Json(Vec::new(), vec![]));
+    let doc = with_tarballs_at(&fixtures, |v| {
+        format!("{}npg-fixture-a/-/npg-fixture-a-{v}.tgz", hostile.url())
+    });
+    hostile.set(Behaviour::Json(doc, vec![]));
+    let npg = NpgProcess::start(&hostile.url(), &[("UPSTREAM_TARBALL_DEADLINE", "2s")]);
+    assert_eq!(get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await.status, 200);
+
+    let tgz = fixtures.tarball_bytes("npg-fixture-a", "1.0.0");
+    hostile.set(Behaviour::Trickle(tgz, Duration::from_millis(200)));
+    let url = format!("{}/npg-fixture-a/-/npg-fixture-a-1.0.0.tgz", npg.proxy_url);
+    let started = Instant::now();
+    let download = async { support::http::client().get(&url).send().await?.bytes().await };
+    let result = tokio::time::timeout(Duration::from_secs(15), download)
+        .await
+        .expect("npg did not end the download within 15 s");
+    assert!(result.is_err(), "a download cut upstream must not look complete");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
 }
 
 #[tokio::test]
