@@ -80,7 +80,7 @@ impl UpstreamAuth {
 
     /// The credentials for a tarball URL: only under the registry `base` (npm's rule: the
     /// registry's token goes to the registry, never to another host), by the scope its path
-    /// starts with.
+    /// starts with. A redirect to another origin drops them (reqwest removes `Authorization`).
     pub fn for_url(&self, base: &Url, url: &Url) -> Option<&HeaderValue> {
         let rest = url.as_str().strip_prefix(base.as_str())?;
         let first = rest.split('/').next().unwrap_or("");
