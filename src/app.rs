@@ -60,8 +60,7 @@ impl App {
             SharedRedis::disabled(metrics.clone())
         };
         let upstream = Arc::new(Upstream::new(
-            settings.upstream_base(),
-            settings.upstream_timeout,
+            settings.upstream().map_err(anyhow::Error::msg)?,
             metrics.clone(),
         )?);
         let store = Arc::new(

@@ -25,7 +25,8 @@ use crate::cluster::lock::{RedisLock, random_u64};
 use crate::cluster::redis::RedisState;
 use crate::config::Settings;
 use crate::npm::name::PackageName;
-use crate::upstream::{error_chain, read_bounded};
+use crate::upstream::redact::redact;
+use crate::upstream::{describe, read_bounded};
 
 /// The lease outlives a stuck holder by at most this long.
 const LOCK_TTL: Duration = Duration::from_secs(15);
@@ -379,33 +380,35 @@ impl Feed {
 
     async fn head(&self) -> Result<u64, String> {
         let body = self.get(&self.root).await?;
-        let root: RawRoot = serde_json::from_slice(&body).map_err(|e| format!("GET {}: bad JSON: {e}", self.root))?;
+        let root: RawRoot =
+            serde_json::from_slice(&body).map_err(|e| format!("GET {}: bad JSON: {e}", redact(&self.root)))?;
         root.update_seq
             .as_ref()
             .and_then(seq_number)
-            .ok_or_else(|| format!("GET {}: no numeric update_seq", self.root))
+            .ok_or_else(|| format!("GET {}: no numeric update_seq", redact(&self.root)))
     }
 
     async fn page(&self, since: u64, limit: u32) -> Result<Page, String> {
         let url = format!("{}?since={since}&limit={limit}", self.changes);
         let body = self.get(&url).await?;
-        parse_page(&body).map_err(|e| format!("GET {url}: {e}"))
+        parse_page(&body).map_err(|e| format!("GET {}: {e}", redact(&url)))
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let shown = redact(url);
         let resp = self
             .client
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("GET {shown}: {}", describe(e)))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {url}: HTTP {}", resp.status().as_u16()));
+            return Err(format!("GET {shown}: HTTP {}", resp.status().as_u16()));
         }
         let body = read_bounded(resp, MAX_PAGE_BYTES)
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {shown}: {e}"))?;
         Ok(body.to_vec())
     }
 }

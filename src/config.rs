@@ -8,6 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::upstream::origins::Origin;
+use crate::upstream::redact::redact_url;
+use crate::upstream::{self, UpstreamAuth};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "npg",
@@ -128,6 +132,30 @@ pub struct Settings {
     /// Upstream timeout: for the response headers, and for each read of a body.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+
+    /// A whole packument fetch from upstream, headers and body: after it, the stale copy is
+    /// served (stale-if-error) or the client gets 504.
+    #[arg(long, env = "UPSTREAM_FETCH_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_fetch_deadline: Duration,
+
+    /// A whole tarball download from upstream (10m: a 100 MB tarball at 170 KB/s).
+    #[arg(long, env = "UPSTREAM_TARBALL_DEADLINE", default_value = "10m", value_parser = parse_duration)]
+    pub upstream_tarball_deadline: Duration,
+
+    /// A passthrough request with a body (publish), upload and answer, instead of
+    /// UPSTREAM_TIMEOUT.
+    #[arg(long, env = "UPSTREAM_UPLOAD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub upstream_upload_timeout: Duration,
+
+    /// Hosts tarballs may come from besides REGISTRY_URL's origin, comma-separated: `host`,
+    /// `host:port` (https) or `http://host[:port]`; redirects are followed only within them.
+    #[arg(long, env = "UPSTREAM_TARBALL_HOSTS", value_delimiter = ',')]
+    pub upstream_tarball_hosts: Vec<Origin>,
+
+    /// npg's own upstream credentials, by scope: lines `<@scope or *> <Authorization value>`;
+    /// used on npg's packument and tarball reads only, never on a client's request.
+    #[arg(long, env = "UPSTREAM_AUTH_FILE")]
+    pub upstream_auth_file: Option<PathBuf>,
 
     /// A new connection must deliver its first request head within this (TLS handshake
     /// included), and every later head too; else it is closed.
@@ -320,6 +348,23 @@ impl Settings {
         format!("{}/", self.registry_url.as_str().trim_end_matches('/'))
     }
 
+    /// How npg talks to upstream; reads UPSTREAM_AUTH_FILE.
+    pub fn upstream(&self) -> Result<upstream::Settings, String> {
+        let auth = match &self.upstream_auth_file {
+            Some(path) => UpstreamAuth::load(path)?,
+            None => UpstreamAuth::default(),
+        };
+        Ok(upstream::Settings {
+            base: Url::parse(&self.upstream_base()).map_err(|e| format!("REGISTRY_URL: {e}"))?,
+            timeout: self.upstream_timeout,
+            fetch_deadline: self.upstream_fetch_deadline,
+            tarball_deadline: self.upstream_tarball_deadline,
+            upload_timeout: self.upstream_upload_timeout,
+            tarball_hosts: self.upstream_tarball_hosts.clone(),
+            auth,
+        })
+    }
+
     pub fn instance(&self) -> String {
         self.instance_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -342,11 +387,35 @@ impl Settings {
             }
             shown.redis_url = Some(url.to_string());
         }
+        let urls = [
+            Some(&mut shown.proxy_url),
+            Some(&mut shown.registry_url),
+            Some(&mut shown.malware_feed_url),
+            Some(&mut shown.acme_directory_url),
+            shown.registry_poll_url.as_mut(),
+        ];
+        urls.into_iter().flatten().for_each(redact_url);
         shown
     }
 
     /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.registry_url.username().is_empty() || self.registry_url.password().is_some() {
+            // Credentials in the URL would be npg's identity on every request, writes included.
+            return Err("REGISTRY_URL: must not carry credentials (user:token@); \
+                 put npg's own upstream credentials in UPSTREAM_AUTH_FILE"
+                .into());
+        }
+        let deadlines = [
+            ("UPSTREAM_TIMEOUT", self.upstream_timeout),
+            ("UPSTREAM_FETCH_DEADLINE", self.upstream_fetch_deadline),
+            ("UPSTREAM_TARBALL_DEADLINE", self.upstream_tarball_deadline),
+            ("UPSTREAM_UPLOAD_TIMEOUT", self.upstream_upload_timeout),
+        ];
+        if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
+            return Err(format!("{name}: must be more than 0"));
+        }
+        self.upstream()?;
         if self.redis_enabled() {
             redis::Client::open(self.redis_connection_url()?)
                 .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
@@ -540,6 +609,40 @@ mod tests {
         .unwrap();
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+    }
+
+    #[test]
+    fn upstream_credentials_only_from_the_auth_file() {
+        let cli = Cli::try_parse_from(["npg", "--registry-url", "https://npg:t0ken@registry.test/r/"]).unwrap();
+        let err = cli.settings.validate().unwrap_err();
+        assert!(err.contains("UPSTREAM_AUTH_FILE") && !err.contains("t0ken"), "{err}");
+        let shown = format!("{:?}", cli.settings.redacted());
+        assert!(!shown.contains("t0ken"), "{shown}");
+        let cli = parse(&["--upstream-auth-file", "/nonexistent/auth"]).unwrap();
+        assert!(cli.settings.validate().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
+    }
+
+    #[test]
+    fn upstream_limits() {
+        let cli = parse(&["--upstream-tarball-hosts", "cdn.test, http://files.test:8080"]).unwrap();
+        let hosts: Vec<String> = cli
+            .settings
+            .upstream_tarball_hosts
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        assert_eq!(hosts, ["https://cdn.test", "http://files.test:8080"]);
+        assert_eq!(cli.settings.upstream_fetch_deadline, Duration::from_secs(60));
+        let err = parse(&["--upstream-tarball-hosts", "cdn.test/x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--upstream-tarball-hosts"), "{err}");
+        let err = parse(&["--upstream-fetch-deadline", "0"])
+            .unwrap()
+            .settings
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("UPSTREAM_FETCH_DEADLINE"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
 //! - `watch`: reloads a config file on SIGHUP and when it changes.
-//! - `upstream`: the HTTP client to the registry.
+//! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
+//!   credentials (by scope), URL redaction for logs.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).

@@ -126,7 +126,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             tracing::info!(%https_addr, domains = ?settings.npg_domain, "HTTPS listening");
         }
     }
-    tracing::info!(%http_addr, upstream = %settings.upstream_base(), public = %settings.public_base(),
+    tracing::info!(%http_addr, upstream = %npg::upstream::redact::redact(&settings.upstream_base()), public = %settings.public_base(),
         redis = app.redis.state().as_str(), "npg listening");
     shutdown_signal().await;
     if !settings.shutdown_delay.is_zero() {

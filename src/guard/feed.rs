@@ -35,7 +35,7 @@ use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
 use crate::npm::name::PackageName;
 use crate::tarballs::Tarballs;
-use crate::upstream::{error_chain, etag_of, read_bounded};
+use crate::upstream::{describe, etag_of, read_bounded};
 
 /// How often a replica compares its list with the cluster's copy (at most the interval).
 const CLUSTER_CHECK: Duration = Duration::from_secs(10);
@@ -477,7 +477,7 @@ impl Refresher {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| format!("feed unreachable: {}", error_chain(&e)))?;
+                .map_err(|e| format!("feed unreachable: {}", describe(e)))?;
             match resp.status() {
                 StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
                 StatusCode::OK => {}

@@ -34,25 +34,7 @@ impl NpgProcess {
         let port = super::free_port();
         let base = format!("http://127.0.0.1:{port}");
         let proxy_url = format!("{base}/npm");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("REGISTRY_URL", registry_url)
-            .env("HTTP_PORT", port.to_string())
-            .env("HTTP_BIND", "127.0.0.1")
-            .env("PROXY_URL", &proxy_url)
-            .env("STORAGE_DIR", &storage)
-            .env("ENABLE_REDIS_CACHE", "false")
-            // No test reaches the real malware feed (nor loads a copy left in ./var): the feed
-            // tests pass their own URL, list dir and schedule.
-            .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
-            .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
-            .env("ENABLE_SCHEDULED_UPDATES", "false")
-            .env(
-                "LOG_LEVEL",
-                std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null());
+        let mut cmd = Self::command(registry_url, port, &storage);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -67,6 +49,30 @@ impl NpgProcess {
         };
         npg.wait_ready(Duration::from_secs(20));
         npg
+    }
+
+    /// The npg command with the tests' environment (nothing inherited but PATH), not started.
+    pub fn command(registry_url: &str, port: u16, storage: &std::path::Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("REGISTRY_URL", registry_url)
+            .env("HTTP_PORT", port.to_string())
+            .env("HTTP_BIND", "127.0.0.1")
+            .env("PROXY_URL", format!("http://127.0.0.1:{port}/npm"))
+            .env("STORAGE_DIR", storage)
+            .env("ENABLE_REDIS_CACHE", "false")
+            // No test reaches the real malware feed (nor loads a copy left in ./var): the feed
+            // tests pass their own URL, list dir and schedule.
+            .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
+            .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
+            .env("ENABLE_SCHEDULED_UPDATES", "false")
+            .env(
+                "LOG_LEVEL",
+                std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null());
+        cmd
     }
 
     fn wait_ready(&mut self, timeout: Duration) {

@@ -1,0 +1,223 @@
+//! The HTTP client to the upstream registry: packument fetches (conditional, decoded, size
+//! bounded), tarball downloads and passthrough requests (both byte for byte), each with its
+//! own deadline, only to allowed origins (`origins`), with npg's own credentials on npg's own
+//! reads only (`auth`).
+
+pub mod auth;
+mod body;
+mod error;
+pub mod origins;
+pub mod redact;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::{StatusCode, header};
+use url::Url;
+
+pub use self::auth::UpstreamAuth;
+pub use self::body::{etag_of, read_bounded};
+pub use self::error::{UpstreamError, describe, error_chain};
+use self::origins::{Origin, Origins};
+use crate::budget::Reservation;
+use crate::metrics::Metrics;
+use crate::npm::name::PackageName;
+
+/// How npg talks to upstream, from the validated settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// REGISTRY_URL, ending with `/`.
+    pub base: Url,
+    /// The wait for response headers, and for each read of a body (UPSTREAM_TIMEOUT).
+    pub timeout: Duration,
+    /// A whole packument fetch, headers and body (UPSTREAM_FETCH_DEADLINE): a body trickled
+    /// byte by byte cannot hold the fetch, and stale-if-error answers after it.
+    pub fetch_deadline: Duration,
+    /// A whole tarball download (UPSTREAM_TARBALL_DEADLINE).
+    pub tarball_deadline: Duration,
+    /// A passthrough request with a body (publish): upload and answer (UPSTREAM_UPLOAD_TIMEOUT).
+    pub upload_timeout: Duration,
+    /// Origins tarballs may come from besides REGISTRY_URL's (UPSTREAM_TARBALL_HOSTS).
+    pub tarball_hosts: Vec<Origin>,
+    /// npg's own credentials (UPSTREAM_AUTH_FILE).
+    pub auth: UpstreamAuth,
+}
+
+pub enum Fetched {
+    Modified { body: Bytes, etag: Option<String> },
+    NotModified,
+    NotFound,
+}
+
+pub struct Upstream {
+    base: Url,
+    /// Decodes gzip: for packuments npg reads itself.
+    decoding: reqwest::Client,
+    /// Leaves bodies alone: tarballs and passthrough are relayed byte for byte.
+    raw: reqwest::Client,
+    /// `raw` without the per-read timeout, which would also cut a slow upload (reqwest counts
+    /// it from the start of the request until the response headers).
+    upload: reqwest::Client,
+    origins: Arc<Origins>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
+        // rustls needs one process-wide crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let origins = Arc::new(Origins::new(&settings.base, &settings.tarball_hosts));
+        let timeout = settings.timeout;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10).min(timeout))
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .redirect(origins.clone().redirect_policy())
+        };
+        Ok(Upstream {
+            base: settings.base.clone(),
+            decoding: builder().read_timeout(timeout).gzip(true).build()?,
+            raw: builder().read_timeout(timeout).gzip(false).build()?,
+            upload: builder().gzip(false).build()?,
+            origins,
+            settings,
+            metrics,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// The upstream URL of a path relative to the registry base (`-/v1/search?text=x`).
+    pub fn url(&self, relative: &str) -> String {
+        format!("{}{}", self.base, relative.trim_start_matches('/'))
+    }
+
+    /// Sends a request, bounding the wait for its answer by `bound`, and records the outcome.
+    async fn send(
+        &self,
+        kind: &'static str,
+        req: reqwest::RequestBuilder,
+        bound: Duration,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(bound, req.send()).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(r) => r.map_err(UpstreamError::from_reqwest),
+        };
+        let outcome = match &result {
+            Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
+            Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",
+            Ok(r) if r.status().is_server_error() => "error",
+            Ok(_) => "ok",
+            Err(UpstreamError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.upstream(kind, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Fetches the full packument, conditionally when an upstream ETag is known, within
+    /// UPSTREAM_FETCH_DEADLINE. A client's `credentials` (for a package upstream serves only
+    /// to them) come before npg's own for the package's scope. The decoded body holds
+    /// `reservation` of the memory budget and is refused beyond `max` bytes.
+    pub async fn packument(
+        &self,
+        name: &PackageName,
+        etag: Option<&str>,
+        credentials: Option<&header::HeaderValue>,
+        max: usize,
+        reservation: &mut Reservation,
+    ) -> Result<Fetched, UpstreamError> {
+        let fetch = async {
+            let mut req = self
+                .decoding
+                .get(self.url(&name.url_segment()))
+                .header(header::ACCEPT, "application/json");
+            if let Some(etag) = etag {
+                req = req.header(header::IF_NONE_MATCH, etag);
+            }
+            if let Some(credentials) = credentials.or_else(|| self.settings.auth.for_package(name.as_str())) {
+                req = req.header(header::AUTHORIZATION, credentials);
+            }
+            let resp = self.send("packument", req, self.settings.timeout).await?;
+            match resp.status() {
+                StatusCode::NOT_MODIFIED if etag.is_some() => return Ok(Fetched::NotModified),
+                StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
+                s if !s.is_success() => return Err(UpstreamError::Status(s.as_u16())),
+                _ => {}
+            }
+            let etag = etag_of(&resp);
+            let body = body::read_within(resp, max, Some(reservation))
+                .await
+                .map_err(UpstreamError::Body)?;
+            Ok(Fetched::Modified { body, etag })
+        };
+        match tokio::time::timeout(self.settings.fetch_deadline, fetch).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(package = %name, deadline = ?self.settings.fetch_deadline,
+                    "packument fetch cut at UPSTREAM_FETCH_DEADLINE");
+                Err(UpstreamError::Timeout)
+            }
+        }
+    }
+
+    /// Starts a tarball download from an allowed origin, bounded as a whole by
+    /// UPSTREAM_TARBALL_DEADLINE, with a client's credentials for a private package (else
+    /// npg's own for that URL); the body is streamed by the caller.
+    pub async fn tarball(
+        &self,
+        url: &str,
+        client_credentials: Option<&header::HeaderValue>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self
+            .origins
+            .check(url)
+            .map_err(|refused| UpstreamError::Refused(refused.to_string()))?;
+        let mut req = self.raw.get(url.clone()).timeout(self.settings.tarball_deadline);
+        let credentials = client_credentials.or_else(|| self.settings.auth.for_url(&self.base, &url));
+        if let Some(credentials) = credentials {
+            req = req.header(header::AUTHORIZATION, credentials);
+        }
+        let resp = self.send("tarball", req, self.settings.timeout).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(resp),
+            s => Err(UpstreamError::Status(s.as_u16())),
+        }
+    }
+
+    /// A client's request relayed to `<REGISTRY_URL><relative>` with the client's headers
+    /// only (never npg's credentials). With a body it is an upload, bounded as a whole by
+    /// UPSTREAM_UPLOAD_TIMEOUT instead of the per-read UPSTREAM_TIMEOUT.
+    pub async fn passthrough(
+        &self,
+        method: reqwest::Method,
+        relative: &str,
+        headers: header::HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = self.url(relative);
+        match body {
+            None => {
+                let req = self.raw.request(method, url).headers(headers);
+                self.send("passthrough", req, self.settings.timeout).await
+            }
+            Some(body) => {
+                let limit = self.settings.upload_timeout;
+                let req = self
+                    .upload
+                    .request(method, url)
+                    .headers(headers)
+                    .body(body)
+                    .timeout(limit);
+                self.send("passthrough", req, limit).await
+            }
+        }
+    }
+}
