@@ -167,6 +167,11 @@ pub struct Settings {
     #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// A response the client stops taking for this long (it stopped reading) is given up and
+    /// its connection closed; waiting for upstream does not count.
+    #[arg(long, env = "SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
     /// Open client connections per listener; beyond it new ones wait in the kernel backlog.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,

@@ -82,6 +82,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         deadlines: npg::http::connection::Deadlines {
             head: settings.header_read_timeout,
             idle: settings.keepalive_timeout,
+            send: settings.send_timeout,
         },
         max_connections: settings.max_connections as usize,
         metrics: app.metrics.clone(),

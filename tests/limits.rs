@@ -312,3 +312,53 @@ async fn an_oversized_document_in_redis_is_not_read() {
     println!("VmHWM before {before} MiB, after a 96 MiB entry in Redis {peak} MiB");
     assert!(peak < before + 48, "peak RSS {peak} MiB: the entry was read");
 }
+
+/// The count of connections cut by `deadline`, from /metrics.
+fn cut_by(npg: &NpgProcess, deadline: &str) -> u64 {
+    let (_, metrics) = support::http::raw_get(npg.port, "/metrics");
+    let prefix = format!("npg_connections_cut_total{{deadline=\"{deadline}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A client that asks for a large body and stops reading is cut at SEND_TIMEOUT; a client
+/// whose body waits for a slow upstream is not.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_the_send_deadline() {
+    use support::blob_registry::{Blob, BlobRegistry, sri};
+    let up = BlobRegistry::start();
+    let (big, slow) = (vec![7u8; 64 << 20], vec![9u8; 192 << 10]);
+    let blob = |version, file, bytes: &Vec<u8>| Blob {
+        version,
+        file,
+        bytes: bytes.clone(),
+        integrity: Some(sri(bytes)),
+    };
+    up.set_package("big", vec![blob("1.0.0", "big-1.0.0.tgz", &big)]);
+    up.set_package("slow", vec![blob("1.0.0", "slow-1.0.0.tgz", &slow)]);
+    let npg = NpgProcess::start(&up.url(), &[("SEND_TIMEOUT", "2s")]);
+    let url = format!("{}/big/-/big-1.0.0.tgz", npg.proxy_url);
+    assert_eq!(support::http::get(&url, &[]).await.body.len(), big.len(), "cached");
+
+    let mut stalled = connect(&npg);
+    stalled
+        .write_all(b"GET /npm/big/-/big-1.0.0.tgz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    up.set_pause(Duration::from_millis(1500));
+    let waiting = support::http::get(&format!("{}/slow/-/slow-1.0.0.tgz", npg.proxy_url), &[]).await;
+    assert_eq!(waiting.status, 200);
+    assert_eq!(
+        waiting.body, slow,
+        "a body waiting 1.5 s per chunk for upstream is not cut"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cut_by(&npg, "send") == 0 {
+        assert!(Instant::now() < deadline, "the stalled client was never cut");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cut_by(&npg, "send"), 1, "only the stalled client");
+    assert!(closed_within(&mut stalled, Duration::from_secs(5)).is_some());
+}
