@@ -162,8 +162,8 @@ pub struct Settings {
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// A connection with no request in flight for this long is closed (HTTP/1.1 keep-alive
-    /// and HTTP/2 alike).
+    /// A connection with no request in flight for this long is closed (an idle HTTP/1.1
+    /// connection is waiting for a request head: HEADER_READ_TIMEOUT closes it first).
     #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
