@@ -49,6 +49,11 @@ fn hostile_requests() -> Vec<Case> {
         get("name of 215 characters", &format!("/npm/{long_name}"), 400),
         get("empty scope", "/npm/@/x", 400),
         get("tarball not .tgz", "/npm/npg-fixture-a/-/npg-fixture-a-1.0.0.exe", 400),
+        get(
+            "tarball name of 256 bytes (no file system takes it)",
+            &format!("/npm/npg-fixture-a/-/{}.tgz", "a".repeat(252)),
+            400,
+        ),
         get("control character in a version", "/npm/npg-fixture-a/%0a", 400),
         get(
             "path beyond any route",
