@@ -73,6 +73,9 @@ struct Inner {
     settings: Settings,
 }
 
+/// A forced refresh of a copy validated more recently than this is answered from it.
+const MIN_REFRESH: Duration = Duration::from_secs(2);
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -167,8 +170,16 @@ impl Packuments {
         }
     }
 
-    /// Asks upstream even if the cached copy is fresh (a version it does not know was asked for).
+    /// Asks upstream even if the cached copy is fresh (a version it does not know was asked
+    /// for), unless this replica validated it within `MIN_REFRESH`: requests for made-up
+    /// versions or files cannot turn into a stream of upstream fetches.
     pub async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
+        if let Some(p) = self.inner.l1.get(name).await
+            && now_ms().saturating_sub(p.checked_ms) < MIN_REFRESH.as_millis() as u64
+            && !p.stale
+        {
+            return Ok((self.inner.current(p).await, Source::Memory));
+        }
         self.load(name, true).await
     }
 

@@ -237,3 +237,19 @@ async fn bytes_without_a_hash_to_check_are_not_served() {
     assert_eq!(reply.json()["error"], "Unverifiable tarball");
     assert_eq!(up.tarball_hits("bare", "bare-1.0.0.tgz"), 0);
 }
+
+/// Made-up versions and file names of a cached package do not turn into upstream fetches: a
+/// copy validated in the last seconds answers them.
+#[tokio::test]
+async fn made_up_names_do_not_amplify_into_upstream_fetches() {
+    let up = support::upstream::FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &[]);
+    let base = format!("{}/npg-fixture-a", npg.proxy_url);
+    assert_eq!(fetch(&base).await.0, 200);
+    for i in 0..20 {
+        assert_eq!(fetch(&format!("{base}/-/npg-fixture-a-9.{i}.0.tgz")).await.0, 404);
+        assert_eq!(fetch(&format!("{base}/9.{i}.0")).await.0, 404);
+    }
+    let fetches = up.packument_requests("npg-fixture-a");
+    assert!(fetches <= 3, "{fetches} packument fetches for 40 made-up names");
+}
