@@ -28,6 +28,9 @@ in
     # set by the NixOS test framework for every node
     networking.primaryIPAddress = opt types.str "";
 
+    # the test framework's qemu-vm module
+    virtualisation.memorySize = opt types.ints.positive 1024;
+
     environment.systemPackages = opt (types.listOf types.package) [ ];
     environment.etc = opt (types.attrsOf (types.submodule {
       options.source = mkOption { type = types.path; };
