@@ -73,7 +73,7 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.npg;
-      defaultText = literalExpression "pkgs.npg (the flake's nixosModules.default: the flake's own build, self.packages.\${system}.npg)";
+      defaultText = lib.literalMD "`pkgs.npg`; with the flake's `nixosModules.default`, the flake's own `packages.<system>.npg`";
       description = ''
         The npg package. The flake's `nixosModules.default` defaults it to the flake's own
         build (its pinned nixpkgs and rustc); this file alone takes `pkgs.npg`, which the
