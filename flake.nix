@@ -7,16 +7,23 @@
   outputs = { self, nixpkgs }:
     let
       systems = [ "x86_64-linux" "aarch64-linux" ];
-      forAllSystems = f: nixpkgs.lib.genAttrs systems (system:
-        f (import nixpkgs { inherit system; overlays = [ self.overlays.default ]; }));
+      # nixpkgs imported once per system, shared by packages, checks and dev shells
+      pkgsFor = nixpkgs.lib.genAttrs systems (system:
+        import nixpkgs { inherit system; overlays = [ self.overlays.default ]; });
+      forAllSystems = f: nixpkgs.lib.mapAttrs (_: f) pkgsFor;
     in
     {
       overlays.default = final: prev: {
         npg = final.callPackage ./nix/package.nix { };
       };
 
-      # a function, not a bare path: older Nix rejects a path as a module in `flake check`
-      nixosModules.default = import ./nixos-module;
+      # services.npg with the flake's own build of npg (its pinned nixpkgs and rustc) as the
+      # default package: a host on any NixOS release runs it without the overlay. The overlay
+      # stays for those who want npg built with the host's nixpkgs (README, "Nix and NixOS").
+      nixosModules.default = { lib, pkgs, ... }: {
+        imports = [ ./nixos-module ];
+        services.npg.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.npg;
+      };
 
       packages = forAllSystems (pkgs: {
         npg = pkgs.npg;

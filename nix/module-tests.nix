@@ -13,11 +13,21 @@ let
     formats.yaml = { }: { generate = name: value: "/nix/store/00000000000000000000000000000000-${name}#${builtins.toJSON value}"; };
   };
 
-  eval = pkgs: npg: lib.evalModules {
-    modules = [ ./stub-nixos.nix ../nixos-module { services.npg = npg; } ];
+  evalWith = module: extra: pkgs: npg: lib.evalModules {
+    modules = [ ./stub-nixos.nix module extra { services.npg = npg; } ];
     specialArgs = { inherit pkgs; };
   };
-  cfgOf = npg: (eval fakePkgs ({ enable = true; settings.REGISTRY_URL = "http://upstream.invalid/"; } // npg)).config;
+  eval = evalWith ../nixos-module { };
+  enabled = npg: { enable = true; settings.REGISTRY_URL = "http://upstream.invalid/"; } // npg;
+  cfgOf = npg: (eval fakePkgs (enabled npg)).config;
+  # the rendered blocklist: its JSON rides in the file name (fakePkgs.formats.yaml)
+  rendered = file: builtins.fromJSON (lib.head (builtins.match "[^#]*-npg-blacklist.yml#(.*)" file));
+
+  # flake.nix's outputs over nix/fake-nixpkgs.nix
+  flake = let f = (import ../flake.nix).outputs { self = f; nixpkgs = { inherit lib; outPath = ./fake-nixpkgs.nix; }; }; in f;
+  # a host whose nixpkgs has no pkgs.npg (no overlay)
+  hostPkgs = fakePkgs // { npg = throw "pkgs.npg: no overlay"; stdenv.hostPlatform.system = "aarch64-linux"; };
+  flakeUnit = npg: (evalWith flake.nixosModules.default { } hostPkgs (enabled npg)).config.systemd.services.npg;
   unit = npg: (cfgOf npg).systemd.services.npg;
   env = npg: (unit npg).environment;
   sc = npg: (unit npg).serviceConfig;
@@ -85,18 +95,27 @@ let
       expr = (cfgOf { openFirewall = true; settings = { REGISTRY_URL = "x"; HTTPS_PORT = 8443; TLS_CERT_FILE = "/run/c.pem"; TLS_KEY_FILE = "/run/k.pem"; }; }).networking.firewall.allowedTCPPorts;
       expected = [ 3000 8443 ];
     };
+    # the local server on its unix socket, reached through its group
     testLocalRedis = {
       expr = let c = cfgOf { redis.createLocally = true; }; in {
         server = c.services.redis.servers.npg;
         url = c.systemd.services.npg.environment.REDIS_URL;
+        inherit (c.systemd.services.npg.serviceConfig) SupplementaryGroups;
         inherit (c.systemd.services.npg) wants after;
       };
       expected = {
-        server = { enable = true; port = 6379; bind = "127.0.0.1"; openFirewall = false; settings = { }; };
-        url = "redis://127.0.0.1:6379/0";
+        server = { enable = true; user = "redis-npg"; group = "redis-npg"; port = 0; unixSocket = "/run/redis-npg/redis.sock"; bind = "127.0.0.1"; openFirewall = false; settings = { }; };
+        url = "redis+unix:///run/redis-npg/redis.sock";
+        SupplementaryGroups = [ "redis-npg" ];
         wants = [ "network-online.target" "redis-npg.service" ];
         after = [ "network-online.target" "redis-npg.service" ];
       };
+    };
+    # beside the host's default Redis (6379): no two servers on one TCP port
+    testLocalRedisBesideDefault = {
+      expr = let c = (evalWith ../nixos-module { services.redis.servers."".enable = true; } fakePkgs (enabled { redis.createLocally = true; })).config; in
+        lib.filter (p: p != 0) (lib.mapAttrsToList (_: r: if r.enable then r.port else 0) c.services.redis.servers);
+      expected = [ 6379 ];
     };
     testSharedRedis = {
       expr = let c = cfgOf { redis.url = "redis://redis:6379/0"; }; in { url = c.systemd.services.npg.environment.REDIS_URL; local = c.services.redis.servers; inherit (c.systemd.services.npg) after; };
@@ -104,23 +123,52 @@ let
     };
     testUnitOrdering = { expr = { inherit (unit { }) wantedBy wants after; }; expected = { wantedBy = [ "multi-user.target" ]; wants = [ "network-online.target" ]; after = [ "network-online.target" ]; }; };
     testBlocklistRendered = {
-      expr = builtins.fromJSON (lib.head (builtins.match "[^#]*-npg-blacklist.yml#(.*)" (env { inherit blocklist; }).BLACKLIST_PATH));
+      expr = rendered (cfgOf { inherit blocklist; }).environment.etc."npg/blacklist.yml".source;
       expected = {
         packages = [{ name = "event-stream"; versions = [ "3.3.6" ]; reason = "backdoor"; } { name = "left-pad"; }];
         patterns = [{ pattern = "^evil-"; reason = "typosquatting"; }];
       };
     };
-    testBlocklistPath = { expr = (env { blocklist = "/etc/npg/blacklist.yml"; }).BLACKLIST_PATH; expected = "/etc/npg/blacklist.yml"; };
-    testNoBlocklist = { expr = (env { }) ? BLACKLIST_PATH; expected = false; };
+    # a file from Nix at a stable path, a change reloads (SIGHUP) instead of restarting npg
+    testBlocklistStablePath = {
+      expr = let c = cfgOf { inherit blocklist; }; source = c.environment.etc."npg/blacklist.yml".source; in {
+        path = c.systemd.services.npg.environment.BLACKLIST_PATH;
+        reload = c.systemd.services.npg.reloadTriggers == [ source ];
+        inherit (c.systemd.services.npg.serviceConfig) ExecReload;
+      };
+      expected = { path = "/etc/npg/blacklist.yml"; reload = true; ExecReload = "/nix/store/00000000000000000000000000000000-coreutils/bin/kill -HUP $MAINPID"; };
+    };
+    # the NixOS idiom: a derivation (pkgs.writeText) is a file, not an attribute set to render
+    testBlocklistDerivation = {
+      expr = let c = cfgOf { blocklist = fakeDrv "blacklist.yml"; }; in {
+        path = c.systemd.services.npg.environment.BLACKLIST_PATH;
+        source = "${c.environment.etc."npg/blacklist.yml".source}";
+        reload = map toString c.systemd.services.npg.reloadTriggers;
+      };
+      expected = {
+        path = "/etc/npg/blacklist.yml";
+        source = "/nix/store/00000000000000000000000000000000-blacklist.yml";
+        reload = [ "/nix/store/00000000000000000000000000000000-blacklist.yml" ];
+      };
+    };
+    # a file outside the store is the operator's: read where it is, no /etc entry
+    testBlocklistPath = {
+      expr = let c = cfgOf { blocklist = "/var/lib/npg-config/blacklist.yml"; }; in {
+        path = c.systemd.services.npg.environment.BLACKLIST_PATH;
+        inherit (c.environment) etc;
+        inherit (c.systemd.services.npg) reloadTriggers;
+      };
+      expected = { path = "/var/lib/npg-config/blacklist.yml"; etc = { }; reloadTriggers = [ ]; };
+    };    testNoBlocklist = { expr = (env { }) ? BLACKLIST_PATH; expected = false; };
     testEnvironmentFile = { expr = (sc { environmentFile = "/run/secrets/npg.env"; }).EnvironmentFile; expected = [ "/run/secrets/npg.env" ]; };
     testNoEnvironmentFile = { expr = (sc { }).EnvironmentFile; expected = [ ]; };
     testDisabled = {
       expr = let c = (eval fakePkgs { settings.REGISTRY_URL = "x"; }).config; in [ c.systemd.services c.users.users c.assertions ];
       expected = [ { } { } [ ] ];
     };
-    testNoAssertionFails = { expr = failedAssertions (acme // { redis.url = "redis://r/0"; }); expected = [ ]; };
+    testNoAssertionFails = { expr = failedAssertions (acme // { redis.url = "redis://r/0"; settings = { REGISTRY_URL = "x"; HTTP_PORT = 80; }; }); expected = [ ]; };
     testAssertAcmeNeedsDomain = {
-      expr = failedAssertions { acme.enable = true; };
+      expr = failedAssertions { acme.enable = true; settings = { REGISTRY_URL = "x"; HTTP_PORT = 80; }; };
       expected = [ "services.npg.acme.enable needs services.npg.domain (the names to certify)." ];
     };
     testAssertRedisContradiction = {
@@ -128,7 +176,7 @@ let
       expected = [ "services.npg.redis.createLocally and services.npg.redis.url contradict each other: set one." ];
     };
     testAssertAcmeAndStaticCert = {
-      expr = failedAssertions (acme // { settings = { REGISTRY_URL = "x"; TLS_CERT_FILE = "/c"; TLS_KEY_FILE = "/k"; }; });
+      expr = failedAssertions (acme // { settings = { REGISTRY_URL = "x"; HTTP_PORT = 80; TLS_CERT_FILE = "/c"; TLS_KEY_FILE = "/k"; }; });
       expected = [ "services.npg: acme.enable and settings.TLS_CERT_FILE contradict each other: ACME or a static certificate, not both." ];
     };
     testAssertCertWithoutKey = {
@@ -138,6 +186,50 @@ let
     testAssertStateDir = {
       expr = failedAssertions { stateDir = "/srv/npg"; };
       expected = [ "services.npg.stateDir must be under /var/lib/ (it is the unit's StateDirectory)." ];
+    };
+    # ProtectSystem=strict: npg writes under stateDir only
+    testAssertDirsUnderStateDir = {
+      expr = map failedAssertions [
+        { settings = { REGISTRY_URL = "x"; STORAGE_DIR = "/srv/npg"; }; }
+        { settings = { REGISTRY_URL = "x"; MALWARE_LIST_DIR = "/var/lib/npg-feed"; }; }
+        { stateDir = "/var/lib/npg-eu"; settings = { REGISTRY_URL = "x"; STORAGE_DIR = "/var/lib/npg-eu/tarballs"; }; }
+      ];
+      expected = [
+        [ "services.npg: settings.STORAGE_DIR and settings.MALWARE_LIST_DIR must be under stateDir (/var/lib/npg): the rest of the file system is read-only for npg." ]
+        [ "services.npg: settings.STORAGE_DIR and settings.MALWARE_LIST_DIR must be under stateDir (/var/lib/npg): the rest of the file system is read-only for npg." ]
+        [ ]
+      ];
+    };
+    # the CA validates on 80 (http-01) or 443 (tls-alpn-01): npg there, or a declared forward
+    testAssertAcmeChallengePort = {
+      expr = map failedAssertions [
+        acme
+        (acme // { settings = { REGISTRY_URL = "x"; HTTP_PORT = 80; }; })
+        (lib.recursiveUpdate acme { acme.challengePortForwarded = true; })
+        (lib.recursiveUpdate acme { acme.challenge = "tls-alpn-01"; settings = { REGISTRY_URL = "x"; HTTPS_PORT = 8443; }; })
+        (lib.recursiveUpdate acme { acme.challenge = "tls-alpn-01"; })
+      ];
+      expected = [
+        [ "services.npg: ACME http-01 is validated on port 80, but npg listens on 3000: set the port to 80, or acme.challengePortForwarded = true when something forwards 80 to it." ]
+        [ ]
+        [ ]
+        [ "services.npg: ACME tls-alpn-01 is validated on port 443, but npg listens on 8443: set the port to 443, or acme.challengePortForwarded = true when something forwards 443 to it." ]
+        [ ]
+      ];
+    };
+    # the flake's module runs the flake's own build on a host without the overlay
+    testFlakeModulePinnedPackage = {
+      expr = builtins.tryEval (flakeUnit { }).serviceConfig.ExecStart;
+      expected = { success = true; value = "/nix/store/11111111111111111111111111111111-npg-pinned-aarch64-linux/bin/npg"; };
+    };
+    testFlakeModuleOwnPackage = {
+      expr = (flakeUnit { package = fakeDrv "npg-own"; }).serviceConfig.ExecStart;
+      expected = "/nix/store/00000000000000000000000000000000-npg-own/bin/npg";
+    };
+    # one import of nixpkgs per system: the image and the dev shell come from the same one
+    testNixpkgsImportedOnce = {
+      expr = lib.all (sys: flake.packages.${sys}.image == flake.devShells.${sys}.default) [ "x86_64-linux" "aarch64-linux" ];
+      expected = true;
     };
     testWarningDomainWithoutAcme = { expr = (cfgOf { domain = "npg.example.com"; }).warnings; expected = [ "services.npg.domain is set but acme.enable is not: npg ignores the domain." ]; };
     # the option docs need no package: every default that touches pkgs has a defaultText
@@ -161,6 +253,7 @@ let
 in
 {
   failed = lib.runTests tests;
+  inherit tests;
   count = lib.length (lib.attrNames tests);
   inherit negative;
 }

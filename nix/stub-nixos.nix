@@ -28,7 +28,13 @@ in
     # set by the NixOS test framework for every node
     networking.primaryIPAddress = opt types.str "";
 
+    # the test framework's qemu-vm module
+    virtualisation.memorySize = opt types.ints.positive 1024;
+
     environment.systemPackages = opt (types.listOf types.package) [ ];
+    environment.etc = opt (types.attrsOf (types.submodule {
+      options.source = mkOption { type = types.path; };
+    })) { };
     security.pki.certificateFiles = opt (types.listOf types.path) [ ];
 
     systemd.services = opt (types.attrsOf (types.submodule {
@@ -38,19 +44,24 @@ in
         wants = opt (types.listOf types.str) [ ];
         after = opt (types.listOf types.str) [ ];
         environment = opt (types.attrsOf (types.nullOr (types.oneOf [ types.str types.path types.package ]))) { };
+        reloadTriggers = opt (types.listOf (types.oneOf [ types.str types.path types.package ])) [ ];
         serviceConfig = opt (types.attrsOf unitValue) { };
       };
     })) { };
 
-    services.redis.servers = opt (types.attrsOf (types.submodule {
+    # NixOS 25.11's defaults: the unnamed server on 6379, a named one on its unix socket only
+    services.redis.servers = opt (types.attrsOf (types.submodule ({ name, config, ... }: let redisName = "redis" + lib.optionalString (name != "") "-${name}"; in {
       options = {
         enable = opt types.bool false;
-        port = opt types.port 0;
+        user = opt types.str redisName;
+        group = opt types.str config.user;
+        port = opt types.port (if name == "" then 6379 else 0);
+        unixSocket = opt (types.nullOr types.path) "/run/${redisName}/redis.sock";
         bind = opt (types.nullOr types.str) "127.0.0.1";
         openFirewall = opt types.bool false;
         settings = opt (types.attrsOf (types.oneOf [ types.bool types.int types.str (types.listOf types.str) ])) { };
       };
-    })) { };
+    }))) { };
 
     services.traefik = {
       enable = opt types.bool false;

@@ -11,18 +11,34 @@ let
   httpsPort = if s.HTTPS_PORT == null then 443 else s.HTTPS_PORT;
   ports = [ s.HTTP_PORT ] ++ lib.optional tls httpsPort;
   lowPort = lib.any (p: p < 1024) ports;
-  redisPort = config.services.redis.servers.npg.port;
+  redis = config.services.redis.servers.npg;
+
+  # the CA validates http-01 on port 80 and tls-alpn-01 on 443: npg must listen there, or
+  # something must forward that port to it
+  challengePort = if cfg.acme.challenge == "http-01" then 80 else 443;
+  npgChallengePort = if cfg.acme.challenge == "http-01" then s.HTTP_PORT else httpsPort;
+
+  # npg writes only under stateDir (ProtectSystem=strict)
+  underStateDir = dir: dir == cfg.stateDir || lib.hasPrefix "${cfg.stateDir}/" dir;
 
   # environment values are strings; null means "not set, npg's default"
   render = v: if lib.isBool v then lib.boolToString v else toString v;
   environment = lib.mapAttrs (_: render) (lib.filterAttrs (_: v: v != null) s);
 
+  # a path, a derivation (pkgs.writeText ...) or a string is a file; only the attribute set
+  # is rendered
   blocklistFile =
-    if lib.isPath cfg.blocklist || lib.isString cfg.blocklist then cfg.blocklist
+    if lib.isStringLike cfg.blocklist then cfg.blocklist
     else (pkgs.formats.yaml { }).generate "npg-blacklist.yml" {
       packages = map (p: lib.filterAttrs (_: v: v != null && v != [ ]) p) cfg.blocklist.packages;
       patterns = map (p: lib.filterAttrs (_: v: v != null) p) cfg.blocklist.patterns;
     };
+  # a file outside the store (a string) is the operator's: npg reads it where it is and
+  # reloads it when it changes. One from Nix gets a stable name in /etc, so a new version is
+  # a reload (SIGHUP through reloadTriggers), not a restart for a new BLACKLIST_PATH.
+  blocklistExternal = lib.isString cfg.blocklist && !lib.hasPrefix "${builtins.storeDir}/" cfg.blocklist;
+  blocklistEtc = "npg/blacklist.yml";
+  blocklistManaged = cfg.blocklist != null && !blocklistExternal;
 
   blocklistType = types.submodule {
     options = {
@@ -57,8 +73,12 @@ in
     package = mkOption {
       type = types.package;
       default = pkgs.npg;
-      defaultText = literalExpression "pkgs.npg";
-      description = "The npg package (the flake's `overlays.default` provides `pkgs.npg`).";
+      defaultText = lib.literalMD "`pkgs.npg`; with the flake's `nixosModules.default`, the flake's own `packages.<system>.npg`";
+      description = ''
+        The npg package. The flake's `nixosModules.default` defaults it to the flake's own
+        build (its pinned nixpkgs and rustc); this file alone takes `pkgs.npg`, which the
+        flake's `overlays.default` provides, built with the host's nixpkgs (README, "Nix and NixOS").
+      '';
     };
 
     settings = mkOption {
@@ -80,13 +100,13 @@ in
             type = types.str;
             default = "${cfg.stateDir}/storage";
             defaultText = literalExpression ''"''${config.services.npg.stateDir}/storage"'';
-            description = "Tarball cache. Must be under `stateDir` (the rest of the file system is read-only for npg).";
+            description = "Tarball cache. Must be under `stateDir` (the rest of the file system is read-only for npg; asserted).";
           };
           MALWARE_LIST_DIR = mkOption {
             type = types.str;
             default = "${cfg.stateDir}/malware-list";
             defaultText = literalExpression ''"''${config.services.npg.stateDir}/malware-list"'';
-            description = "Last good malware feed.";
+            description = "Last good malware feed. Must be under `stateDir` (asserted).";
           };
           TLS_CERT_FILE = mkOption { type = types.nullOr types.str; default = null; description = "Static certificate (PEM chain) instead of ACME; readable by the npg user."; };
           TLS_KEY_FILE = mkOption { type = types.nullOr types.str; default = null; description = "Key of `TLS_CERT_FILE`; readable by the npg user (group npg)."; };
@@ -105,11 +125,20 @@ in
       enable = mkEnableOption "certificates from an ACME CA for `domain` (npg's own ACME client)";
       email = mkOption { type = types.nullOr types.str; default = null; description = "ACME account contact (ACME_EMAIL)."; };
       directoryUrl = mkOption { type = types.nullOr types.str; default = null; description = "ACME directory (ACME_DIRECTORY_URL); null: Let's Encrypt production."; };
-      challenge = mkOption { type = types.enum [ "http-01" "tls-alpn-01" ]; default = "http-01"; description = "ACME_CHALLENGE: http-01 on HTTP_PORT (the CA reaches port 80), tls-alpn-01 on the HTTPS port."; };
+      challenge = mkOption { type = types.enum [ "http-01" "tls-alpn-01" ]; default = "http-01"; description = "ACME_CHALLENGE: http-01 on HTTP_PORT (the CA reaches port 80), tls-alpn-01 on the HTTPS port (the CA reaches port 443)."; };
+      challengePortForwarded = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Something in front of npg (a balancer, a DNAT rule) forwards the port the CA validates
+          on (80 for http-01, 443 for tls-alpn-01) to npg's HTTP_PORT or HTTPS port. Without it,
+          ACME needs npg itself on that port (asserted).
+        '';
+      };
     };
 
     redis = {
-      createLocally = mkOption { type = types.bool; default = false; description = "Run `services.redis.servers.npg` on this host and point REDIS_URL at it."; };
+      createLocally = mkOption { type = types.bool; default = false; description = "Run `services.redis.servers.npg` on this host, on its unix socket only (no TCP port: it cannot collide with another Redis), and point REDIS_URL at it."; };
       url = mkOption { type = types.nullOr types.str; default = null; example = "redis://redis.internal:6379/0"; description = "A shared Redis (all replicas the same). A password belongs in `environmentFile` as REDIS_URL instead."; };
     };
 
@@ -117,7 +146,12 @@ in
       type = types.nullOr (types.either types.path blocklistType);
       default = null;
       example = literalExpression ''{ packages = [ { name = "event-stream"; versions = [ "3.3.6" ]; reason = "backdoor"; } ]; patterns = [ { pattern = "^evil-"; reason = "typosquatting"; } ]; }'';
-      description = "The blocklist (README, \"The guard\"): an attribute set rendered to YAML, or a path to a blacklist.yml (BLACKLIST_PATH).";
+      description = ''
+        The blocklist (README, "The guard"): an attribute set rendered to YAML, or a
+        blacklist.yml as a path or derivation (`pkgs.writeText ...`), both installed as
+        /etc/npg/blacklist.yml, where a change is reloaded (SIGHUP) instead of restarting npg;
+        or a string naming a file outside the store, which npg reads there (BLACKLIST_PATH).
+      '';
     };
 
     environmentFile = mkOption {
@@ -139,6 +173,12 @@ in
       { assertion = !(cfg.acme.enable && s.TLS_CERT_FILE != null); message = "services.npg: acme.enable and settings.TLS_CERT_FILE contradict each other: ACME or a static certificate, not both."; }
       { assertion = (s.TLS_CERT_FILE == null) == (s.TLS_KEY_FILE == null); message = "services.npg: settings.TLS_CERT_FILE and settings.TLS_KEY_FILE go together."; }
       { assertion = lib.hasPrefix "/var/lib/" cfg.stateDir; message = "services.npg.stateDir must be under /var/lib/ (it is the unit's StateDirectory)."; }
+      { assertion = underStateDir s.STORAGE_DIR && underStateDir s.MALWARE_LIST_DIR; message = "services.npg: settings.STORAGE_DIR and settings.MALWARE_LIST_DIR must be under stateDir (${cfg.stateDir}): the rest of the file system is read-only for npg."; }
+      {
+        assertion = cfg.acme.enable -> (npgChallengePort == challengePort || cfg.acme.challengePortForwarded);
+        message = "services.npg: ACME ${cfg.acme.challenge} is validated on port ${toString challengePort}, but npg listens on ${toString npgChallengePort}: set the port to ${toString challengePort}, or acme.challengePortForwarded = true when something forwards ${toString challengePort} to it.";
+      }
+      { assertion = cfg.redis.createLocally -> redis.unixSocket != null; message = "services.npg.redis.createLocally needs services.redis.servers.npg.unixSocket (npg connects through it)."; }
     ];
     warnings = lib.optional (cfg.domain != null && !cfg.acme.enable)
       "services.npg.domain is set but acme.enable is not: npg ignores the domain.";
@@ -150,16 +190,16 @@ in
       ACME_DIRECTORY_URL = mkIf cfg.acme.enable cfg.acme.directoryUrl;
       ACME_CHALLENGE = mkIf cfg.acme.enable cfg.acme.challenge;
       REDIS_URL = mkIf (cfg.redis.createLocally || cfg.redis.url != null)
-        (if cfg.redis.createLocally then "redis://127.0.0.1:${toString redisPort}/0" else cfg.redis.url);
-      BLACKLIST_PATH = mkIf (cfg.blocklist != null) "${blocklistFile}";
+        (if cfg.redis.createLocally then "redis+unix://${redis.unixSocket}" else cfg.redis.url);
+      BLACKLIST_PATH = mkIf (cfg.blocklist != null)
+        (if blocklistManaged then "/etc/${blocklistEtc}" else cfg.blocklist);
     };
 
-    services.redis.servers.npg = mkIf cfg.redis.createLocally {
-      enable = true;
-      # named servers listen on a unix socket only by default
-      port = lib.mkDefault 6379;
-      bind = lib.mkDefault "127.0.0.1";
-    };
+    # a named server listens on its unix socket only (port 0): no clash with the default
+    # server's 6379. npg reaches the socket through the server's group.
+    services.redis.servers.npg = mkIf cfg.redis.createLocally { enable = true; };
+
+    environment.etc.${blocklistEtc} = mkIf blocklistManaged { source = blocklistFile; };
 
     users.users.npg = { isSystemUser = true; group = "npg"; home = cfg.stateDir; };
     users.groups.npg = { };
@@ -174,6 +214,7 @@ in
       wants = [ "network-online.target" ] ++ lib.optional cfg.redis.createLocally "redis-npg.service";
       after = [ "network-online.target" ] ++ lib.optional cfg.redis.createLocally "redis-npg.service";
       inherit environment;
+      reloadTriggers = lib.optional blocklistManaged blocklistFile;
       serviceConfig = {
         ExecStart = lib.getExe' cfg.package "npg";
         # reloads the blocklist
@@ -184,6 +225,7 @@ in
         StateDirectoryMode = "0750";
         WorkingDirectory = cfg.stateDir;
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
+        SupplementaryGroups = lib.optional cfg.redis.createLocally redis.group;
         Restart = "on-failure";
         RestartSec = "2s";
         LimitNOFILE = 65536;

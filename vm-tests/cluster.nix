@@ -1,6 +1,9 @@
 # The multi-node scenario of tests/cluster/run: redis, pebble (acme), the fake registry
 # (upstream), three npg replicas ordering one certificate for npg.test through Traefik (lb,
 # TCP passthrough, the routers of compose/traefik/dynamic.yml), and an npm client.
+# As in tests/cluster/run, pebble resolves names with its DNS mock (pebble-challtestsrv, A
+# records only: the balancer's IPv4). The test network gives every name an IPv4 and an IPv6
+# address in /etc/hosts, so every listener a name is dialled on binds both (`::`, `:port`).
 # Run: nix build .#checks.<system>.vm-cluster
 { pkgs, lib, npgModule }:
 let
@@ -10,8 +13,8 @@ let
 
   pebbleConfig = pkgs.writeText "pebble.json" (builtins.toJSON {
     pebble = {
-      listenAddress = "0.0.0.0:14000";
-      managementListenAddress = "0.0.0.0:15000";
+      listenAddress = ":14000";
+      managementListenAddress = ":15000";
       certificate = "${certs}/acme.pem";
       privateKey = "${certs}/acme.key";
       httpPort = 80;
@@ -21,13 +24,16 @@ let
     };
   });
 
-  # the public name resolves to the balancer, for the client and for pebble's validation
+  # the public name resolves to the balancer, for the client
   lbName = { nodes, ... }: {
     networking.hosts.${nodes.lb.networking.primaryIPAddress} = [ domain ];
   };
 
+  # 8 VMs: each gets what it needs instead of the default 1 GiB (npm on the client needs most)
+  memory = mb: { virtualisation.memorySize = mb; };
+
   replica = name: { config, pkgs, ... }: {
-    imports = [ npgModule ];
+    imports = [ npgModule (memory 768) ];
     services.npg = {
       enable = true;
       openFirewall = true;
@@ -48,6 +54,8 @@ let
         ACME_CHECK_INTERVAL = "5s";
         MALWARE_FEED_URL = "http://upstream/feed.json";
         SHUTDOWN_DELAY = "2500ms";
+        # both families: names resolve to IPv6 first (HTTPS follows HTTP_BIND)
+        HTTP_BIND = "::";
       };
     };
     environment.systemPackages = [ config.services.npg.package pkgs.curl pkgs.openssl ];
@@ -58,6 +66,7 @@ in
 
   nodes = {
     redis = {
+      imports = [ (memory 512) ];
       services.redis.servers.npg = {
         enable = true;
         port = 6379;
@@ -67,30 +76,44 @@ in
       };
     };
 
-    acme = { pkgs, ... }: {
-      imports = [ lbName ];
+    acme = { pkgs, nodes, ... }: {
+      imports = [ (memory 512) ];
       networking.firewall.allowedTCPPorts = [ 14000 15000 ];
+      # pebble's DNS, as in tests/cluster/run: every name is the balancer (IPv4 only)
+      systemd.services.challtestsrv = {
+        description = "Pebble challenge test server (DNS mock)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network.target" ];
+        serviceConfig.ExecStart = lib.escapeShellArgs [
+          "${pkgs.pebble}/bin/pebble-challtestsrv"
+          "-dns01" "127.0.0.1:8053" "-http01" "" "-https01" "" "-tlsalpn01" ""
+          "-management" "127.0.0.1:8055"
+          "-defaultIPv4" nodes.lb.networking.primaryIPAddress "-defaultIPv6" ""
+        ];
+      };
       systemd.services.pebble = {
         description = "Pebble ACME test server";
         wantedBy = [ "multi-user.target" ];
-        after = [ "network.target" ];
+        wants = [ "challtestsrv.service" ];
+        after = [ "network.target" "challtestsrv.service" ];
         # no random validation delays
         environment.PEBBLE_VA_NOSLEEP = "1";
         serviceConfig = {
           RuntimeDirectory = "pebble";
           WorkingDirectory = "/run/pebble";
-          ExecStart = "${pkgs.pebble}/bin/pebble -config ${pebbleConfig}";
+          ExecStart = "${pkgs.pebble}/bin/pebble -config ${pebbleConfig} -dnsserver 127.0.0.1:8053 -strict=false";
         };
       };
     };
 
-    upstream = ./upstream.nix;
+    upstream = { imports = [ ./upstream.nix (memory 512) ]; };
 
     npg1 = replica "npg1";
     npg2 = replica "npg2";
     npg3 = replica "npg3";
 
     lb = {
+      imports = [ (memory 512) ];
       networking.firewall.allowedTCPPorts = [ 80 443 8080 ];
       services.traefik = {
         enable = true;
@@ -140,7 +163,7 @@ in
     };
 
     client = { pkgs, ... }: {
-      imports = [ lbName ];
+      imports = [ lbName (memory 1536) ];
       # trusts pebble's listener; the issuing root is fetched from pebble in the test
       security.pki.certificateFiles = [ "${certs}/ca.pem" ];
       environment.systemPackages = [ pkgs.nodejs pkgs.curl pkgs.openssl ];

@@ -1,4 +1,4 @@
-# One npg node: local Redis (redis.createLocally), a static certificate, ports 80/443 (so
+# One npg node: local Redis on its unix socket (redis.createLocally), a static certificate, ports 80/443 (so
 # CAP_NET_BIND_SERVICE), a blocklist; npm installs through it. Run: nix build .#checks.<system>.vm-single
 { pkgs, lib, npgModule }:
 let

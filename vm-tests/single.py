@@ -37,7 +37,7 @@ with subtest("npm installs through HTTPS; tarballs cached on disk and metadata i
         got = json.loads(machine.succeed(f"cat /tmp/p/node_modules/{path}/package.json"))["version"]
         assert got == version, f"{path}: {got} != {version}"
     machine.succeed("test -f /var/lib/npg/storage/al/alpha/alpha-1.0.0.tgz")
-    assert machine.succeed("redis-cli -p 6379 --scan --pattern 'npg:*'").strip(), "nothing cached in Redis"
+    assert machine.succeed("redis-cli -s /run/redis-npg/redis.sock --scan --pattern 'npg:*'").strip(), "nothing cached in Redis"
 
 with subtest("blocklist from the module: the blocked version is refused, the other served"):
     base = "https://npg.test/npm/evilpkg/-/evilpkg"

@@ -14,7 +14,8 @@ in
     serviceConfig = {
       StateDirectory = "upstream";
       ExecStartPre = "${python} -c 'import sys; sys.path.insert(0, \"${dir}\"); import upstream; upstream.build(\"/var/lib/upstream\", \"http://upstream\")'";
-      ExecStart = "${python} ${dir}/upstream.py /var/lib/upstream 0.0.0.0 80";
+      # both families: "upstream" resolves to IPv6 first
+      ExecStart = "${python} ${dir}/upstream.py /var/lib/upstream :: 80";
     };
   };
 }

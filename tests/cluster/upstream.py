@@ -2,8 +2,9 @@
 """A static fake npm registry for the cluster test: serves <root>/packuments/<name>.json at
 /<name>, <root>/tarballs/<file> at /<name>/-/<file>, and <root>/feed.json at /feed.json (the
 malware feed, re-read at every request so the test can change it). Usage: upstream.py ROOT ADDR PORT
+(ADDR `::` listens on IPv6 and IPv4, as the NixOS VM test needs)
 `build(root, base_url)` writes the packages (real .tgz, sha512 integrity) and returns them."""
-import base64, gzip, hashlib, io, json, os, sys, tarfile
+import base64, gzip, hashlib, io, json, os, socket, sys, tarfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -90,4 +91,5 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     Handler.root = sys.argv[1]
     ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.address_family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
     ThreadingHTTPServer((sys.argv[2], int(sys.argv[3])), Handler).serve_forever()
