@@ -5,6 +5,7 @@
 pub mod changes_feed;
 pub mod clients;
 pub mod feed_server;
+pub mod guarded;
 pub mod http;
 pub mod npg;
 pub mod pebble;
