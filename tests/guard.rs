@@ -3,38 +3,15 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::clients::{Client, Project};
+use support::guarded::{start_with, write};
 use support::http::{ABBREVIATED, Reply};
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
 
 async fn get(url: &str, accept: Option<&str>) -> Reply {
     let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
     support::http::get(url, &headers).await
-}
-
-fn write(path: &Path, text: &str) {
-    // Write then rename, so the reloader never reads a half-written file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn start_with(blocklist: &str, env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("blacklist.yml");
-    write(&path, blocklist);
-    let up = FakeRegistry::start();
-    let mut all = vec![
-        ("BLACKLIST_PATH", path.to_str().unwrap()),
-        ("ENABLE_SCHEDULED_UPDATES", "false"),
-    ];
-    all.extend_from_slice(env);
-    let npg = NpgProcess::start(&up.url(), &all);
-    (up, npg, dir)
 }
 
 /// Polls until `check` holds (reloads are asynchronous).

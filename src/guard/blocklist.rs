@@ -9,6 +9,9 @@
 //!   - pattern: "^evil-"             # a regex on the name (linear time: no ReDoS)
 //!     reason: typosquats
 //! ```
+//!
+//! Ranges match prereleases too (see `blocks`): node-semver skips them unless asked, so
+//! `versions: ["*"]` would let a hijacked `9.9.9-0` through. A blocklist over-blocks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -173,14 +176,14 @@ impl Blocklist {
 
     /// A version rule that blocks `name@version` (whole-package rules are `whole_package`'s).
     pub fn version(&self, name: &str, version: &str) -> Option<Hit> {
-        let blocks = self.packages.get(name)?;
+        let entries = self.packages.get(name)?;
         let parsed = Version::parse(version).ok();
-        blocks.iter().find_map(|b| match b {
+        entries.iter().find_map(|b| match b {
             PackageBlock::All(_) => None,
             PackageBlock::Versions(rules, reason) => rules
                 .iter()
                 .find(|r| {
-                    r.spec == version || matches!((&r.range, &parsed), (Some(range), Some(v)) if range.satisfies(v))
+                    r.spec == version || matches!((&r.range, &parsed), (Some(range), Some(v)) if blocks(range, v))
                 })
                 .map(|r| Hit::Version {
                     spec: r.spec.clone(),
@@ -188,6 +191,18 @@ impl Blocklist {
                 }),
         })
     }
+}
+
+/// Whether `range` blocks `version`, prereleases included: one is blocked when the range holds
+/// it in semver order (node-semver's `includePrerelease`, so `*` and `>=1.0.0` hold `2.0.0-beta`)
+/// or holds its release (`2.x` holds `2.0.0-alpha`, `1.2.3` holds `1.2.3-rc.1`, where node-semver
+/// would lower the bound to `2.0.0-0` or hold no prerelease at all).
+fn blocks(range: &Range, version: &Version) -> bool {
+    if range.satisfies_with_prerelease(version, true) {
+        return true;
+    }
+    let release = Version::new(version.major(), version.minor(), version.patch(), vec![], vec![]);
+    version.is_prerelease() && range.satisfies(&release)
 }
 
 fn version_rule(name: &str, spec: String) -> Result<VersionRule, String> {
@@ -252,16 +267,35 @@ patterns:
     }
 
     #[test]
-    fn prereleases_follow_node_semver() {
-        // node-semver: a range only matches prereleases of the same major.minor.patch tuple it names.
+    fn ranges_match_prereleases() {
+        // Held in semver order: node-semver's includePrerelease.
         assert!(blocked("pre", "2.0.0-beta.2"));
-        assert!(
-            !blocked("ua-parser-js", "1.0.1-rc.1"),
-            "^1.0.0 does not include 1.0.1-rc.1"
-        );
-        assert!(!blocked("node-ipc", "11.0.0-beta"), "* does not include prereleases");
-        assert!(blocked("colors", "2.0.0"));
-        assert!(!blocked("colors", "2.0.0-alpha"), "2.x does not include 2.0.0-alpha");
+        assert!(!blocked("pre", "2.0.0-alpha"), "before the range's lower bound");
+        assert!(blocked("node-ipc", "9.9.9-0"), "* holds every prerelease");
+        assert!(blocked("node-ipc", "0.0.0-0"));
+        assert!(blocked("ua-parser-js", "1.0.1-rc.1"), "^1.0.0 holds 1.0.1-rc.1");
+        assert!(blocked("ua-parser-js", "0.7.29-1"), "below 0.7.30");
+        // Held through its release: a prerelease of a blocked version is blocked.
+        assert!(blocked("colors", "2.0.0-alpha"), "2.x holds 2.0.0, so 2.0.0-alpha");
+        assert!(blocked("event-stream", "3.3.6-0"));
+        assert!(blocked("colors", "1.4.44-rc.1"));
+        // Neither: the range's upper bound excludes the release and the prerelease.
+        assert!(!blocked("ua-parser-js", "2.0.0-beta"), "^1.0.0 stops below 2.0.0-0");
+        assert!(!blocked("colors", "3.0.0-0"));
+        assert!(!blocked("colors", "1.4.47-0"));
+        assert!(!blocked("event-stream", "3.3.7-0"));
+    }
+
+    #[test]
+    fn lower_bounds_match_later_prereleases() {
+        let l = Blocklist::parse("packages:\n  - name: p\n    versions: [\">=1.0.0\", \">3\"]\n").unwrap();
+        for v in ["2.0.0-beta", "1.0.0-beta", "4.0.0-0", "1.0.0"] {
+            assert!(l.version("p", v).is_some(), "{v}");
+        }
+        let only_above_3 = Blocklist::parse("packages:\n  - name: p\n    versions: \">3\"\n").unwrap();
+        for v in ["3.0.1-0", "3.9.9", "0.9.9-0"] {
+            assert!(only_above_3.version("p", v).is_none(), "{v}");
+        }
     }
 
     #[test]

@@ -119,15 +119,16 @@ fn api_namespace(segs: &[&str]) -> Result<bool, PathError> {
     Ok(dash(first)? && segs.len() >= 2 && !dash(segs[1])?)
 }
 
-/// A tarball file name npg accepts: `.tgz`, no leading dot, a small safe alphabet, at most
-/// 255 bytes (the longest file name a disk takes).
+/// A tarball file name npg accepts: `.tgz`, no leading dot, at most 255 bytes (the longest
+/// file name a disk takes), a small safe alphabet: what a package name may hold (legacy names
+/// keep `*`, `!`, `'`...) and a version's `+`.
 pub fn valid_file(file: &str) -> bool {
     file.len() <= 255
         && file.ends_with(".tgz")
         && !file.starts_with('.')
         && file
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.+~!()'".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_.+~!*()'".contains(c))
 }
 
 /// The version a tarball file name encodes: `core-7.23.0.tgz` of `@babel/core` is `7.23.0`.
@@ -285,5 +286,17 @@ mod tests {
         assert_eq!(version_from_file(&n, "core-7.23.0.tgz"), Some("7.23.0"));
         assert_eq!(version_from_file(&n, "core-1.0.0-beta.1.tgz"), Some("1.0.0-beta.1"));
         assert_eq!(version_from_file(&n, "other-1.0.0.tgz"), None);
+    }
+
+    #[test]
+    fn every_legal_name_has_a_tarball_route() {
+        // Found by fuzz/fuzz_targets/name.rs: `*` (legal in legacy names) made these BadFile.
+        for n in ["a*b", "@s/x*", "a.b_c-d~e!f'(g)*"] {
+            let n = name(n);
+            let file = format!("{}-1.0.0+build.1.tgz", n.unscoped());
+            let path = format!("/{}/-/{file}", n.url_segment());
+            assert_eq!(classify(&path), Ok(Route::Tarball(n.clone(), file.clone())), "{path}");
+            assert_eq!(version_from_file(&n, &file), Some("1.0.0+build.1"));
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod blob_registry;
 pub mod changes_feed;
 pub mod clients;
 pub mod feed_server;
+pub mod guarded;
 pub mod hostile;
 pub mod http;
 pub mod npg;
