@@ -20,17 +20,7 @@ packages:
 "#;
 
 fn start(env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("blacklist.yml");
-    std::fs::write(&path, RULES).unwrap();
-    let up = FakeRegistry::start();
-    let mut all = vec![
-        ("BLACKLIST_PATH", path.to_str().unwrap()),
-        ("ENABLE_SCHEDULED_UPDATES", "false"),
-    ];
-    all.extend_from_slice(env);
-    let npg = NpgProcess::start(&up.url(), &all);
-    (up, npg, dir)
+    support::guarded::start_with(RULES, env)
 }
 
 /// Slashes that an upstream may merge or ignore (nginx `merge_slashes`, non-strict routers)

@@ -239,34 +239,47 @@ async fn gzip_bombs_from_upstream_stay_within_the_render_budget() {
     );
 }
 
-#[tokio::test]
-async fn a_gzip_bomb_in_redis_is_refused_and_fetched_again() {
-    let redis = support::redis::RedisServer::start();
-    let up = FakeRegistry::start();
-    let npg = NpgProcess::start(
-        &up.url(),
-        &[
-            BOUNDED[0],
-            BOUNDED[1],
-            ("ENABLE_REDIS_CACHE", "true"),
-            ("REDIS_URL", &redis.url()),
-        ],
-    );
+/// npg with Redis, `env` besides.
+fn start_with_redis(redis: &support::redis::RedisServer, env: &[(&str, &str)]) -> (FakeRegistry, NpgProcess) {
+    let (up, url) = (FakeRegistry::start(), redis.url());
+    let mut all = vec![("ENABLE_REDIS_CACHE", "true"), ("REDIS_URL", url.as_str())];
+    all.extend_from_slice(env);
+    let npg = NpgProcess::start(&up.url(), &all);
+    (up, npg)
+}
+
+/// Plants a fresh document of `name` in npg's Redis: `body`, or `repeat` bytes built inside
+/// Redis (through the client they would outlast its response timeout).
+async fn plant(redis: &support::redis::RedisServer, name: &str, body: &[u8], repeat: usize) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis()
         .to_string();
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg("npg:meta:npg-fixture-a")
-        .arg("body")
-        .arg(gzip_bomb(300))
-        .arg(&["etag", "", "fetched", &now, "checked", &now])
-        .query_async(&mut conn)
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap();
+    let script = "local body = ARGV[2] \
+                  if ARGV[3] ~= '0' then body = string.rep('x', tonumber(ARGV[3])) end \
+                  redis.call('HSET', KEYS[1], 'body', body, 'etag', '', 'fetched', ARGV[1], 'checked', ARGV[1])";
+    let _: () = redis::Script::new(script)
+        .key(format!("npg:meta:{name}"))
+        .arg(&now)
+        .arg(body)
+        .arg(repeat)
+        .invoke_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_gzip_bomb_in_redis_is_refused_and_fetched_again() {
+    let redis = support::redis::RedisServer::start();
+    let (up, npg) = start_with_redis(&redis, &BOUNDED);
+    plant(&redis, "npg-fixture-a", &gzip_bomb(300), 0).await;
     let r = support::http::get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-cache"), "MISS", "fetched from upstream instead of the bomb");
@@ -280,36 +293,9 @@ async fn a_gzip_bomb_in_redis_is_refused_and_fetched_again() {
 #[tokio::test]
 async fn an_oversized_document_in_redis_is_not_read() {
     let redis = support::redis::RedisServer::start();
-    let up = FakeRegistry::start();
-    let npg = NpgProcess::start(
-        &up.url(),
-        &[
-            ("MAX_PACKUMENT_MB", "16"),
-            ("ENABLE_REDIS_CACHE", "true"),
-            ("REDIS_URL", &redis.url()),
-        ],
-    );
+    let (_up, npg) = start_with_redis(&redis, &[("MAX_PACKUMENT_MB", "16")]);
     let before = peak_mib(npg.pid());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        .to_string();
-    let client = redis::Client::open(redis.url()).unwrap();
-    // Built inside Redis, without the client's 500 ms response timeout (a loaded machine).
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    let plant = "redis.call('HSET', KEYS[1], 'body', string.rep('x', 96 * 1048576), \
-                 'etag', '', 'fetched', ARGV[1], 'checked', ARGV[1])";
-    let _: () = redis::Script::new(plant)
-        .key("npg:meta:npg-fixture-a")
-        .arg(&now)
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    plant(&redis, "npg-fixture-a", b"", 96 << 20).await;
     let r = support::http::get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("x-cache"), "MISS", "fetched from upstream instead");
