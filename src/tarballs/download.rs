@@ -105,7 +105,11 @@ impl Download {
                 "cannot write the tarball temp file; still verified, not cached");
             self.metrics.tarball_store_error();
             out.pending = None;
-            out.state.send_replace(State::Failed(Failure::Disk));
+            out.state.send_modify(|s| {
+                if let State::Streaming { length, .. } = *s {
+                    *s = State::Unshared { length };
+                }
+            });
         }
     }
 

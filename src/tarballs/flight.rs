@@ -24,6 +24,11 @@ pub enum State {
         length: Option<u64>,
         relayable: u64,
     },
+    /// The temp file failed: the download goes on for the client that started it only, and
+    /// whoever reads the file stops.
+    Unshared {
+        length: Option<u64>,
+    },
     /// Complete and matching its integrity: `length` bytes in all.
     Verified {
         length: u64,
@@ -44,8 +49,9 @@ pub enum Failure {
 }
 
 impl State {
-    pub fn is_final(&self) -> bool {
-        matches!(self, State::Verified { .. } | State::Failed(_))
+    /// Whether a new client can still read the download from its temp file.
+    pub fn joinable(&self) -> bool {
+        matches!(self, State::Asking | State::Streaming { .. })
     }
 }
 
@@ -74,6 +80,17 @@ pub enum Role {
     },
 }
 
+impl Role {
+    /// A download nobody can join, without a temp file.
+    pub fn alone() -> Role {
+        Role::Lead {
+            state: watch::channel(State::Asking).0,
+            landing: None,
+            pending: None,
+        }
+    }
+}
+
 impl Flights {
     /// Joins the download of `file` in flight, or starts one writing to a temp file from
     /// `temp` (without one when the disk refuses: then nobody can join it).
@@ -86,22 +103,18 @@ impl Flights {
         let key = (name.clone(), file.to_string());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(flight) = map.get(&key)
-            && !flight.state.borrow().is_final()
+            && flight.state.borrow().joinable()
         {
             return Role::Join(flight.clone());
         }
-        let (state, rx) = watch::channel(State::Asking);
         let pending = match temp() {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create a tarball temp file; downloading without caching");
-                return Role::Lead {
-                    state,
-                    landing: None,
-                    pending: None,
-                };
+                return Role::alone();
             }
         };
+        let (state, rx) = watch::channel(State::Asking);
         let flight = Arc::new(Flight {
             state: rx,
             temp: pending.path().to_path_buf(),

@@ -105,16 +105,11 @@ impl Tarballs {
             None => self.find(name, file).await?,
         };
         let expected = expected(name, &info).map_err(TarballError::Unverifiable)?;
-        // A joiner whose download failed on the leader's disk leads its own (once).
-        let mut last = Failure::Disk;
-        for _ in 0..2 {
-            match self.miss(name, file, &info, &expected).await {
-                Err(Failure::Disk) => last = Failure::Disk,
-                Err(f) => return Err(f.into()),
-                Ok(found) => return Ok(found),
-            }
+        match self.miss(name, file, &info, &expected, true).await {
+            // The download joined lost its temp file: one of its own, without a file.
+            Err(Failure::Disk) => Ok(self.miss(name, file, &info, &expected, false).await?),
+            found => Ok(found?),
         }
-        Err(last.into())
     }
 
     /// A private package's tarball (the client's `credentials`, `pkg` the packument fetched
@@ -203,15 +198,20 @@ impl Tarballs {
         }
     }
 
-    /// Serves a miss from the download of `file` in flight, or leads a new one.
+    /// Serves a miss from the download of `file` in flight, or leads a new one (`shared`), or
+    /// downloads it alone, without a temp file.
     async fn miss(
         &self,
         name: &PackageName,
         file: &str,
         info: &TarballInfo,
         expected: &Expected,
+        shared: bool,
     ) -> Result<(TarballBody, bool), Failure> {
-        let role = self.flights.lead_or_join(name, file, || self.store.pending());
+        let role = match shared {
+            true => self.flights.lead_or_join(name, file, || self.store.pending()),
+            false => Role::alone(),
+        };
         let (direct, file_handle, state) = match role {
             Role::Join(flight) => {
                 self.metrics.tarball_download("join");
@@ -257,7 +257,7 @@ impl Tarballs {
         file: Option<tokio::fs::File>,
         mut state: watch::Receiver<State>,
     ) -> Result<TarballBody, Failure> {
-        let length = relay::started(&mut state).await?;
+        let length = relay::started(&mut state, direct.is_some()).await?;
         let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
         tokio::spawn(relay::relay(direct, file, state, tx));
         Ok(TarballBody::Download(rx, length))

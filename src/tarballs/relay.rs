@@ -14,11 +14,20 @@ const READ_CHUNK: usize = 64 * 1024;
 
 pub type Chunks = mpsc::Receiver<io::Result<Bytes>>;
 
-/// Waits until upstream answered: the announced length, or why the download failed.
-pub async fn started(state: &mut watch::Receiver<State>) -> Result<Option<u64>, Failure> {
-    let seen = state.wait_for(|s| !matches!(s, State::Asking)).await.map(|s| s.clone());
+/// Waits until upstream answered: the announced length, or why the download failed. A
+/// client reading the temp file (`direct` false) cannot use a download that lost its file,
+/// so it waits until the file has taken bytes (a full disk fails at the first write).
+pub async fn started(state: &mut watch::Receiver<State>, direct: bool) -> Result<Option<u64>, Failure> {
+    let ready = |s: &State| match s {
+        State::Asking => false,
+        State::Streaming { relayable, .. } => direct || *relayable > 0,
+        _ => true,
+    };
+    let seen = state.wait_for(ready).await.map(|s| s.clone());
     match seen {
         Ok(State::Streaming { length, .. }) => Ok(length),
+        Ok(State::Unshared { length }) if direct => Ok(length),
+        Ok(State::Unshared { .. }) => Err(Failure::Disk),
         Ok(State::Verified { length }) => Ok(Some(length)),
         Ok(State::Failed(f)) => Err(f),
         Ok(State::Asking) | Err(_) => Err(ended_early()),
@@ -74,6 +83,7 @@ async fn from_file(
             State::Asking => (0, false),
             State::Streaming { relayable, .. } => (relayable, false),
             State::Verified { length } => (length, true),
+            State::Unshared { .. } => return Err(Failure::Disk),
             State::Failed(f) => return Err(f),
         };
         while offset < limit {
@@ -88,7 +98,7 @@ async fn from_file(
         if done {
             return Ok(());
         }
-        if state.changed().await.is_err() && !state.borrow().is_final() {
+        if state.changed().await.is_err() && state.borrow().joinable() {
             return Err(ended_early());
         }
     }
