@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use npg::npm::path::{PathError, Route, check_traversal, classify, valid_file, version_from_file};
-use npg_fuzz::{assert_routed, known_dash_bypass};
+use npg_fuzz::assert_routed;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -18,14 +18,12 @@ fuzz_target!(|data: &[u8]| {
     let segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
     match route {
         Ok(Route::Passthrough) => {
-            if known_dash_bypass(&segments) {
-                return;
-            }
-            // Only the registry's own API (`/-/...`) and `/` are not about a package.
-            assert!(
-                segments.is_empty() || segments[0] == "-" && segments.len() > 1,
-                "{raw} passes through"
-            );
+            // Only the root and the registry's own API, `/-/...` (`-` in any encoding, once),
+            // are about no package; `/-`, `/-foo`, `/-/-/...` name packages. Fuzzing found
+            // those passed through unguarded.
+            let dash = |s: &str| s == "-" || s.eq_ignore_ascii_case("%2d");
+            let api = segments.len() > 1 && dash(segments[0]) && !dash(segments[1]);
+            assert!(segments.is_empty() || api, "{raw} passes through");
         }
         Ok(Route::Packument(name)) => assert_routed(&name, None),
         Ok(Route::Tarball(name, file)) => {

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     if npm_alphabet && Version::parse(rest).is_ok_and(|v| v.to_string() == rest) {
         let file = format!("{unscoped}-{rest}.tgz");
         assert_eq!(version_from_file(&name, &file), Some(rest));
-        if file.len() <= 300 {
+        if file.len() <= 255 {
             assert!(valid_file(&file), "{name}@{rest}: {file} is refused");
             assert_routed(&name, Some(&file));
         }

@@ -16,21 +16,9 @@ pub fn fields<const N: usize>(data: &[u8]) -> Option<[&str; N]> {
     Some(out)
 }
 
-/// KNOWN finding, fixed on main by the lead (src/npm/path.rs): a first segment starting with
-/// `-` other than the API's `/-/...` (`/-`, `/-foo`, `/-foo/-/x.tgz`) classifies as
-/// Passthrough, unguarded. The targets skip that shape until this branch has the fix.
-pub fn known_dash_bypass(segments: &[&str]) -> bool {
-    segments
-        .first()
-        .is_some_and(|first| first.starts_with('-') && (*first != "-" || segments.len() == 1))
-}
-
 /// Asserts that npm's spelling of the packument and tarball paths of `name` reach npg's
 /// routes for them (so the guard sees them), not a pass-through.
 pub fn assert_routed(name: &PackageName, file: Option<&str>) {
-    if known_dash_bypass(&[name.as_str()]) {
-        return;
-    }
     let segment = name.url_segment();
     assert_eq!(
         classify(&format!("/{segment}")),
