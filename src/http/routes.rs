@@ -25,7 +25,7 @@ use crate::tarballs::TarballError;
 pub const API_PREFIX: &str = "/npm";
 
 pub fn router(app: App) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
         .route("/metrics", get(health::metrics))
@@ -42,9 +42,14 @@ pub fn router(app: App) -> Router {
                 "unknown",
                 Err(ApiError::not_found("no such route; the npm API is under /npm/")),
             )
-        })
-        // Inside `observe`, so refused requests are counted and logged too.
-        .layer(axum::middleware::from_fn_with_state(app.clone(), super::auth::require))
+        });
+    // Inside `observe`, so refused requests are counted and logged too; no layer at all when
+    // access control is off (a layer costs every request).
+    let routes = match app.auth {
+        Some(_) => routes.layer(axum::middleware::from_fn_with_state(app.clone(), super::auth::require)),
+        None => routes,
+    };
+    routes
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
 }

@@ -94,16 +94,22 @@ impl Tarballs {
     }
 
     pub async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
-        let info = self.judge(name, file).await?;
+        let judged = self.judge(name, file).await?;
         if let Some(cached) = self.store.open(name, file).await {
             self.metrics.cache("disk", true);
             return Ok((TarballBody::Cached(cached), true));
         }
         self.metrics.cache("disk", false);
-        let info = match info {
-            Some(info) => info,
+        let pkg = match judged {
+            Some(pkg) => pkg,
             None => self.find(name, file).await?,
         };
+        let info = pkg
+            .index
+            .files
+            .get(file)
+            .cloned()
+            .ok_or_else(|| no_such_file(name, file))?;
         let expected = expected(name, &info).map_err(TarballError::Unverifiable)?;
         match self.miss(name, file, &info, &expected, true).await {
             // The download joined lost its temp file: one of its own, without a file.
@@ -121,11 +127,7 @@ impl Tarballs {
         pkg: &Package,
         credentials: &HeaderValue,
     ) -> Result<TarballBody, TarballError> {
-        let info = pkg
-            .index
-            .files
-            .get(file)
-            .ok_or_else(|| TarballError::NotFound(format!("{name} has no version with tarball {file}")))?;
+        let info = pkg.index.files.get(file).ok_or_else(|| no_such_file(name, file))?;
         let expected = expected(name, info).map_err(TarballError::Unverifiable)?;
         let download = self.download(name, file, info, expected, None);
         let request = self.request(name, file, info, Some(credentials.clone()));
@@ -146,29 +148,25 @@ impl Tarballs {
     }
     /// Refuses blocked tarballs even when they are on disk (lockfile installs skip metadata;
     /// yarn 4 builds tarball URLs itself), by the version the packument gives the file: a
-    /// file name need not be `<name>-<version>.tgz`. Returns the file's entry when known.
-    /// Without any packument (upstream down, nothing cached) a hit is judged by its name,
-    /// unless the release-age gate applies.
-    async fn judge(&self, name: &PackageName, file: &str) -> Result<Option<TarballInfo>, TarballError> {
+    /// file name need not be `<name>-<version>.tgz`. Returns the packument when there is one;
+    /// without any (upstream down, nothing cached) a hit is judged by its file name, unless
+    /// the release-age gate applies.
+    async fn judge(&self, name: &PackageName, file: &str) -> Result<Option<Arc<Package>>, TarballError> {
         let policy = self.guard.policy();
         if let Some(block) = policy.package(name.as_str()) {
             return Err(blocked(name, None, block));
         }
-        let info = match self.find(name, file).await {
-            Ok(info) => Some(info),
+        match self.find(name, file).await {
+            Ok(pkg) => Ok(Some(pkg)),
             Err(TarballError::Fetch(e @ FetchError::Upstream(_))) if policy.age_gate(name.as_str()).is_none() => {
                 tracing::warn!(package = %name, error = %e, "no packument to judge a tarball by; judged by its file name");
-                None
+                match version_from_file(name, file).and_then(|v| Some((v, policy.version(name.as_str(), v)?))) {
+                    Some((v, block)) => Err(self.refuse(name, v, block).await),
+                    None => Ok(None),
+                }
             }
-            Err(e) => return Err(e),
-        };
-        let version = info.as_ref().map(|i| i.version.as_str());
-        if let Some(v) = version.or_else(|| version_from_file(name, file))
-            && let Some(block) = policy.version(name.as_str(), v)
-        {
-            return Err(self.refuse(name, v, block).await);
+            Err(e) => Err(e),
         }
-        Ok(info)
     }
 
     /// The block of a version, and, when it is malware, its cached tarballs purged.
@@ -179,22 +177,21 @@ impl Tarballs {
         blocked(name, Some(version), block)
     }
 
-    /// The packument's entry for `file`, refreshing the packument once if it does not know it
-    /// (a version published after it was cached); refused when its version is hidden.
-    async fn find(&self, name: &PackageName, file: &str) -> Result<TarballInfo, TarballError> {
+    /// The packument, known to give `file` to a version the policy allows (judged when it
+    /// was rendered, under the policy in force); refreshed once if it does not know `file`
+    /// (a version published after it was cached).
+    async fn find(&self, name: &PackageName, file: &str) -> Result<Arc<Package>, TarballError> {
         let (pkg, source) = self.packuments.get(name).await?;
         let pkg = match pkg.index.files.contains_key(file) || source == Source::Upstream {
             true => pkg,
             false => self.packuments.refresh(name).await?.0,
         };
         let Some(info) = pkg.index.files.get(file) else {
-            return Err(TarballError::NotFound(format!(
-                "{name} has no version with tarball {file}"
-            )));
+            return Err(no_such_file(name, file));
         };
         match pkg.hidden.get(&info.version) {
             Some(block) => Err(self.refuse(name, &info.version, block.clone()).await),
-            None => Ok(info.clone()),
+            None => Ok(pkg),
         }
     }
 
@@ -315,6 +312,10 @@ impl Tarballs {
         let purged = tokio::task::spawn_blocking(move || store.purge(&name, files.as_deref())).await;
         purged.unwrap_or_default()
     }
+}
+
+fn no_such_file(name: &PackageName, file: &str) -> TarballError {
+    TarballError::NotFound(format!("{name} has no version with tarball {file}"))
 }
 
 fn blocked(name: &PackageName, version: Option<&str>, block: Block) -> TarballError {
