@@ -66,11 +66,14 @@ impl Download {
                 }
             };
             verifier.update(&chunk);
+            // The chunk held until now is already in the file: release it before writing this
+            // one, so no client waits for the disk.
+            if let Some(prev) = held.take() {
+                pass(&mut out, prev, total).await;
+            }
             total += chunk.len() as u64;
             self.write(&mut out, &chunk).await;
-            if let Some(prev) = held.replace(chunk) {
-                pass(&mut out, prev, total - held.as_ref().map_or(0, |h| h.len() as u64)).await;
-            }
+            held = Some(chunk);
             if out.pending.is_none() && out.direct.is_none() {
                 return; // nobody to serve and nothing to keep
             }
