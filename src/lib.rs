@@ -14,7 +14,9 @@
 //! - `cluster`: the shared Redis connection and its health.
 //! - `rendered`: a packument filtered by the policy and rendered in both forms.
 //! - `changes`: follows the registry's changes feed and invalidates changed packages.
-//! - `packuments`, `tarballs`: the services that answer metadata and tarball requests.
+//! - `packuments`, `tarballs`: the services that answer metadata and tarball requests
+//!   (`tarballs`: one download per file in flight, joined by concurrent misses, verified on
+//!   the stream whether or not the disk takes it).
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
 //! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
