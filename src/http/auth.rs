@@ -70,10 +70,8 @@ pub fn allowed(app: &App, caller: Option<&Caller>, needed: Permission) -> bool {
     app.auth.is_none() || caller.is_some_and(|c| c.0.may(needed))
 }
 
+/// The middleware, installed only when access control is on (see `routes::router`).
 pub async fn require(State(app): State<App>, mut req: Request, next: Next) -> Response {
-    if app.auth.is_none() {
-        return next.run(req).await;
-    }
     let needed = needed(req.method(), req.uri().path());
     let presented = Presented::of(&app, req.headers());
     req.headers_mut().remove(header::AUTHORIZATION);

@@ -17,7 +17,7 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::cache::disk::{Cached, TarballStore};
+use crate::cache::disk::{Cached, Pending, TarballStore};
 use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
@@ -27,7 +27,7 @@ use crate::npm::path::version_from_file;
 use crate::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
-use flight::{Failure, Flights, Role, State};
+use flight::{Failure, Flights, Landing, Role, State};
 
 /// Chunks buffered per client of a download.
 const CLIENT_BUFFER: usize = 16;
@@ -131,15 +131,7 @@ impl Tarballs {
         let expected = expected(name, info).map_err(TarballError::Unverifiable)?;
         let download = self.download(name, file, info, expected, None);
         let request = self.request(name, file, info, Some(credentials.clone()));
-        let (state_tx, state) = watch::channel(State::Asking);
-        let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
-        let outputs = Outputs {
-            pending: None,
-            state: state_tx,
-            direct: Some(direct_tx),
-            landing: None,
-        };
-        tokio::spawn(download.run(request, outputs));
+        let (direct, state) = start(download, request, watch::channel(State::Asking).0, None, None);
         let body = self
             .respond(Some(direct), None, state)
             .await
@@ -231,16 +223,9 @@ impl Tarballs {
                     Some(p) => tokio::fs::File::open(p.path()).await.ok(),
                     None => None,
                 };
-                let watching = state.subscribe();
-                let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
-                let outputs = Outputs {
-                    pending,
-                    state,
-                    direct: Some(direct_tx),
-                    landing,
-                };
                 let download = self.download(name, file, info, expected.clone(), Some(self.store.clone()));
-                tokio::spawn(download.run(self.request(name, file, info, None), outputs));
+                let request = self.request(name, file, info, None);
+                let (direct, watching) = start(download, request, state, landing, pending);
                 (Some(direct), reader, watching)
             }
         };
@@ -312,6 +297,27 @@ impl Tarballs {
         let purged = tokio::task::spawn_blocking(move || store.purge(&name, files.as_deref())).await;
         purged.unwrap_or_default()
     }
+}
+
+/// Runs `download` in its own task; returns the chunks for the client that started it and
+/// the state its other clients watch.
+fn start(
+    download: Download,
+    request: impl Future<Output = Result<reqwest::Response, UpstreamError>> + Send + 'static,
+    state: watch::Sender<State>,
+    landing: Option<Landing>,
+    pending: Option<Pending>,
+) -> (relay::Chunks, watch::Receiver<State>) {
+    let watching = state.subscribe();
+    let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
+    let outputs = Outputs {
+        pending,
+        state,
+        direct: Some(direct_tx),
+        landing,
+    };
+    tokio::spawn(download.run(request, outputs));
+    (direct, watching)
 }
 
 fn no_such_file(name: &PackageName, file: &str) -> TarballError {
