@@ -86,6 +86,7 @@ impl App {
                 memory_bytes: settings.memory_cache_mb << 20,
                 max_document_bytes: (settings.max_packument_mb as usize) << 20,
                 render_memory_bytes: settings.render_memory_mb << 20,
+                miss_ttl: settings.metadata_miss_ttl,
             },
             upstream.clone(),
             guard.clone(),
@@ -140,6 +141,10 @@ impl App {
             crate::auth::reload::spawn(auth.clone(), self.metrics.clone(), path.clone());
         }
         crate::changes::spawn_listener(self);
+        tokio::spawn(crate::upstream::breaker::share(
+            self.upstream.breaker().clone(),
+            self.bus.clone(),
+        ));
         crate::changes::spawn(self, settings);
         if let Some(tls) = &self.tls {
             crate::tls::acme::spawn(tls.clone(), self.redis.clone(), self.bus.clone(), settings);

@@ -107,9 +107,15 @@ pub struct Settings {
     #[arg(long, env = "METADATA_TTL", default_value = "5m", value_parser = parse_duration)]
     pub metadata_ttl: Duration,
 
-    /// How long an expired packument is kept to serve when upstream fails (stale-if-error).
+    /// How long an expired packument is kept to serve when upstream fails, is down or is slow
+    /// to revalidate (stale-if-error, stale-while-revalidate).
     #[arg(long, env = "METADATA_MAX_STALE", default_value = "7d", value_parser = parse_duration)]
     pub metadata_max_stale: Duration,
+
+    /// How long a miss is remembered by the cluster: a package upstream does not have, or a
+    /// packument just asked again for a version or file it lacks (0 turns it off).
+    #[arg(long, env = "METADATA_MISS_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub metadata_miss_ttl: Duration,
 
     /// Size of the in-process cache of rendered packuments, in MiB.
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]

@@ -27,6 +27,10 @@ pub struct Metrics {
     tarball_store_errors: Counter,
     auth_denied: Family<Labels, Counter>,
     auth_reload_errors: Counter,
+    breaker_state: Gauge,
+    breaker_trips: Counter,
+    stale_served: Family<Labels, Counter>,
+    negative_hits: Counter,
 }
 
 /// An open client connection, counted until dropped.
@@ -124,8 +128,36 @@ impl Default for Metrics {
             "Reloads of AUTH_TOKENS_FILE refused (the previous table stays)",
             auth_reload_errors.clone(),
         );
+        let breaker_state = Gauge::default();
+        registry.register(
+            "upstream_breaker_state",
+            "The upstream breaker: 0 closed, 1 open (upstream taken as down), 2 half-open (probing)",
+            breaker_state.clone(),
+        );
+        let breaker_trips = Counter::default();
+        registry.register(
+            "upstream_breaker_trips",
+            "Times the upstream breaker opened (here or on another replica)",
+            breaker_trips.clone(),
+        );
+        let stale_served = Family::default();
+        registry.register(
+            "stale_served",
+            "Packuments served stale, by why (revalidating: upstream slower than the grace; upstream_error; breaker_open)",
+            stale_served.clone(),
+        );
+        let negative_hits = Counter::default();
+        registry.register(
+            "negative_cache_hits",
+            "Upstream fetches saved by remembering a miss (unknown package, version or file)",
+            negative_hits.clone(),
+        );
         Metrics {
             registry,
+            breaker_state,
+            breaker_trips,
+            stale_served,
+            negative_hits,
             auth_denied,
             auth_reload_errors,
             tarball_downloads,
@@ -222,6 +254,22 @@ impl Metrics {
 
     pub fn changes_invalidation(&self) {
         self.changes_invalidations.inc();
+    }
+
+    pub fn set_breaker_state(&self, state: i64) {
+        self.breaker_state.set(state);
+    }
+
+    pub fn breaker_trip(&self) {
+        self.breaker_trips.inc();
+    }
+
+    pub fn stale_served(&self, why: &'static str) {
+        self.stale_served.get_or_create(&vec![("why", why.to_string())]).inc();
+    }
+
+    pub fn negative_hit(&self) {
+        self.negative_hits.inc();
     }
 
     /// Prometheus text exposition.

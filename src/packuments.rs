@@ -1,6 +1,8 @@
 //! The packument service: L1 (rendered, per replica) → L2 (raw, shared Redis) → upstream,
-//! with one upstream fetch per name at a time, ETag revalidation after the TTL and the
-//! stale copy served when upstream fails.
+//! with one upstream fetch per name at a time, ETag revalidation after the TTL, and the
+//! stale copy served when upstream fails, is down (the breaker) or is slower to revalidate
+//! than `REVALIDATE_GRACE` (stale-while-revalidate: the revalidation goes on in the
+//! background). Packages upstream does not have are remembered (`cache::misses`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +12,7 @@ use reqwest::header::HeaderValue;
 
 use crate::budget::{Budget, RENDER_FACTOR, Reservation};
 use crate::cache::memory::MemoryCache;
+use crate::cache::misses::{Miss, Misses};
 use crate::cache::redis::{DocMeta, SharedMeta};
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::guard::Guard;
@@ -23,6 +26,11 @@ pub use crate::rendered::{Package, Variant};
 
 /// After an upstream failure, how long the stale copy is served before asking again.
 const STALE_RETRY: Duration = Duration::from_secs(10);
+
+/// How long a request waits for the revalidation of its expired copy before it is served the
+/// copy as it is: a healthy upstream answers a conditional request well within it, a sick
+/// one never stalls an install.
+const REVALIDATE_GRACE: Duration = Duration::from_millis(250);
 
 /// Where an answer came from; `X-Cache` says HIT for all but `Upstream` and `Stale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +63,8 @@ pub struct Settings {
     pub max_document_bytes: usize,
     /// The memory budget of documents being read and rendered at once.
     pub render_memory_bytes: u64,
+    /// How long a miss is remembered (METADATA_MISS_TTL).
+    pub miss_ttl: Duration,
 }
 
 pub struct Packuments {
@@ -65,6 +75,7 @@ pub struct Packuments {
 struct Inner {
     l1: MemoryCache,
     l2: SharedMeta,
+    misses: Misses,
     redis: Arc<SharedRedis>,
     upstream: Arc<Upstream>,
     guard: Arc<Guard>,
@@ -83,6 +94,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// The copy a revalidation starts from: rendered in L1, or only raw in L2.
+#[derive(Clone)]
 enum Base {
     Memory(Arc<Package>),
     Shared(DocMeta),
@@ -99,6 +111,7 @@ impl Packuments {
         let inner = Inner {
             l1: MemoryCache::new(settings.memory_bytes),
             l2: SharedMeta::new(redis.clone()),
+            misses: Misses::new(redis.clone(), settings.miss_ttl),
             redis,
             upstream,
             guard,
@@ -135,6 +148,7 @@ impl Packuments {
     /// changed upstream: the next request fetches it again).
     pub async fn invalidate(&self, name: &PackageName, shared: bool) {
         self.inner.l1.remove(name).await;
+        self.inner.misses.remove(name, shared).await;
         if shared {
             self.inner.l2.delete(name).await;
         }
@@ -170,9 +184,10 @@ impl Packuments {
         }
     }
 
-    /// Asks upstream even if the cached copy is fresh (a version it does not know was asked
-    /// for), unless this replica validated it within `MIN_REFRESH`: requests for made-up
-    /// versions or files cannot turn into a stream of upstream fetches.
+    /// Asks upstream even if the cached copy is fresh (a version or file it does not know was
+    /// asked for), unless this replica validated it within `MIN_REFRESH` or a replica asked
+    /// for it within METADATA_MISS_TTL: made-up versions or files cannot turn into a stream
+    /// of upstream fetches.
     pub async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
         if let Some(p) = self.inner.l1.get(name).await
             && now_ms().saturating_sub(p.checked_ms) < MIN_REFRESH.as_millis() as u64
@@ -180,7 +195,13 @@ impl Packuments {
         {
             return Ok((self.inner.current(p).await, Source::Memory));
         }
-        self.load(name, true).await
+        if self.inner.misses.get(name).await.is_some() {
+            self.inner.metrics.negative_hit();
+            return self.get(name).await;
+        }
+        let found = self.load(name, true).await;
+        self.inner.misses.insert(name, Miss::Refreshed).await;
+        found
     }
 
     async fn load(&self, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
@@ -206,7 +227,7 @@ impl Inner {
         self.settings.ttl + self.settings.max_stale
     }
 
-    async fn load(&self, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
+    async fn load(self: &Arc<Self>, name: &PackageName, force: bool) -> Result<Lookup, FetchError> {
         let memory = self.l1.get(name).await;
         if let Some(p) = memory.as_ref().filter(|p| !force && self.is_fresh(p.checked_ms)) {
             let source = if p.stale { Source::Stale } else { Source::Memory };
@@ -236,7 +257,39 @@ impl Inner {
         } else if self.redis.state() != RedisState::Disabled {
             self.metrics.cache("l2", false);
         }
-        self.ask_upstream(name, base).await
+        match base {
+            None if self.misses.get(name).await == Some(Miss::Package) => {
+                self.metrics.negative_hit();
+                Err(FetchError::NotFound)
+            }
+            Some(base) if !force => self.revalidate(name, base).await,
+            base => self.ask_upstream(name, base).await,
+        }
+    }
+
+    /// Revalidates an expired copy, serving it as it is if upstream takes longer than
+    /// `REVALIDATE_GRACE` (the revalidation finishes in the background and updates the
+    /// caches).
+    async fn revalidate(self: &Arc<Self>, name: &PackageName, base: Base) -> Result<Lookup, FetchError> {
+        let (inner, n, copy) = (self.clone(), name.clone(), base.clone());
+        let mut asking = tokio::spawn(async move { inner.ask_upstream(&n, Some(base)).await });
+        // Upstream silent for the grace already (it hangs, the breaker is not open yet): waiting
+        // again would only add a grace per package to an install.
+        let grace = match self.upstream.breaker().silent_for() >= REVALIDATE_GRACE {
+            true => Duration::ZERO,
+            false => REVALIDATE_GRACE,
+        };
+        let joined = match tokio::time::timeout(grace, &mut asking).await {
+            Ok(joined) => joined,
+            Err(_) => match self.stale_copy(name, Some(copy)).await {
+                Some(p) => {
+                    self.metrics.stale_served("revalidating");
+                    return Ok((p, Source::Stale));
+                }
+                None => asking.await,
+            },
+        };
+        joined.unwrap_or_else(|e| Err(FetchError::Internal(format!("revalidation failed: {e}"))))
     }
 
     async fn ask_upstream(&self, name: &PackageName, base: Option<Base>) -> Result<Lookup, FetchError> {
@@ -298,6 +351,7 @@ impl Inner {
             Ok(Fetched::NotFound) => {
                 self.l1.remove(name).await;
                 self.l2.delete(name).await;
+                self.misses.insert(name, Miss::Package).await;
                 Err(FetchError::NotFound)
             }
             Err(err) => self.serve_stale(name, base, err).await,
@@ -311,24 +365,42 @@ impl Inner {
         base: Option<Base>,
         err: UpstreamError,
     ) -> Result<Lookup, FetchError> {
-        let stale = match base {
-            Some(Base::Memory(p)) => Some(p),
-            Some(Base::Shared(meta)) => self.render_shared(name, &meta).await,
-            None => None,
-        };
-        let max_age = (self.settings.ttl + self.settings.max_stale).as_millis() as u64;
-        let now = now_ms();
-        match stale.filter(|p| now.saturating_sub(p.checked_ms) < max_age) {
+        match self.stale_copy(name, base).await {
             Some(p) => {
+                let why = match err {
+                    UpstreamError::Unavailable { .. } => "breaker_open",
+                    _ => "upstream_error",
+                };
+                self.metrics.stale_served(why);
                 tracing::warn!(package = %name, error = %err, "upstream failed; serving the stale copy");
-                // Look fresh for a short while so a dead upstream is not asked on every request.
-                let retry_at = now.saturating_sub(self.settings.ttl.saturating_sub(STALE_RETRY).as_millis() as u64);
-                let p = self.current(p.checked_at(retry_at.max(p.checked_ms), true)).await;
-                self.l1.insert(p.clone()).await;
                 Ok((p, Source::Stale))
             }
             None => Err(err.into()),
         }
+    }
+
+    /// The old copy if it is within METADATA_MAX_STALE, marked stale and made to look fresh
+    /// for `STALE_RETRY`, so a sick upstream is not asked again on every request.
+    async fn stale_copy(&self, name: &PackageName, base: Option<Base>) -> Option<Arc<Package>> {
+        let stale = match base? {
+            Base::Memory(p) => p,
+            Base::Shared(meta) => self.render_shared(name, &meta).await?,
+        };
+        let max_age = (self.settings.ttl + self.settings.max_stale).as_millis() as u64;
+        let now = now_ms();
+        if now.saturating_sub(stale.checked_ms) >= max_age {
+            return None;
+        }
+        // The revalidation may have finished meanwhile: its copy wins.
+        if let Some(newer) = self.l1.get(name).await.filter(|p| p.checked_ms > stale.checked_ms) {
+            return Some(self.current(newer).await);
+        }
+        let retry_at = now.saturating_sub(self.settings.ttl.saturating_sub(STALE_RETRY).as_millis() as u64);
+        let p = self
+            .current(stale.checked_at(retry_at.max(stale.checked_ms), true))
+            .await;
+        self.l1.insert(p.clone()).await;
+        Some(p)
     }
 
     async fn render_shared(&self, name: &PackageName, meta: &DocMeta) -> Option<Arc<Package>> {

@@ -4,4 +4,5 @@
 pub mod disk;
 pub mod hot;
 pub mod memory;
+pub mod misses;
 pub mod redis;

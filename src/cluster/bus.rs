@@ -25,6 +25,10 @@ pub enum Event {
     FeedUpdated { etag: Option<String> },
     /// A replica stored a new certificate for this domain in Redis: serve it.
     CertificateReplaced { domain: String },
+    /// A replica's upstream breaker opened: stop asking upstream for `for_ms`.
+    UpstreamDown { for_ms: u64, reason: String },
+    /// A replica's probe got an answer: ask upstream again.
+    UpstreamUp,
 }
 
 /// What goes over the channel. `node` tells apart two processes that share an instance name,

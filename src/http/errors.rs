@@ -18,6 +18,8 @@ pub struct ApiError {
     pub reason: String,
     /// More fields of the body (the guard's `package`, `type`, `pattern`, ...).
     pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// Sent as `Retry-After` (seconds): upstream is down and will be asked again then.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,7 @@ impl ApiError {
             error: error.into(),
             reason: reason.into(),
             extra: None,
+            retry_after: None,
         }
     }
 
@@ -82,6 +85,10 @@ impl From<UpstreamError> for ApiError {
     fn from(e: UpstreamError) -> ApiError {
         match e {
             UpstreamError::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Upstream timeout", e.to_string()),
+            UpstreamError::Unavailable { retry_in_seconds, .. } => ApiError {
+                retry_after: Some(retry_in_seconds),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable", e.to_string())
+            },
             // Upstream refusing us (401, 403, 410, 429...) is told as is; its failures are a 502.
             UpstreamError::Status(s) if (400..500).contains(&s) => {
                 let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -140,6 +147,10 @@ impl IntoResponse for ApiError {
         let mut resp = (self.status, Json(body)).into_response();
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(seconds) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         resp
     }
 }

@@ -10,18 +10,19 @@ use super::observe::RouteLabel;
 use crate::app::App;
 use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
+use crate::upstream::breaker::State as Breaker;
 
 /// The status for anyone; the details only for admins when access control is on.
 pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
-    let redis = app.redis.state();
     let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let status = match (draining, redis) {
+    let problems = problems(&app);
+    let status = match (draining, problems.is_empty()) {
         (true, _) => "draining",
-        (false, RedisState::Disconnected) => "degraded",
-        (false, _) => "ok",
+        (false, false) => "degraded",
+        (false, true) => "ok",
     };
     let body = if allowed(&app, caller.as_deref(), Permission::Admin) {
-        details(&app, status)
+        details(&app, status, &problems)
     } else {
         serde_json::json!({ "status": status })
     };
@@ -36,11 +37,27 @@ pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -
     resp
 }
 
-fn details(app: &App, status: &str) -> serde_json::Value {
+/// What makes this replica `degraded`: it still serves, but not as it should.
+fn problems(app: &App) -> Vec<String> {
+    let mut problems = Vec::new();
+    if app.redis.state() == RedisState::Disconnected {
+        problems.push("redis is not answering".to_string());
+    }
+    let breaker = app.upstream.breaker().status();
+    if breaker.state != Breaker::Closed {
+        let why = breaker.last_error.as_deref().unwrap_or("failing");
+        problems.push(format!("upstream is down ({why}): stale copies served, misses refused"));
+    }
+    problems
+}
+
+fn details(app: &App, status: &str, problems: &[String]) -> serde_json::Value {
     let redis = app.redis.state();
     let policy = app.guard.policy();
     serde_json::json!({
         "status": status,
+        "problems": problems,
+        "upstream": { "breaker": app.upstream.breaker().status() },
         "redis": redis.as_str(),
         "version": env!("CARGO_PKG_VERSION"),
         "instance": app.instance,

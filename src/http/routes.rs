@@ -16,9 +16,10 @@ use super::errors::ApiError;
 use super::observe::{RouteLabel, observe};
 use super::{health, packument, passthrough, tarball};
 use crate::app::App;
+use crate::cluster::bus::Event;
 use crate::guard::Block;
 use crate::npm::name::PackageName;
-use crate::npm::path::{Route, check_traversal, classify};
+use crate::npm::path::{Route, check_traversal, classify, written_package};
 use crate::packuments::{Lookup, Source};
 use crate::tarballs::TarballError;
 
@@ -136,7 +137,7 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
                 )),
             );
         }
-        return labelled("passthrough", forward_write(&app, req, &relative).await);
+        return labelled("passthrough", forward_write(&app, req, &rest, &relative).await);
     }
     match classify(&rest) {
         Err(e) => labelled("invalid", Err(e.into())),
@@ -150,8 +151,8 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
 }
 
 /// Passes a write through; when the client's own body breaks (bad chunking, cut off) the
-/// answer is 400, not an upstream error.
-async fn forward_write(app: &App, req: Request, relative: &str) -> Result<Response<Body>, ApiError> {
+/// answer is 400, not an upstream error. A write upstream took makes npg forget the package.
+async fn forward_write(app: &App, req: Request, rest: &str, relative: &str) -> Result<Response<Body>, ApiError> {
     let broken = Arc::new(AtomicBool::new(false));
     let seen = broken.clone();
     let req = req.map(|body| {
@@ -160,7 +161,14 @@ async fn forward_write(app: &App, req: Request, relative: &str) -> Result<Respon
             e
         }))
     });
+    let written = written_package(rest);
     let result = passthrough::forward(app, req, relative).await;
+    let took = matches!(&result, Ok(resp) if resp.status().is_success());
+    if let Some(name) = written.filter(|_| took) {
+        // Published, unpublished or retagged: every replica fetches it again.
+        app.packuments.invalidate(&name, true).await;
+        app.bus.publish(Event::PackageChanged { name: name.to_string() }).await;
+    }
     match result {
         Err(_) if broken.load(Ordering::Relaxed) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,

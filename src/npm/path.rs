@@ -138,6 +138,22 @@ pub fn version_from_file<'a>(name: &PackageName, file: &'a str) -> Option<&'a st
         .strip_suffix(".tgz")
 }
 
+/// The package a write names (`PUT /<name>` publish, `DELETE /<name>/-rev/<rev>` unpublish,
+/// `PUT /-/package/<name>/dist-tags/<tag>`), so npg can forget its copy once upstream took
+/// the write.
+pub fn written_package(raw: &str) -> Option<PackageName> {
+    let path = raw.trim_start_matches('/');
+    let path = path.strip_prefix("-/package/").unwrap_or(path);
+    let decoded = percent_decode_str(path).decode_utf8().ok()?;
+    let mut segments = decoded.split('/');
+    let first = segments.next()?;
+    let name = match first.starts_with('@') {
+        true => format!("{first}/{}", segments.next()?),
+        false => first.to_string(),
+    };
+    PackageName::parse(&name).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +314,16 @@ mod tests {
             assert_eq!(classify(&path), Ok(Route::Tarball(n.clone(), file.clone())), "{path}");
             assert_eq!(version_from_file(&n, &file), Some("1.0.0+build.1"));
         }
+    }
+
+    #[test]
+    fn the_package_a_write_names() {
+        let name = |raw| written_package(raw).map(|n| n.to_string());
+        assert_eq!(name("/left-pad").as_deref(), Some("left-pad"));
+        assert_eq!(name("/@scope%2fpkg").as_deref(), Some("@scope/pkg"));
+        assert_eq!(name("/left-pad/-rev/3-abc").as_deref(), Some("left-pad"));
+        assert_eq!(name("/-/package/@s%2fp/dist-tags/next").as_deref(), Some("@s/p"));
+        assert_eq!(name("/-/user/org.couchdb.user:me"), None);
+        assert_eq!(name("/-/npm/v1/security/audits"), None);
     }
 }

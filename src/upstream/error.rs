@@ -17,6 +17,9 @@ pub enum UpstreamError {
     /// A URL (a `dist.tarball`, a redirect) outside the origins npg fetches from.
     #[error("upstream URL refused: {0}")]
     Refused(String),
+    /// Not asked: the breaker holds upstream as down after consecutive failures.
+    #[error("upstream is down ({reason}); not asked again for {retry_in_seconds} s")]
+    Unavailable { reason: String, retry_in_seconds: u64 },
 }
 
 impl UpstreamError {

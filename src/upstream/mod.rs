@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod body;
+pub mod breaker;
 mod error;
 pub mod origins;
 pub mod redact;
@@ -18,6 +19,7 @@ use url::Url;
 
 pub use self::auth::UpstreamAuth;
 pub use self::body::{etag_of, read_bounded};
+use self::breaker::Breaker;
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
 use crate::budget::Reservation;
@@ -60,8 +62,26 @@ pub struct Upstream {
     /// it from the start of the request until the response headers).
     upload: reqwest::Client,
     origins: Arc<Origins>,
+    /// Packument and tarball fetches stop while upstream is down (passthrough requests are
+    /// the client's own and go through).
+    breaker: Arc<Breaker>,
     settings: Settings,
     metrics: Arc<Metrics>,
+}
+
+/// What an outcome says of upstream's health: down when it did not answer or failed (5xx,
+/// 429), up when it answered; nothing when the request was not sent or was given up
+/// because the breaker opened.
+fn health_of(result: &Result<reqwest::Response, UpstreamError>) -> Option<Result<(), String>> {
+    match result {
+        Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
+            Some(Err(UpstreamError::Status(r.status().as_u16()).to_string()))
+        }
+        Ok(_) => Some(Ok(())),
+        Err(UpstreamError::Unavailable { .. }) => None,
+        Err(e @ (UpstreamError::Timeout | UpstreamError::Network(_))) => Some(Err(e.to_string())),
+        Err(_) => Some(Ok(())),
+    }
 }
 
 impl Upstream {
@@ -84,8 +104,21 @@ impl Upstream {
             raw: builder().read_timeout(timeout).gzip(false).build()?,
             upload: builder().gzip(false).build()?,
             origins,
+            breaker: Arc::new(Breaker::new(metrics.clone())),
             settings,
             metrics,
+        })
+    }
+
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
+    }
+
+    /// Leave from the breaker, or `Unavailable` at once.
+    fn admit(&self) -> Result<breaker::Ticket<'_>, UpstreamError> {
+        self.breaker.admit().map_err(|down| UpstreamError::Unavailable {
+            reason: down.reason,
+            retry_in_seconds: down.retry_in.as_secs().max(1),
         })
     }
 
@@ -98,24 +131,40 @@ impl Upstream {
         format!("{}{}", self.base, relative.trim_start_matches('/'))
     }
 
-    /// Sends a request, bounding the wait for its answer by `bound`, and records the outcome.
+    /// Sends a request unless the breaker holds upstream as down, bounding the wait for its
+    /// answer by `bound`, and records the outcome (metrics, breaker). A request without a
+    /// body (`upload` false) also stops waiting when the breaker opens meanwhile: nothing
+    /// waits a whole timeout for an upstream the cluster already knows is down.
     async fn send(
         &self,
         kind: &'static str,
         req: reqwest::RequestBuilder,
         bound: Duration,
+        upload: bool,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let ticket = self.admit()?;
+        let tripped = self.breaker.tripped();
+        let mut tripped = std::pin::pin!(tripped);
+        tripped.as_mut().enable();
         let started = Instant::now();
-        let result = match tokio::time::timeout(bound, req.send()).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(r) => r.map_err(UpstreamError::from_reqwest),
+        let answer = async {
+            match tokio::time::timeout(bound, req.send()).await {
+                Err(_) => Err(UpstreamError::Timeout),
+                Ok(r) => r.map_err(UpstreamError::from_reqwest),
+            }
         };
+        let result = tokio::select! {
+            result = answer => result,
+            () = tripped, if !upload => Err(self.admit().err().unwrap_or(UpstreamError::Timeout)),
+        };
+        ticket.finish(health_of(&result));
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
             Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",
             Ok(r) if r.status().is_server_error() => "error",
             Ok(_) => "ok",
             Err(UpstreamError::Timeout) => "timeout",
+            Err(UpstreamError::Unavailable { .. }) => "breaker_open",
             Err(_) => "error",
         };
         self.metrics.upstream(kind, outcome, started.elapsed().as_secs_f64());
@@ -145,7 +194,7 @@ impl Upstream {
             if let Some(credentials) = credentials.or_else(|| self.settings.auth.for_package(name.as_str())) {
                 req = req.header(header::AUTHORIZATION, credentials);
             }
-            let resp = self.send("packument", req, self.settings.timeout).await?;
+            let resp = self.send("packument", req, self.settings.timeout, false).await?;
             match resp.status() {
                 StatusCode::NOT_MODIFIED if etag.is_some() => return Ok(Fetched::NotModified),
                 StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
@@ -185,7 +234,7 @@ impl Upstream {
         if let Some(credentials) = credentials {
             req = req.header(header::AUTHORIZATION, credentials);
         }
-        let resp = self.send("tarball", req, self.settings.timeout).await?;
+        let resp = self.send("tarball", req, self.settings.timeout, false).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             s => Err(UpstreamError::Status(s.as_u16())),
@@ -206,7 +255,7 @@ impl Upstream {
         match body {
             None => {
                 let req = self.raw.request(method, url).headers(headers);
-                self.send("passthrough", req, self.settings.timeout).await
+                self.send("passthrough", req, self.settings.timeout, false).await
             }
             Some(body) => {
                 let limit = self.settings.upload_timeout;
@@ -216,7 +265,7 @@ impl Upstream {
                     .headers(headers)
                     .body(body)
                     .timeout(limit);
-                self.send("passthrough", req, limit).await
+                self.send("passthrough", req, limit, true).await
             }
         }
     }
