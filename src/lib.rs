@@ -7,15 +7,18 @@
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
 //! - `watch`: reloads a config file on SIGHUP and when it changes.
 //! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
-//!   credentials (by scope), URL redaction for logs.
+//!   credentials (by scope), URL redaction for logs, and the breaker that takes a sick
+//!   upstream as down for the whole cluster.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `budget`: the memory budget that documents being read and rendered hold.
-//! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs).
+//! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs),
+//!   and remembered misses (in process and in Redis).
 //! - `cluster`: the shared Redis connection and its health.
 //! - `rendered`: a packument filtered by the policy and rendered in both forms.
 //! - `changes`: follows the registry's changes feed and invalidates changed packages.
 //! - `packuments`, `tarballs`: the services that answer metadata and tarball requests
-//!   (`tarballs`: one download per file in flight, joined by concurrent misses, verified on
+//!   (`packuments`: stale-while-revalidate, stale-if-error, misses remembered; `tarballs`:
+//!   one download per file in flight, joined by concurrent misses, verified on
 //!   the stream whether or not the disk takes it).
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.

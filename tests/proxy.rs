@@ -200,9 +200,10 @@ async fn corrupted_tarball_is_never_cached_or_served_whole() {
 
 #[tokio::test]
 async fn a_version_published_after_caching_is_found() {
-    let (up, npg) = start();
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &[("METADATA_MISS_TTL", "2s")]);
     assert_eq!(get(&format!("{}/npg-fixture-b", npg.proxy_url), &[]).await.status, 200);
-    // A copy validated in the last 2 s is not refreshed again (no amplification).
+    // A copy refreshed in the last METADATA_MISS_TTL is not refreshed again (no amplification).
     let settle = || tokio::time::sleep(std::time::Duration::from_millis(2100));
     settle().await;
     up.publish("npg-fixture-b", "1.2.0");
