@@ -367,12 +367,14 @@ impl Inner {
     ) -> Result<Lookup, FetchError> {
         match self.stale_copy(name, base).await {
             Some(p) => {
-                let why = match err {
-                    UpstreamError::Unavailable { .. } => "breaker_open",
-                    _ => "upstream_error",
-                };
-                self.metrics.stale_served(why);
-                tracing::warn!(package = %name, error = %err, "upstream failed; serving the stale copy");
+                if let UpstreamError::Unavailable { .. } = err {
+                    // The breaker logged the trip once; one line per package would flood.
+                    self.metrics.stale_served("breaker_open");
+                    tracing::debug!(package = %name, "upstream down; serving the stale copy");
+                } else {
+                    self.metrics.stale_served("upstream_error");
+                    tracing::warn!(package = %name, error = %err, "upstream failed; serving the stale copy");
+                }
                 Ok((p, Source::Stale))
             }
             None => Err(err.into()),

@@ -184,3 +184,23 @@ async fn the_breaker_and_misses_are_shared_by_the_cluster() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(up.total_requests(), asked, "b did not ask upstream");
 }
+
+/// Relayed requests are the client's: upstream failing them (a garbage audit body, a search
+/// upstream cannot answer) must not take upstream down for everyone. npg's own reads do.
+#[tokio::test]
+async fn only_npgs_own_reads_open_the_breaker() {
+    let up = FakeRegistry::start();
+    let npg = NpgProcess::start(&up.url(), &[]);
+    up.set_failure(Failure::Status(500));
+    for _ in 0..5 {
+        let r = get(&format!("{}/-/v1/search?text=x", npg.proxy_url), &[]).await;
+        assert_eq!(r.status, 500, "relayed as upstream answered");
+    }
+    assert_eq!(health(&npg).await["status"], "ok", "clients cannot trip the breaker");
+    for i in 0..3 {
+        assert_eq!(get(&format!("{}/cold-{i}", npg.proxy_url), &[]).await.status, 502);
+    }
+    assert_eq!(health(&npg).await["status"], "degraded");
+    let r = get(&format!("{}/-/v1/search?text=x", npg.proxy_url), &[]).await;
+    assert_eq!(r.status, 503, "while down, relayed reads are refused at once too");
+}

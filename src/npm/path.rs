@@ -146,7 +146,8 @@ pub fn written_package(raw: &str) -> Option<PackageName> {
     let path = path.strip_prefix("-/package/").unwrap_or(path);
     let decoded = percent_decode_str(path).decode_utf8().ok()?;
     let mut segments = decoded.split('/');
-    let first = segments.next()?;
+    // `-` is the API's namespace, never a package.
+    let first = segments.next().filter(|s| *s != "-")?;
     let name = match first.starts_with('@') {
         true => format!("{first}/{}", segments.next()?),
         false => first.to_string(),

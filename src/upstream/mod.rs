@@ -69,6 +69,19 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
 }
 
+/// How a request stands with the breaker. Every one is refused at once while upstream is
+/// down; only npg's own reads tell whether it is (a client can make upstream fail its own
+/// requests, say with a garbage audit body, and must not take upstream down for everyone).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// npg's packument and tarball reads: they count, and stop waiting when the breaker opens.
+    Own,
+    /// A client's read relayed: stops waiting when the breaker opens, counts for nothing.
+    Relayed,
+    /// A client's write (publish): never cut, counts for nothing.
+    Upload,
+}
+
 /// What an outcome says of upstream's health: down when it did not answer or failed (5xx,
 /// 429), up when it answered; nothing when the request was not sent or was given up
 /// because the breaker opened.
@@ -132,15 +145,15 @@ impl Upstream {
     }
 
     /// Sends a request unless the breaker holds upstream as down, bounding the wait for its
-    /// answer by `bound`, and records the outcome (metrics, breaker). A request without a
-    /// body (`upload` false) also stops waiting when the breaker opens meanwhile: nothing
-    /// waits a whole timeout for an upstream the cluster already knows is down.
+    /// answer by `bound`, and records the outcome (metrics; the breaker, as `watch` says). A
+    /// read also stops waiting when the breaker opens meanwhile: nothing waits a whole
+    /// timeout for an upstream the cluster already knows is down.
     async fn send(
         &self,
         kind: &'static str,
         req: reqwest::RequestBuilder,
         bound: Duration,
-        upload: bool,
+        watch: Watch,
     ) -> Result<reqwest::Response, UpstreamError> {
         let ticket = self.admit()?;
         let tripped = self.breaker.tripped();
@@ -155,9 +168,9 @@ impl Upstream {
         };
         let result = tokio::select! {
             result = answer => result,
-            () = tripped, if !upload => Err(self.admit().err().unwrap_or(UpstreamError::Timeout)),
+            () = tripped, if watch != Watch::Upload => Err(self.admit().err().unwrap_or(UpstreamError::Timeout)),
         };
-        ticket.finish(health_of(&result));
+        ticket.finish(if watch == Watch::Own { health_of(&result) } else { None });
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
             Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",
@@ -194,7 +207,7 @@ impl Upstream {
             if let Some(credentials) = credentials.or_else(|| self.settings.auth.for_package(name.as_str())) {
                 req = req.header(header::AUTHORIZATION, credentials);
             }
-            let resp = self.send("packument", req, self.settings.timeout, false).await?;
+            let resp = self.send("packument", req, self.settings.timeout, Watch::Own).await?;
             match resp.status() {
                 StatusCode::NOT_MODIFIED if etag.is_some() => return Ok(Fetched::NotModified),
                 StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
@@ -234,7 +247,7 @@ impl Upstream {
         if let Some(credentials) = credentials {
             req = req.header(header::AUTHORIZATION, credentials);
         }
-        let resp = self.send("tarball", req, self.settings.timeout, false).await?;
+        let resp = self.send("tarball", req, self.settings.timeout, Watch::Own).await?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             s => Err(UpstreamError::Status(s.as_u16())),
@@ -255,7 +268,8 @@ impl Upstream {
         match body {
             None => {
                 let req = self.raw.request(method, url).headers(headers);
-                self.send("passthrough", req, self.settings.timeout, false).await
+                self.send("passthrough", req, self.settings.timeout, Watch::Relayed)
+                    .await
             }
             Some(body) => {
                 let limit = self.settings.upload_timeout;
@@ -265,7 +279,7 @@ impl Upstream {
                     .headers(headers)
                     .body(body)
                     .timeout(limit);
-                self.send("passthrough", req, limit, true).await
+                self.send("passthrough", req, limit, Watch::Upload).await
             }
         }
     }
