@@ -403,7 +403,8 @@ impl Settings {
         shown
     }
 
-    /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
+    /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir (the
+    /// files the settings name are `crate::preflight`'s).
     pub fn validate(&self) -> Result<(), String> {
         if !self.registry_url.username().is_empty() || self.registry_url.password().is_some() {
             // Credentials in the URL would be npg's identity on every request, writes included.
@@ -420,7 +421,6 @@ impl Settings {
         if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name}: must be more than 0"));
         }
-        self.upstream()?;
         if self.redis_enabled() {
             redis::Client::open(self.redis_connection_url()?)
                 .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
@@ -439,9 +439,6 @@ impl Settings {
             if !ok {
                 return Err(format!("NPG_DOMAIN: `{domain}` is not a DNS name"));
             }
-        }
-        if let Some(path) = &self.auth_tokens_file {
-            crate::auth::Tokens::load(path).map_err(|e| format!("AUTH_TOKENS_FILE: {e}"))?;
         }
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
             return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
@@ -624,7 +621,7 @@ mod tests {
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("t0ken"), "{shown}");
         let cli = parse(&["--upstream-auth-file", "/nonexistent/auth"]).unwrap();
-        assert!(cli.settings.validate().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
+        assert!(cli.settings.upstream().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
     }
 
     #[test]

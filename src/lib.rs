@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - `config`: settings from flags and env, validated once at start.
+//! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
+//!   before serving; `npg check-config` runs the same.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
@@ -36,6 +38,7 @@ pub mod http;
 pub mod metrics;
 pub mod npm;
 pub mod packuments;
+pub mod preflight;
 pub mod probe;
 pub mod rendered;
 pub mod singleflight;
