@@ -13,15 +13,17 @@ use crate::cluster::redis::RedisState;
 
 /// The status for anyone; the details only for admins when access control is on.
 pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
-    let redis = app.redis.state();
     let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let status = match (draining, redis) {
+    let reasons = degraded_reasons(&app);
+    let status = match (draining, reasons.is_empty()) {
         (true, _) => "draining",
-        (false, RedisState::Disconnected) => "degraded",
-        (false, _) => "ok",
+        (false, false) => "degraded",
+        (false, true) => "ok",
     };
     let body = if allowed(&app, caller.as_deref(), Permission::Admin) {
-        details(&app, status)
+        let mut body = details(&app, status);
+        body["reasons"] = serde_json::json!(reasons);
+        body
     } else {
         serde_json::json!({ "status": status })
     };
@@ -34,6 +36,18 @@ pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -
     let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));
     resp
+}
+
+/// Why npg is not fully well, in words (empty: it is).
+fn degraded_reasons(app: &App) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if app.redis.state() == RedisState::Disconnected {
+        reasons.push("redis: disconnected".to_string());
+    }
+    if let Some(error) = app.guard.blocklist_status().error {
+        reasons.push(format!("blocklist: {error}"));
+    }
+    reasons
 }
 
 fn details(app: &App, status: &str) -> serde_json::Value {
@@ -51,6 +65,7 @@ fn details(app: &App, status: &str) -> serde_json::Value {
             "malware_entries": policy.malware.len(),
             "min_release_age": policy.age.as_ref().map(|g| humantime::format_duration(g.min_age()).to_string()),
             "feed": app.guard.feed_status(),
+            "blocklist": app.guard.blocklist_status(),
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),
