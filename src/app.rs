@@ -126,7 +126,7 @@ impl App {
 
     /// Starts the background jobs: each one line, each owning its own loop.
     fn start_background(&self, settings: &Settings) {
-        crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
+        crate::guard::reload::spawn(self.guard.clone(), settings.policy.blacklist_path.clone());
         crate::guard::feed::spawn(self, settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
             crate::auth::reload::spawn(auth.clone(), self.metrics.clone(), path.clone());

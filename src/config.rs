@@ -37,6 +37,8 @@ pub enum Command {
     Health,
     /// Read a token on stdin, print its SHA-256: the start of its AUTH_TOKENS_FILE line.
     HashToken,
+    /// Check lockfiles against the policy before installing: `npg lockfile check --help`.
+    Lockfile,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -189,21 +191,9 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
-    /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
-    #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
-    pub blacklist_path: PathBuf,
-
-    /// The malware feed: a JSON list of `{package_name, version, reason}`.
-    #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
-    pub malware_feed_url: Url,
-
-    /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
-    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
-    pub malware_feed_reasons: Vec<String>,
-
-    /// Where the last good feed is kept, so a restart without network still guards.
-    #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
-    pub malware_list_dir: PathBuf,
+    /// Where the guard's rules come from (shared with `npg lockfile check`).
+    #[command(flatten)]
+    pub policy: PolicySources,
 
     /// How often the malware feed is refreshed, in milliseconds (or with a unit: 30m).
     #[arg(long, env = "UPDATE_INTERVAL", default_value = "1800000ms", value_parser = parse_millis)]
@@ -290,6 +280,27 @@ pub struct Settings {
     /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+}
+
+/// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile
+/// check` (offline) both read them.
+#[derive(Args, Debug, Clone)]
+pub struct PolicySources {
+    /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
+    #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
+    pub blacklist_path: PathBuf,
+
+    /// The malware feed: a JSON list of `{package_name, version, reason}`.
+    #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
+    pub malware_feed_url: Url,
+
+    /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
+    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
+    pub malware_feed_reasons: Vec<String>,
+
+    /// Where the last good feed is kept, so a restart without network still guards.
+    #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
+    pub malware_list_dir: PathBuf,
 }
 
 impl Settings {
@@ -395,7 +406,7 @@ impl Settings {
         let urls = [
             Some(&mut shown.proxy_url),
             Some(&mut shown.registry_url),
-            Some(&mut shown.malware_feed_url),
+            Some(&mut shown.policy.malware_feed_url),
             Some(&mut shown.acme_directory_url),
             shown.registry_poll_url.as_mut(),
         ];
@@ -553,9 +564,9 @@ mod tests {
             "60000",
         ])
         .unwrap();
-        assert_eq!(cli.settings.malware_feed_reasons, ["MALWARE", "TELEMETRY"]);
+        assert_eq!(cli.settings.policy.malware_feed_reasons, ["MALWARE", "TELEMETRY"]);
         assert_eq!(cli.settings.update_interval, Duration::from_secs(60));
-        assert_eq!(parse(&[]).unwrap().settings.malware_feed_reasons.len(), 3);
+        assert_eq!(parse(&[]).unwrap().settings.policy.malware_feed_reasons.len(), 3);
         let err = parse(&["--malware-feed-reasons", "SPAM"]).unwrap_err().to_string();
         assert!(err.contains("--malware-feed-reasons"), "{err}");
     }

@@ -23,6 +23,8 @@
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
 //! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
 //!   shutdown.
+//! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
+//!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the shared state that ties them together.
 
@@ -35,6 +37,7 @@ pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod http;
+pub mod lockfile;
 pub mod metrics;
 pub mod npm;
 pub mod packuments;

@@ -27,8 +27,8 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `gen-key`, `health` and `hash-token` need none of the server's settings (REGISTRY_URL
-    // is required).
+    // `gen-key`, `health`, `hash-token` and `lockfile` need none of the server's settings
+    // (REGISTRY_URL is required).
     match std::env::args().nth(1).as_deref() {
         Some("gen-key") => {
             println!("{}", npg::tls::secret::generate());
@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         }
         Some("health") => return health(),
         Some("hash-token") => return hash_token(),
+        Some("lockfile") => return npg::lockfile::main(std::env::args().skip(1)),
         _ => {}
     }
     let cli = Cli::parse();
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         }
         Command::Health => health(),
         Command::HashToken => hash_token(),
+        Command::Lockfile => npg::lockfile::main(std::env::args().skip(1)),
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");

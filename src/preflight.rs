@@ -26,7 +26,7 @@ impl Preflight {
     pub fn run(settings: &Settings) -> Result<Preflight, String> {
         settings.validate()?;
         let upstream = settings.upstream()?;
-        let blocklist = Blocklist::load(&settings.blacklist_path).map_err(|e| format!("BLACKLIST_PATH: {e}"))?;
+        let blocklist = Blocklist::load(&settings.policy.blacklist_path).map_err(|e| format!("BLACKLIST_PATH: {e}"))?;
         // Compiled even while the gate is off, so a bad pattern is found before it is needed.
         let gate = AgeGate::new(
             settings.min_release_age.unwrap_or_default(),
