@@ -1,7 +1,27 @@
 //! yarn berry's (2+) `yarn.lock`: YAML with `__metadata`, entries resolved as
-//! `name@npm:1.2.3`; it holds no URLs (the registry comes from `.yarnrc.yml`).
+//! `name@npm:1.2.3`, from the registry of `.yarnrc.yml`, unless the tarball was not where the
+//! registry's convention puts it: then `name@npm:1.2.3::__archiveUrl=<encoded URL>`, an
+//! absolute URL the client fetches whatever registry it is told to use.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_yaml_ng::{Mapping, Value};
+
+/// What JavaScript's `encodeURIComponent` escapes: how yarn writes `__archiveUrl`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// A URL as yarn writes it in `__archiveUrl`.
+pub fn encode(url: &str) -> String {
+    utf8_percent_encode(url, URI_COMPONENT).to_string()
+}
 
 use super::Entry;
 
@@ -15,9 +35,11 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
 /// registry packages (a patch's package has its own `npm:` entry).
 fn entry(resolution: &str) -> Option<Entry> {
     let at = resolution.get(1..)?.find("@npm:")? + 1;
-    let version = &resolution[at + "@npm:".len()..];
-    let version = version.split("::").next().unwrap_or(version);
-    Entry::new(&resolution[..at], version, None)
+    let locator = &resolution[at + "@npm:".len()..];
+    let (version, params) = locator.split_once("::").unwrap_or((locator, ""));
+    let archive = params.split('&').find_map(|p| p.strip_prefix("__archiveUrl="));
+    let url = archive.map(|a| percent_decode_str(a).decode_utf8_lossy().into_owned());
+    Entry::new(&resolution[..at], version, url.as_deref())
 }
 
 #[cfg(test)]
@@ -41,17 +63,18 @@ __metadata:
 
 "b@npm:^2, b@npm:^2.0.0":
   version: 2.0.0
-  resolution: "b@npm:2.0.0"
+  resolution: "b@npm:2.0.0::__archiveUrl=http%3A%2F%2F127.0.0.1%3A9%2Ffiles%2Fb%2F-%2Fb-2.0.0.tgz"
 
 "root@workspace:.":
   version: 0.0.0-use.local
   resolution: "root@workspace:."
 "#;
-        let names: Vec<_> = parse(text)
-            .unwrap()
-            .iter()
-            .map(|e| format!("{}@{}", e.name, e.version))
-            .collect();
+        let entries = parse(text).unwrap();
+        let names: Vec<_> = entries.iter().map(|e| format!("{}@{}", e.name, e.version)).collect();
         assert_eq!(names, ["@s/a@1.2.0", "b@2.0.0"]);
+        assert_eq!(entries[0].resolved, None);
+        let url = "http://127.0.0.1:9/files/b/-/b-2.0.0.tgz";
+        assert_eq!(entries[1].resolved.as_deref(), Some(url));
+        assert!(text.contains(&encode(url)));
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use super::Entry;
+use super::{Entry, berry};
 
 /// The npg URL for a registry tarball URL (`.../<name>/-/<file>.tgz`), if it is one and
 /// does not already go through npg.
@@ -28,15 +28,21 @@ pub fn outside<'a>(entries: &'a [Entry], proxy: &str) -> Vec<(&'a Entry, &'a str
         .collect()
 }
 
-/// The text with every such URL replaced (where it ends: a quote, `#`, `,`, `}`, a space or
-/// the line's end, so no longer URL is cut), and how many URLs changed.
+/// The text with every such URL replaced, as written or encoded as yarn berry writes them
+/// (where it ends: a quote, `#`, `,`, `}`, a space or the line's end, so no longer URL is
+/// cut), and how many URLs changed.
 pub fn rewrite(text: &str, entries: &[Entry], proxy: &str) -> (String, usize) {
     let changes: HashMap<&str, String> = outside(entries, proxy)
         .into_iter()
         .filter_map(|(e, url)| Some((url, through_npg(e, url, proxy)?)))
         .collect();
     let mut out = text.to_string();
-    for (old, new) in &changes {
+    let encoded = changes
+        .iter()
+        .map(|(old, new)| (berry::encode(old), berry::encode(new)));
+    let plain = changes.iter().map(|(old, new)| (old.to_string(), new.clone()));
+    for (old, new) in plain.chain(encoded) {
+        let (old, new) = (old.as_str(), new.as_str());
         let mut at = 0;
         while let Some(found) = out[at..].find(old) {
             let start = at + found;
