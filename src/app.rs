@@ -5,17 +5,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::auth::{Auth, Tokens};
+use crate::auth::Auth;
 use crate::cache::disk::TarballStore;
 use crate::changes::ChangesState;
 use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::guard::Guard;
-use crate::guard::age::AgeGate;
-use crate::guard::blocklist::Blocklist;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
+use crate::preflight::Preflight;
 use crate::tarballs::Tarballs;
 use crate::tls::Tls;
 use crate::upstream::Upstream;
@@ -44,8 +43,9 @@ pub struct App {
 }
 
 impl App {
-    /// Builds every part from validated settings (inside a tokio runtime).
-    pub fn new(settings: &Settings) -> anyhow::Result<App> {
+    /// Builds every part from the settings and what `Preflight::run` loaded and checked
+    /// (inside a tokio runtime).
+    pub fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<App> {
         let metrics = Arc::new(Metrics::default());
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
@@ -59,10 +59,7 @@ impl App {
         } else {
             SharedRedis::disabled(metrics.clone())
         };
-        let upstream = Arc::new(Upstream::new(
-            settings.upstream().map_err(anyhow::Error::msg)?,
-            metrics.clone(),
-        )?);
+        let upstream = Arc::new(Upstream::new(checked.upstream, metrics.clone())?);
         let store = Arc::new(
             TarballStore::new(&settings.storage_dir, settings.tarball_memory_mb << 20).context("STORAGE_DIR")?,
         );
@@ -70,14 +67,8 @@ impl App {
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");
         }
-        let blocklist =
-            Blocklist::load(&settings.blacklist_path).map_err(|e| anyhow::anyhow!("BLACKLIST_PATH: {e}"))?;
-        let age = match settings.min_release_age {
-            Some(min) => Some(AgeGate::new(min, &settings.min_release_age_exclude).map_err(anyhow::Error::msg)?),
-            None => None,
-        };
-        tracing::info!(rules = blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
-        let guard = Arc::new(Guard::new(blocklist, age, metrics.clone()));
+        tracing::info!(rules = checked.blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
+        let guard = Arc::new(Guard::new(checked.blocklist, checked.age, metrics.clone()));
         let packuments = Arc::new(Packuments::new(
             packuments::Settings {
                 public_base: settings.public_base(),
@@ -100,9 +91,8 @@ impl App {
             upstream.clone(),
             metrics.clone(),
         ));
-        let auth = match &settings.auth_tokens_file {
-            Some(path) => {
-                let tokens = Tokens::load(path).map_err(|e| anyhow::anyhow!("AUTH_TOKENS_FILE: {e}"))?;
+        let auth = match checked.tokens {
+            Some(tokens) => {
                 if tokens.is_empty() {
                     tracing::warn!("AUTH_TOKENS_FILE lists no token: every request needing one is refused");
                 }
@@ -122,7 +112,9 @@ impl App {
             redis,
             bus,
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
-            tls: Tls::setup(settings, redis_for_tls, metrics.clone())?,
+            tls: checked
+                .tls
+                .map(|files| Tls::setup(settings, files, redis_for_tls, metrics.clone())),
             metrics,
             auth,
             instance,
@@ -135,7 +127,7 @@ impl App {
 
     /// Starts the background jobs: each one line, each owning its own loop.
     fn start_background(&self, settings: &Settings) {
-        crate::guard::reload::spawn(self.guard.clone(), settings.blacklist_path.clone());
+        crate::guard::reload::spawn(self.guard.clone(), settings.policy.blacklist_path.clone());
         crate::guard::feed::spawn(self, settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
             crate::auth::reload::spawn(auth.clone(), self.metrics.clone(), path.clone());

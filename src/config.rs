@@ -37,6 +37,8 @@ pub enum Command {
     Health,
     /// Read a token on stdin, print its SHA-256: the start of its AUTH_TOKENS_FILE line.
     HashToken,
+    /// Check lockfiles against the policy before installing: `npg lockfile check --help`.
+    Lockfile,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -195,21 +197,9 @@ pub struct Settings {
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
-    /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
-    #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
-    pub blacklist_path: PathBuf,
-
-    /// The malware feed: a JSON list of `{package_name, version, reason}`.
-    #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
-    pub malware_feed_url: Url,
-
-    /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
-    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
-    pub malware_feed_reasons: Vec<String>,
-
-    /// Where the last good feed is kept, so a restart without network still guards.
-    #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
-    pub malware_list_dir: PathBuf,
+    /// Where the guard's rules come from (shared with `npg lockfile check`).
+    #[command(flatten)]
+    pub policy: PolicySources,
 
     /// How often the malware feed is refreshed, in milliseconds (or with a unit: 30m).
     #[arg(long, env = "UPDATE_INTERVAL", default_value = "1800000ms", value_parser = parse_millis)]
@@ -296,6 +286,27 @@ pub struct Settings {
     /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+}
+
+/// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile
+/// check` (offline) both read them.
+#[derive(Args, Debug, Clone)]
+pub struct PolicySources {
+    /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
+    #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
+    pub blacklist_path: PathBuf,
+
+    /// The malware feed: a JSON list of `{package_name, version, reason}`.
+    #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
+    pub malware_feed_url: Url,
+
+    /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
+    #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
+    pub malware_feed_reasons: Vec<String>,
+
+    /// Where the last good feed is kept, so a restart without network still guards.
+    #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
+    pub malware_list_dir: PathBuf,
 }
 
 impl Settings {
@@ -401,7 +412,7 @@ impl Settings {
         let urls = [
             Some(&mut shown.proxy_url),
             Some(&mut shown.registry_url),
-            Some(&mut shown.malware_feed_url),
+            Some(&mut shown.policy.malware_feed_url),
             Some(&mut shown.acme_directory_url),
             shown.registry_poll_url.as_mut(),
         ];
@@ -409,7 +420,8 @@ impl Settings {
         shown
     }
 
-    /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir.
+    /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir (the
+    /// files the settings name are `crate::preflight`'s).
     pub fn validate(&self) -> Result<(), String> {
         if !self.registry_url.username().is_empty() || self.registry_url.password().is_some() {
             // Credentials in the URL would be npg's identity on every request, writes included.
@@ -426,7 +438,6 @@ impl Settings {
         if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
             return Err(format!("{name}: must be more than 0"));
         }
-        self.upstream()?;
         if self.redis_enabled() {
             redis::Client::open(self.redis_connection_url()?)
                 .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
@@ -445,9 +456,6 @@ impl Settings {
             if !ok {
                 return Err(format!("NPG_DOMAIN: `{domain}` is not a DNS name"));
             }
-        }
-        if let Some(path) = &self.auth_tokens_file {
-            crate::auth::Tokens::load(path).map_err(|e| format!("AUTH_TOKENS_FILE: {e}"))?;
         }
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
             return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
@@ -562,9 +570,9 @@ mod tests {
             "60000",
         ])
         .unwrap();
-        assert_eq!(cli.settings.malware_feed_reasons, ["MALWARE", "TELEMETRY"]);
+        assert_eq!(cli.settings.policy.malware_feed_reasons, ["MALWARE", "TELEMETRY"]);
         assert_eq!(cli.settings.update_interval, Duration::from_secs(60));
-        assert_eq!(parse(&[]).unwrap().settings.malware_feed_reasons.len(), 3);
+        assert_eq!(parse(&[]).unwrap().settings.policy.malware_feed_reasons.len(), 3);
         let err = parse(&["--malware-feed-reasons", "SPAM"]).unwrap_err().to_string();
         assert!(err.contains("--malware-feed-reasons"), "{err}");
     }
@@ -630,7 +638,7 @@ mod tests {
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("t0ken"), "{shown}");
         let cli = parse(&["--upstream-auth-file", "/nonexistent/auth"]).unwrap();
-        assert!(cli.settings.validate().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
+        assert!(cli.settings.upstream().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - `config`: settings from flags and env, validated once at start.
+//! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
+//!   before serving; `npg check-config` runs the same.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
@@ -24,6 +26,8 @@
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
 //! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
 //!   shutdown.
+//! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
+//!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the shared state that ties them together.
 
@@ -36,9 +40,11 @@ pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod http;
+pub mod lockfile;
 pub mod metrics;
 pub mod npm;
 pub mod packuments;
+pub mod preflight;
 pub mod probe;
 pub mod rendered;
 pub mod singleflight;

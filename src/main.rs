@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use npg::app::App;
 use npg::config::{Cli, Command, Settings};
+use npg::preflight::Preflight;
 use tracing_subscriber::EnvFilter;
 
 // jemalloc: same throughput as glibc's malloc here, but a third less memory kept after
@@ -12,8 +13,10 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn init_logging(settings: &Settings) -> Result<(), String> {
     let filter = EnvFilter::try_new(&settings.log_level).map_err(|e| format!("LOG_LEVEL: {e}"))?;
+    // Colour codes only for a person at a terminal: never in files, pipes or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if settings.log_format == "json" {
         builder.json().init()
@@ -24,8 +27,8 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    // `gen-key`, `health` and `hash-token` need none of the server's settings (REGISTRY_URL
-    // is required).
+    // `gen-key`, `health`, `hash-token` and `lockfile` need none of the server's settings
+    // (REGISTRY_URL is required).
     match std::env::args().nth(1).as_deref() {
         Some("gen-key") => {
             println!("{}", npg::tls::secret::generate());
@@ -33,14 +36,18 @@ fn main() -> ExitCode {
         }
         Some("health") => return health(),
         Some("hash-token") => return hash_token(),
+        Some("lockfile") => return npg::lockfile::main(std::env::args().skip(1)),
         _ => {}
     }
     let cli = Cli::parse();
     let settings = cli.settings;
-    if let Err(e) = init_logging(&settings).and_then(|()| settings.validate()) {
-        eprintln!("npg: invalid configuration: {e}");
-        return ExitCode::from(2);
-    }
+    let checked = match init_logging(&settings).and_then(|()| Preflight::run(&settings)) {
+        Ok(checked) => checked,
+        Err(e) => {
+            eprintln!("npg: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command.unwrap_or(Command::Serve) {
         Command::GenKey => {
             println!("{}", npg::tls::secret::generate());
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         }
         Command::Health => health(),
         Command::HashToken => hash_token(),
+        Command::Lockfile => npg::lockfile::main(std::env::args().skip(1)),
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");
@@ -55,7 +63,7 @@ fn main() -> ExitCode {
         }
         Command::Serve => {
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(serve(settings)) {
+            match runtime.block_on(serve(settings, checked)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("npg: {e:#}");
@@ -66,8 +74,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let app = App::new(&settings)?;
+async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
+    let app = App::new(&settings, checked)?;
     let http_addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
     let http = bind(http_addr, "HTTP_PORT").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -175,7 +175,7 @@ pub fn render(
         name: name.clone(),
         full: Variant::new(full.body),
         manifests: Arc::new(full.manifests),
-        abbreviated: Variant::new(doc.to_abbreviated()),
+        abbreviated: Variant::new(doc.to_abbreviated(meta.fetched_ms)),
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
         times,

@@ -89,9 +89,16 @@ pub struct Blocklist {
 impl Blocklist {
     /// Reads the file; a missing file is an empty blocklist, a bad one an error with its line.
     pub fn load(path: &Path) -> Result<Blocklist, String> {
+        Blocklist::read(path).map(Option::unwrap_or_default)
+    }
+
+    /// Reads the file: `None` when there is none (a reload tells that from an empty list).
+    pub fn read(path: &Path) -> Result<Option<Blocklist>, String> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Blocklist::parse(&text).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Blocklist::default()),
+            Ok(text) => Blocklist::parse(&text)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }

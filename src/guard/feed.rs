@@ -213,8 +213,8 @@ pub fn spawn(app: &App, settings: &Settings) {
         app.redis.clone(),
         app.bus.clone(),
     );
-    let url = settings.malware_feed_url.clone();
-    let files = FeedFiles::new(&settings.malware_list_dir, &url);
+    let url = settings.policy.malware_feed_url.clone();
+    let files = FeedFiles::new(&settings.policy.malware_list_dir, &url);
     // rustls needs one process-wide crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
@@ -232,7 +232,7 @@ pub fn spawn(app: &App, settings: &Settings) {
     };
     let mut refresher = Refresher {
         url,
-        reasons: settings.malware_feed_reasons.clone(),
+        reasons: settings.policy.malware_feed_reasons.clone(),
         files,
         interval: settings.update_interval.max(MIN_INTERVAL),
         lock: RedisLock::new(redis.clone(), "feed", LOCK_TTL),

@@ -174,6 +174,7 @@ pub struct Guard {
     policy: ArcSwap<Policy>,
     next_version: AtomicU64,
     feed_status: Mutex<FeedStatus>,
+    blocklist_status: Mutex<reload::BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
@@ -193,6 +194,7 @@ impl Guard {
                 state: "disabled",
                 ..FeedStatus::default()
             }),
+            blocklist_status: Mutex::new(reload::BlocklistStatus::ok()),
             logged: Mutex::default(),
             metrics,
         }
@@ -237,6 +239,15 @@ impl Guard {
 
     pub fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
         update(&mut self.feed_status.lock().expect("feed status poisoned"));
+    }
+
+    /// Whether the blocklist in force is the file's (see `reload`).
+    pub fn blocklist_status(&self) -> reload::BlocklistStatus {
+        self.blocklist_status.lock().expect("blocklist status poisoned").clone()
+    }
+
+    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut reload::BlocklistStatus)) {
+        update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 
     /// Counts a block in the metrics and logs it the first time it is seen under this policy.

@@ -1,22 +1,116 @@
 //! Reloads the blocklist on SIGHUP and when its file changes (see `crate::watch`). A bad file
-//! keeps the old rules.
+//! keeps the old rules, and so does a file that was there and vanished (a deleted or moved
+//! file is an accident far more often than a policy: an empty file drops every rule). Either
+//! state shows in `/api/health` until a good file is read.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
 
 use super::Guard;
 use super::blocklist::Blocklist;
 
-fn reload(guard: &Guard, path: &Path, why: &str) {
-    match Blocklist::load(path) {
-        Ok(list) => {
-            tracing::info!(rules = list.len(), why, "blocklist reloaded");
-            guard.set_blocklist(list);
+/// Whether the rules in force are the file's, for `/api/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlocklistStatus {
+    /// `ok`, or `error` while the last reload failed and older rules apply.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it entered this state (unix ms).
+    pub since_ms: u64,
+}
+
+impl BlocklistStatus {
+    pub fn ok() -> BlocklistStatus {
+        BlocklistStatus {
+            state: "ok",
+            error: None,
+            since_ms: crate::packuments::now_ms(),
         }
-        Err(e) => tracing::error!(error = %e, why, "blocklist not reloaded; keeping the old rules"),
+    }
+
+    /// The next status: `error` (`Some`) or ok; `since_ms` moves only when the state does.
+    fn next(&self, error: Option<String>) -> BlocklistStatus {
+        let state = if error.is_some() { "error" } else { "ok" };
+        let since_ms = if state == self.state {
+            self.since_ms
+        } else {
+            crate::packuments::now_ms()
+        };
+        BlocklistStatus { state, error, since_ms }
     }
 }
 
+/// `had_file`: whether a file was read before, so its disappearance is an error.
+fn reload(guard: &Guard, path: &Path, why: &str, had_file: &AtomicBool) {
+    let error = match Blocklist::read(path) {
+        Ok(Some(list)) => {
+            tracing::info!(rules = list.len(), why, "blocklist reloaded");
+            guard.set_blocklist(list);
+            had_file.store(true, Ordering::Relaxed);
+            None
+        }
+        Ok(None) if !had_file.load(Ordering::Relaxed) => None,
+        Ok(None) => {
+            let rules = guard.policy().blocklist.len();
+            tracing::error!(path = %path.display(), why, rules,
+                "blocklist file is gone; keeping the last good rules (write an empty file to drop them)");
+            Some(format!(
+                "{} is gone; the last good rules ({rules}) apply",
+                path.display()
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, why, "blocklist not reloaded; keeping the old rules");
+            Some(format!("{e}; the old rules apply"))
+        }
+    };
+    guard.update_blocklist_status(|status| *status = status.next(error));
+}
+
 pub fn spawn(guard: Arc<Guard>, path: PathBuf) {
-    crate::watch::spawn(path, "blocklist", move |path, why| reload(&guard, path, why));
+    let had_file = AtomicBool::new(path.exists());
+    crate::watch::spawn(path, "blocklist", move |path, why| reload(&guard, path, why, &had_file));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn a_vanished_file_keeps_the_rules_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blacklist.yml");
+        let guard = Guard::new(Blocklist::default(), None, Arc::new(Metrics::default()));
+        let had_file = AtomicBool::new(false);
+        reload(&guard, &path, "test", &had_file);
+        assert_eq!(guard.blocklist_status().state, "ok", "no file, never was: no rules, ok");
+        std::fs::write(&path, "packages:\n  - name: evil\n").unwrap();
+        reload(&guard, &path, "test", &had_file);
+        assert!(guard.policy().package("evil").is_some());
+        std::fs::remove_file(&path).unwrap();
+        reload(&guard, &path, "test", &had_file);
+        assert!(guard.policy().package("evil").is_some(), "the last good rules stay");
+        let status = guard.blocklist_status();
+        assert_eq!(status.state, "error");
+        assert!(status.error.unwrap().contains("is gone"));
+        std::fs::write(&path, "packages: [\n").unwrap();
+        reload(&guard, &path, "test", &had_file);
+        assert_eq!(
+            guard.blocklist_status().since_ms,
+            status.since_ms,
+            "still the same error state"
+        );
+        std::fs::write(&path, "").unwrap();
+        reload(&guard, &path, "test", &had_file);
+        assert!(
+            guard.policy().package("evil").is_none(),
+            "an empty file drops the rules"
+        );
+        assert_eq!(guard.blocklist_status().state, "ok");
+    }
 }

@@ -48,6 +48,9 @@ fn problems(app: &App) -> Vec<String> {
         let why = breaker.last_error.as_deref().unwrap_or("failing");
         problems.push(format!("upstream is down ({why}): stale copies served, misses refused"));
     }
+    if let Some(error) = app.guard.blocklist_status().error {
+        problems.push(format!("blocklist: {error} (the last good rules apply)"));
+    }
     problems
 }
 
@@ -68,6 +71,7 @@ fn details(app: &App, status: &str, problems: &[String]) -> serde_json::Value {
             "malware_entries": policy.malware.len(),
             "min_release_age": policy.age.as_ref().map(|g| humantime::format_duration(g.min_age()).to_string()),
             "feed": app.guard.feed_status(),
+            "blocklist": app.guard.blocklist_status(),
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),

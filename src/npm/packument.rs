@@ -293,8 +293,32 @@ impl<'a> Document<'a> {
         out
     }
 
-    /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn.
-    pub fn to_abbreviated(&self) -> Vec<u8> {
+    /// When the document last changed, as npm's abbreviated form says it: `time.modified`,
+    /// else the newest time of a version it holds, else `fetched_ms` (when npg fetched it).
+    fn modified(&self, fetched_ms: u64) -> Value {
+        let time = self.time.as_ref();
+        if let Some(modified) = time.and_then(|t| t.get("modified")) {
+            return modified.clone();
+        }
+        let versions = time
+            .into_iter()
+            .flatten()
+            .filter(|(v, _)| self.versions.contains_key(*v));
+        let newest = versions
+            .filter_map(|(_, t)| Some((parse_time_ms(t.as_str()?)?, t)))
+            .max_by_key(|(ms, _)| *ms);
+        match newest {
+            Some((_, t)) => t.clone(),
+            None => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(fetched_ms);
+                Value::String(humantime::format_rfc3339_millis(at).to_string())
+            }
+        }
+    }
+
+    /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn;
+    /// `fetched_ms` is when npg fetched it (the last resort for `modified`).
+    pub fn to_abbreviated(&self, fetched_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.versions.values().map(|v| v.get().len() / 4).sum::<usize>() + 256);
         out.push(b'{');
         let mut first = true;
@@ -313,10 +337,8 @@ impl<'a> Document<'a> {
             member(&mut out, "dist-tags");
             serde_json::to_writer(&mut out, tags).expect("writing to a Vec");
         }
-        if let Some(modified) = self.time.as_ref().and_then(|t| t.get("modified")) {
-            member(&mut out, "modified");
-            serde_json::to_writer(&mut out, modified).expect("writing to a Vec");
-        }
+        member(&mut out, "modified");
+        serde_json::to_writer(&mut out, &self.modified(fetched_ms)).expect("writing to a Vec");
         member(&mut out, "versions");
         self.write_versions(&mut out, Form::Abbreviated, None);
         if let Some(time) = &self.time {
@@ -438,7 +460,7 @@ mod tests {
 
     #[test]
     fn abbreviates_by_npm_field_list() {
-        let a: Value = serde_json::from_slice(&doc().to_abbreviated()).unwrap();
+        let a: Value = serde_json::from_slice(&doc().to_abbreviated(0)).unwrap();
         assert_eq!(a["name"], "@s/pkg");
         assert_eq!(a["modified"], "2024-02-01T00:00:00.000Z");
         assert_eq!(a["dist-tags"]["latest"], "1.1.0");
@@ -451,6 +473,23 @@ mod tests {
         assert_eq!(a["versions"]["1.1.0"]["hasInstallScript"], true);
         assert_eq!(a["versions"]["1.1.0"]["bin"]["p"], "x.js");
         assert_eq!(a["time"], sample()["time"]);
+    }
+
+    #[test]
+    fn modified_from_time_else_newest_version_else_fetch_time() {
+        let modified = |doc: Value| {
+            let d = Document::parse(leak(&doc), &name("@s/pkg")).unwrap();
+            let a: Value = serde_json::from_slice(&d.to_abbreviated(1_700_000_000_123)).unwrap();
+            a["modified"].clone()
+        };
+        assert_eq!(modified(sample()), "2024-02-01T00:00:00.000Z");
+        let mut doc = sample();
+        doc["time"].as_object_mut().unwrap().remove("modified");
+        doc["time"]["1.0.0"] = json!("2024-03-05T06:07:08.900Z");
+        doc["time"]["9.9.9"] = json!("2025-01-01T00:00:00.000Z"); // no such version in the doc
+        assert_eq!(modified(doc.clone()), "2024-03-05T06:07:08.900Z");
+        doc.as_object_mut().unwrap().remove("time");
+        assert_eq!(modified(doc), "2023-11-14T22:13:20.123Z");
     }
 
     #[test]
@@ -520,7 +559,7 @@ mod tests {
         let versions: Vec<&String> = v["versions"].as_object().unwrap().keys().collect();
         assert_eq!(versions, ["1.1.0", "1.2.0", "2.0.0-beta.1"]);
         assert!(v["time"].get("2.0.0").is_none() && v["time"].get("1.1.0").is_some());
-        let a: Value = serde_json::from_slice(&d.to_abbreviated()).unwrap();
+        let a: Value = serde_json::from_slice(&d.to_abbreviated(0)).unwrap();
         assert!(a["versions"].get("2.0.0").is_none() && a["time"].get("3.0.0").is_none());
     }
 
@@ -549,7 +588,7 @@ mod tests {
         assert_eq!(v["time"], "not an object");
         assert_eq!(v["x"]["y"][2]["z"], Value::Null);
         assert_eq!(v["versions"]["1.0.0"], "odd");
-        let a: Value = serde_json::from_slice(&d.to_abbreviated()).unwrap();
+        let a: Value = serde_json::from_slice(&d.to_abbreviated(0)).unwrap();
         assert_eq!(a["versions"]["1.0.0"], "odd");
     }
 

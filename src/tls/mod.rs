@@ -9,7 +9,6 @@ pub mod store;
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use rustls::ServerConfig;
 use serde::Serialize;
 
@@ -60,30 +59,48 @@ fn rfc3339(unix: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-impl Tls {
-    /// The TLS state from the settings: `None` when npg serves plain HTTP only.
-    pub fn setup(
-        settings: &Settings,
-        redis: Arc<SharedRedis>,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Option<Arc<Tls>>> {
+/// What TLS reads from files at start-up: the key sealing private keys in Redis and the
+/// static certificate, checked before anything listens (and by `npg check-config`).
+pub struct TlsFiles {
+    secret: Option<SecretKey>,
+    certificate: Option<(CertBundle, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl TlsFiles {
+    /// `None` when npg serves plain HTTP only.
+    pub fn load(settings: &Settings) -> Result<Option<TlsFiles>, String> {
         if !settings.tls_enabled() {
             return Ok(None);
         }
         let secret = match &settings.npg_secret_key_file {
-            Some(path) => Some(
-                SecretKey::load(path)
-                    .map_err(anyhow::Error::msg)
-                    .context("NPG_SECRET_KEY_FILE")?,
-            ),
+            Some(path) => Some(SecretKey::load(path).map_err(|e| format!("NPG_SECRET_KEY_FILE: {e}"))?),
             None => None,
         };
+        let certificate = match (&settings.tls_cert_file, &settings.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let read = |setting: &str, path: &std::path::Path| {
+                    std::fs::read_to_string(path).map_err(|e| format!("{setting}: {} ({e})", path.display()))
+                };
+                let bundle = CertBundle::from_pem(read("TLS_CERT_FILE", cert)?, read("TLS_KEY_FILE", key)?)
+                    .map_err(|e| format!("TLS_CERT_FILE: {e}"))?;
+                let key = bundle.certified_key().map_err(|e| format!("TLS_KEY_FILE: {e}"))?;
+                Some((bundle, key))
+            }
+            _ => None,
+        };
+        Ok(Some(TlsFiles { secret, certificate }))
+    }
+}
+
+impl Tls {
+    /// The TLS state from the settings and the files `TlsFiles::load` read.
+    pub fn setup(settings: &Settings, files: TlsFiles, redis: Arc<SharedRedis>, metrics: Arc<Metrics>) -> Arc<Tls> {
         let resolver = Arc::new(Resolver::default());
         let mut config = config_builder().with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tls = Tls {
             resolver,
-            store: Arc::new(TlsStore::new(redis, &settings.storage_dir, secret)),
+            store: Arc::new(TlsStore::new(redis, &settings.storage_dir, files.secret)),
             server_config: Arc::new(config),
             domains: settings.npg_domain.iter().map(|d| d.to_ascii_lowercase()).collect(),
             status: Mutex::new(TlsStatus {
@@ -93,22 +110,12 @@ impl Tls {
             metrics,
             looked: tokio::sync::watch::Sender::new(false),
         };
-        if let (Some(cert), Some(key)) = (&settings.tls_cert_file, &settings.tls_key_file) {
-            let chain = std::fs::read_to_string(cert).with_context(|| format!("TLS_CERT_FILE {}", cert.display()))?;
-            let key = std::fs::read_to_string(key).with_context(|| format!("TLS_KEY_FILE {}", key.display()))?;
-            let bundle = CertBundle::from_pem(chain, key)
-                .map_err(anyhow::Error::msg)
-                .context("TLS_CERT_FILE")?;
-            tls.resolver.install_any(
-                bundle
-                    .certified_key()
-                    .map_err(anyhow::Error::msg)
-                    .context("TLS_KEY_FILE")?,
-            );
+        if let Some((bundle, key)) = files.certificate {
+            tls.resolver.install_any(key);
             tls.set_status("static", Some(("*", &bundle)), None);
             tls.mark_looked();
         }
-        Ok(Some(Arc::new(tls)))
+        Arc::new(tls)
     }
 
     pub fn set_status(&self, mode: &'static str, cert: Option<(&str, &CertBundle)>, error: Option<String>) {

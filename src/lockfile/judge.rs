@@ -1,0 +1,189 @@
+//! Judging lockfile entries: through a running npg (`GET /api/guard/<name>`, its whole
+//! policy) or offline with the blocklist and the last malware feed on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Deserialize;
+use url::Url;
+
+use super::{CheckArgs, Entry};
+use crate::guard::blocklist::Blocklist;
+use crate::guard::feed::FeedFiles;
+use crate::guard::malware::MalwareList;
+use crate::guard::{Block, Policy};
+
+/// What the policy does with one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Blocked {
+        rule: String,
+        reason: String,
+    },
+    /// The policy could not be asked (npg unreachable, refused, ...).
+    Unknown(String),
+}
+
+impl From<&Block> for Verdict {
+    fn from(block: &Block) -> Verdict {
+        Verdict::Blocked {
+            rule: block.kind.to_string(),
+            reason: block.reason.clone(),
+        }
+    }
+}
+
+pub enum Judge {
+    Online {
+        npg: Url,
+        token: Option<String>,
+        client: reqwest::Client,
+    },
+    Offline {
+        policy: Policy,
+        age_unjudged: bool,
+    },
+}
+
+/// The part of `/api/guard/<name>`'s answer the check needs.
+#[derive(Deserialize)]
+struct Report {
+    blocked: Option<Rule>,
+    #[serde(default)]
+    hidden: HashMap<String, Rule>,
+}
+
+#[derive(Deserialize, Clone)]
+struct Rule {
+    #[serde(rename = "type")]
+    kind: String,
+    reason: String,
+}
+
+impl From<&Rule> for Verdict {
+    fn from(rule: &Rule) -> Verdict {
+        Verdict::Blocked {
+            rule: rule.kind.clone(),
+            reason: rule.reason.clone(),
+        }
+    }
+}
+
+impl Judge {
+    pub fn new(args: &CheckArgs) -> Result<Judge, String> {
+        if let Some(npg) = &args.npg {
+            // rustls needs one process-wide crypto provider; installing it twice is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder()
+                .user_agent(concat!("npg-lockfile/", env!("CARGO_PKG_VERSION")))
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .map_err(|e| format!("HTTP client: {e}"))?;
+            return Ok(Judge::Online {
+                npg: npg.clone(),
+                token: args.token.clone(),
+                client,
+            });
+        }
+        let sources = &args.policy;
+        let blocklist = Blocklist::load(&sources.blacklist_path).map_err(|e| format!("BLACKLIST_PATH: {e}"))?;
+        let feed = FeedFiles::new(&sources.malware_list_dir, &sources.malware_feed_url);
+        let malware = match feed.load().map_err(|e| format!("MALWARE_LIST_DIR: {e}"))? {
+            Some(kept) => MalwareList::parse(&kept.body, &sources.malware_feed_reasons)
+                .map_err(|e| format!("{}: {e}", feed.body.display()))?,
+            None => MalwareList::default(),
+        };
+        let policy = Policy {
+            version: 0,
+            blocklist: Arc::new(blocklist),
+            malware: Arc::new(malware),
+            age: None,
+        };
+        Ok(Judge::Offline {
+            policy,
+            age_unjudged: args.min_release_age.is_some(),
+        })
+    }
+
+    /// npg's usual public npm URL, when asking a running npg.
+    pub fn default_proxy(&self) -> Option<Url> {
+        match self {
+            Judge::Online { npg, .. } => npg.join("npm").ok(),
+            Judge::Offline { .. } => None,
+        }
+    }
+
+    /// What the summary must add about the rules not judged.
+    pub fn caveat(&self) -> &'static str {
+        match self {
+            Judge::Offline { age_unjudged: true, .. } => {
+                "; offline: MIN_RELEASE_AGE not judged (it needs publication times: use --npg)"
+            }
+            Judge::Offline { .. } => "; offline: the blocklist and the malware feed kept on disk",
+            Judge::Online { .. } => "",
+        }
+    }
+
+    /// One verdict per entry, in order.
+    pub async fn judge(&self, entries: &[Entry], concurrency: usize) -> Vec<Verdict> {
+        match self {
+            Judge::Offline { policy, .. } => entries.iter().map(|e| offline(policy, e)).collect(),
+            Judge::Online { npg, token, client } => {
+                let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+                names.dedup();
+                let reports: HashMap<&str, Result<Report, String>> = futures_util::stream::iter(names)
+                    .map(|name| async move { (name, ask(client, npg, token.as_deref(), name).await) })
+                    .buffer_unordered(concurrency)
+                    .collect()
+                    .await;
+                entries
+                    .iter()
+                    .map(|e| match &reports[e.name.as_str()] {
+                        Err(why) => Verdict::Unknown(why.clone()),
+                        Ok(report) => report
+                            .blocked
+                            .as_ref()
+                            .or(report.hidden.get(&e.version))
+                            .map_or(Verdict::Allowed, Verdict::from),
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+fn offline(policy: &Policy, entry: &Entry) -> Verdict {
+    let block = policy
+        .package(&entry.name)
+        .or_else(|| policy.version(&entry.name, &entry.version));
+    block.as_ref().map_or(Verdict::Allowed, Verdict::from)
+}
+
+/// `GET <npg>/api/guard/<name>` (a scope's `/` encoded).
+async fn ask(client: &reqwest::Client, npg: &Url, token: Option<&str>, name: &str) -> Result<Report, String> {
+    let url = format!(
+        "{}/api/guard/{}",
+        npg.as_str().trim_end_matches('/'),
+        name.replace('/', "%2f")
+    );
+    let mut request = client.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| format!("npg unreachable ({e})"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("npg's answer broke off ({e})"))?;
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        return Err(format!("npg answered {status} {reason}").trim_end().to_string());
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("npg's answer is not a guard report ({e})"))
+}

@@ -1,0 +1,47 @@
+//! Everything start-up reads and checks before anything listens, done once: `npg check-config`
+//! runs exactly this, and `serve` builds the app from what it loaded (no second copy of a
+//! check that could drift).
+
+use crate::auth::Tokens;
+use crate::config::Settings;
+use crate::guard::age::AgeGate;
+use crate::guard::blocklist::Blocklist;
+use crate::tls::TlsFiles;
+use crate::upstream;
+
+/// The settings' files and compiled values, ready for `App::new`.
+pub struct Preflight {
+    pub upstream: upstream::Settings,
+    pub blocklist: Blocklist,
+    /// `Some` when MIN_RELEASE_AGE is set.
+    pub age: Option<AgeGate>,
+    /// `Some` when AUTH_TOKENS_FILE is set.
+    pub tokens: Option<Tokens>,
+    /// `Some` when TLS is on.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Preflight {
+    /// Validates the settings and loads their files; the error names the setting.
+    pub fn run(settings: &Settings) -> Result<Preflight, String> {
+        settings.validate()?;
+        let upstream = settings.upstream()?;
+        let blocklist = Blocklist::load(&settings.policy.blacklist_path).map_err(|e| format!("BLACKLIST_PATH: {e}"))?;
+        // Compiled even while the gate is off, so a bad pattern is found before it is needed.
+        let gate = AgeGate::new(
+            settings.min_release_age.unwrap_or_default(),
+            &settings.min_release_age_exclude,
+        )?;
+        let tokens = match &settings.auth_tokens_file {
+            Some(path) => Some(Tokens::load(path).map_err(|e| format!("AUTH_TOKENS_FILE: {e}"))?),
+            None => None,
+        };
+        Ok(Preflight {
+            upstream,
+            blocklist,
+            age: settings.min_release_age.map(|_| gate),
+            tokens,
+            tls: TlsFiles::load(settings)?,
+        })
+    }
+}
