@@ -30,6 +30,11 @@ fn needed(method: &Method, path: &str) -> Option<Permission> {
     if read && (open || path.starts_with("/.well-known/acme-challenge/")) {
         return None;
     }
+    // What the guard does with a package is what its refusals already tell any reader: the
+    // same explanation, for `npg lockfile check` in CI with a read token.
+    if read && path.starts_with("/api/guard/") {
+        return Some(Permission::Read);
+    }
     if path == "/metrics" || path.starts_with("/api/") {
         return Some(Permission::Admin);
     }
@@ -158,7 +163,8 @@ mod tests {
             (Method::GET, "/api/health", None),
             (Method::GET, "/.well-known/acme-challenge/x", None),
             (Method::GET, "/metrics", Some(Admin)),
-            (Method::GET, "/api/guard/left-pad", Some(Admin)),
+            (Method::GET, "/api/guard/left-pad", Some(Read)),
+            (Method::POST, "/api/guard/left-pad", Some(Admin)),
             (Method::GET, "/npm/left-pad", Some(Read)),
             (Method::HEAD, "/npm/left-pad/-/left-pad-1.0.0.tgz", Some(Read)),
             (Method::POST, "/npm/-/npm/v1/security/advisories/bulk", Some(Read)),

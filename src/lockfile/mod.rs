@@ -47,7 +47,7 @@ pub struct CheckArgs {
     #[arg(long, env = "NPG_URL")]
     npg: Option<Url>,
 
-    /// Token for npg's access control (an admin token: `/api/guard` is an admin route).
+    /// Token for npg's access control (the `read` permission is enough for `/api/guard`).
     #[arg(long, env = "NPM_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
