@@ -12,6 +12,7 @@ use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::guard::Guard;
+use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
 use crate::preflight::Preflight;
@@ -44,8 +45,8 @@ pub struct App {
 
 impl App {
     /// Builds every part from the settings and what `Preflight::run` loaded and checked
-    /// (inside a tokio runtime).
-    pub fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<App> {
+    /// (inside a tokio runtime), and starts the background jobs.
+    pub fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<(App, Jobs)> {
         let metrics = Arc::new(Metrics::default());
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
@@ -121,25 +122,29 @@ impl App {
             started: Instant::now(),
             draining: Arc::default(),
         };
-        app.start_background(settings);
-        Ok(app)
+        let jobs = app.start_background(settings);
+        Ok((app, jobs))
     }
 
     /// Starts the background jobs: each one line, each owning its own loop.
-    fn start_background(&self, settings: &Settings) {
-        crate::guard::reload::spawn(self.guard.clone(), settings.policy.blacklist_path.clone());
-        crate::guard::feed::spawn(self, settings);
+    fn start_background(&self, settings: &Settings) -> Jobs {
+        let jobs = Jobs::default();
+        let blocklist = settings.policy.blacklist_path.clone();
+        crate::guard::reload::spawn(&jobs, self.guard.clone(), blocklist);
+        crate::guard::feed::spawn(&jobs, self, settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
-            crate::auth::reload::spawn(auth.clone(), self.metrics.clone(), path.clone());
+            crate::auth::reload::spawn(&jobs, auth.clone(), self.metrics.clone(), path.clone());
         }
-        crate::changes::spawn_listener(self);
-        tokio::spawn(crate::upstream::breaker::share(
-            self.upstream.breaker().clone(),
-            self.bus.clone(),
-        ));
-        crate::changes::spawn(self, settings);
+        crate::changes::spawn_listener(&jobs, self);
+        let breaker = self.upstream.breaker().clone();
+        jobs.spawn(
+            "breaker sharing",
+            crate::upstream::breaker::share(breaker, self.bus.clone()),
+        );
+        crate::changes::spawn(&jobs, self, settings);
         if let Some(tls) = &self.tls {
-            crate::tls::acme::spawn(tls.clone(), self.redis.clone(), self.bus.clone(), settings);
+            crate::tls::acme::spawn(&jobs, tls.clone(), self.redis.clone(), self.bus.clone(), settings);
         }
+        jobs
     }
 }

@@ -13,7 +13,7 @@
 //! TTL is the backstop for anything this misses).
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use crate::cluster::bus::Event;
 use crate::cluster::lock::{RedisLock, random_u64};
 use crate::cluster::redis::RedisState;
 use crate::config::Settings;
+use crate::jobs::Jobs;
 use crate::npm::name::PackageName;
 use crate::upstream::redact::redact;
 use crate::upstream::{describe, read_bounded};
@@ -74,10 +75,10 @@ impl ChangesState {
 }
 
 /// Drops from this replica's memory what another replica's follower reports as changed.
-pub fn spawn_listener(app: &App) {
+pub fn spawn_listener(jobs: &Jobs, app: &App) {
     let mut events = app.bus.subscribe();
     let packuments = app.packuments.clone();
-    tokio::spawn(async move {
+    jobs.spawn("invalidation listener", async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
             match events.recv().await {
@@ -96,7 +97,7 @@ pub fn spawn_listener(app: &App) {
 
 /// Starts the follower when `ENABLE_NPM_CHANGES_POLLER` is on. It runs for the life of the
 /// process: every failure is logged, recorded in the status, and retried.
-pub fn spawn(app: &App, settings: &Settings) {
+pub fn spawn(jobs: &Jobs, app: &App, settings: &Settings) {
     if !settings.enable_npm_changes_poller {
         return;
     }
@@ -119,7 +120,8 @@ pub fn spawn(app: &App, settings: &Settings) {
         limit: settings.npm_changes_batch_size.max(1),
         seq: None,
     };
-    tokio::spawn(follower.run());
+    let lock = Arc::new(RedisLock::new(app.redis.clone(), "changes", LOCK_TTL));
+    jobs.spawn_leased("changes follower", lock.clone(), follower.run(lock));
 }
 
 struct Follower {
@@ -132,8 +134,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn run(mut self) {
-        let lock = RedisLock::new(self.app.redis.clone(), "changes", LOCK_TTL);
+    async fn run(mut self, lock: Arc<RedisLock>) {
         loop {
             if !lock.try_acquire().await {
                 self.app.changes.update(|s| s.leader = false);

@@ -29,6 +29,8 @@
 //! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
 //!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
+//! - `jobs`: the one owner of the background jobs: stops them on SIGTERM, releasing their
+//!   Redis leases.
 //! - `app`: the shared state that ties them together.
 
 pub mod app;
@@ -40,6 +42,7 @@ pub mod cluster;
 pub mod config;
 pub mod guard;
 pub mod http;
+pub mod jobs;
 pub mod lockfile;
 pub mod metrics;
 pub mod npm;

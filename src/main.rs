@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
-    let app = App::new(&settings, checked)?;
+    let (app, jobs) = App::new(&settings, checked)?;
     let http_addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
     let http = bind(http_addr, "HTTP_PORT").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -138,6 +138,8 @@ async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
     tracing::info!(%http_addr, upstream = %npg::upstream::redact::redact(&settings.upstream_base()), public = %settings.public_base(),
         redis = app.redis.state().as_str(), "npg listening");
     shutdown_signal().await;
+    // Jobs stop at once, so their leases go to another replica while this one drains.
+    jobs.stop();
     if !settings.shutdown_delay.is_zero() {
         // Balancers see the 503 health and stop routing here before the listeners close.
         app.draining.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -149,6 +151,9 @@ async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     while servers.join_next().await.is_some() {}
+    if !jobs.stopped(settings.shutdown_timeout).await {
+        tracing::warn!(bound = ?settings.shutdown_timeout, "background jobs still running at exit");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::jobs::Jobs;
+
 type Fingerprint = Option<(SystemTime, u64)>;
 
 fn fingerprint(path: &Path) -> Fingerprint {
@@ -16,8 +18,8 @@ fn fingerprint(path: &Path) -> Fingerprint {
 
 /// Calls `reload(path, why)` on SIGHUP and whenever `path` changes; `what` names the file in
 /// the warning when no SIGHUP handler can be installed.
-pub fn spawn(path: PathBuf, what: &'static str, reload: impl Fn(&Path, &'static str) + Send + 'static) {
-    tokio::spawn(async move {
+pub fn spawn(jobs: &Jobs, path: PathBuf, what: &'static str, reload: impl Fn(&Path, &'static str) + Send + 'static) {
+    jobs.spawn(what, async move {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {

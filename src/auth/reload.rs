@@ -20,6 +20,8 @@ fn reload(auth: &Auth, metrics: &Metrics, path: &Path, why: &str) {
     }
 }
 
-pub fn spawn(auth: Arc<Auth>, metrics: Arc<Metrics>, path: PathBuf) {
-    crate::watch::spawn(path, "auth tokens", move |path, why| reload(&auth, &metrics, path, why));
+pub fn spawn(jobs: &crate::jobs::Jobs, auth: Arc<Auth>, metrics: Arc<Metrics>, path: PathBuf) {
+    crate::watch::spawn(jobs, path, "auth tokens", move |path, why| {
+        reload(&auth, &metrics, path, why)
+    });
 }

@@ -194,7 +194,7 @@ struct Refresher {
     tarballs: Arc<Tarballs>,
     redis: Arc<SharedRedis>,
     bus: Arc<Bus>,
-    lock: RedisLock,
+    lock: Arc<RedisLock>,
     client: reqwest::Client,
     /// The ETag of the list in use: what `If-None-Match` sends.
     etag: Option<String>,
@@ -206,7 +206,7 @@ struct Refresher {
 
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
 /// in the background.
-pub fn spawn(app: &App, settings: &Settings) {
+pub fn spawn(jobs: &crate::jobs::Jobs, app: &App, settings: &Settings) {
     let (guard, tarballs, redis, bus) = (
         app.guard.clone(),
         app.tarballs.clone(),
@@ -230,12 +230,13 @@ pub fn spawn(app: &App, settings: &Settings) {
             return;
         }
     };
+    let lock = Arc::new(RedisLock::new(redis.clone(), "feed", LOCK_TTL));
     let mut refresher = Refresher {
         url,
         reasons: settings.policy.malware_feed_reasons.clone(),
         files,
         interval: settings.update_interval.max(MIN_INTERVAL),
-        lock: RedisLock::new(redis.clone(), "feed", LOCK_TTL),
+        lock: lock.clone(),
         guard,
         tarballs,
         redis,
@@ -248,7 +249,7 @@ pub fn spawn(app: &App, settings: &Settings) {
     let scheduled = settings.enable_scheduled_updates;
     // Before serving, so the first request is already guarded (once, at start).
     let from_disk = refresher.load_disk(scheduled);
-    tokio::spawn(async move {
+    jobs.spawn_leased("malware feed", lock, async move {
         if let Some(list) = from_disk {
             // Tarballs cached before they were listed, by this run or an earlier one.
             let (_, files) = purge_added(&refresher.tarballs, &list, &MalwareList::default()).await;

@@ -71,9 +71,11 @@ fn reload(guard: &Guard, path: &Path, why: &str, had_file: &AtomicBool) {
     guard.update_blocklist_status(|status| *status = status.next(error));
 }
 
-pub fn spawn(guard: Arc<Guard>, path: PathBuf) {
+pub fn spawn(jobs: &crate::jobs::Jobs, guard: Arc<Guard>, path: PathBuf) {
     let had_file = AtomicBool::new(path.exists());
-    crate::watch::spawn(path, "blocklist", move |path, why| reload(&guard, path, why, &had_file));
+    crate::watch::spawn(jobs, path, "blocklist", move |path, why| {
+        reload(&guard, path, why, &had_file)
+    });
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 struct Manager {
     tls: Arc<Tls>,
     bus: Arc<Bus>,
-    lock: RedisLock,
+    lock: Arc<RedisLock>,
     directory: String,
     ca_file: Option<std::path::PathBuf>,
     email: Option<String>,
@@ -50,7 +50,7 @@ fn now() -> i64 {
 }
 
 /// Starts the manager when NPG_DOMAIN is set.
-pub fn spawn(tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &Settings) {
+pub fn spawn(jobs: &crate::jobs::Jobs, tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &Settings) {
     let Some(primary) = tls.domains.first().cloned() else {
         return;
     };
@@ -59,8 +59,9 @@ pub fn spawn(tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &S
     } else {
         ChallengeType::Http01
     };
+    let lock = Arc::new(RedisLock::new(redis, &format!("acme:{primary}"), LOCK_TTL));
     let manager = Manager {
-        lock: RedisLock::new(redis, &format!("acme:{primary}"), LOCK_TTL),
+        lock: lock.clone(),
         tls,
         bus,
         directory: settings.acme_directory_url.to_string(),
@@ -72,7 +73,7 @@ pub fn spawn(tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &S
         ari_checked: None,
         backoff: FIRST_BACKOFF,
     };
-    tokio::spawn(manager.run());
+    jobs.spawn_leased("acme", lock, manager.run());
 }
 
 impl Manager {
