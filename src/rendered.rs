@@ -197,7 +197,7 @@ fn notice(name: &PackageName, hidden: &HashMap<String, Block>, total: usize) -> 
     }
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for block in hidden.values() {
-        *kinds.entry(block.kind).or_default() += 1;
+        *kinds.entry(block.kind.as_str()).or_default() += 1;
     }
     let why: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     let text = format!(

@@ -213,8 +213,7 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
         for (version, block) in pkg.hidden.iter() {
             app.guard.record(name.as_str(), Some(version), block);
         }
-        let reason = pkg.notice.clone().unwrap_or_default();
-        return Err(ApiError::not_found(reason).with_error(format!("All versions of {name} are blocked by policy")));
+        return Err(ApiError::all_hidden(name.as_str(), &pkg.hidden));
     }
     Ok((pkg, source))
 }
