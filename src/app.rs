@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::guard::Guard;
 use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
+use crate::http::packument::ClientCaching;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
 use crate::tarballs::Tarballs;
@@ -35,6 +36,8 @@ pub struct App {
     /// TLS, when npg serves HTTPS.
     pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
+    /// What packument responses tell clients about reusing them.
+    pub client_caching: ClientCaching,
     /// Access control, when AUTH_TOKENS_FILE is set.
     pub auth: Option<Arc<Auth>>,
     pub instance: String,
@@ -123,6 +126,7 @@ impl App {
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),
             tls: Tls::setup(settings, redis_for_tls, metrics.clone())?,
             metrics,
+            client_caching: ClientCaching::new(settings.client_max_age),
             auth,
             instance,
             started: Instant::now(),

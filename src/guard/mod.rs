@@ -11,6 +11,7 @@ pub mod blocklist;
 pub mod feed;
 pub mod malware;
 pub mod reload;
+pub mod restrictions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,7 +222,7 @@ impl Guard {
         if logged.insert(key) {
             let version = version.unwrap_or("*");
             let rule = block.kind.as_str();
-            tracing::warn!(package = name, version, rule, why = %block.message(), "blocked");
+            tracing::warn!(package = name, version, rule, why = ?block.message(), "blocked");
         }
     }
 }

@@ -220,7 +220,7 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
 
 async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
     let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
-    Ok(packument::packument(req.headers(), &pkg, source))
+    Ok(packument::packument(req.headers(), &pkg, source, &app.client_caching))
 }
 
 async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
@@ -234,9 +234,9 @@ async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Res
         if let Some(block) = pkg.hidden.get(spec) {
             return Err(refuse(app, name, Some(spec), block));
         }
-        return packument::version(req.headers(), &pkg, source, name, spec);
+        return packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec);
     }
-    packument::version(req.headers(), &pkg, source, name, spec)
+    packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec)
 }
 
 /// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.
