@@ -4,10 +4,10 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use support::clients::{Client, ClientOutput, Project};
-use support::guarded::write;
+use support::guarded::{wait_hidden, write};
 use support::npg::NpgProcess;
 use support::upstream::FakeRegistry;
 
@@ -145,23 +145,6 @@ fn run_cases(client: Client) -> Vec<(Case, ClientOutput)> {
         outputs.push((case, fresh.add(spec)));
     }
     outputs
-}
-
-/// Polls `/api/guard/<name>` until the reloaded blocklist hides `version`.
-fn wait_hidden(npg: &NpgProcess, name: &str, version: &str) {
-    let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    while started.elapsed() < Duration::from_secs(10) {
-        let reply = rt.block_on(support::http::get(&format!("{}/api/guard/{name}", npg.base), &[]));
-        if reply.json()["hidden"].get(version).is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the blocklist reload never hid {name}@{version}");
 }
 
 /// Runs the cases and checks each failed and printed its substrings (in `Case` order).
