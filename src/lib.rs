@@ -3,7 +3,8 @@
 //! Layout:
 //! - `config`: settings from flags and env, validated once at start.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
-//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
+//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy, and
+//!   how a refusal is told (which rule, in words; hidden versions as npm's `policyRestrictions`).
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
 //! - `watch`: reloads a config file on SIGHUP and when it changes.
 //! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
@@ -19,8 +20,8 @@
 //!   the stream whether or not the disk takes it).
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
-//! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
-//!   shutdown.
+//! - `http`: routing, access checks, error bodies and status lines (a refusal's reason phrase),
+//!   client caching (`CLIENT_MAX_AGE`), health, metrics, the listener and graceful shutdown.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the shared state that ties them together.
 

@@ -102,7 +102,7 @@ async fn the_bodies_say_which_rule_and_what_to_do() {
     let fresh = get("npg-fresh").await.json();
     let error = fresh["error"].as_str().unwrap();
     assert!(
-        error.starts_with("All 1 versions of npg-fresh are hidden by npg's policy; npg-fresh@1.0.0 is held by the release-age gate until "),
+        error.starts_with("Every version of npg-fresh is hidden by npg's policy; npg-fresh@1.0.0 is held by the release-age gate until "),
         "{fresh}"
     );
     assert!(

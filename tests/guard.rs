@@ -135,7 +135,7 @@ async fn every_version_hidden_is_a_404_that_says_why() {
         body["error"]
             .as_str()
             .unwrap()
-            .contains("All 2 versions of npg-fixture-b are hidden"),
+            .contains("Every version of npg-fixture-b is hidden"),
         "{body}"
     );
     assert_eq!(body["reason"], "blocked by the blocklist (all bad)");

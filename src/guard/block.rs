@@ -169,7 +169,7 @@ pub fn human_duration(d: Duration) -> String {
     }
     let (size, unit) = UNITS
         .into_iter()
-        .find(|(size, _)| secs % size == 0 && secs >= *size)
+        .find(|(size, _)| secs.is_multiple_of(*size) && secs >= *size)
         .unwrap_or((1, "second"));
     let n = secs / size;
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })

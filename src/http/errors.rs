@@ -64,8 +64,7 @@ impl ApiError {
             return ApiError::not_found(format!("no version of {name} is served"));
         };
         let error = format!(
-            "All {} versions of {name} are hidden by npg's policy; {name}@{version} is {}. {}",
-            hidden.len(),
+            "Every version of {name} is hidden by npg's policy; {name}@{version} is {}. {}",
             block.message(),
             guidance(name, None, block)
         );
