@@ -74,6 +74,11 @@ fn the_status_line_says_why() {
             "npg-fixture-b/1.0.0",
             "403 Blocked: npg-fixture-b@1.0.0 (malware per 127.0.0.1: MALWARE)",
         ),
+        // A range only a hidden version satisfies.
+        (
+            "npg-fixture-b/%3C1.0.1",
+            "404 Blocked: npg-fixture-b@1.0.0 (malware per 127.0.0.1: MALWARE)",
+        ),
         ("npg-fresh", "404 Held: npg-fresh (release-age gate until "),
         // A reason cannot end the line: no header is injected.
         ("npg-hostile", "403 Blocked: npg-hostile (bad??X-Injected: 1)"),

@@ -54,6 +54,16 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, Some(version), block)
     }
 
+    /// 404 for a spec (`^2.0.0`) that only hidden versions satisfy, told by the highest one.
+    pub fn hidden_match(name: &str, spec: &str, version: &str, block: &Block) -> ApiError {
+        let error = format!(
+            "No served version of {name} matches {spec}; {name}@{version} is {}. {}",
+            block.message(),
+            guidance(name, Some(version), block)
+        );
+        ApiError::new(StatusCode::NOT_FOUND, error, block.reason.clone()).with_block(name, Some(version), block)
+    }
+
     /// 404 for a package whose every version the policy hides: told by the hold that lifts
     /// first (or, without one, the newest version's block).
     pub fn all_hidden(name: &str, hidden: &HashMap<String, Block>) -> ApiError {

@@ -173,6 +173,24 @@ pub fn resolve_spec(pkg: &Package, spec: &str) -> Option<String> {
     versions.filter(|v| range.satisfies(v)).max().map(|v| v.to_string())
 }
 
+/// The 404 for a spec no served version satisfies; when a hidden one would, it says which and
+/// why.
+fn missing(pkg: &Package, name: &PackageName, spec: &str) -> ApiError {
+    let hidden = nodejs_semver::Range::parse(spec).ok().and_then(|range| {
+        let parsed = pkg
+            .hidden
+            .iter()
+            .filter_map(|(v, block)| Some((nodejs_semver::Version::parse(v).ok()?, v, block)));
+        parsed
+            .filter(|(v, _, _)| range.satisfies(v))
+            .max_by(|a, b| a.0.cmp(&b.0))
+    });
+    match hidden {
+        Some((_, version, block)) => ApiError::hidden_match(name.as_str(), spec, version, block),
+        None => ApiError::not_found(format!("version not found: {name}@{spec}")),
+    }
+}
+
 pub fn version(
     req: &HeaderMap,
     pkg: &Package,
@@ -181,7 +199,7 @@ pub fn version(
     name: &PackageName,
     spec: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let missing = || ApiError::not_found(format!("version not found: {name}@{spec}"));
+    let missing = || missing(pkg, name, spec);
     let version = resolve_spec(pkg, spec).ok_or_else(missing)?;
     // Prepared at render time: a slice of the served document, no parse per request.
     let range = pkg.manifests.get(&version).ok_or_else(missing)?;
