@@ -138,7 +138,7 @@ async fn every_version_hidden_is_a_404_that_says_why() {
             .contains("Every version of npg-fixture-b is hidden"),
         "{body}"
     );
-    assert_eq!(body["reason"], "blocked by the blocklist (all bad)");
+    assert_eq!(body["reason"], "all bad");
     assert_eq!(body["type"], "version");
 }
 

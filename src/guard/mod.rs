@@ -26,6 +26,7 @@ pub use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
 
+/// The block a blocklist rule makes.
 fn from_hit(hit: Hit) -> Block {
     match hit {
         Hit::Package { reason } => Block::new(Rule::Package, reason),
@@ -40,6 +41,7 @@ fn from_hit(hit: Hit) -> Block {
     }
 }
 
+/// The block a malware feed entry makes.
 fn malware(reason: &str, source: &FeedSource) -> Block {
     Block {
         source: Some(source.clone()),
@@ -268,6 +270,45 @@ mod tests {
         assert_eq!(verdict.valid_until_ms, Some(now - 60_000 + 3_600_000));
         let exempt = g.policy().judge("trusted", [("1.0.0", Some(now))].into_iter(), now);
         assert!(exempt.hidden.is_empty());
+    }
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_block_is_logged_once_by_its_rule_without_empty_fields() {
+        let g = guard();
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let block = g.policy().version("p", "2.0.0").unwrap();
+            g.record("p", Some("2.0.0"), &block);
+            g.record("p", Some("2.0.0"), &block);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(
+                r#"blocked package="p" version="2.0.0" rule="version" why="blocked by the blocklist (bad major)""#
+            ),
+            "{log}"
+        );
+        assert!(!log.contains(r#""""#), "no empty fields: {log}");
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! never cacheable, and a log line. Refusals by the guard also say why in the status line
 //! (pnpm and yarn print that, not the body) and what to do in `error`.
 
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-
-use std::collections::HashMap;
 
 use crate::guard::{Block, Rule};
 use crate::npm::path::PathError;
@@ -67,9 +68,10 @@ impl ApiError {
     /// 404 for a package whose every version the policy hides: told by the hold that lifts
     /// first (or, without one, the newest version's block).
     pub fn all_hidden(name: &str, hidden: &HashMap<String, Block>) -> ApiError {
+        let semver = |v: &str| nodejs_semver::Version::parse(v).ok();
         let first = hidden
             .iter()
-            .min_by_key(|(version, block)| (block.until.unwrap_or(u64::MAX), std::cmp::Reverse(*version)));
+            .min_by_key(|(version, block)| (block.until.unwrap_or(u64::MAX), Reverse(semver(version))));
         let Some((version, block)) = first else {
             return ApiError::not_found(format!("no version of {name} is served"));
         };
@@ -78,7 +80,7 @@ impl ApiError {
             block.message(),
             guidance(name, None, block)
         );
-        ApiError::new(StatusCode::NOT_FOUND, error, block.message()).with_block(name, None, block)
+        ApiError::new(StatusCode::NOT_FOUND, error, block.reason.clone()).with_block(name, None, block)
     }
 
     fn with_block(mut self, name: &str, version: Option<&str>, block: &Block) -> ApiError {
@@ -108,11 +110,12 @@ impl ApiError {
 /// What the user can do about a refusal, and where to see why.
 fn guidance(name: &str, version: Option<&str>, block: &Block) -> String {
     let instead = match (block.kind, version) {
-        (Rule::Age, _) => "It is served once old enough; until then use an older version, or ask your npg \
-                           administrator to exempt it (MIN_RELEASE_AGE_EXCLUDE)."
-            .to_string(),
-        (_, Some(_)) => "Use another version, or ask your npg administrator.".to_string(),
-        (_, None) => "Use another package, or ask your npg administrator.".to_string(),
+        (Rule::Age, _) => {
+            "It is served once old enough; until then use an older version, or ask your npg \
+             administrator to exempt it (MIN_RELEASE_AGE_EXCLUDE)."
+        }
+        (_, Some(_)) => "Use another version, or ask your npg administrator.",
+        (_, None) => "Use another package, or ask your npg administrator.",
     };
     format!("{instead} GET /api/guard/{name} on npg shows what is hidden and why.")
 }
