@@ -56,7 +56,8 @@ fn x_cache(source: Source) -> &'static str {
 
 /// The `Cache-Control` of packuments and manifests. By default clients revalidate every time
 /// (`no-cache`; the strong ETag makes that a 304), so a new block applies at once: with a
-/// `max-age` npm would resolve a just-blocked version from its cache and fail at its tarball.
+/// `max-age` npm would resolve a just-blocked version from its cache (and install it from its
+/// cached tarball, or fail at the tarball with a 403).
 #[derive(Clone)]
 pub struct ClientCaching {
     public: HeaderValue,
