@@ -12,6 +12,7 @@ use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::guard::Guard;
+use crate::http::packument::ClientCaching;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
@@ -35,6 +36,8 @@ pub struct App {
     /// TLS, when npg serves HTTPS.
     pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
+    /// What packument responses tell clients about reusing them.
+    pub client_caching: ClientCaching,
     /// Access control, when AUTH_TOKENS_FILE is set.
     pub auth: Option<Arc<Auth>>,
     pub instance: String,
@@ -117,6 +120,7 @@ impl App {
                 .tls
                 .map(|files| Tls::setup(settings, files, redis_for_tls, metrics.clone())),
             metrics,
+            client_caching: ClientCaching::new(settings.client_max_age),
             auth,
             instance,
             started: Instant::now(),

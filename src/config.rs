@@ -119,6 +119,11 @@ pub struct Settings {
     #[arg(long, env = "METADATA_MISS_TTL", default_value = "30s", value_parser = parse_duration)]
     pub metadata_miss_ttl: Duration,
 
+    /// How long clients may reuse a packument without asking again (`Cache-Control:
+    /// max-age`); 0: `no-cache`, they revalidate each time (a 304), so a new block applies at once.
+    #[arg(long, env = "CLIENT_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    pub client_max_age: Duration,
+
     /// Size of the in-process cache of rendered packuments, in MiB.
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub memory_cache_mb: u64,

@@ -5,7 +5,8 @@
 //! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
 //!   before serving; `npg check-config` runs the same.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
-//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy.
+//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy, and
+//!   how a refusal is told (which rule, in words; hidden versions as npm's `policyRestrictions`).
 //! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
 //! - `watch`: reloads a config file on SIGHUP and when it changes.
 //! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
@@ -24,8 +25,8 @@
 //!   the stream whether or not the disk takes it).
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
-//! - `http`: routing, access checks, error bodies, health, metrics, the listener and graceful
-//!   shutdown.
+//! - `http`: routing, access checks, error bodies and status lines (a refusal's reason phrase),
+//!   client caching (`CLIENT_MAX_AGE`), health, metrics, the listener and graceful shutdown.
 //! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
 //!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.

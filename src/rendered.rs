@@ -1,6 +1,7 @@
 //! A packument as npg serves it: the upstream document checked, filtered by the guard's
-//! policy, tarball URLs rewritten, rendered in both forms (full and abbreviated), each
-//! gzip-compressed once with its strong ETag. Rendering is CPU work on documents of up to
+//! policy (the hidden versions told to npm in `policyRestrictions`), tarball URLs rewritten,
+//! rendered in both forms (full and abbreviated), each gzip-compressed once with its strong
+//! ETag. Rendering is CPU work on documents of up to
 //! tens of MB: callers run it on a blocking thread.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,7 +13,7 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::cache::redis::DocMeta;
-use crate::guard::{Block, Policy};
+use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
 use crate::npm::packument::{Document, Index, Manifests};
 
@@ -171,11 +172,13 @@ pub fn render(
     let notice = notice(name, &verdict.hidden, times.len());
     let times = Arc::new(times);
     let full = doc.to_full();
+    let full_body = restrictions::append(full.body, name.as_str(), &verdict.hidden);
+    let abbreviated = restrictions::append(doc.to_abbreviated(meta.fetched_ms), name.as_str(), &verdict.hidden);
     Ok(Package {
         name: name.clone(),
-        full: Variant::new(full.body),
+        full: Variant::new(full_body),
         manifests: Arc::new(full.manifests),
-        abbreviated: Variant::new(doc.to_abbreviated(meta.fetched_ms)),
+        abbreviated: Variant::new(abbreviated),
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
         times,
@@ -197,7 +200,7 @@ fn notice(name: &PackageName, hidden: &HashMap<String, Block>, total: usize) -> 
     }
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for block in hidden.values() {
-        *kinds.entry(block.kind).or_default() += 1;
+        *kinds.entry(block.kind.as_str()).or_default() += 1;
     }
     let why: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     let text = format!(

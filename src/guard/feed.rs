@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::Guard;
+use super::block::FeedSource;
 use super::malware::MalwareList;
 use crate::app::App;
 use crate::cluster::bus::{Bus, Event};
@@ -139,10 +140,10 @@ struct Parsed {
     body: Bytes,
 }
 
-async fn parse(body: Bytes, reasons: &[String]) -> Result<Parsed, String> {
+async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> Result<Parsed, String> {
     let reasons = reasons.to_vec();
     tokio::task::spawn_blocking(move || {
-        let list = MalwareList::parse(&body, &reasons)?;
+        let list = MalwareList::parse(&body, &reasons)?.with_source(source);
         let digest = Sha256::digest(&body).to_vec();
         Ok(Parsed { list, digest, body })
     })
@@ -283,7 +284,7 @@ impl Refresher {
             }
         };
         let list = match MalwareList::parse(&body, &self.reasons) {
-            Ok(list) => Arc::new(list),
+            Ok(list) => Arc::new(list.with_source(FeedSource::of(&self.url))),
             Err(e) => {
                 let error = format!("{}: {e}", self.files.body.display());
                 tracing::warn!(%error, "persisted malware feed not loaded");
@@ -369,7 +370,7 @@ impl Refresher {
                     Ok(())
                 }
                 Fetched::New { body, etag } => {
-                    let parsed = parse(body, &self.reasons).await?;
+                    let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
                     self.apply(parsed, etag, now_ms(), "remote").await;
                     Ok(())
                 }
@@ -411,7 +412,7 @@ impl Refresher {
             }
             Fetched::New { body, etag } => {
                 // Validated before sharing: a bad body must not reach the other replicas.
-                let parsed = parse(body, &self.reasons).await?;
+                let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
                 let updated = now_ms();
                 // A holder whose lease ran out while it downloaded leaves Redis to its successor.
                 if self.lock.extend().await && self.store_copy(&parsed.body, etag.as_deref(), updated).await {
@@ -552,7 +553,7 @@ impl Refresher {
         })
         .await;
         let parsed = match body {
-            Ok(Ok(body)) => parse(body, &self.reasons).await,
+            Ok(Ok(body)) => parse(body, &self.reasons, FeedSource::of(&self.url)).await,
             Ok(Err(e)) => Err(format!("not gzip: {e}")),
             Err(e) => Err(e.to_string()),
         };

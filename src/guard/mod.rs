@@ -6,10 +6,12 @@
 //! version, so rendered responses cached under an older version are never served.
 
 pub mod age;
+pub mod block;
 pub mod blocklist;
 pub mod feed;
 pub mod malware;
 pub mod reload;
+pub mod restrictions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,53 +22,30 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 use age::AgeGate;
+pub use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
 
-/// Why a package or version is refused or hidden (the Node NPG's fields).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Block {
-    /// `package`, `pattern`, `malware`, `version` or `age`.
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pattern: Option<String>,
-    #[serde(rename = "versionSpec", skip_serializing_if = "Option::is_none")]
-    pub version_spec: Option<String>,
+/// The block a blocklist rule makes.
+fn from_hit(hit: Hit) -> Block {
+    match hit {
+        Hit::Package { reason } => Block::new(Rule::Package, reason),
+        Hit::Pattern { pattern, reason } => Block {
+            pattern: Some(pattern),
+            ..Block::new(Rule::Pattern, reason)
+        },
+        Hit::Version { spec, reason } => Block {
+            version_spec: Some(spec),
+            ..Block::new(Rule::Version, reason)
+        },
+    }
 }
 
-impl Block {
-    fn from_hit(hit: Hit) -> Block {
-        match hit {
-            Hit::Package { reason } => Block {
-                kind: "package",
-                reason,
-                pattern: None,
-                version_spec: None,
-            },
-            Hit::Pattern { pattern, reason } => Block {
-                kind: "pattern",
-                reason,
-                pattern: Some(pattern),
-                version_spec: None,
-            },
-            Hit::Version { spec, reason } => Block {
-                kind: "version",
-                reason,
-                pattern: None,
-                version_spec: Some(spec),
-            },
-        }
-    }
-
-    fn malware(reason: &str) -> Block {
-        Block {
-            kind: "malware",
-            reason: format!("{reason} (malware feed)"),
-            pattern: None,
-            version_spec: None,
-        }
+/// The block a malware feed entry makes.
+fn malware(reason: &str, source: &FeedSource) -> Block {
+    Block {
+        source: Some(source.clone()),
+        ..Block::new(Rule::Malware, reason)
     }
 }
 
@@ -91,18 +70,20 @@ impl Policy {
     /// A block of every version of `name`.
     pub fn package(&self, name: &str) -> Option<Block> {
         if let Some(hit) = self.blocklist.whole_package(name) {
-            return Some(Block::from_hit(hit));
+            return Some(from_hit(hit));
         }
-        self.malware.whole_package(name).map(Block::malware)
+        self.malware
+            .whole_package(name)
+            .map(|r| malware(r, self.malware.source()))
     }
 
     /// A block of `name@version` by the feed or a version rule (not by age: that needs the
     /// publication time, see `judge`).
     pub fn version(&self, name: &str, version: &str) -> Option<Block> {
         if let Some(reason) = self.malware.version(name, version) {
-            return Some(Block::malware(reason));
+            return Some(malware(reason, self.malware.source()));
         }
-        self.blocklist.version(name, version).map(Block::from_hit)
+        self.blocklist.version(name, version).map(from_hit)
     }
 
     /// Whether the age gate applies to `name`.
@@ -131,17 +112,10 @@ impl Policy {
                 None => Some(u64::MAX),
             };
             if let Some(until) = until {
-                let reason = format!("published less than {} ago", humantime::format_duration(gate.min_age()));
-                verdict.hidden.insert(
-                    version.to_string(),
-                    Block {
-                        kind: "age",
-                        reason,
-                        pattern: None,
-                        version_spec: None,
-                    },
-                );
-                if until != u64::MAX {
+                let known = (until != u64::MAX).then_some(until);
+                let block = Block::age(published, known, gate.min_age());
+                verdict.hidden.insert(version.to_string(), block);
+                if let Some(until) = known {
                     verdict.valid_until_ms = Some(verdict.valid_until_ms.map_or(until, |v| v.min(until)));
                 }
             }
@@ -252,15 +226,16 @@ impl Guard {
 
     /// Counts a block in the metrics and logs it the first time it is seen under this policy.
     pub fn record(&self, name: &str, version: Option<&str>, block: &Block) {
-        self.metrics.guard_block(block.kind);
+        self.metrics.guard_block(block.kind.as_str());
         let key = format!("{name}@{}", version.unwrap_or("*"));
         let mut logged = self.logged.lock().expect("guard log set poisoned");
         if logged.len() >= LOGGED_MAX {
             logged.clear();
         }
         if logged.insert(key) {
-            tracing::warn!(package = name, version = version.unwrap_or("*"), rule = block.kind, reason = %block.reason,
-                pattern = block.pattern.as_deref().unwrap_or(""), spec = block.version_spec.as_deref().unwrap_or(""), "blocked");
+            let version = version.unwrap_or("*");
+            let rule = block.kind.as_str();
+            tracing::warn!(package = name, version, rule, why = ?block.message(), "blocked");
         }
     }
 }
@@ -298,21 +273,60 @@ mod tests {
         ];
         let verdict = g.policy().judge("p", versions.into_iter(), now);
         assert_eq!(verdict.hidden.len(), 4);
-        assert_eq!(verdict.hidden["1.0.1"].kind, "malware");
-        assert_eq!(verdict.hidden["2.0.0"].kind, "version");
+        assert_eq!(verdict.hidden["1.0.1"].kind, Rule::Malware);
+        assert_eq!(verdict.hidden["2.0.0"].kind, Rule::Version);
         assert_eq!(verdict.hidden["2.0.0"].version_spec.as_deref(), Some(">=2.0.0"));
-        assert_eq!(verdict.hidden["1.1.0"].kind, "age");
-        assert_eq!(verdict.hidden["1.2.0"].kind, "age", "unknown age stays hidden");
+        assert_eq!(verdict.hidden["1.1.0"].kind, Rule::Age);
+        assert_eq!(verdict.hidden["1.2.0"].kind, Rule::Age, "unknown age stays hidden");
         assert_eq!(verdict.valid_until_ms, Some(now - 60_000 + 3_600_000));
         let exempt = g.policy().judge("trusted", [("1.0.0", Some(now))].into_iter(), now);
         assert!(exempt.hidden.is_empty());
+    }
+
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_block_is_logged_once_by_its_rule_without_empty_fields() {
+        let g = guard();
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let block = g.policy().version("p", "2.0.0").unwrap();
+            g.record("p", Some("2.0.0"), &block);
+            g.record("p", Some("2.0.0"), &block);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(
+                r#"blocked package="p" version="2.0.0" rule="version" why="blocked by the blocklist (bad major)""#
+            ),
+            "{log}"
+        );
+        assert!(!log.contains(r#""""#), "no empty fields: {log}");
     }
 
     #[test]
     fn whole_package_blocks() {
         let g = guard();
         g.set_blocklist(Blocklist::parse("patterns:\n  - pattern: '^evil'\n").unwrap());
-        assert_eq!(g.policy().package("evil-x").unwrap().kind, "pattern");
+        assert_eq!(g.policy().package("evil-x").unwrap().kind, Rule::Pattern);
         assert!(g.policy().package("p").is_none(), "the old rules are gone");
         let feed = MalwareList::parse(
             br#"[{"package_name":"m","version":"*","reason":"MALWARE"}]"#,
@@ -320,6 +334,6 @@ mod tests {
         )
         .unwrap();
         g.set_malware(Arc::new(feed));
-        assert_eq!(g.policy().package("m").unwrap().kind, "malware");
+        assert_eq!(g.policy().package("m").unwrap().kind, Rule::Malware);
     }
 }

@@ -1,15 +1,21 @@
 //! Error responses: the right status and a JSON body `{error, reason}` (npm prints `error`),
-//! never cacheable, and a log line.
+//! never cacheable, and a log line. Refusals by the guard also say why in the status line
+//! (pnpm and yarn print that, not the body) and what to do in `error`.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::guard::Block;
+use crate::guard::{Block, Rule};
 use crate::npm::path::PathError;
 use crate::packuments::FetchError;
 use crate::tarballs::TarballError;
 use crate::upstream::UpstreamError;
+
+use super::phrase::reason_phrase;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -20,6 +26,8 @@ pub struct ApiError {
     pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     /// Sent as `Retry-After` (seconds): upstream is down and will be asked again then.
     pub retry_after: Option<u64>,
+    /// The status line's reason phrase, when it says more than the standard one.
+    pub phrase: Option<String>,
 }
 
 impl ApiError {
@@ -30,24 +38,52 @@ impl ApiError {
             reason: reason.into(),
             extra: None,
             retry_after: None,
+            phrase: None,
         }
     }
 
-    pub fn with_error(mut self, error: impl Into<String>) -> ApiError {
-        self.error = error.into();
-        self
-    }
-
-    /// 403 for a package the guard blocks as a whole (the Node NPG's body).
+    /// 403 for a package the guard blocks as a whole.
     pub fn blocked_package(name: &str, block: &Block) -> ApiError {
-        let error = format!("Blocked package: {name} - {}", block.reason);
+        let error = format!("{name} is {}. {}", block.message(), guidance(name, None, block));
         ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, None, block)
     }
 
     /// 403 for a version (its manifest or tarball) the guard blocks.
     pub fn blocked_version(name: &str, version: &str, block: &Block) -> ApiError {
-        let error = format!("Package tarball is blacklisted ({})", block.reason);
+        let error = format!(
+            "{name}@{version} is {}. {}",
+            block.message(),
+            guidance(name, Some(version), block)
+        );
         ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, Some(version), block)
+    }
+
+    /// 404 for a spec (`^2.0.0`) that only hidden versions satisfy, told by the highest one.
+    pub fn hidden_match(name: &str, spec: &str, version: &str, block: &Block) -> ApiError {
+        let error = format!(
+            "No served version of {name} matches {spec}; {name}@{version} is {}. {}",
+            block.message(),
+            guidance(name, Some(version), block)
+        );
+        ApiError::new(StatusCode::NOT_FOUND, error, block.reason.clone()).with_block(name, Some(version), block)
+    }
+
+    /// 404 for a package whose every version the policy hides: told by the hold that lifts
+    /// first (or, without one, the newest version's block).
+    pub fn all_hidden(name: &str, hidden: &HashMap<String, Block>) -> ApiError {
+        let semver = |v: &str| nodejs_semver::Version::parse(v).ok();
+        let first = hidden
+            .iter()
+            .min_by_key(|(version, block)| (block.until.unwrap_or(u64::MAX), Reverse(semver(version))));
+        let Some((version, block)) = first else {
+            return ApiError::not_found(format!("no version of {name} is served"));
+        };
+        let error = format!(
+            "Every version of {name} is hidden by npg's policy; {name}@{version} is {}. {}",
+            block.message(),
+            guidance(name, None, block)
+        );
+        ApiError::new(StatusCode::NOT_FOUND, error, block.reason.clone()).with_block(name, None, block)
     }
 
     fn with_block(mut self, name: &str, version: Option<&str>, block: &Block) -> ApiError {
@@ -61,12 +97,30 @@ impl ApiError {
             fields.insert("version".into(), v.into());
         }
         self.extra = Some(Box::new(fields));
+        let subject = match version {
+            Some(v) => format!("{name}@{v}"),
+            None => name.to_string(),
+        };
+        self.phrase = Some(block.phrase(&subject));
         self
     }
 
     pub fn not_found(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Not found", reason)
     }
+}
+
+/// What the user can do about a refusal, and where to see why.
+fn guidance(name: &str, version: Option<&str>, block: &Block) -> String {
+    let instead = match (block.kind, version) {
+        (Rule::Age, _) => {
+            "It is served once old enough; until then use an older version, or ask your npg \
+             administrator to exempt it (MIN_RELEASE_AGE_EXCLUDE)."
+        }
+        (_, Some(_)) => "Use another version, or ask your npg administrator.",
+        (_, None) => "Use another package, or ask your npg administrator.",
+    };
+    format!("{instead} GET /api/guard/{name} on npg shows what is hidden and why.")
 }
 
 impl From<PathError> for ApiError {
@@ -145,6 +199,9 @@ impl IntoResponse for ApiError {
         body.insert("error".into(), self.error.into());
         body.insert("reason".into(), self.reason.into());
         let mut resp = (self.status, Json(body)).into_response();
+        if let Some(phrase) = self.phrase {
+            resp.extensions_mut().insert(reason_phrase(&phrase));
+        }
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(seconds) = self.retry_after {

@@ -8,6 +8,7 @@ pub mod health;
 pub mod observe;
 pub mod packument;
 pub mod passthrough;
+pub mod phrase;
 pub mod routes;
 pub mod server;
 pub mod tarball;

@@ -1,5 +1,6 @@
 //! Packument and version-manifest responses: the form the client asked for (full or
-//! abbreviated), gzip as stored when accepted, strong ETags and 304s, `X-Cache`.
+//! abbreviated), gzip as stored when accepted, strong ETags and 304s, `X-Cache`, and how long
+//! clients may reuse them (`CLIENT_MAX_AGE`).
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -53,18 +54,41 @@ fn x_cache(source: Source) -> &'static str {
     }
 }
 
+/// The `Cache-Control` of packuments and manifests. By default clients revalidate every time
+/// (`no-cache`; the strong ETag makes that a 304), so a new block applies at once: with a
+/// `max-age` npm would resolve a just-blocked version from its cache (and install it from its
+/// cached tarball, or fail at the tarball with a 403).
+#[derive(Clone)]
+pub struct ClientCaching {
+    public: HeaderValue,
+}
+
+impl ClientCaching {
+    pub fn new(max_age: std::time::Duration) -> ClientCaching {
+        let public = match max_age.as_secs() {
+            0 => HeaderValue::from_static("public, no-cache"),
+            secs => HeaderValue::from_str(&format!("public, max-age={secs}")).expect("digits are a valid header"),
+        };
+        ClientCaching { public }
+    }
+
+    /// What a response to this request may say: responses to credentials stay private.
+    fn header(&self, req: &HeaderMap) -> HeaderValue {
+        if req.contains_key(header::AUTHORIZATION) {
+            HeaderValue::from_static("private, no-cache")
+        } else {
+            self.public.clone()
+        }
+    }
+}
+
 /// Headers common to cacheable successful responses, and the guard's notice for npm users.
-fn cache_headers(headers: &mut HeaderMap, pkg: &Package, source: Source, authed: bool) {
+fn cache_headers(headers: &mut HeaderMap, pkg: &Package, source: Source, cache_control: HeaderValue) {
     if let Some(notice) = pkg.notice.as_deref().and_then(|n| HeaderValue::from_str(n).ok()) {
         headers.insert("npm-notice", notice);
     }
     headers.insert("x-cache", HeaderValue::from_static(x_cache(source)));
-    let cc = if authed {
-        "private, no-cache"
-    } else {
-        "public, max-age=300"
-    };
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    headers.insert(header::CACHE_CONTROL, cache_control);
     if source == Source::Stale {
         headers.insert(
             header::WARNING,
@@ -103,7 +127,7 @@ fn respond(
     resp
 }
 
-pub fn packument(req: &HeaderMap, pkg: &Package, source: Source) -> Response<Body> {
+pub fn packument(req: &HeaderMap, pkg: &Package, source: Source, caching: &ClientCaching) -> Response<Body> {
     let abbreviated = wants_abbreviated(req);
     let (variant, content_type) = if abbreviated {
         (&pkg.abbreviated, ABBREVIATED_TYPE)
@@ -129,7 +153,7 @@ pub fn packument(req: &HeaderMap, pkg: &Package, source: Source) -> Response<Bod
             false,
         )
     };
-    cache_headers(resp.headers_mut(), pkg, source, req.contains_key(header::AUTHORIZATION));
+    cache_headers(resp.headers_mut(), pkg, source, caching.header(req));
     resp
 }
 
@@ -150,21 +174,40 @@ pub fn resolve_spec(pkg: &Package, spec: &str) -> Option<String> {
     versions.filter(|v| range.satisfies(v)).max().map(|v| v.to_string())
 }
 
+/// The 404 for a spec no served version satisfies; when a hidden one would, it says which and
+/// why.
+fn missing(pkg: &Package, name: &PackageName, spec: &str) -> ApiError {
+    let hidden = nodejs_semver::Range::parse(spec).ok().and_then(|range| {
+        let parsed = pkg
+            .hidden
+            .iter()
+            .filter_map(|(v, block)| Some((nodejs_semver::Version::parse(v).ok()?, v, block)));
+        parsed
+            .filter(|(v, _, _)| range.satisfies(v))
+            .max_by(|a, b| a.0.cmp(&b.0))
+    });
+    match hidden {
+        Some((_, version, block)) => ApiError::hidden_match(name.as_str(), spec, version, block),
+        None => ApiError::not_found(format!("version not found: {name}@{spec}")),
+    }
+}
+
 pub fn version(
     req: &HeaderMap,
     pkg: &Package,
     source: Source,
+    caching: &ClientCaching,
     name: &PackageName,
     spec: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let missing = || ApiError::not_found(format!("version not found: {name}@{spec}"));
+    let missing = || missing(pkg, name, spec);
     let version = resolve_spec(pkg, spec).ok_or_else(missing)?;
     // Prepared at render time: a slice of the served document, no parse per request.
     let range = pkg.manifests.get(&version).ok_or_else(missing)?;
     let body = pkg.full.body.slice(range.clone());
     let etag = format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16]));
     let mut resp = respond(req, body, &etag, &etag, "application/json", false);
-    cache_headers(resp.headers_mut(), pkg, source, req.contains_key(header::AUTHORIZATION));
+    cache_headers(resp.headers_mut(), pkg, source, caching.header(req));
     Ok(resp)
 }
 
@@ -194,6 +237,16 @@ mod tests {
         assert!(accepts_gzip(&headers(&[("accept-encoding", "br, gzip;q=0.5")])));
         assert!(!accepts_gzip(&headers(&[("accept-encoding", "gzip;q=0, br")])));
         assert!(!accepts_gzip(&headers(&[("accept-encoding", "identity")])));
+    }
+
+    #[test]
+    fn client_max_age() {
+        let secs = std::time::Duration::from_secs;
+        let anonymous = HeaderMap::new();
+        assert_eq!(ClientCaching::new(secs(0)).header(&anonymous), "public, no-cache");
+        assert_eq!(ClientCaching::new(secs(60)).header(&anonymous), "public, max-age=60");
+        let authed = headers(&[("authorization", "Bearer x")]);
+        assert_eq!(ClientCaching::new(secs(60)).header(&authed), "private, no-cache");
     }
 
     #[test]

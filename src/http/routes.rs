@@ -221,15 +221,14 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
         for (version, block) in pkg.hidden.iter() {
             app.guard.record(name.as_str(), Some(version), block);
         }
-        let reason = pkg.notice.clone().unwrap_or_default();
-        return Err(ApiError::not_found(reason).with_error(format!("All versions of {name} are blocked by policy")));
+        return Err(ApiError::all_hidden(name.as_str(), &pkg.hidden));
     }
     Ok((pkg, source))
 }
 
 async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
     let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
-    Ok(packument::packument(req.headers(), &pkg, source))
+    Ok(packument::packument(req.headers(), &pkg, source, &app.client_caching))
 }
 
 async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
@@ -243,9 +242,9 @@ async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Res
         if let Some(block) = pkg.hidden.get(spec) {
             return Err(refuse(app, name, Some(spec), block));
         }
-        return packument::version(req.headers(), &pkg, source, name, spec);
+        return packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec);
     }
-    packument::version(req.headers(), &pkg, source, name, spec)
+    packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec)
 }
 
 /// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.

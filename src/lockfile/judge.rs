@@ -29,7 +29,7 @@ pub enum Verdict {
 impl From<&Block> for Verdict {
     fn from(block: &Block) -> Verdict {
         Verdict::Blocked {
-            rule: block.kind.to_string(),
+            rule: block.kind.as_str().to_string(),
             reason: block.reason.clone(),
         }
     }

@@ -163,7 +163,7 @@ impl Tarballs {
 
     /// The block of a version, and, when it is malware, its cached tarballs purged.
     async fn refuse(&self, name: &PackageName, version: &str, block: Block) -> TarballError {
-        if block.kind == "malware" && self.purge(name, Some(version)).await > 0 {
+        if block.kind == crate::guard::Rule::Malware && self.purge(name, Some(version)).await > 0 {
             tracing::warn!(package = %name, version, "purged a cached tarball now listed as malware");
         }
         blocked(name, Some(version), block)

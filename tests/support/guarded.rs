@@ -27,3 +27,20 @@ pub fn start_with(blocklist: &str, env: &[(&str, &str)]) -> (FakeRegistry, NpgPr
     let npg = NpgProcess::start(&up.url(), &all);
     (up, npg, dir)
 }
+
+/// Polls `/api/guard/<name>` until the policy hides `version` (after a reload), at most 10 s.
+pub fn wait_hidden(npg: &NpgProcess, name: &str, version: &str) {
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        let reply = rt.block_on(super::http::get(&format!("{}/api/guard/{name}", npg.base), &[]));
+        if reply.json()["hidden"].get(version).is_some() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the policy never hid {name}@{version}");
+}
