@@ -965,3 +965,74 @@ async fn without_redis_a_single_node_keeps_its_acme_state_on_disk() {
     })
     .await;
 }
+
+/// The lock `lock:acme:<domain>`'s holder (`<instance>:<token>`), if any.
+async fn acme_lock_holder(redis: &RedisServer) -> Option<String> {
+    use redis::AsyncCommands;
+    let key = format!("npg:lock:acme:{DOMAIN}");
+    redis_conn(redis).await.get(key).await.expect("GET lock")
+}
+
+/// (issue 13) A rolling restart SIGTERMs the replica in the middle of an order: it releases
+/// the ACME lock on its way out, so another replica orders within seconds instead of after
+/// the lock's 120 s. pebble validates HTTP-01 against a listener that never answers, so the
+/// order stays in the middle of its validation.
+#[tokio::test]
+async fn a_sigterm_mid_order_hands_the_order_over_at_once() {
+    let redis = RedisServer::start();
+    let up = FakeRegistry::start();
+    let ips = [loopback(2), loopback(3)];
+    let ports = ports_on(&ips);
+    let silent = std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).unwrap();
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: silent.local_addr().unwrap().port(),
+        tls_port: ports.1,
+        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
+        ..Default::default()
+    });
+    let env = acme_env(&pebble, &redis);
+    let nodes = start_nodes_at_once(&up, &[2, 3], ports, &env);
+    bounded(Duration::from_secs(60), "the order handed over", async {
+        let mut holder = None;
+        for _ in 0..100 {
+            holder = acme_lock_holder(&redis).await;
+            if holder.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let holder = holder.expect("a replica takes the ACME lock");
+        let (leaving, staying) = match holder.starts_with("replica-2:") {
+            true => (0, 1),
+            false => (1, 0),
+        };
+        // Mid-order: pebble is still waiting for the silent listener.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(acme_lock_holder(&redis).await.as_deref(), Some(holder.as_str()));
+        let signalled = std::time::Instant::now();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &nodes[leaving].pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let successor = format!("{}:", nodes[staying].name);
+        loop {
+            if acme_lock_holder(&redis)
+                .await
+                .is_some_and(|h| h.starts_with(&successor))
+            {
+                break;
+            }
+            assert!(
+                signalled.elapsed() < Duration::from_secs(8),
+                "{} did not take the order over: the lock is {:?}",
+                nodes[staying].name,
+                acme_lock_holder(&redis).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("ACME lock taken over {:?} after SIGTERM", signalled.elapsed());
+    })
+    .await;
+    drop(silent);
+}

@@ -264,3 +264,24 @@ async fn a_feed_that_starts_over_is_followed_again() {
     })
     .await;
 }
+
+/// (issue 13) A rolling restart SIGTERMs the follower: it releases the lease on its way out,
+/// so the other replica follows within seconds instead of after the lease's 15 s.
+#[tokio::test]
+async fn a_sigterm_hands_the_feed_over_at_once() {
+    let redis = RedisServer::start();
+    let up = FakeRegistry::start();
+    let feed = FakeChanges::start();
+    let (leader, _survivor, ln, sn) = two_replicas(&up, &feed, &redis).await;
+    wait_following(&feed, ln).await;
+    leader.signal("TERM");
+    let took = wait_for(Duration::from_secs(15), "the survivor takes the lease", || async {
+        redis_get(&redis, "npg:lock:changes").is_some_and(|h| h.starts_with(&format!("{sn}:")))
+    })
+    .await;
+    eprintln!("changes lease taken over {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(6),
+        "takeover took {took:?}: the lease was not released"
+    );
+}

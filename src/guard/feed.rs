@@ -55,6 +55,17 @@ const RECENT_CHECK: f64 = 0.9;
 const REDIS_WAIT: Duration = Duration::from_secs(3);
 /// Never spin, whatever UPDATE_INTERVAL says.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// While another replica holds the feed lock, how soon to try again: if the holder goes away
+/// (its lease released on SIGTERM), the feed is fetched within seconds, not an interval later;
+/// if it fetched, the next try finds its copy and fetches nothing.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
+
+/// What a scheduled look at the feed came to.
+enum Looked {
+    Done,
+    /// Another replica holds the lock: look again soon.
+    Busy,
+}
 
 /// A feed as kept on disk.
 pub struct Persisted {
@@ -335,10 +346,11 @@ impl Refresher {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_fetch) => match self.refresh().await {
-                    Ok(()) => {
+                    Ok(Looked::Done) => {
                         backoff = FIRST_BACKOFF.min(self.interval);
                         next_fetch = Instant::now() + self.interval;
                     }
+                    Ok(Looked::Busy) => next_fetch = Instant::now() + BUSY_RETRY.min(self.interval),
                     Err(error) => {
                         tracing::warn!(%error, retry_in = ?backoff, "malware feed not updated; keeping the list in use");
                         self.guard.update_feed_status(|s| {
@@ -360,29 +372,29 @@ impl Refresher {
     }
 
     /// One scheduled look at the feed.
-    async fn refresh(&mut self) -> Result<(), String> {
+    async fn refresh(&mut self) -> Result<Looked, String> {
         if self.redis.conn().is_none() {
             // No Redis, or Redis down: this replica fends for itself.
             let etag = self.etag.clone();
             return match self.download(etag.as_deref()).await? {
                 Fetched::NotModified => {
                     self.checked();
-                    Ok(())
+                    Ok(Looked::Done)
                 }
                 Fetched::New { body, etag } => {
                     let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
                     self.apply(parsed, etag, now_ms(), "remote").await;
-                    Ok(())
+                    Ok(Looked::Done)
                 }
             };
         }
         if !self.lock.try_acquire().await {
             tracing::debug!("another replica holds the malware feed lock");
-            return Ok(());
+            return Ok(Looked::Busy);
         }
         let result = self.refresh_for_cluster().await;
         self.lock.release().await;
-        result
+        result.map(|()| Looked::Done)
     }
 
     /// A refresh while holding the lock: fetch unless another replica just did, and share
