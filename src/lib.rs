@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - `config`: settings from flags and env, validated once at start.
+//! - `clock`: wall-clock time as npg stores it (unix ms).
 //! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
 //!   before serving; `npg check-config` runs the same.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
@@ -39,6 +40,7 @@ pub mod auth;
 pub mod budget;
 pub mod cache;
 pub mod changes;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod guard;

@@ -5,7 +5,7 @@
 //! background). Packages upstream does not have are remembered (`cache::misses`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderValue;
@@ -13,12 +13,13 @@ use reqwest::header::HeaderValue;
 use crate::budget::{Budget, RENDER_FACTOR, Reservation};
 use crate::cache::memory::MemoryCache;
 use crate::cache::misses::{Miss, Misses};
-use crate::cache::redis::{DocMeta, SharedMeta};
+use crate::cache::redis::SharedMeta;
+use crate::clock::now_ms;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::rendered::{Raw, gunzip, render};
+use crate::rendered::{DocMeta, Raw, gunzip, render};
 use crate::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
@@ -86,12 +87,6 @@ struct Inner {
 
 /// A forced refresh of a copy validated more recently than this is answered from it.
 const MIN_REFRESH: Duration = Duration::from_secs(2);
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// The copy a revalidation starts from: rendered in L1, or only raw in L2.
 #[derive(Clone)]

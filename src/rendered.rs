@@ -12,7 +12,6 @@ use bytes::Bytes;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
-use crate::cache::redis::DocMeta;
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
 use crate::npm::packument::{Document, Index, Manifests};
@@ -47,6 +46,15 @@ fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 5), level);
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
+}
+
+/// What is known of an upstream document besides its body: its ETag, when upstream sent it
+/// (identifies the body across replicas) and when upstream last confirmed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub etag: Option<String>,
+    pub fetched_ms: u64,
+    pub checked_ms: u64,
 }
 
 /// The upstream document as bytes: gzip-compressed (as kept in memory and in Redis), and

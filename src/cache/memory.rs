@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::npm::name::PackageName;
-use crate::packuments::Package;
+use crate::rendered::Package;
 
 #[derive(Clone)]
 pub struct MemoryCache {

@@ -10,14 +10,7 @@ use redis::AsyncCommands;
 
 use crate::cluster::redis::SharedRedis;
 use crate::npm::name::PackageName;
-
-/// What L2 knows of a document without its body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DocMeta {
-    pub etag: Option<String>,
-    pub fetched_ms: u64,
-    pub checked_ms: u64,
-}
+use crate::rendered::DocMeta;
 
 pub struct SharedMeta {
     redis: Arc<SharedRedis>,

@@ -16,7 +16,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use redis::AsyncCommands;
@@ -30,6 +30,7 @@ use super::Guard;
 use super::block::FeedSource;
 use super::malware::MalwareList;
 use crate::app::App;
+use crate::clock::{now_ms, unix_ms};
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
@@ -134,14 +135,6 @@ fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_data()?;
     tmp.persist(dest).map_err(|e| e.error)?;
     Ok(())
-}
-
-fn now_ms() -> u64 {
-    unix_ms(SystemTime::now())
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A feed body parsed and fingerprinted (off the async threads: the real feed is large).

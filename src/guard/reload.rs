@@ -28,7 +28,7 @@ impl BlocklistStatus {
         BlocklistStatus {
             state: "ok",
             error: None,
-            since_ms: crate::packuments::now_ms(),
+            since_ms: crate::clock::now_ms(),
         }
     }
 
@@ -38,7 +38,7 @@ impl BlocklistStatus {
         let since_ms = if state == self.state {
             self.since_ms
         } else {
-            crate::packuments::now_ms()
+            crate::clock::now_ms()
         };
         BlocklistStatus { state, error, since_ms }
     }

@@ -5,7 +5,7 @@
 //! next periodic re-read (pub/sub may lose messages).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
@@ -15,6 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Tls;
 use super::store::CertBundle;
+use crate::clock::now_secs;
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::SharedRedis;
@@ -41,12 +42,6 @@ struct Manager {
     /// The certificate whose ARI window was last asked for.
     ari_checked: Option<String>,
     backoff: Duration,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Starts the manager when NPG_DOMAIN is set.
@@ -108,7 +103,7 @@ impl Manager {
             }
         };
         let stored = match (stored, &self.current) {
-            (None, Some(mine)) if mine.not_after > now() => {
+            (None, Some(mine)) if mine.not_after > now_secs() => {
                 // Redis came back empty: write ours back rather than ordering a new one.
                 let mine = mine.clone();
                 if let Ok(true) = self.tls.store.restore_cert(self.primary(), &mine).await {
@@ -125,8 +120,8 @@ impl Manager {
         self.tls.mark_looked();
         if let Some(bundle) = stored.as_mut() {
             self.consult_ari(bundle).await;
-            if now() < bundle.renew_at() {
-                let until_renewal = Duration::from_secs((bundle.renew_at() - now()).max(1) as u64);
+            if now_secs() < bundle.renew_at() {
+                let until_renewal = Duration::from_secs((bundle.renew_at() - now_secs()).max(1) as u64);
                 return until_renewal.min(self.check_every);
             }
         }
@@ -135,7 +130,7 @@ impl Manager {
         }
         // Another replica may have stored a certificate while we waited for the lock.
         if let Ok(Some(b)) = self.tls.store.load_cert(self.primary()).await
-            && now() < b.renew_at()
+            && now_secs() < b.renew_at()
             && stored.as_ref().is_none_or(|s| s.serial != b.serial)
         {
             self.lock.release().await;
