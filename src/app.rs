@@ -7,13 +7,12 @@ use anyhow::Context;
 
 use crate::auth::Auth;
 use crate::cache::disk::TarballStore;
-use crate::changes::ChangesState;
 use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::guard::Guard;
-use crate::http::packument::ClientCaching;
 use crate::jobs::Jobs;
+use crate::jobs::changes::ChangesState;
 use crate::metrics::Metrics;
 use crate::packuments::{self, Packuments};
 use crate::preflight::Preflight;
@@ -36,8 +35,8 @@ pub struct App {
     /// TLS, when npg serves HTTPS.
     pub tls: Option<Arc<Tls>>,
     pub metrics: Arc<Metrics>,
-    /// What packument responses tell clients about reusing them.
-    pub client_caching: ClientCaching,
+    /// How long clients may reuse a packument (CLIENT_MAX_AGE; 0: revalidate every time).
+    pub client_max_age: std::time::Duration,
     /// Access control, when AUTH_TOKENS_FILE is set.
     pub auth: Option<Arc<Auth>>,
     pub instance: String,
@@ -120,7 +119,7 @@ impl App {
                 .tls
                 .map(|files| Tls::setup(settings, files, redis_for_tls, metrics.clone())),
             metrics,
-            client_caching: ClientCaching::new(settings.client_max_age),
+            client_max_age: settings.client_max_age,
             auth,
             instance,
             started: Instant::now(),
@@ -134,18 +133,32 @@ impl App {
     fn start_background(&self, settings: &Settings) -> Jobs {
         let jobs = Jobs::default();
         let blocklist = settings.policy.blacklist_path.clone();
-        crate::guard::reload::spawn(&jobs, self.guard.clone(), blocklist);
-        crate::guard::feed::spawn(&jobs, self, settings);
+        crate::jobs::blocklist::spawn(&jobs, self.guard.clone(), blocklist);
+        let refresher = crate::jobs::feed::FeedRefresher {
+            guard: self.guard.clone(),
+            tarballs: self.tarballs.clone(),
+            redis: self.redis.clone(),
+            bus: self.bus.clone(),
+        };
+        crate::jobs::feed::spawn(&jobs, refresher, settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
-            crate::auth::reload::spawn(&jobs, auth.clone(), self.metrics.clone(), path.clone());
+            crate::jobs::tokens::spawn(&jobs, auth.clone(), self.metrics.clone(), path.clone());
         }
-        crate::changes::spawn_listener(&jobs, self);
+        crate::jobs::changes::spawn_listener(&jobs, &self.bus, self.packuments.clone());
         let breaker = self.upstream.breaker().clone();
         jobs.spawn(
             "breaker sharing",
             crate::upstream::breaker::share(breaker, self.bus.clone()),
         );
-        crate::changes::spawn(&jobs, self, settings);
+        let follower = crate::jobs::changes::ChangesFollower {
+            packuments: self.packuments.clone(),
+            redis: self.redis.clone(),
+            bus: self.bus.clone(),
+            status: self.changes.clone(),
+            metrics: self.metrics.clone(),
+            instance: self.instance.clone(),
+        };
+        follower.spawn(&jobs, settings);
         if let Some(tls) = &self.tls {
             crate::tls::acme::spawn(&jobs, tls.clone(), self.redis.clone(), self.bus.clone(), settings);
         }

@@ -1,15 +1,15 @@
 //! npg: a security gateway and caching proxy for the npm registry.
 //!
-//! Layout:
+//! Layout (no module imports one that imports it back; `app` and `http` sit on top):
 //! - `config`: settings from flags and env, validated once at start.
-//! - `clock`: wall-clock time as npg stores it (unix ms).
 //! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
 //!   before serving; `npg check-config` runs the same.
+//! - `clock`: wall-clock time as npg stores it (unix ms).
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
-//! - `guard`: the blocklist, the malware feed and the release-age gate, as one policy, and
-//!   how a refusal is told (which rule, in words; hidden versions as npm's `policyRestrictions`).
-//! - `auth`: access control: the token table (hashes, names, permissions) and its reload.
-//! - `watch`: reloads a config file on SIGHUP and when it changes.
+//! - `guard`: the rules, pure: the blocklist, the malware list and the release-age gate as one
+//!   policy, and how a refusal is told (which rule, in words; hidden versions as npm's
+//!   `policyRestrictions`). Keeping it current is `jobs`' work.
+//! - `auth`: access control: the token table (hashes, names, permissions).
 //! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
 //!   credentials (by scope), URL redaction for logs, and the breaker that takes a sick
 //!   upstream as down for the whole cluster.
@@ -17,29 +17,32 @@
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs),
 //!   and remembered misses (in process and in Redis).
-//! - `cluster`: the shared Redis connection and its health.
-//! - `rendered`: a packument filtered by the policy and rendered in both forms.
-//! - `changes`: follows the registry's changes feed and invalidates changed packages.
+//! - `cluster`: the shared Redis connection and its health, the event bus, leases.
+//! - `rendered`: a packument filtered by the policy and rendered in both forms, and what is
+//!   known of its upstream document (`DocMeta`).
 //! - `packuments`, `tarballs`: the services that answer metadata and tarball requests
 //!   (`packuments`: stale-while-revalidate, stale-if-error, misses remembered; `tarballs`:
 //!   one download per file in flight, joined by concurrent misses, verified on
 //!   the stream whether or not the disk takes it).
+//! - `jobs`: the background work and its one owner (stopped on SIGTERM, Redis leases
+//!   released): the changes follower (`changes`), the malware feed refresher and its kept
+//!   copy (`feed`), the blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`),
+//!   and the listener that drops what other replicas report as changed.
 //! - `metrics`: Prometheus counters shared by every part.
-//! - `tls`: rustls, the certificate resolver, and the ACME manager sharing through Redis.
+//! - `tls`: rustls, the certificate resolver, the ACME manager sharing through Redis, and the
+//!   TLS-ALPN-01 answer.
 //! - `http`: routing, access checks, error bodies and status lines (a refusal's reason phrase),
-//!   client caching (`CLIENT_MAX_AGE`), health, metrics, the listener and graceful shutdown.
+//!   client caching (`CLIENT_MAX_AGE`), health, metrics, the HTTP-01 answer, the listener and
+//!   graceful shutdown.
 //! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
 //!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
-//! - `jobs`: the one owner of the background jobs: stops them on SIGTERM, releasing their
-//!   Redis leases.
-//! - `app`: the shared state that ties them together.
+//! - `app`: the handler state that ties the services together, and the start of the jobs.
 
 pub mod app;
 pub mod auth;
 pub mod budget;
 pub mod cache;
-pub mod changes;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -57,4 +60,3 @@ pub mod singleflight;
 pub mod tarballs;
 pub mod tls;
 pub mod upstream;
-pub mod watch;

@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use npg::cache::redis::DocMeta;
+use npg::rendered::DocMeta;
 use npg::guard::Policy;
 use npg::guard::age::AgeGate;
 use npg::guard::blocklist::Blocklist;

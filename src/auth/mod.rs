@@ -6,8 +6,6 @@
 //! `<sha256 hex of the token> <name> <perm>[,<perm>...]` with perms `read`, `publish`,
 //! `admin` (admin implies publish, publish implies read).
 
-pub mod reload;
-
 use std::path::Path;
 use std::sync::Arc;
 

@@ -8,10 +8,9 @@
 pub mod age;
 pub mod block;
 pub mod blocklist;
-pub mod feed;
 pub mod malware;
-pub mod reload;
 pub mod restrictions;
+pub mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,7 +147,7 @@ pub struct Guard {
     policy: ArcSwap<Policy>,
     next_version: AtomicU64,
     feed_status: Mutex<FeedStatus>,
-    blocklist_status: Mutex<reload::BlocklistStatus>,
+    blocklist_status: Mutex<status::BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
@@ -168,7 +167,7 @@ impl Guard {
                 state: "disabled",
                 ..FeedStatus::default()
             }),
-            blocklist_status: Mutex::new(reload::BlocklistStatus::ok()),
+            blocklist_status: Mutex::new(status::BlocklistStatus::ok()),
             logged: Mutex::default(),
             metrics,
         }
@@ -216,11 +215,11 @@ impl Guard {
     }
 
     /// Whether the blocklist in force is the file's (see `reload`).
-    pub fn blocklist_status(&self) -> reload::BlocklistStatus {
+    pub fn blocklist_status(&self) -> status::BlocklistStatus {
         self.blocklist_status.lock().expect("blocklist status poisoned").clone()
     }
 
-    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut reload::BlocklistStatus)) {
+    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut status::BlocklistStatus)) {
         update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 

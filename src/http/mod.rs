@@ -1,6 +1,7 @@
 //! The HTTP face of npg: routing, the responses of each route, errors, the listener.
 
 pub mod auth;
+pub mod challenge;
 pub mod connection;
 pub mod errors;
 pub mod guard;

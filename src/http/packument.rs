@@ -64,6 +64,7 @@ pub struct ClientCaching {
 }
 
 impl ClientCaching {
+    /// Per request: no allocation for the default (`no-cache`).
     pub fn new(max_age: std::time::Duration) -> ClientCaching {
         let public = match max_age.as_secs() {
             0 => HeaderValue::from_static("public, no-cache"),

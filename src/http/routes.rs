@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 
 use super::errors::ApiError;
 use super::observe::{RouteLabel, observe};
+use super::packument::ClientCaching;
 use super::{health, packument, passthrough, tarball};
 use crate::app::App;
 use crate::cluster::bus::Event;
@@ -31,10 +32,7 @@ pub fn router(app: App) -> Router {
         .route("/-/ping", get(health::ping))
         .route("/metrics", get(health::metrics))
         .route("/api/guard/{*name}", get(super::guard::explain))
-        .route(
-            "/.well-known/acme-challenge/{token}",
-            get(crate::tls::challenge::http01),
-        )
+        .route("/.well-known/acme-challenge/{token}", get(super::challenge::http01))
         .route(API_PREFIX, any(npm))
         .route("/npm/", any(npm))
         .route("/npm/{*rest}", any(npm))
@@ -67,10 +65,7 @@ pub fn redirect_router(app: App, https_port: u16, public_base: &str) -> Router {
     Router::new()
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
-        .route(
-            "/.well-known/acme-challenge/{token}",
-            get(crate::tls::challenge::http01),
-        )
+        .route("/.well-known/acme-challenge/{token}", get(super::challenge::http01))
         .fallback(move |req: Request| async move { labelled("redirect", Ok(to_https(&req, &domains, https_port))) })
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
@@ -228,7 +223,12 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
 
 async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
     let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
-    Ok(packument::packument(req.headers(), &pkg, source, &app.client_caching))
+    Ok(packument::packument(
+        req.headers(),
+        &pkg,
+        source,
+        &ClientCaching::new(app.client_max_age),
+    ))
 }
 
 async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
@@ -242,9 +242,23 @@ async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Res
         if let Some(block) = pkg.hidden.get(spec) {
             return Err(refuse(app, name, Some(spec), block));
         }
-        return packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec);
+        return packument::version(
+            req.headers(),
+            &pkg,
+            source,
+            &ClientCaching::new(app.client_max_age),
+            name,
+            spec,
+        );
     }
-    packument::version(req.headers(), &pkg, source, &app.client_caching, name, spec)
+    packument::version(
+        req.headers(),
+        &pkg,
+        source,
+        &ClientCaching::new(app.client_max_age),
+        name,
+        spec,
+    )
 }
 
 /// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.

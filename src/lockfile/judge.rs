@@ -10,9 +10,9 @@ use url::Url;
 
 use super::{CheckArgs, Entry};
 use crate::guard::blocklist::Blocklist;
-use crate::guard::feed::FeedFiles;
 use crate::guard::malware::MalwareList;
 use crate::guard::{Block, Policy};
+use crate::jobs::feed::FeedFiles;
 
 /// What the policy does with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

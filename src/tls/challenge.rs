@@ -1,35 +1,16 @@
-//! Answers to ACME challenges, from the shared store so the CA may reach any replica:
-//! HTTP-01 on the plain HTTP port, TLS-ALPN-01 as a one-off certificate on the HTTPS port.
+//! The TLS-ALPN-01 answer: a one-off certificate on the HTTPS port (HTTP-01 is answered by
+//! `crate::http::challenge`).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use rustls::ServerConfig;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
 use super::resolver::Fixed;
-use crate::app::App;
-use crate::http::observe::RouteLabel;
 
 pub const ALPN_ACME: &[u8] = b"acme-tls/1";
-
-/// `GET /.well-known/acme-challenge/<token>`
-pub async fn http01(State(app): State<App>, Path(token): Path<String>) -> Response {
-    let answer = match &app.tls {
-        Some(tls) if token.len() <= 256 => tls.store.challenge("http01", &token).await,
-        _ => None,
-    };
-    let mut resp = match answer {
-        Some(key_authorization) => ([(header::CONTENT_TYPE, "text/plain")], key_authorization).into_response(),
-        None => (StatusCode::NOT_FOUND, "no such challenge").into_response(),
-    };
-    resp.extensions_mut().insert(RouteLabel("acme-challenge"));
-    resp
-}
 
 /// The TLS configuration answering a TLS-ALPN-01 validation of `domain`, if one is pending.
 pub fn alpn_config(domain: &str, key_authorization: &str) -> Result<Arc<ServerConfig>, String> {

@@ -5,6 +5,12 @@
 //! work over at once instead of after the lease's TTL (a rolling restart must not hold up the
 //! cluster's certificate renewal or changes feed).
 
+pub mod blocklist;
+pub mod changes;
+pub mod feed;
+pub mod tokens;
+pub mod watch;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,42 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde::Serialize;
-
-use super::Guard;
-use super::blocklist::Blocklist;
-
-/// Whether the rules in force are the file's, for `/api/health`.
-#[derive(Debug, Clone, Serialize)]
-pub struct BlocklistStatus {
-    /// `ok`, or `error` while the last reload failed and older rules apply.
-    pub state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When it entered this state (unix ms).
-    pub since_ms: u64,
-}
-
-impl BlocklistStatus {
-    pub fn ok() -> BlocklistStatus {
-        BlocklistStatus {
-            state: "ok",
-            error: None,
-            since_ms: crate::clock::now_ms(),
-        }
-    }
-
-    /// The next status: `error` (`Some`) or ok; `since_ms` moves only when the state does.
-    fn next(&self, error: Option<String>) -> BlocklistStatus {
-        let state = if error.is_some() { "error" } else { "ok" };
-        let since_ms = if state == self.state {
-            self.since_ms
-        } else {
-            crate::clock::now_ms()
-        };
-        BlocklistStatus { state, error, since_ms }
-    }
-}
+use crate::guard::Guard;
+use crate::guard::blocklist::Blocklist;
 
 /// `had_file`: whether a file was read before, so its disappearance is an error.
 fn reload(guard: &Guard, path: &Path, why: &str, had_file: &AtomicBool) {
@@ -73,7 +39,7 @@ fn reload(guard: &Guard, path: &Path, why: &str, had_file: &AtomicBool) {
 
 pub fn spawn(jobs: &crate::jobs::Jobs, guard: Arc<Guard>, path: PathBuf) {
     let had_file = AtomicBool::new(path.exists());
-    crate::watch::spawn(jobs, path, "blocklist", move |path, why| {
+    super::watch::spawn(jobs, path, "blocklist", move |path, why| {
         reload(&guard, path, why, &had_file)
     });
 }

@@ -19,13 +19,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::app::App;
-use crate::cluster::bus::Event;
+use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::{RedisLock, random_u64};
-use crate::cluster::redis::RedisState;
+use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
 use crate::jobs::Jobs;
+use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
+use crate::packuments::Packuments;
 use crate::upstream::redact::redact;
 use crate::upstream::{describe, read_bounded};
 
@@ -75,9 +76,8 @@ impl ChangesState {
 }
 
 /// Drops from this replica's memory what another replica's follower reports as changed.
-pub fn spawn_listener(jobs: &Jobs, app: &App) {
-    let mut events = app.bus.subscribe();
-    let packuments = app.packuments.clone();
+pub fn spawn_listener(jobs: &Jobs, bus: &Bus, packuments: Arc<Packuments>) {
+    let mut events = bus.subscribe();
     jobs.spawn("invalidation listener", async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
@@ -95,37 +95,49 @@ pub fn spawn_listener(jobs: &Jobs, app: &App) {
     });
 }
 
-/// Starts the follower when `ENABLE_NPM_CHANGES_POLLER` is on. It runs for the life of the
-/// process: every failure is logged, recorded in the status, and retried.
-pub fn spawn(jobs: &Jobs, app: &App, settings: &Settings) {
-    if !settings.enable_npm_changes_poller {
-        return;
-    }
-    let Some(base) = settings.registry_poll_url.as_ref() else {
-        tracing::error!("ENABLE_NPM_CHANGES_POLLER is on without REGISTRY_POLL_URL: not following changes");
-        return;
-    };
-    let feed = match Feed::new(base.as_str(), &app.instance) {
-        Ok(feed) => feed,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the changes-feed client: not following changes");
-            app.changes.update(|s| s.last_error = Some(e.to_string()));
+/// What the changes follower works with.
+pub struct ChangesFollower {
+    pub packuments: Arc<Packuments>,
+    pub redis: Arc<SharedRedis>,
+    pub bus: Arc<Bus>,
+    pub status: Arc<ChangesState>,
+    pub metrics: Arc<Metrics>,
+    pub instance: String,
+}
+
+impl ChangesFollower {
+    /// Starts the follower when `ENABLE_NPM_CHANGES_POLLER` is on. It runs until the jobs
+    /// stop: every failure is logged, recorded in the status, and retried.
+    pub fn spawn(self, jobs: &Jobs, settings: &Settings) {
+        if !settings.enable_npm_changes_poller {
             return;
         }
-    };
-    let follower = Follower {
-        app: app.clone(),
-        feed,
-        interval: settings.npm_changes_poll_interval,
-        limit: settings.npm_changes_batch_size.max(1),
-        seq: None,
-    };
-    let lock = Arc::new(RedisLock::new(app.redis.clone(), "changes", LOCK_TTL));
-    jobs.spawn_leased("changes follower", lock.clone(), follower.run(lock));
+        let Some(base) = settings.registry_poll_url.as_ref() else {
+            tracing::error!("ENABLE_NPM_CHANGES_POLLER is on without REGISTRY_POLL_URL: not following changes");
+            return;
+        };
+        let feed = match Feed::new(base.as_str(), &self.instance) {
+            Ok(feed) => feed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the changes-feed client: not following changes");
+                self.status.update(|s| s.last_error = Some(e.to_string()));
+                return;
+            }
+        };
+        let lock = Arc::new(RedisLock::new(self.redis.clone(), "changes", LOCK_TTL));
+        let follower = Follower {
+            job: self,
+            feed,
+            interval: settings.npm_changes_poll_interval,
+            limit: settings.npm_changes_batch_size.max(1),
+            seq: None,
+        };
+        jobs.spawn_leased("changes follower", lock.clone(), follower.run(lock));
+    }
 }
 
 struct Follower {
-    app: App,
+    job: ChangesFollower,
     feed: Feed,
     interval: Duration,
     limit: u32,
@@ -137,14 +149,14 @@ impl Follower {
     async fn run(mut self, lock: Arc<RedisLock>) {
         loop {
             if !lock.try_acquire().await {
-                self.app.changes.update(|s| s.leader = false);
+                self.job.status.update(|s| s.leader = false);
                 tokio::time::sleep(jittered(ACQUIRE_EVERY)).await;
                 continue;
             }
-            tracing::info!(instance = %self.app.instance, "following the registry changes feed");
-            self.app.changes.update(|s| s.leader = true);
+            tracing::info!(instance = %self.job.instance, "following the registry changes feed");
+            self.job.status.update(|s| s.leader = true);
             self.lead(&lock).await;
-            self.app.changes.update(|s| s.leader = false);
+            self.job.status.update(|s| s.leader = false);
             tracing::warn!("stopped following the changes feed (lock lost or Redis failed)");
         }
     }
@@ -189,7 +201,7 @@ impl Follower {
                 }
             };
             backoff = Backoff::default();
-            self.app.changes.update(|s| s.last_error = None);
+            self.job.status.update(|s| s.last_error = None);
             if page.ids.is_empty() {
                 // Caught up, or `since` lies beyond a feed that was reset: only the head tells.
                 let head = match self.feed.head().await {
@@ -228,14 +240,14 @@ impl Follower {
 
     /// The stored position (Redis, then memory), or the feed's head on a first start.
     async fn start_seq(&self) -> Result<u64, String> {
-        if self.app.redis.state() != RedisState::Disabled {
-            let Some(mut conn) = self.app.redis.conn() else {
+        if self.job.redis.state() != RedisState::Disabled {
+            let Some(mut conn) = self.job.redis.conn() else {
                 return Err("redis unavailable: cannot read the changes position".into());
             };
-            let stored: Option<String> = redis::AsyncCommands::get(&mut conn, self.app.redis.key(SEQ_KEY))
+            let stored: Option<String> = redis::AsyncCommands::get(&mut conn, self.job.redis.key(SEQ_KEY))
                 .await
                 .map_err(|e| {
-                    self.app.redis.report_error("changes position", &e);
+                    self.job.redis.report_error("changes position", &e);
                     format!("reading the changes position: {e}")
                 })?;
             if let Some(seq) = stored.and_then(|s| s.trim().parse().ok()) {
@@ -255,15 +267,15 @@ impl Follower {
     /// leader owns the position).
     async fn record(&mut self, seq: u64, lock: &RedisLock) -> bool {
         self.seq = Some(seq);
-        self.app.changes.update(|s| s.seq = Some(seq));
-        if self.app.redis.state() == RedisState::Disabled {
+        self.job.status.update(|s| s.seq = Some(seq));
+        if self.job.redis.state() == RedisState::Disabled {
             return true;
         }
         lock.set_if_held(SEQ_KEY, &seq.to_string()).await
     }
 
     async fn invalidate(&self, ids: &[String]) {
-        let shared = self.app.redis.state() != RedisState::Disabled;
+        let shared = self.job.redis.state() != RedisState::Disabled;
         let mut seen = HashSet::new();
         for id in ids {
             if !seen.insert(id.as_str()) {
@@ -274,10 +286,10 @@ impl Follower {
                 tracing::debug!(%id, "skipping a change that is not a package");
                 continue;
             };
-            self.app.packuments.invalidate(&name, shared).await;
-            self.app.metrics.changes_invalidation();
+            self.job.packuments.invalidate(&name, shared).await;
+            self.job.metrics.changes_invalidation();
             if shared {
-                self.app.bus.publish(Event::PackageChanged { name: id.clone() }).await;
+                self.job.bus.publish(Event::PackageChanged { name: id.clone() }).await;
             }
         }
         tracing::debug!(count = seen.len(), "invalidated changed packages");
@@ -285,7 +297,7 @@ impl Follower {
 
     async fn failed(&self, backoff: &mut Backoff, error: String) {
         tracing::warn!(%error, "changes feed");
-        self.app.changes.update(|s| s.last_error = Some(error));
+        self.job.status.update(|s| s.last_error = Some(error));
         tokio::time::sleep(backoff.next()).await;
     }
 }

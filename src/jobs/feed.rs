@@ -26,15 +26,14 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use url::Url;
 
-use super::Guard;
-use super::block::FeedSource;
-use super::malware::MalwareList;
-use crate::app::App;
 use crate::clock::{now_ms, unix_ms};
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
+use crate::guard::Guard;
+use crate::guard::block::FeedSource;
+use crate::guard::malware::MalwareList;
 use crate::npm::name::PackageName;
 use crate::tarballs::Tarballs;
 use crate::upstream::{describe, etag_of, read_bounded};
@@ -209,15 +208,23 @@ struct Refresher {
     digest: Vec<u8>,
 }
 
+/// What the feed refresher works with.
+pub struct FeedRefresher {
+    pub guard: Arc<Guard>,
+    pub tarballs: Arc<Tarballs>,
+    pub redis: Arc<SharedRedis>,
+    pub bus: Arc<Bus>,
+}
+
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
 /// in the background.
-pub fn spawn(jobs: &crate::jobs::Jobs, app: &App, settings: &Settings) {
-    let (guard, tarballs, redis, bus) = (
-        app.guard.clone(),
-        app.tarballs.clone(),
-        app.redis.clone(),
-        app.bus.clone(),
-    );
+pub fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Settings) {
+    let FeedRefresher {
+        guard,
+        tarballs,
+        redis,
+        bus,
+    } = refresher;
     let url = settings.policy.malware_feed_url.clone();
     let files = FeedFiles::new(&settings.policy.malware_list_dir, &url);
     // rustls needs one process-wide crypto provider; installing it twice is harmless.

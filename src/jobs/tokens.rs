@@ -1,10 +1,10 @@
-//! Reloads the token table on SIGHUP and when its file changes (see `crate::watch`). A bad
+//! Reloads the token table on SIGHUP and when its file changes (see `super::watch`). A bad
 //! file keeps the previous table, logs why and counts it (`npg_auth_reload_errors_total`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Auth, Tokens};
+use crate::auth::{Auth, Tokens};
 use crate::metrics::Metrics;
 
 fn reload(auth: &Auth, metrics: &Metrics, path: &Path, why: &str) {
@@ -21,7 +21,7 @@ fn reload(auth: &Auth, metrics: &Metrics, path: &Path, why: &str) {
 }
 
 pub fn spawn(jobs: &crate::jobs::Jobs, auth: Arc<Auth>, metrics: Arc<Metrics>, path: PathBuf) {
-    crate::watch::spawn(jobs, path, "auth tokens", move |path, why| {
+    super::watch::spawn(jobs, path, "auth tokens", move |path, why| {
         reload(&auth, &metrics, path, why)
     });
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::jobs::Jobs;
+use super::Jobs;
 
 type Fingerprint = Option<(SystemTime, u64)>;
 
