@@ -102,8 +102,8 @@ pub struct Settings {
     pub log_level: String,
 
     /// Log format: text or json.
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// How long a packument is served without asking upstream (e.g. 300, 300s, 5m).
     #[arg(long, env = "METADATA_TTL", default_value = "5m", value_parser = parse_duration)]
@@ -256,8 +256,8 @@ pub struct Settings {
     pub acme_ca_file: Option<PathBuf>,
 
     /// ACME challenge: http-01 (answered on HTTP_PORT) or tls-alpn-01 (on HTTPS_PORT).
-    #[arg(long, env = "ACME_CHALLENGE", default_value = "http-01", value_parser = ["http-01", "tls-alpn-01"])]
-    pub acme_challenge: String,
+    #[arg(long, env = "ACME_CHALLENGE", value_enum, default_value_t = AcmeChallenge::Http01)]
+    pub acme_challenge: AcmeChallenge,
 
     /// How often each replica re-reads the certificate from Redis (it also listens for events).
     #[arg(long, env = "ACME_CHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
@@ -511,6 +511,20 @@ fn parse_reason(s: &str) -> Result<String, String> {
 }
 
 /// A duration: a number with an optional unit `ms`, `s` (default), `m`, `h` or `d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcmeChallenge {
+    #[value(name = "http-01")]
+    Http01,
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -18,7 +18,7 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if settings.log_format == "json" {
+    if settings.log_format == npg::config::LogFormat::Json {
         builder.json().init()
     } else {
         builder.init()

@@ -19,7 +19,7 @@ use crate::clock::now_secs;
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::SharedRedis;
-use crate::config::Settings;
+use crate::config::{AcmeChallenge, Settings};
 
 /// Longer than an order takes; short, so a dead holder is replaced soon.
 const LOCK_TTL: Duration = Duration::from_secs(120);
@@ -49,10 +49,9 @@ pub fn spawn(jobs: &crate::jobs::Jobs, tls: Arc<Tls>, redis: Arc<SharedRedis>, b
     let Some(primary) = tls.domains.first().cloned() else {
         return;
     };
-    let challenge = if settings.acme_challenge == "tls-alpn-01" {
-        ChallengeType::TlsAlpn01
-    } else {
-        ChallengeType::Http01
+    let challenge = match settings.acme_challenge {
+        AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        AcmeChallenge::Http01 => ChallengeType::Http01,
     };
     let lock = Arc::new(RedisLock::new(redis, &format!("acme:{primary}"), LOCK_TTL));
     let manager = Manager {

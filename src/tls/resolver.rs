@@ -33,10 +33,6 @@ impl Resolver {
     pub fn install_any(&self, key: Arc<CertifiedKey>) {
         self.fallback.store(Some(key));
     }
-
-    pub fn has_any(&self) -> bool {
-        self.fallback.load().is_some()
-    }
 }
 
 impl ResolvesServerCert for Resolver {

@@ -135,10 +135,6 @@ impl Upstream {
         })
     }
 
-    pub fn base(&self) -> &str {
-        self.base.as_str()
-    }
-
     /// The upstream URL of a path relative to the registry base (`-/v1/search?text=x`).
     pub fn url(&self, relative: &str) -> String {
         format!("{}{}", self.base, relative.trim_start_matches('/'))
