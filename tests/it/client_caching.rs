@@ -2,10 +2,9 @@
 //! ETag, so revalidating costs a 304), and npm never resolves a version blocked a moment ago
 //! from its own cache. With `CLIENT_MAX_AGE=300` it does, for five minutes: shown too.
 
-mod support;
-
-use support::clients::{Client, Project};
-use support::guarded::{start_with, wait_hidden, write};
+use crate::support;
+use crate::support::clients::{Client, Project};
+use crate::support::guarded::{start_with, wait_hidden, write};
 
 /// Installs `npg-fixture-a@^1 || ^2` with npm (2.0.0), blocks 2.0.0, and installs again
 /// afresh (no lockfile, no node_modules) with the same npm cache; returns what it installed.

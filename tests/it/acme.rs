@@ -6,19 +6,17 @@
 //! and TLS-ALPN-01 connect to npg's HTTP_PORT and HTTPS_PORT there. Clients reach npg as
 //! `npg.test` resolved to a replica's address, trusting pebble's issuing root.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::clients::{Client, Project};
-use support::http::Reply;
-use support::pebble::{Pebble, PebbleOptions};
-use support::redis::RedisServer;
-use support::tls::{self, NodeOptions, TlsNode};
-use support::upstream::FakeRegistry;
+use crate::support::clients::{Client, Project};
+use crate::support::http::Reply;
+use crate::support::pebble::{Pebble, PebbleOptions};
+use crate::support::redis::RedisServer;
+use crate::support::tls::{self, NodeOptions, TlsNode};
+use crate::support::upstream::FakeRegistry;
 
 const DOMAIN: &str = "npg.test";
 

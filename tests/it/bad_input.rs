@@ -3,14 +3,12 @@
 //! panic in a handler would close the connection with none); afterwards npg still serves and
 //! nothing exists outside its storage layout. Run with `--nocapture` for the table.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::http::raw;
-use support::npg::NpgProcess;
-use support::upstream::{Failure, FakeRegistry};
+use crate::support::http::raw;
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::{Failure, FakeRegistry};
 
 struct Case {
     what: &'static str,

@@ -3,14 +3,13 @@
 //! URLs that bypass npg listed, exit 2 on unreadable input, and `--rewrite` giving a lockfile
 //! the same client installs frozen through npg (npg then holds the tarballs: it saw them).
 
-mod support;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::clients::{Client, Project};
-use support::guarded::{start_with, write};
-use support::npg::NpgProcess;
+use crate::support;
+use crate::support::clients::{Client, Project};
+use crate::support::guarded::{start_with, write};
+use crate::support::npg::NpgProcess;
 
 const RULES: &str = "packages:\n  - name: npg-fixture-b\n    versions: ['1.0.1']\n    reason: compromised release\n";
 const DEPENDENCIES: &[(&str, &str)] = &[("npg-fixture-a", "^2.0.0")];

@@ -1,8 +1,6 @@
 //! The cluster primitives against a real redis-server: the lease (`RedisLock`) and the event
 //! bus (`Bus`), in-process.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +8,8 @@ use npg::cluster::bus::{Bus, Event};
 use npg::cluster::lock::RedisLock;
 use npg::cluster::redis::{RedisState, SharedRedis};
 use npg::metrics::Metrics;
-use support::redis::RedisServer;
+
+use crate::support::redis::RedisServer;
 
 /// A replica's connection, once its monitor has seen Redis answer.
 async fn connected(redis: &RedisServer, instance: &str) -> Arc<SharedRedis> {

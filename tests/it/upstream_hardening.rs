@@ -2,17 +2,17 @@
 //! identity, URLs and redirects to other hosts, bodies trickled byte by byte, slow uploads,
 //! headers a proxy must not relay, and HTTP/2 bodies without Content-Length.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde_json::json;
-use support::hostile::{Behaviour, HostileServer};
-use support::http::{get, raw};
-use support::npg::NpgProcess;
-use support::upstream::{FakeRegistry, RecordedRequest};
+
+use crate::support;
+use crate::support::hostile::{Behaviour, HostileServer};
+use crate::support::http::{get, raw};
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::{FakeRegistry, RecordedRequest};
 
 /// Runs npg with `args` for at most 10 s: whether it exited with a failure, and all it printed.
 fn run_briefly(registry_url: &str, args: &[&str]) -> (bool, String) {

@@ -2,12 +2,12 @@
 //! rules, and `/api/health` says so (`degraded`, `guard.blocklist.state: error`) until a good
 //! file is back.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::guarded::{start_with, write};
+
+use crate::support;
+use crate::support::guarded::{start_with, write};
 
 const RULES: &str = "packages:\n  - name: npg-fixture-a\n    versions: ['2.0.0']\n    reason: compromised release\n";
 

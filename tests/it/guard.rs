@@ -1,13 +1,12 @@
 //! The guard through a real npg: blocked packages and versions, filtered packuments in both
 //! forms, reloads without restart, the release-age quarantine, and real npm installs.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::clients::{Client, Project};
-use support::guarded::{start_with, write};
-use support::http::{ABBREVIATED, Reply};
+use crate::support;
+use crate::support::clients::{Client, Project};
+use crate::support::guarded::{start_with, write};
+use crate::support::http::{ABBREVIATED, Reply};
 
 async fn get(url: &str, accept: Option<&str>) -> Reply {
     let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();

@@ -2,16 +2,15 @@
 //! (which all carry a TTL) are evicted; the cluster's state (malware feed, certificates, ACME
 //! account, locks' owners) never is.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::feed_server::FakeFeed;
-use support::http::get;
-use support::npg::NpgProcess;
-use support::redis::RedisServer;
-use support::upstream::FakeRegistry;
+
+use crate::support::feed_server::FakeFeed;
+use crate::support::http::get;
+use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::FakeRegistry;
 
 /// The `--maxmemory-policy` the compose file gives Redis.
 fn compose_policy() -> String {

@@ -3,16 +3,16 @@
 //! misses make one download that a client who stops reading cannot stall, and bytes with no
 //! hash to check are not served.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::blob_registry::{Blob, BlobRegistry, sri};
-use support::feed_server::FakeFeed;
-use support::npg::NpgProcess;
+
+use crate::support;
+use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::feed_server::FakeFeed;
+use crate::support::npg::NpgProcess;
 
 /// Bytes that do not compress and differ per `seed`.
 fn noise(len: usize, seed: u64) -> Vec<u8> {

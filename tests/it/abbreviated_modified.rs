@@ -1,14 +1,14 @@
 //! The abbreviated document carries `modified` as npm's does: `time.modified`, else the newest
 //! version time, else when npg fetched it (an upstream without `time.modified`).
 
-mod support;
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use support::http::ABBREVIATED;
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+
+use crate::support;
+use crate::support::http::ABBREVIATED;
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 fn doc(name: &str, time: Option<serde_json::Value>) -> Vec<u8> {
     let mut doc = json!({

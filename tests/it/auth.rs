@@ -6,18 +6,17 @@
 //! `/api/guard` a reader; the file reloads on change and a broken file keeps the previous table; npg's
 //! token never reaches the upstream.
 
-mod support;
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use support::clients::{Client, Project};
-use support::http::{Reply, get, send};
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+
+use crate::support::clients::{Client, Project};
+use crate::support::http::{Reply, get, send};
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 const READ: &str = "npg-test-read-7f3a9c";
 const PUBLISH: &str = "npg-test-publish-2b8e41";

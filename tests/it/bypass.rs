@@ -1,11 +1,10 @@
 //! No way around the guard: every path shape and every request that reaches a package's bytes
 //! goes through the same policy.
 
-mod support;
-
-use support::http::get;
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+use crate::support;
+use crate::support::http::get;
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 const RULES: &str = r#"
 packages:

@@ -1,11 +1,9 @@
 //! Blocklist ranges match prereleases (issue hole 12): node-semver leaves them out of a range
 //! unless asked, so `versions: ["*"]` let a hijacked package's `latest: 9.9.9-0` through.
 
-mod support;
-
-use support::guarded::start_with;
-use support::http::{ABBREVIATED, Reply, get};
-use support::npg::NpgProcess;
+use crate::support::guarded::start_with;
+use crate::support::http::{ABBREVIATED, Reply, get};
+use crate::support::npg::NpgProcess;
 
 const RULES: &str = r#"
 packages:

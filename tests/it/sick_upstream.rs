@@ -9,15 +9,13 @@
 //! - Unknown packages, and refreshes for unknown versions, cost one upstream fetch per
 //!   METADATA_MISS_TTL for the whole cluster; a publish through npg forgets the miss.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::clients::{Client, Project};
-use support::http::{get, send};
-use support::npg::NpgProcess;
-use support::redis::RedisServer;
-use support::upstream::{Failure, FakeRegistry};
+use crate::support::clients::{Client, Project};
+use crate::support::http::{get, send};
+use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::{Failure, FakeRegistry};
 
 const PACKAGES: usize = 60;
 

@@ -3,16 +3,16 @@
 //! quickly, one replica follows at a time, a successor resumes where the dead one stopped,
 //! and a feed that starts over is followed again.
 
-mod support;
-
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::changes_feed::{FakeChanges, START_SEQ};
-use support::npg::NpgProcess;
-use support::redis::RedisServer;
-use support::upstream::FakeRegistry;
+
+use crate::support;
+use crate::support::changes_feed::{FakeChanges, START_SEQ};
+use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::FakeRegistry;
 
 const PKG: &str = "npg-fixture-a";
 

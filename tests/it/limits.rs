@@ -2,15 +2,14 @@
 //! sockets, a partial HTTP/2 preface, a TLS handshake then silence), for idle kept-alive
 //! connections, and a cap on open connections.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+use crate::support;
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 const DEADLINES: [(&str, &str); 2] = [("HEADER_READ_TIMEOUT", "2s"), ("KEEPALIVE_TIMEOUT", "2s")];
 
@@ -319,7 +318,7 @@ fn cut_by(npg: &NpgProcess, deadline: &str) -> u64 {
 /// whose body waits for a slow upstream is not.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_at_the_send_deadline() {
-    use support::blob_registry::{Blob, BlobRegistry, sri};
+    use crate::support::blob_registry::{Blob, BlobRegistry, sri};
     let up = BlobRegistry::start();
     let (big, slow) = (vec![7u8; 64 << 20], vec![9u8; 192 << 10]);
     let blob = |version, file, bytes: &Vec<u8>| Blob {

@@ -1,14 +1,14 @@
 //! One npg against the fake upstream: read API, caching, integrity, bad input, upstream
 //! failures, passthrough, single-flight, graceful shutdown.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::http::{ABBREVIATED, get, raw_get};
-use support::npg::NpgProcess;
-use support::upstream::{Failure, FakeRegistry};
+
+use crate::support;
+use crate::support::http::{ABBREVIATED, get, raw_get};
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::{Failure, FakeRegistry};
 
 fn client() -> reqwest::Client {
     support::http::client()

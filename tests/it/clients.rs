@@ -9,14 +9,13 @@
 //!
 //! The clients are pinned by scripts/install-test-deps (npm is the one on PATH).
 
-mod support;
-
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use support::clients::{Client, FIXTURE_RESOLUTION, Project};
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+
+use crate::support::clients::{Client, FIXTURE_RESOLUTION, Project};
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 struct Setup {
     upstream: FakeRegistry,

@@ -1,14 +1,14 @@
 //! Replicas sharing a real redis-server: one fetch serves all, and Redis trouble never fails a
 //! request that memory, disk or upstream can answer.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::npg::NpgProcess;
-use support::redis::RedisServer;
-use support::upstream::FakeRegistry;
+
+use crate::support;
+use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::FakeRegistry;
 
 async fn get(url: &str) -> (u16, String, Vec<u8>) {
     let resp = support::http::client()

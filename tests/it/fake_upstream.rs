@@ -1,8 +1,6 @@
 //! Tests of the fake upstream registry itself (tests/support/upstream.rs): what it serves must be
 //! what a real registry would, or the proxy's tests prove nothing.
 
-mod support;
-
 use std::io::Read;
 use std::time::Duration;
 
@@ -10,7 +8,8 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha1::Sha1;
 use sha2::{Digest, Sha512};
-use support::upstream::{Failure, FakeRegistry};
+
+use crate::support::upstream::{Failure, FakeRegistry};
 
 fn client() -> reqwest::Client {
     // reqwest is built with `rustls-no-provider`: it panics without a process-wide provider,

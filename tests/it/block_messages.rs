@@ -2,14 +2,13 @@
 //! the wire, hostile reasons included), the guidance in the body, and the exact message each
 //! real client prints for each case (README "Point your clients at it" shows them).
 
-mod support;
-
 use std::time::Instant;
 
-use support::clients::{Client, ClientOutput, Project};
-use support::guarded::{wait_hidden, write};
-use support::npg::NpgProcess;
-use support::upstream::FakeRegistry;
+use crate::support;
+use crate::support::clients::{Client, ClientOutput, Project};
+use crate::support::guarded::{wait_hidden, write};
+use crate::support::npg::NpgProcess;
+use crate::support::upstream::FakeRegistry;
 
 const RULES: &str = r#"
 packages:

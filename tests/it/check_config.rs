@@ -2,14 +2,13 @@
 //! makes it exit 2 naming the setting, a good configuration exits 0. And the text logs carry
 //! no colour codes when stderr is not a terminal.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::npg::NpgProcess;
+use crate::support;
+use crate::support::npg::NpgProcess;
 
 fn npg(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = NpgProcess::command("http://127.0.0.1:9/registry/", 9, &dir.join("storage"));
