@@ -24,7 +24,6 @@ pub const START_SEQ: u64 = 1000;
 #[derive(Clone, Debug)]
 pub struct ChangesRequest {
     pub since: Option<u64>,
-    pub limit: Option<u64>,
     pub user_agent: String,
 }
 
@@ -38,7 +37,6 @@ struct FeedState {
     head: u64,
     /// `(seq, id)`, ascending.
     changes: Vec<(u64, String)>,
-    requests: usize,
     changes_requests: Vec<ChangesRequest>,
     failure: Option<u16>,
 }
@@ -52,7 +50,6 @@ impl FakeChanges {
         let state = Arc::new(Mutex::new(FeedState {
             head: START_SEQ,
             changes: Vec::new(),
-            requests: 0,
             changes_requests: Vec::new(),
             failure: None,
         }));
@@ -82,15 +79,6 @@ impl FakeChanges {
         s.changes.clear();
     }
 
-    pub fn head(&self) -> u64 {
-        self.lock().head
-    }
-
-    /// Every request received, any path.
-    pub fn requests(&self) -> usize {
-        self.lock().requests
-    }
-
     /// The `_changes` requests, in order.
     pub fn changes_requests(&self) -> Vec<ChangesRequest> {
         self.lock().changes_requests.clone()
@@ -118,7 +106,6 @@ impl FakeChanges {
 
 async fn handle(State(state): State<Shared>, req: Request) -> Response {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-    s.requests += 1;
     let path = req.uri().path().to_string();
     let query = |key: &str| -> Option<u64> {
         req.uri()
@@ -137,7 +124,6 @@ async fn handle(State(state): State<Shared>, req: Request) -> Response {
             .to_string();
         s.changes_requests.push(ChangesRequest {
             since: query("since"),
-            limit: query("limit"),
             user_agent,
         });
     }

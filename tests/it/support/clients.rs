@@ -42,8 +42,6 @@ pub enum Client {
 }
 
 impl Client {
-    pub const ALL: [Client; 4] = [Client::Npm, Client::Pnpm, Client::Yarn1, Client::Yarn4];
-
     pub fn name(self) -> &'static str {
         match self {
             Client::Npm => "npm",

@@ -18,7 +18,6 @@ use serde_json::Value;
 /// One request as the fake received it, with what it answered.
 #[derive(Clone, Debug)]
 pub struct FeedRequest {
-    pub path: String,
     pub if_none_match: Option<String>,
     pub status: u16,
 }
@@ -121,11 +120,7 @@ async fn handle(State(state): State<Arc<Mutex<FeedState>>>, req: Request) -> Res
     } else {
         (200, s.body.clone())
     };
-    s.log.push(FeedRequest {
-        path: req.uri().path().to_string(),
-        if_none_match,
-        status,
-    });
+    s.log.push(FeedRequest { if_none_match, status });
     let mut resp = Response::builder()
         .status(StatusCode::from_u16(status).expect("status code"))
         .header(header::CONTENT_TYPE, "application/json");

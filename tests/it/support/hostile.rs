@@ -1,8 +1,8 @@
 //! A hostile upstream: answers every request as told (a redirect elsewhere, a body trickled
-//! byte by byte, headers a proxy must not relay) and records what it received.
+//! byte by byte, headers a proxy must not relay).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,7 +13,6 @@ use axum::response::Response;
 use futures_util::StreamExt as _;
 
 use super::server::BackgroundServer;
-use super::upstream::RecordedRequest;
 
 /// What the server answers to every request.
 #[derive(Clone)]
@@ -26,14 +25,9 @@ pub enum Behaviour {
     Redirect(String),
 }
 
-struct Shared {
-    behaviour: Behaviour,
-    log: Vec<RecordedRequest>,
-}
-
 pub struct HostileServer {
     addr: SocketAddr,
-    shared: Arc<Mutex<Shared>>,
+    behaviour: Arc<Mutex<Behaviour>>,
     _server: BackgroundServer,
 }
 
@@ -41,14 +35,11 @@ impl HostileServer {
     pub fn start(behaviour: Behaviour) -> HostileServer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind hostile server");
         let addr = listener.local_addr().expect("hostile server address");
-        let shared = Arc::new(Mutex::new(Shared {
-            behaviour,
-            log: Vec::new(),
-        }));
-        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let app = Router::new().fallback(handle).with_state(behaviour.clone());
         HostileServer {
             addr,
-            shared,
+            behaviour,
             _server: BackgroundServer::start("hostile-upstream", listener, app),
         }
     }
@@ -59,35 +50,14 @@ impl HostileServer {
     }
 
     pub fn set(&self, behaviour: Behaviour) {
-        self.lock().behaviour = behaviour;
-    }
-
-    pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.lock().log.clone()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+        *self.behaviour.lock().unwrap_or_else(|e| e.into_inner()) = behaviour;
     }
 }
 
-async fn handle(State(shared): State<Arc<Mutex<Shared>>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
-    let behaviour = {
-        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-        s.log.push(RecordedRequest {
-            method: parts.method.to_string(),
-            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect(),
-            body: body.to_vec(),
-        });
-        s.behaviour.clone()
-    };
+async fn handle(State(behaviour): State<Arc<Mutex<Behaviour>>>, req: Request) -> Response {
+    // The whole request is read before answering, as a registry would (a publish's body too).
+    let _ = axum::body::to_bytes(req.into_body(), 64 << 20).await;
+    let behaviour = behaviour.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let resp = Response::builder().header(header::CONTENT_TYPE, "application/json");
     match behaviour {
         Behaviour::Json(body, headers) => headers

@@ -1,6 +1,5 @@
 //! Test support shared by the integration tests: real processes (npg, redis-server) started on
 //! free loopback ports and stopped by PID, and an in-process fake upstream registry.
-#![allow(dead_code)]
 
 pub mod blob_registry;
 pub mod changes_feed;

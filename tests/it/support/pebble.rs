@@ -54,7 +54,6 @@ impl Default for PebbleOptions {
 pub struct Pebble {
     pebble: Option<Child>,
     dns: Option<Child>,
-    pub opts: PebbleOptions,
     /// pebble's ACME port on 127.0.0.1.
     pub acme_port: u16,
     /// pebble's management API port on 127.0.0.1.
@@ -139,7 +138,6 @@ impl Pebble {
         let mut server = Pebble {
             pebble: Some(pebble),
             dns: Some(dns),
-            opts,
             acme_port,
             management_port,
             dns_port,
@@ -191,19 +189,9 @@ impl Pebble {
         self.dir.path().join("ca.pem")
     }
 
-    /// The listener CA, PEM.
-    pub fn ca_pem(&self) -> &str {
-        &self.ca_pem
-    }
-
     /// The root of the certificates this pebble issues (new at every start), PEM.
     pub fn issuing_root_pem(&self) -> String {
         self.management_pem("/roots/0")
-    }
-
-    /// The intermediate that signs the certificates this pebble issues, PEM.
-    pub fn intermediate_pem(&self) -> String {
-        self.management_pem("/intermediates/0")
     }
 
     /// Writes the issuing root to a file in pebble's temp dir (for NODE_EXTRA_CA_CERTS).
@@ -276,15 +264,6 @@ impl Pebble {
             .filter_map(|rest| rest.split_whitespace().next())
             .map(super::tls::normalize_serial)
             .collect()
-    }
-
-    pub fn pebble_pid(&self) -> Option<u32> {
-        self.pebble.as_ref().map(Child::id)
-    }
-
-    /// The temp dir holding the config, certificates and logs.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -371,11 +371,6 @@ impl FakeRegistry {
         self.lock().raw.insert(name.to_string(), (gz, true));
     }
 
-    /// Points a dist-tag at a version (it must exist).
-    pub fn set_dist_tag(&self, name: &str, tag: &str, version: &str) {
-        self.lock().set_tag(name, tag, version);
-    }
-
     /// The genuine tarball bytes (the ones matching `dist.integrity` and `dist.shasum`).
     pub fn tarball_bytes(&self, name: &str, version: &str) -> Vec<u8> {
         self.with_version(name, version, |v| v.tgz.clone())
@@ -415,12 +410,6 @@ impl FakeRegistry {
             Some(r) => serde_json::from_slice(&r.json).expect("own packument is JSON"),
             None => Value::Null,
         }
-    }
-
-    /// The abbreviated (`application/vnd.npm.install-v1+json`) packument as served.
-    pub fn abbreviated_json(&self, name: &str) -> Value {
-        let full = self.packument_json(name);
-        if full.is_null() { full } else { abbreviate(&full) }
     }
 
     /// The last request whose raw path (without query) or raw path and query equals `path`.
