@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 
+use crate::support;
 use crate::support::clients::{Client, Project};
 use crate::support::http::{Reply, get, send};
 use crate::support::npg::NpgProcess;
@@ -246,11 +247,9 @@ fn a_malformed_file_stops_the_start_naming_file_and_line() {
         format!("# ok\n{}{} ci write\n", line(READ, "ci", "read"), hash(ADMIN)),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_npg"))
+    let storage = dir.path().join("storage");
+    let out = NpgProcess::command("http://127.0.0.1:9/", support::loopback(9), &storage)
         .arg("check-config")
-        .env_clear()
-        .env("REGISTRY_URL", "http://127.0.0.1:9/")
-        .env("STORAGE_DIR", dir.path().join("storage"))
         .env("AUTH_TOKENS_FILE", &tokens)
         .output()
         .unwrap();

@@ -11,7 +11,11 @@ use crate::support;
 use crate::support::npg::NpgProcess;
 
 fn npg(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
-    let mut cmd = NpgProcess::command("http://127.0.0.1:9/registry/", 9, &dir.join("storage"));
+    let mut cmd = NpgProcess::command(
+        "http://127.0.0.1:9/registry/",
+        support::loopback(9),
+        &dir.join("storage"),
+    );
     cmd.args(args).env("BLACKLIST_PATH", dir.join("blacklist.yml"));
     for (k, v) in env {
         cmd.env(k, v);
@@ -121,7 +125,7 @@ fn check_config_accepts_a_good_configuration() {
 fn text_logs_to_a_pipe_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
-    let mut child = NpgProcess::command("http://127.0.0.1:9/registry/", port, dir.path())
+    let mut child = NpgProcess::command("http://127.0.0.1:9/registry/", support::loopback(port), dir.path())
         .env("LOG_LEVEL", "info")
         .env("LOG_FORMAT", "text")
         .stderr(Stdio::piped())

@@ -7,6 +7,7 @@ use crate::support;
 use crate::support::clients::{Client, Project};
 use crate::support::guarded::{start_with, write};
 use crate::support::http::{ABBREVIATED, Reply};
+use crate::support::npg::NpgProcess;
 
 async fn get(url: &str, accept: Option<&str>) -> Reply {
     let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
@@ -175,16 +176,18 @@ async fn reloads_without_restart_and_keeps_old_rules_on_a_bad_file() {
 fn a_malformed_blocklist_stops_start_up_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("blacklist.yml");
-    std::fs::write(&path, "packages:\n  - name: x\n    versions: ['not a range!']\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_npg"))
-        .env_clear()
-        .env("REGISTRY_URL", "http://127.0.0.1:9/")
-        .env("STORAGE_DIR", dir.path().join("s"))
+    let start = || {
+        NpgProcess::command(
+            "http://127.0.0.1:9/",
+            support::loopback(support::free_port()),
+            &dir.path().join("s"),
+        )
         .env("BLACKLIST_PATH", &path)
-        .env("HTTP_PORT", support::free_port().to_string())
-        .env("ENABLE_SCHEDULED_UPDATES", "false")
         .output()
-        .unwrap();
+        .unwrap()
+    };
+    std::fs::write(&path, "packages:\n  - name: x\n    versions: ['not a range!']\n").unwrap();
+    let out = start();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -192,14 +195,7 @@ fn a_malformed_blocklist_stops_start_up_with_its_line() {
         "{stderr}"
     );
     std::fs::write(&path, "packages:\n  - nam: x\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_npg"))
-        .env_clear()
-        .env("REGISTRY_URL", "http://127.0.0.1:9/")
-        .env("STORAGE_DIR", dir.path().join("s"))
-        .env("BLACKLIST_PATH", &path)
-        .env("ENABLE_SCHEDULED_UPDATES", "false")
-        .output()
-        .unwrap();
+    let out = start();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("line 2"), "{stderr}");
 }

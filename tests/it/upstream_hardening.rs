@@ -17,7 +17,7 @@ use crate::support::upstream::{FakeRegistry, RecordedRequest};
 /// Runs npg with `args` for at most 10 s: whether it exited with a failure, and all it printed.
 fn run_briefly(registry_url: &str, args: &[&str]) -> (bool, String) {
     let storage = tempfile::tempdir().unwrap();
-    let mut child = NpgProcess::command(registry_url, support::free_port(), storage.path())
+    let mut child = NpgProcess::command(registry_url, support::loopback(support::free_port()), storage.path())
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

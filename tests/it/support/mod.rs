@@ -23,6 +23,11 @@ pub fn free_port() -> u16 {
         .expect("no free port on 127.0.0.1")
 }
 
+/// `127.0.0.1:<port>`
+pub fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Waits until something accepts connections on `addr`; `Err` says why not: the child
 /// exited, or the time ran out.
 pub fn wait_listening(

@@ -1,6 +1,7 @@
 //! Runs the real `npg` binary (built by cargo for the tests) as a child process.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,17 +32,17 @@ impl NpgProcess {
         storage: PathBuf,
         owned: Option<tempfile::TempDir>,
     ) -> NpgProcess {
-        let port = super::free_port();
-        let base = format!("http://127.0.0.1:{port}");
+        let addr = super::loopback(super::free_port());
+        let base = format!("http://{addr}");
         let proxy_url = format!("{base}/npm");
-        let mut cmd = Self::command(registry_url, port, &storage);
+        let mut cmd = Self::command(registry_url, addr, &storage);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn npg");
         let mut npg = NpgProcess {
             child,
-            port,
+            port: addr.port(),
             base,
             proxy_url,
             storage,
@@ -51,15 +52,16 @@ impl NpgProcess {
         npg
     }
 
-    /// The npg command with the tests' environment (nothing inherited but PATH), not started.
-    pub fn command(registry_url: &str, port: u16, storage: &std::path::Path) -> Command {
+    /// The npg command with the tests' environment (nothing inherited but PATH), listening on
+    /// `addr`, not started: every npg a test starts (`TlsNode` too) gets its defaults here.
+    pub fn command(registry_url: &str, addr: SocketAddr, storage: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("REGISTRY_URL", registry_url)
-            .env("HTTP_PORT", port.to_string())
-            .env("HTTP_BIND", "127.0.0.1")
-            .env("PROXY_URL", format!("http://127.0.0.1:{port}/npm"))
+            .env("HTTP_BIND", addr.ip().to_string())
+            .env("HTTP_PORT", addr.port().to_string())
+            .env("PROXY_URL", format!("http://{addr}/npm"))
             .env("STORAGE_DIR", storage)
             .env("ENABLE_REDIS_CACHE", "false")
             // No test reaches the real malware feed (nor loads a copy left in ./var): the feed
@@ -67,16 +69,13 @@ impl NpgProcess {
             .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
             .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
             .env("ENABLE_SCHEDULED_UPDATES", "false")
-            .env(
-                "LOG_LEVEL",
-                std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .env("LOG_LEVEL", log_level("warn"))
             .stdin(Stdio::null());
         cmd
     }
 
     fn wait_ready(&mut self, timeout: Duration) {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let addr = super::loopback(self.port);
         if let Err(why) = super::wait_listening(addr, &mut self.child, timeout) {
             panic!("npg did not listen on port {}: {why}", self.port);
         }
@@ -105,6 +104,11 @@ impl NpgProcess {
         }
         None
     }
+}
+
+/// npg's LOG_LEVEL in the tests: `NPG_TEST_LOG` when set, else `default`.
+pub fn log_level(default: &str) -> String {
+    std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| default.into())
 }
 
 impl Drop for NpgProcess {

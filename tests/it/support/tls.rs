@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
+
+use super::npg::{NpgProcess, log_level};
 
 /// How long one TLS handshake (connect included) may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -413,35 +415,23 @@ impl TlsNode {
         self._dir.path().join("storage")
     }
 
-    /// Starts npg with plain defaults (as `support::npg`: no Redis, no feed) plus
-    /// `INSTANCE_NAME`, `HTTP_BIND`, `HTTP_PORT`, `HTTPS_PORT` and
-    /// `PROXY_URL=https://npg.test:<https_port>/npm`, then `opts.env`. Waits until the HTTP
-    /// port accepts connections (not for a certificate: see `wait_certificate`).
+    /// Starts npg with the tests' environment (`NpgProcess::command`: no Redis, no feed) on
+    /// `<bind>:<http_port>`, plus `INSTANCE_NAME`, `HTTPS_PORT`,
+    /// `PROXY_URL=https://npg.test:<https_port>/npm` and `LOG_LEVEL=info` (kept for a failing
+    /// test), then `opts.env`. Waits until the HTTP port accepts connections (not for a
+    /// certificate: see `wait_certificate`).
     pub fn start(opts: NodeOptions<'_>) -> TlsNode {
         let dir = tempfile::tempdir().expect("temp dir");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let log_path = dir.path().join("npg.log");
         let log = std::fs::File::create(&log_path).expect("npg log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("REGISTRY_URL", opts.registry_url)
-            .env("INSTANCE_NAME", opts.name)
-            .env("HTTP_BIND", opts.bind.to_string())
-            .env("HTTP_PORT", opts.http_port.to_string())
+        let http = SocketAddr::new(opts.bind, opts.http_port);
+        let mut cmd = NpgProcess::command(opts.registry_url, http, &storage);
+        cmd.env("INSTANCE_NAME", opts.name)
             .env("HTTPS_PORT", opts.https_port.to_string())
             .env("PROXY_URL", format!("https://npg.test:{}/npm", opts.https_port))
-            .env("STORAGE_DIR", &storage)
-            .env("ENABLE_REDIS_CACHE", "false")
-            .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
-            .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
-            .env("ENABLE_SCHEDULED_UPDATES", "false")
-            .env(
-                "LOG_LEVEL",
-                std::env::var("NPG_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
+            .env("LOG_LEVEL", log_level("info"))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in opts.env {
