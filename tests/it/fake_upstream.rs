@@ -1,4 +1,4 @@
-//! Tests of the fake upstream registry itself (tests/support/upstream.rs): what it serves must be
+//! Tests of the fake upstream registry itself (support/upstream.rs): what it serves must be
 //! what a real registry would, or the proxy's tests prove nothing.
 
 use std::io::Read;
