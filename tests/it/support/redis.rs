@@ -10,15 +10,21 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Starts it on a free port, another one when that port was taken before redis bound it.
     pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().expect("redis temp dir");
-        let mut server = RedisServer {
-            child: None,
-            port: super::free_port(),
-            dir,
-        };
-        server.restart();
-        server
+        let mut last = String::new();
+        for _ in 0..3 {
+            let mut server = RedisServer {
+                child: None,
+                port: super::free_port(),
+                dir: tempfile::tempdir().expect("redis temp dir"),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(why) => last = format!("port {}: {why}", server.port),
+            }
+        }
+        panic!("redis-server did not start: {last}");
     }
 
     pub fn url(&self) -> String {
@@ -35,6 +41,15 @@ impl RedisServer {
 
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
+        if let Err(why) = self.spawn() {
+            panic!("redis-server did not start again on port {}: {why}", self.port);
+        }
+    }
+
+    /// Spawns redis-server on `self.port` and waits until it answers. The server answering must
+    /// report our child's pid: `free_port` releases the port before redis binds it, so another
+    /// test's server may hold it (ours then exits, and a ping alone would reach theirs).
+    fn spawn(&mut self) -> Result<(), String> {
         self.stop();
         let bin = super::require_binary("redis-server");
         let child = Command::new(bin)
@@ -45,37 +60,43 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.ping() {
-                return;
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                return Err(format!("it exited ({status})"));
+            }
+            if self.server_pid() == Some(pid) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        Err("it did not answer within 10 s".into())
     }
 
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    /// The pid of the redis-server answering on the port (`INFO server`), if one answers.
+    fn server_pid(&self) -> Option<u32> {
+        let info = self.try_command(&["INFO", "server"])?;
+        let line = info.lines().find_map(|l| l.strip_prefix("process_id:"))?;
+        line.trim().parse().ok()
     }
 
     /// Runs a command with redis-cli-free RESP over a socket, returning the raw reply.
     pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args).expect("connect redis")
+    }
+
+    /// `command`, None when nothing accepts connections on the port.
+    fn try_command(&self, args: &[&str]) -> Option<String> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
         }
-        s.write_all(req.as_bytes()).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.write_all(req.as_bytes()).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
         let mut out = Vec::new();
         let mut buf = [0u8; 65536];
         while let Ok(n) = s.read(&mut buf) {
@@ -87,7 +108,7 @@ impl RedisServer {
                 break;
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
+        Some(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -95,4 +116,17 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The harness itself: a port another test's server holds is not taken for ours.
+#[test]
+fn a_port_held_by_another_server_is_refused() {
+    let theirs = RedisServer::start();
+    let mut ours = RedisServer {
+        child: None,
+        port: theirs.port,
+        dir: tempfile::tempdir().expect("redis temp dir"),
+    };
+    assert!(ours.spawn().is_err(), "another server's port taken for ours");
+    assert!(theirs.try_command(&["PING"]).is_some_and(|r| r.contains("PONG")));
 }
