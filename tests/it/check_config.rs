@@ -1,0 +1,150 @@
+//! `npg check-config` runs the start-up's own checks: each bad setting that stops `serve`
+//! makes it exit 2 naming the setting, a good configuration exits 0. And the text logs carry
+//! no colour codes when stderr is not a terminal.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support;
+use crate::support::npg::NpgProcess;
+
+fn npg(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = NpgProcess::command(
+        "http://127.0.0.1:9/registry/",
+        support::loopback(9),
+        &dir.join("storage"),
+    );
+    cmd.args(args).env("BLACKLIST_PATH", dir.join("blacklist.yml"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run npg")
+}
+
+/// A bad case: the setting the error must name, the `blacklist.yml` to write (if any), env.
+type Case = (&'static str, Option<&'static str>, Vec<(&'static str, String)>);
+
+fn bad_cases(dir: &Path) -> Vec<Case> {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.join("tokens"), "not a token line\n").unwrap();
+    vec![
+        (
+            "BLACKLIST_PATH",
+            Some("packages:\n  - name: x\n    versions: ['not a range!']\n"),
+            vec![],
+        ),
+        ("BLACKLIST_PATH", Some("packages: [\n"), vec![]),
+        (
+            "MIN_RELEASE_AGE_EXCLUDE",
+            None,
+            vec![
+                ("MIN_RELEASE_AGE", "72h".into()),
+                ("MIN_RELEASE_AGE_EXCLUDE", "/[/".into()),
+            ],
+        ),
+        (
+            "MIN_RELEASE_AGE_EXCLUDE",
+            None,
+            vec![("MIN_RELEASE_AGE_EXCLUDE", "/[/".into())],
+        ),
+        ("AUTH_TOKENS_FILE", None, vec![("AUTH_TOKENS_FILE", path("tokens"))]),
+        (
+            "TLS_CERT_FILE",
+            None,
+            vec![
+                ("TLS_CERT_FILE", path("garbage.pem")),
+                ("TLS_KEY_FILE", path("garbage.pem")),
+            ],
+        ),
+        (
+            "NPG_SECRET_KEY_FILE",
+            None,
+            vec![
+                ("NPG_DOMAIN", "npg.test".into()),
+                ("NPG_SECRET_KEY_FILE", path("garbage.pem")),
+            ],
+        ),
+        (
+            "UPSTREAM_AUTH_FILE",
+            None,
+            vec![("UPSTREAM_AUTH_FILE", path("missing"))],
+        ),
+    ]
+}
+
+#[test]
+fn check_config_refuses_what_the_server_refuses() {
+    let files = tempfile::tempdir().unwrap();
+    for (setting, file, env) in bad_cases(files.path()) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = file {
+            std::fs::write(dir.path().join("blacklist.yml"), text).unwrap();
+        }
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        // `serve` (no subcommand) stops before listening with the same message.
+        for args in [&["check-config"][..], &[]] {
+            let out = npg(args, dir.path(), &env);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "npg {args:?} with a bad {setting}: {stderr}"
+            );
+            assert!(stderr.contains(setting), "npg {args:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn check_config_accepts_a_good_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("blacklist.yml"),
+        "packages:\n  - name: x\n    versions: ['>=2']\npatterns:\n  - pattern: '^evil-'\n",
+    )
+    .unwrap();
+    let env = [
+        ("MIN_RELEASE_AGE", "72h"),
+        ("MIN_RELEASE_AGE_EXCLUDE", "trusted,/^@corp\\//"),
+    ];
+    let out = npg(&["check-config"], dir.path(), &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+}
+
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let mut child = NpgProcess::command("http://127.0.0.1:9/registry/", support::loopback(port), dir.path())
+        .env("LOG_LEVEL", "info")
+        .env("LOG_FORMAT", "text")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn npg");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let done = line.contains("npg listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("npg listening") && text.contains("INFO"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a pipe:\n{text:?}");
+}

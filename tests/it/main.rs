@@ -1,0 +1,30 @@
+//! npg's integration tests, one test crate: each module is the black-box tests of one concern,
+//! run against the real `npg` binary, a fake upstream on loopback, real redis-server and real
+//! npm/pnpm/yarn (`support/`). Filter by module: `cargo test --test it sick_upstream`.
+
+mod support;
+
+mod abbreviated_modified;
+mod acme;
+mod auth;
+mod bad_input;
+mod block_messages;
+mod blocklist_prerelease;
+mod blocklist_vanish;
+mod bypass;
+mod changes;
+mod check_config;
+mod client_caching;
+mod clients;
+mod cluster;
+mod fake_upstream;
+mod guard;
+mod limits;
+mod lockfile_check;
+mod malware_feed;
+mod proxy;
+mod redis_eviction;
+mod redis_shared;
+mod sick_upstream;
+mod tarball_hardening;
+mod upstream_hardening;

@@ -1,0 +1,61 @@
+//! Test support shared by the integration tests: real processes (npg, redis-server) started on
+//! free loopback ports and stopped by PID, and an in-process fake upstream registry.
+
+pub mod blob_registry;
+pub mod changes_feed;
+pub mod clients;
+pub mod feed_server;
+pub mod guarded;
+pub mod hostile;
+pub mod http;
+pub mod npg;
+pub mod pebble;
+pub mod redis;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests that start at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// `127.0.0.1:<port>`
+pub fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until something accepts connections on `addr`; `Err` says why not: the child
+/// exited, or the time ran out.
+pub fn wait_listening(
+    addr: std::net::SocketAddr,
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("it exited ({status})"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    Err(format!("not within {timeout:?}"))
+}
+
+/// Path of a required external binary, or a loud failure naming the install script.
+pub fn require_binary(name: &str) -> std::path::PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&paths) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: run scripts/install-test-deps (it installs every tool the tests need)");
+}
