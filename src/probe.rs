@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::http::health::{Status, Summary};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "npg health",
@@ -46,12 +48,11 @@ pub async fn run(args: &HealthArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: {}", args.url, crate::upstream::error_chain(&e)))?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| format!("{}: {e}", args.url))?;
-    let body: serde_json::Value =
+    let body: Summary =
         serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a health document ({e})", args.url))?;
-    let state = body["status"].as_str().unwrap_or("unknown");
-    match (status.is_success(), state) {
-        (true, "ok") => Ok(()),
-        (true, "degraded") if !args.strict => Ok(()),
-        _ => Err(format!("{}: HTTP {status}, status {state}", args.url)),
+    match (status.is_success(), body.status) {
+        (true, Status::Ok) => Ok(()),
+        (true, Status::Degraded) if !args.strict => Ok(()),
+        (_, state) => Err(format!("{}: HTTP {status}, status {}", args.url, state.as_str())),
     }
 }

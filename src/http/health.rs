@@ -4,27 +4,56 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
 
 use super::auth::{Caller, allowed};
 use super::observe::RouteLabel;
 use crate::app::App;
 use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
+use crate::guard::block::human_duration;
 use crate::upstream::breaker::State as Breaker;
+
+/// A replica's health in one word: the endpoint's `status`, and what `npg health` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// It serves, but not as it should (`problems` says why).
+    Degraded,
+    /// SIGTERM received: balancers should stop sending it work.
+    Draining,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Degraded => "degraded",
+            Status::Draining => "draining",
+        }
+    }
+}
+
+/// The part of `/api/health` anyone may read.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub status: Status,
+}
 
 /// The status for anyone; the details only for admins when access control is on.
 pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
     let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
     let problems = problems(&app);
     let status = match (draining, problems.is_empty()) {
-        (true, _) => "draining",
-        (false, false) => "degraded",
-        (false, true) => "ok",
+        (true, _) => Status::Draining,
+        (false, false) => Status::Degraded,
+        (false, true) => Status::Ok,
     };
     let body = if allowed(&app, caller.as_deref(), Permission::Admin) {
         details(&app, status, &problems)
     } else {
-        serde_json::json!({ "status": status })
+        serde_json::json!(Summary { status })
     };
     // A replica shutting down answers 503 so balancers stop sending it new work first.
     let code = if draining {
@@ -54,7 +83,7 @@ fn problems(app: &App) -> Vec<String> {
     problems
 }
 
-fn details(app: &App, status: &str, problems: &[String]) -> serde_json::Value {
+fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value {
     let redis = app.redis.state();
     let policy = app.guard.policy();
     serde_json::json!({
@@ -69,7 +98,7 @@ fn details(app: &App, status: &str, problems: &[String]) -> serde_json::Value {
             "policy_version": policy.version,
             "blocklist_rules": policy.blocklist.len(),
             "malware_entries": policy.malware.len(),
-            "min_release_age": policy.age.as_ref().map(|g| humantime::format_duration(g.min_age()).to_string()),
+            "min_release_age": policy.age.as_ref().map(|g| human_duration(g.min_age())),
             "feed": app.guard.feed_status(),
             "blocklist": app.guard.blocklist_status(),
         },
