@@ -10,7 +10,8 @@
 //!   policy, and how a refusal is told (which rule, in words; hidden versions as npm's
 //!   `policyRestrictions`). Keeping it current is `jobs`' work.
 //! - `auth`: access control: the token table (hashes, names, permissions).
-//! - `upstream`: the HTTP client to the registry: deadlines, allowed origins, npg's own
+//! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client npg
+//!   makes): deadlines, allowed origins, npg's own
 //!   credentials (by scope), URL redaction for logs, and the breaker that takes a sick
 //!   upstream as down for the whole cluster.
 //! - `singleflight`: one upstream fetch for many concurrent misses.

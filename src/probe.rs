@@ -33,8 +33,7 @@ pub struct HealthArgs {
 
 /// Runs the probe; the exit code for the process.
 pub async fn run(args: &HealthArgs) -> Result<(), String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout));
+    let mut builder = crate::upstream::client::builder(Some("health probe")).timeout(Duration::from_secs(args.timeout));
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -373,14 +373,7 @@ struct RawRoot {
 
 impl Feed {
     fn new(base: &str, instance: &str) -> anyhow::Result<Feed> {
-        // rustls needs one process-wide crypto provider; installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(format!(
-                "npg/{} (changes follower; {instance})",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .connect_timeout(Duration::from_secs(10))
+        let client = crate::upstream::client::builder(Some(&format!("changes follower; {instance}")))
             .timeout(Duration::from_secs(60))
             .build()?;
         let base = base.trim_end_matches('/');

@@ -227,11 +227,7 @@ pub fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Sett
     } = refresher;
     let url = settings.policy.malware_feed_url.clone();
     let files = FeedFiles::new(&settings.policy.malware_list_dir, &url);
-    // rustls needs one process-wide crypto provider; installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
+    let client = crate::upstream::client::builder(None)
         .read_timeout(Duration::from_secs(30))
         .gzip(true)
         .build();

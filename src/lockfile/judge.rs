@@ -74,10 +74,7 @@ impl From<&Rule> for Verdict {
 impl Judge {
     pub fn new(args: &CheckArgs) -> Result<Judge, String> {
         if let Some(npg) = &args.npg {
-            // rustls needs one process-wide crypto provider; installing it twice is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = reqwest::Client::builder()
-                .user_agent(concat!("npg-lockfile/", env!("CARGO_PKG_VERSION")))
+            let client = crate::upstream::client::builder(Some("lockfile check"))
                 .timeout(std::time::Duration::from_secs(120))
                 .build()
                 .map_err(|e| format!("HTTP client: {e}"))?;

@@ -6,6 +6,7 @@
 pub mod auth;
 mod body;
 pub mod breaker;
+pub mod client;
 mod error;
 pub mod origins;
 pub mod redact;
@@ -99,13 +100,10 @@ fn health_of(result: &Result<reqwest::Response, UpstreamError>) -> Option<Result
 
 impl Upstream {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
-        // rustls needs one process-wide crypto provider; installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let origins = Arc::new(Origins::new(&settings.base, &settings.tarball_hosts));
         let timeout = settings.timeout;
         let builder = || {
-            reqwest::Client::builder()
-                .user_agent(concat!("npg/", env!("CARGO_PKG_VERSION")))
+            client::builder(None)
                 .connect_timeout(Duration::from_secs(10).min(timeout))
                 .tcp_nodelay(true)
                 .pool_idle_timeout(Duration::from_secs(60))
