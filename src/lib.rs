@@ -4,16 +4,15 @@
 //! - `config`: settings from flags and env, validated once at start.
 //! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
 //!   before serving; `npg check-config` runs the same.
-//! - `clock`: wall-clock time as npg stores it (unix ms).
+//! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the rules, pure: the blocklist, the malware list and the release-age gate as one
 //!   policy, and how a refusal is told (which rule, in words; hidden versions as npm's
 //!   `policyRestrictions`). Keeping it current is `jobs`' work.
 //! - `auth`: access control: the token table (hashes, names, permissions).
-//! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client npg
-//!   makes): deadlines, allowed origins, npg's own
-//!   credentials (by scope), URL redaction for logs, and the breaker that takes a sick
-//!   upstream as down for the whole cluster.
+//! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client
+//!   npg makes): deadlines, allowed origins, npg's own credentials (by scope), URL redaction
+//!   for logs, and the breaker that takes a sick upstream as down for the whole cluster.
 //! - `singleflight`: one upstream fetch for many concurrent misses.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs),
@@ -47,6 +46,7 @@ pub mod cache;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod files;
 pub mod guard;
 pub mod http;
 pub mod jobs;

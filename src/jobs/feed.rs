@@ -31,6 +31,7 @@ use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
+use crate::files::write_atomic;
 use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
@@ -120,20 +121,12 @@ impl FeedFiles {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        write_atomic(dir, &self.body, body)?;
+        write_atomic(&self.body, body)?;
         if let Some(etag) = etag {
-            write_atomic(dir, &self.etag, etag.as_bytes())?;
+            write_atomic(&self.etag, etag.as_bytes())?;
         }
         Ok(())
     }
-}
-
-fn write_atomic(dir: &Path, dest: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = tempfile::Builder::new().prefix(".feed-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_data()?;
-    tmp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// A feed body parsed and fingerprinted (off the async threads: the real feed is large).

@@ -268,7 +268,7 @@ impl Outcome {
             eprintln!("{}: every registry URL already points at npg", file.path.display());
             return;
         }
-        match rewrite::write_atomically(&file.path, &text) {
+        match crate::files::write_atomic(&file.path, text.as_bytes()) {
             Ok(()) => eprintln!("{}: {changed} resolved URLs now point at npg", file.path.display()),
             Err(e) => {
                 eprintln!("{}: not rewritten: {e}", file.path.display());

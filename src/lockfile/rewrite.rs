@@ -2,8 +2,6 @@
 //! `<PROXY_URL>/<name>/-/<file>`, the rest of the file kept byte for byte, written atomically.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::Path;
 
 use super::{Entry, berry};
 
@@ -62,21 +60,6 @@ pub fn rewrite(text: &str, entries: &[Entry], proxy: &str) -> (String, usize) {
     (out, changes.len())
 }
 
-/// Writes `text` to a temporary file beside `path` and renames it over `path`, keeping its
-/// permissions: a reader sees the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".npg-lockfile-").tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_data()?;
-    tmp.as_file().set_permissions(std::fs::metadata(path)?.permissions())?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,18 +84,5 @@ mod tests {
             "  resolved \"http://127.0.0.1:3000/npm/@s/a/-/a-1.0.0.tgz#abc\"\n  x \"http://127.0.0.1:9/r/@s/a/-/a-1.0.0.tgzz\"\n  {\"resolved\": \"http://127.0.0.1:3000/npm/@s/a/-/a-1.0.0.tgz\"}\n"
         );
         assert_eq!(outside(&entries, proxy).len(), 1);
-    }
-
-    #[test]
-    fn writes_atomically_with_the_old_permissions() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("yarn.lock");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        write_atomically(&path, "new").unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file left");
     }
 }
