@@ -236,21 +236,16 @@ async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Res
     if let Some(block) = pkg.hidden.get(spec) {
         return Err(refuse(app, name, Some(spec), block));
     }
-    if packument::resolve_spec(&pkg, spec).is_none() && source != Source::Upstream {
+    let (pkg, source) = if packument::resolve_spec(&pkg, spec).is_none() && source != Source::Upstream {
         // Maybe published since we cached it: ask upstream once before saying 404.
         let (pkg, source) = app.packuments.refresh(name).await?;
         if let Some(block) = pkg.hidden.get(spec) {
             return Err(refuse(app, name, Some(spec), block));
         }
-        return packument::version(
-            req.headers(),
-            &pkg,
-            source,
-            &ClientCaching::new(app.client_max_age),
-            name,
-            spec,
-        );
-    }
+        (pkg, source)
+    } else {
+        (pkg, source)
+    };
     packument::version(
         req.headers(),
         &pkg,
