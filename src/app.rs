@@ -14,9 +14,9 @@ use crate::guard::Guard;
 use crate::jobs::Jobs;
 use crate::jobs::changes::ChangesState;
 use crate::metrics::Metrics;
-use crate::packuments::{self, Packuments};
 use crate::preflight::Preflight;
-use crate::tarballs::Tarballs;
+use crate::proxy::packuments::{self, Packuments};
+use crate::proxy::tarballs::Tarballs;
 use crate::tls::Tls;
 use crate::upstream::Upstream;
 

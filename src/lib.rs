@@ -13,17 +13,16 @@
 //! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client
 //!   npg makes): deadlines, allowed origins, npg's own credentials (by scope), URL redaction
 //!   for logs, and the breaker that takes a sick upstream as down for the whole cluster.
-//! - `singleflight`: one upstream fetch for many concurrent misses.
-//! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs),
 //!   and remembered misses (in process and in Redis).
 //! - `cluster`: the shared Redis connection and its health, the event bus, leases.
-//! - `rendered`: a packument filtered by the policy and rendered in both forms, and what is
-//!   known of its upstream document (`DocMeta`).
-//! - `packuments`, `tarballs`: the services that answer metadata and tarball requests
-//!   (`packuments`: stale-while-revalidate, stale-if-error, misses remembered; `tarballs`:
-//!   one download per file in flight, joined by concurrent misses, verified on
-//!   the stream whether or not the disk takes it).
+//! - `proxy`: the services that answer metadata and tarball requests: `packuments`
+//!   (stale-while-revalidate, stale-if-error, misses remembered) rendering through `rendered`
+//!   (a packument filtered by the policy in both forms, and `DocMeta`, what is known of its
+//!   upstream document); `tarballs` (one download per file in flight, joined by concurrent
+//!   misses, verified on the stream whether or not the disk takes it); `singleflight` (one
+//!   upstream fetch for many concurrent misses); `budget` (the memory documents hold while
+//!   read and rendered).
 //! - `jobs`: the background work and its one owner (stopped on SIGTERM, Redis leases
 //!   released): the changes follower (`changes`), the malware feed refresher and its kept
 //!   copy (`feed`), the blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`),
@@ -41,7 +40,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod budget;
 pub mod cache;
 pub mod clock;
 pub mod cluster;
@@ -53,11 +51,8 @@ pub mod jobs;
 pub mod lockfile;
 pub mod metrics;
 pub mod npm;
-pub mod packuments;
 pub mod preflight;
 pub mod probe;
-pub mod rendered;
-pub mod singleflight;
-pub mod tarballs;
+pub mod proxy;
 pub mod tls;
 pub mod upstream;

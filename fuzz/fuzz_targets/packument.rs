@@ -10,12 +10,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use npg::rendered::DocMeta;
 use npg::guard::Policy;
 use npg::guard::age::AgeGate;
 use npg::guard::blocklist::Blocklist;
 use npg::npm::name::PackageName;
-use npg::rendered::{Package, Raw, render};
+use npg::proxy::rendered::{DocMeta, Package, Raw, render};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::npm::name::PackageName;
-use crate::rendered::Package;
+use crate::proxy::rendered::Package;
 
 #[derive(Clone)]
 pub struct MemoryCache {

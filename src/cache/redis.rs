@@ -10,7 +10,7 @@ use redis::AsyncCommands;
 
 use crate::cluster::redis::SharedRedis;
 use crate::npm::name::PackageName;
-use crate::rendered::DocMeta;
+use crate::proxy::rendered::DocMeta;
 
 pub struct SharedMeta {
     redis: Arc<SharedRedis>,

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::guard::{Block, Rule};
 use crate::npm::path::PathError;
-use crate::packuments::FetchError;
-use crate::tarballs::TarballError;
+use crate::proxy::packuments::FetchError;
+use crate::proxy::tarballs::TarballError;
 use crate::upstream::UpstreamError;
 
 use super::phrase::reason_phrase;

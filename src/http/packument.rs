@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::errors::ApiError;
 use crate::npm::name::PackageName;
-use crate::packuments::{Package, Source};
+use crate::proxy::packuments::{Package, Source};
 
 pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
 

@@ -21,8 +21,8 @@ use crate::cluster::bus::Event;
 use crate::guard::Block;
 use crate::npm::name::PackageName;
 use crate::npm::path::{Route, check_traversal, classify, written_package};
-use crate::packuments::{Lookup, Source};
-use crate::tarballs::TarballError;
+use crate::proxy::packuments::{Lookup, Source};
+use crate::proxy::tarballs::TarballError;
 
 pub const API_PREFIX: &str = "/npm";
 

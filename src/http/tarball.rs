@@ -12,7 +12,7 @@ use tokio_util::io::ReaderStream;
 use crate::cache::disk::Cached;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::tarballs::TarballBody;
+use crate::proxy::tarballs::TarballBody;
 
 use super::packument::etag_matches;
 

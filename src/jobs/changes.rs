@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::packuments::Packuments;
+use crate::proxy::packuments::Packuments;
 use crate::upstream::redact::redact;
 use crate::upstream::{describe, read_bounded};
 

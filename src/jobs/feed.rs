@@ -36,7 +36,7 @@ use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
 use crate::npm::name::PackageName;
-use crate::tarballs::Tarballs;
+use crate::proxy::tarballs::Tarballs;
 use crate::upstream::{describe, etag_of, read_bounded};
 
 /// How often a replica compares its list with the cluster's copy (at most the interval).

@@ -23,9 +23,9 @@ pub use self::body::{etag_of, read_bounded};
 use self::breaker::Breaker;
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
-use crate::budget::Reservation;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
+use crate::proxy::budget::Reservation;
 
 /// How npg talks to upstream, from the validated settings.
 #[derive(Clone, Debug)]

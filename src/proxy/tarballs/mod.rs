@@ -24,7 +24,7 @@ use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::TarballInfo;
 use crate::npm::path::version_from_file;
-use crate::packuments::{FetchError, Package, Packuments, Source};
+use crate::proxy::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
 use flight::{Failure, Flights, Landing, Role, State};

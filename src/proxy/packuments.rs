@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::HeaderValue;
 
-use crate::budget::{Budget, RENDER_FACTOR, Reservation};
 use crate::cache::memory::MemoryCache;
 use crate::cache::misses::{Miss, Misses};
 use crate::cache::redis::SharedMeta;
@@ -19,11 +18,12 @@ use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::rendered::{DocMeta, Raw, gunzip, render};
-use crate::singleflight::SingleFlight;
+use crate::proxy::budget::{Budget, RENDER_FACTOR, Reservation};
+use crate::proxy::rendered::{DocMeta, Raw, gunzip, render};
+use crate::proxy::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
-pub use crate::rendered::{Package, Variant};
+pub use crate::proxy::rendered::{Package, Variant};
 
 /// After an upstream failure, how long the stale copy is served before asking again.
 const STALE_RETRY: Duration = Duration::from_secs(10);
