@@ -4,7 +4,8 @@
 //! - `config`: settings from flags and env, validated once at start.
 //! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
 //!   before serving; `npg check-config` runs the same.
-//! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically.
+//! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically;
+//!   `retry`: backoff with jitter for every job that retries, and the randomness for it.
 //! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
 //! - `guard`: the rules, pure: the blocklist, the malware list and the release-age gate as one
 //!   policy, and how a refusal is told (which rule, in words; hidden versions as npm's
@@ -54,5 +55,6 @@ pub mod npm;
 pub mod preflight;
 pub mod probe;
 pub mod proxy;
+pub mod retry;
 pub mod tls;
 pub mod upstream;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::cluster::redis::SharedRedis;
+use crate::retry::Backoff;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -64,7 +65,7 @@ impl Bus {
             channel: redis.key("events"),
             redis,
             origin: instance.to_string(),
-            node: format!("{:016x}", super::lock::random_u64()),
+            node: format!("{:016x}", crate::retry::random_u64()),
             local,
         });
         if bus.redis.client().is_some() {
@@ -122,7 +123,7 @@ impl Bus {
 /// Subscribes, forwards messages, and on any trouble opens a new connection, with a backoff
 /// capped at a few seconds so a restarted Redis is picked up quickly. Ends with the bus.
 async fn subscriber(bus: std::sync::Weak<Bus>) {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     loop {
         let Some(b) = bus.upgrade() else { return };
         let Some(client) = b.redis.client().cloned() else {
@@ -133,7 +134,7 @@ async fn subscriber(bus: std::sync::Weak<Bus>) {
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
                 tracing::debug!(%channel, "subscribed to cluster events");
-                delay = Duration::from_millis(200);
+                backoff.reset();
                 if !listen(&bus, pubsub).await {
                     return;
                 }
@@ -141,8 +142,7 @@ async fn subscriber(bus: std::sync::Weak<Bus>) {
             }
             Err(e) => tracing::debug!(error = %e, "cannot subscribe to cluster events yet"),
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(3));
+        tokio::time::sleep(backoff.after_failure()).await;
     }
 }
 

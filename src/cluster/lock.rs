@@ -15,6 +15,7 @@ use redis::{AsyncCommands, Script};
 use redis::{ExistenceCheck, SetExpiry, SetOptions};
 
 use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::retry::random_u64;
 
 const EXTEND: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -171,17 +172,4 @@ impl RedisLock {
     fn ttl_ms(&self) -> u64 {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
     }
-}
-
-/// Random enough to tell holders apart (std's per-process SipHash keys come from the OS).
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::AtomicU64;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(t.as_nanos());
-    }
-    h.finish()
 }

@@ -20,13 +20,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::bus::{Bus, Event};
-use crate::cluster::lock::{RedisLock, random_u64};
+use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
 use crate::config::Settings;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
 use crate::proxy::packuments::Packuments;
+use crate::retry::{Backoff, jittered};
 use crate::upstream::redact::redact;
 use crate::upstream::{describe, read_bounded};
 
@@ -36,6 +37,8 @@ const LOCK_TTL: Duration = Duration::from_secs(15);
 const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// How often a replica that does not lead tries to take over.
 const ACQUIRE_EVERY: Duration = Duration::from_secs(3);
+/// Retries of a failed page: from a second, doubling up to a minute.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A page of 10000 changes is ~1 MB; anything far larger is not a changes page.
 const MAX_PAGE_BYTES: usize = 64 << 20;
@@ -182,7 +185,7 @@ impl Follower {
     /// Pages through the feed until caught up, sleeps, repeats. Returns only when a fenced
     /// write shows the lock is gone.
     async fn follow(&mut self, lock: &RedisLock) {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut since = loop {
             match self.start_seq().await {
                 Ok(seq) => break seq,
@@ -200,7 +203,7 @@ impl Follower {
                     continue;
                 }
             };
-            backoff = Backoff::default();
+            backoff.reset();
             self.job.status.update(|s| s.last_error = None);
             if page.ids.is_empty() {
                 // Caught up, or `since` lies beyond a feed that was reset: only the head tells.
@@ -298,7 +301,7 @@ impl Follower {
     async fn failed(&self, backoff: &mut Backoff, error: String) {
         tracing::warn!(%error, "changes feed");
         self.job.status.update(|s| s.last_error = Some(error));
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.after_failure()).await;
     }
 }
 
@@ -307,29 +310,6 @@ impl Follower {
 fn reset_target(since: u64, last_seq: Option<u64>, head: u64) -> Option<u64> {
     let end = last_seq.map_or(head, |last| last.min(head));
     (end < since).then_some(end)
-}
-
-/// Exponential, capped, with full jitter so replicas and retries do not march in step.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let cap = Duration::from_secs(1)
-            .saturating_mul(1 << self.failures.min(6))
-            .min(MAX_BACKOFF);
-        self.failures += 1;
-        jittered(cap)
-    }
-}
-
-/// Between half and all of `d`.
-fn jittered(d: Duration) -> Duration {
-    let half = d / 2;
-    let ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_millis(random_u64() % ms)
 }
 
 struct Feed {
@@ -482,22 +462,5 @@ mod tests {
         // The page echoes `since`, but the head is behind it.
         assert_eq!(reset_target(100, Some(100), 7), Some(7));
         assert_eq!(reset_target(100, None, 0), Some(0));
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut b = Backoff::default();
-        let first = b.next();
-        assert!(
-            first >= Duration::from_millis(500) && first <= Duration::from_secs(1),
-            "{first:?}"
-        );
-        for _ in 0..6 {
-            b.next();
-        }
-        for _ in 0..20 {
-            let d = b.next();
-            assert!(d >= MAX_BACKOFF / 2 && d <= MAX_BACKOFF, "{d:?}");
-        }
     }
 }

@@ -37,6 +37,7 @@ use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
 use crate::npm::name::PackageName;
 use crate::proxy::tarballs::Tarballs;
+use crate::retry::Backoff;
 use crate::upstream::{describe, etag_of, read_bounded};
 
 /// How often a replica compares its list with the cluster's copy (at most the interval).
@@ -329,25 +330,25 @@ impl Refresher {
         // A copy fetched while this replica was away is newer than its disk.
         self.sync_from_cluster().await;
         let mut next_fetch = Instant::now();
-        let mut backoff = FIRST_BACKOFF.min(self.interval);
+        let mut backoff = Backoff::new(FIRST_BACKOFF, self.interval);
         let mut check = tokio::time::interval(CLUSTER_CHECK.min(self.interval));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_fetch) => match self.refresh().await {
                     Ok(Looked::Done) => {
-                        backoff = FIRST_BACKOFF.min(self.interval);
+                        backoff.reset();
                         next_fetch = Instant::now() + self.interval;
                     }
                     Ok(Looked::Busy) => next_fetch = Instant::now() + BUSY_RETRY.min(self.interval),
                     Err(error) => {
-                        tracing::warn!(%error, retry_in = ?backoff, "malware feed not updated; keeping the list in use");
+                        let retry_in = backoff.after_failure();
+                        tracing::warn!(%error, ?retry_in, "malware feed not updated; keeping the list in use");
                         self.guard.update_feed_status(|s| {
                             s.state = "error";
                             s.last_error = Some(error);
                         });
-                        next_fetch = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(self.interval);
+                        next_fetch = Instant::now() + retry_in;
                     }
                 },
                 event = events.recv(), if bus_open => match event {

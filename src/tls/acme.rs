@@ -20,6 +20,7 @@ use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::SharedRedis;
 use crate::config::{AcmeChallenge, Settings};
+use crate::retry::{Backoff, random_fraction};
 
 /// Longer than an order takes; short, so a dead holder is replaced soon.
 const LOCK_TTL: Duration = Duration::from_secs(120);
@@ -41,7 +42,7 @@ struct Manager {
     current: Option<CertBundle>,
     /// The certificate whose ARI window was last asked for.
     ari_checked: Option<String>,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// Starts the manager when NPG_DOMAIN is set.
@@ -65,7 +66,7 @@ pub fn spawn(jobs: &crate::jobs::Jobs, tls: Arc<Tls>, redis: Arc<SharedRedis>, b
         check_every: settings.acme_check_interval,
         current: None,
         ari_checked: None,
-        backoff: FIRST_BACKOFF,
+        backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
     };
     jobs.spawn_leased("acme", lock, manager.run());
 }
@@ -147,15 +148,13 @@ impl Manager {
         self.tls.metrics.acme_order(if result.is_ok() { "ok" } else { "error" });
         match result {
             Ok(bundle) => {
-                self.backoff = FIRST_BACKOFF;
+                self.backoff.reset();
                 self.serve(&bundle);
                 Duration::ZERO
             }
             Err(e) => {
                 self.record_error(e);
-                let wait = self.backoff.mul_f64(0.75 + rand_fraction() / 2.0);
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-                wait
+                self.backoff.after_failure()
             }
         }
     }
@@ -184,7 +183,7 @@ impl Manager {
                     info.suggested_window.start.unix_timestamp(),
                     info.suggested_window.end.unix_timestamp(),
                 );
-                let at = start + ((end - start).max(0) as f64 * rand_fraction()) as i64;
+                let at = start + ((end - start).max(0) as f64 * random_fraction()) as i64;
                 if let Err(e) = self.tls.store.set_renew_at(self.primary(), &bundle.serial, at).await {
                     tracing::warn!(error = %e, "cannot share the renewal time");
                 }
@@ -354,11 +353,4 @@ impl Manager {
         tracing::info!(domain = self.primary(), serial = %bundle.serial, "stored a new certificate");
         Ok(bundle)
     }
-}
-
-fn rand_fraction() -> f64 {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut b);
-    f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX)
 }
