@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::guard::{Block, Rule};
 use crate::npm::path::PathError;
+use crate::proxy::budget::BudgetError;
 use crate::proxy::packuments::FetchError;
 use crate::proxy::tarballs::TarballError;
 use crate::upstream::UpstreamError;
@@ -143,6 +144,11 @@ impl From<UpstreamError> for ApiError {
                 retry_after: Some(retry_in_seconds),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable", e.to_string())
             },
+            // npg's own load, not upstream's fault: worth a retry in a moment.
+            UpstreamError::Budget(BudgetError::Busy(_)) => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Busy", e.to_string())
+            },
             // Upstream refusing us (401, 403, 410, 429...) is told as is; its failures are a 502.
             UpstreamError::Status(s) if (400..500).contains(&s) => {
                 let status = StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -209,5 +215,62 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::npm::name::PackageName;
+    use crate::proxy::rendered::{DocMeta, Raw, RenderError, render};
+
+    fn status_of(e: FetchError) -> (StatusCode, Option<u64>, String) {
+        let api = ApiError::from(e);
+        (api.status, api.retry_after, api.reason)
+    }
+
+    #[test]
+    fn a_full_memory_budget_is_npgs_load_not_a_bad_upstream_body() {
+        let busy = RenderError::Budget(BudgetError::Busy(Duration::from_secs(20)));
+        let (status, retry, reason) = status_of(busy.into());
+        assert_eq!((status, retry), (StatusCode::SERVICE_UNAVAILABLE, Some(1)), "{reason}");
+        assert!(!reason.contains("bad body"), "{reason}");
+        let huge = RenderError::Budget(BudgetError::TooLarge {
+            needs_mib: 300,
+            total_mib: 64,
+        });
+        let (status, _, reason) = status_of(huge.into());
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(reason.contains("RENDER_MEMORY_MB budget"), "{reason}");
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_packument_is_upstreams_bad_body() {
+        let name = PackageName::parse("left-pad").unwrap();
+        let raw = Raw {
+            plain: Some(bytes::Bytes::from_static(b"[1,2")),
+            gz: None,
+        };
+        let meta = DocMeta {
+            etag: None,
+            fetched_ms: 0,
+            checked_ms: 0,
+        };
+        let policy = crate::guard::Policy {
+            version: 1,
+            blocklist: Default::default(),
+            malware: Default::default(),
+            age: None,
+        };
+        let Err(err) = render(&name, raw, &meta, &policy, "http://127.0.0.1:1", 0) else {
+            panic!("rendered a document that is not JSON")
+        };
+        let (status, _, reason) = status_of(err.into());
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(reason.starts_with("upstream sent a bad body"), "{reason}");
+        let (status, _, _) = status_of(RenderError::NotDecoded.into());
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

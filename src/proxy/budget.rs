@@ -51,6 +51,16 @@ impl Budget {
     }
 }
 
+/// Why a reservation could not grow: the document can never fit (`TooLarge`, the document's
+/// fault), or others hold the budget now (`Busy`, npg's load: worth a retry).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BudgetError {
+    #[error("needs {needs_mib} MiB, more than the whole RENDER_MEMORY_MB budget ({total_mib} MiB)")]
+    TooLarge { needs_mib: usize, total_mib: usize },
+    #[error("no room in the memory budget within {0:?}")]
+    Busy(Duration),
+}
+
 /// Part of the budget, given back when dropped.
 pub struct Reservation {
     permits: Arc<Semaphore>,
@@ -62,17 +72,16 @@ pub struct Reservation {
 
 impl Reservation {
     /// Holds at least `bytes` of the budget, waiting (bounded) for other documents to finish.
-    pub async fn grow_to(&mut self, bytes: usize) -> Result<(), String> {
+    pub async fn grow_to(&mut self, bytes: usize) -> Result<(), BudgetError> {
         let want_kib = bytes.div_ceil(STEP) * (STEP >> 10);
         if want_kib <= self.held_kib {
             return Ok(());
         }
         if want_kib > self.total_kib {
-            return Err(format!(
-                "needs {} MiB, more than the whole RENDER_MEMORY_MB budget ({} MiB)",
-                want_kib >> 10,
-                self.total_kib >> 10
-            ));
+            return Err(BudgetError::TooLarge {
+                needs_mib: want_kib >> 10,
+                total_mib: self.total_kib >> 10,
+            });
         }
         let more = (want_kib - self.held_kib) as u32;
         if let Ok(permit) = self.permits.clone().try_acquire_many_owned(more) {
@@ -95,8 +104,8 @@ impl Reservation {
                 self.held_kib = want_kib;
                 Ok(())
             }
-            Ok(Err(_)) => Err("the memory budget is closed".into()),
-            Err(_) => Err(format!("no room in the memory budget within {:?}", self.wait)),
+            // The semaphore is never closed: an error can only be the wait running out.
+            Ok(Err(_)) | Err(_) => Err(BudgetError::Busy(self.wait)),
         }
     }
 
@@ -119,19 +128,18 @@ mod tests {
         assert_eq!(a.held_bytes(), 5 << 20, "never shrinks while held");
         let mut b = budget.reserve();
         b.grow_to(2 << 20).await.unwrap();
-        assert!(b.grow_to(4 << 20).await.unwrap_err().contains("no room"));
+        assert!(matches!(b.grow_to(4 << 20).await.unwrap_err(), BudgetError::Busy(_)));
         assert_eq!(b.held_bytes(), 0, "waiting gave back what it held");
         b.grow_to(3 << 20).await.unwrap();
         drop(a);
         b.grow_to(8 << 20).await.unwrap();
-        assert!(
-            budget
-                .reserve()
-                .grow_to(9 << 20)
-                .await
-                .unwrap_err()
-                .contains("more than the whole")
-        );
+        assert!(matches!(
+            budget.reserve().grow_to(9 << 20).await.unwrap_err(),
+            BudgetError::TooLarge {
+                needs_mib: 9,
+                total_mib: 8
+            }
+        ));
     }
 
     #[tokio::test]

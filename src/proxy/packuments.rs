@@ -19,7 +19,7 @@ use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
 use crate::proxy::budget::{Budget, RENDER_FACTOR, Reservation};
-use crate::proxy::rendered::{DocMeta, Raw, gunzip, render};
+use crate::proxy::rendered::{DocMeta, Raw, RenderError, gunzip, render};
 use crate::proxy::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
@@ -51,6 +51,19 @@ pub enum FetchError {
     Upstream(#[from] UpstreamError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A document that did not render is upstream's fault only when the document itself is bad.
+impl From<RenderError> for FetchError {
+    fn from(e: RenderError) -> FetchError {
+        match e {
+            RenderError::Document(_) | RenderError::NotGzip(_) | RenderError::TooLarge(_) => {
+                FetchError::Upstream(UpstreamError::Body(e.to_string()))
+            }
+            RenderError::Budget(b) => FetchError::Upstream(UpstreamError::Budget(b)),
+            RenderError::NotDecoded | RenderError::Task(_) => FetchError::Internal(e.to_string()),
+        }
+    }
 }
 
 pub type Lookup = (Arc<Package>, Source);
@@ -171,8 +184,7 @@ impl Packuments {
                     plain: Some(body),
                     gz: None,
                 };
-                let rendered = self.inner.render(name, raw, &meta, reservation).await;
-                rendered.map_err(|e| FetchError::Upstream(UpstreamError::Body(e)))
+                Ok(self.inner.render(name, raw, &meta, reservation).await?)
             }
             Fetched::NotFound => Err(FetchError::NotFound),
             Fetched::NotModified => Err(FetchError::Internal("304 to an unconditional request".into())),
@@ -331,7 +343,7 @@ impl Inner {
                         self.l2.put(name, p.raw_gz.clone(), &meta, self.keep_in_redis()).await;
                         Ok((p, Source::Upstream))
                     }
-                    Err(e) => self.serve_stale(name, base, UpstreamError::Body(e)).await,
+                    Err(e) => self.serve_stale(name, base, e.into()).await,
                 }
             }
             Ok(Fetched::NotModified) => match revalidated {
@@ -349,20 +361,15 @@ impl Inner {
                 self.misses.insert(name, Miss::Package).await;
                 Err(FetchError::NotFound)
             }
-            Err(err) => self.serve_stale(name, base, err).await,
+            Err(err) => self.serve_stale(name, base, err.into()).await,
         }
     }
 
     /// stale-if-error: the old copy, if there is one and it is not too old.
-    async fn serve_stale(
-        &self,
-        name: &PackageName,
-        base: Option<Base>,
-        err: UpstreamError,
-    ) -> Result<Lookup, FetchError> {
+    async fn serve_stale(&self, name: &PackageName, base: Option<Base>, err: FetchError) -> Result<Lookup, FetchError> {
         match self.stale_copy(name, base).await {
             Some(p) => {
-                if let UpstreamError::Unavailable { .. } = err {
+                if let FetchError::Upstream(UpstreamError::Unavailable { .. }) = err {
                     // The breaker logged the trip once; one line per package would flood.
                     self.metrics.stale_served("breaker_open");
                     tracing::debug!(package = %name, "upstream down; serving the stale copy");
@@ -372,7 +379,7 @@ impl Inner {
                 }
                 Ok((p, Source::Stale))
             }
-            None => Err(err.into()),
+            None => Err(err),
         }
     }
 
@@ -475,7 +482,7 @@ impl Inner {
         raw: Raw,
         meta: &DocMeta,
         mut reservation: Reservation,
-    ) -> Result<Arc<Package>, String> {
+    ) -> Result<Arc<Package>, RenderError> {
         let max = self.settings.max_document_bytes;
         let raw = match raw {
             Raw {
@@ -487,9 +494,7 @@ impl Inner {
                 let limit = gz.len().saturating_mul(40).min(max);
                 reservation.grow_to(limit).await?;
                 let zipped = gz.clone();
-                let plain = tokio::task::spawn_blocking(move || gunzip(&zipped, limit))
-                    .await
-                    .map_err(|e| format!("decoding failed: {e}"))??;
+                let plain = tokio::task::spawn_blocking(move || gunzip(&zipped, limit)).await??;
                 Raw {
                     plain: Some(plain),
                     gz: Some(gz),
@@ -507,7 +512,7 @@ impl Inner {
         );
         let rendered =
             tokio::task::spawn_blocking(move || render(&n, raw, &meta, &policy, &base, now_ms()).map(Arc::new));
-        let rendered = rendered.await.map_err(|e| format!("rendering failed: {e}"))?;
+        let rendered = rendered.await?;
         drop(reservation);
         rendered
     }

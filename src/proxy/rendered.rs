@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
-use crate::npm::packument::{Document, Index, Manifests};
+use crate::npm::packument::{DocError, Document, Index, Manifests};
+use crate::proxy::budget::BudgetError;
 
 /// One rendered form, identity and gzip, with its strong ETags.
 #[derive(Clone)]
@@ -136,16 +137,32 @@ impl Package {
     }
 }
 
+/// Why a document was not rendered: its own fault (`Document`, `NotGzip`, `TooLarge`: from
+/// upstream, or a copy in Redis), or npg's (the memory budget, a rendering task that died).
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("not a usable packument: {0}")]
+    Document(#[from] DocError),
+    #[error("stored document is not gzip: {0}")]
+    NotGzip(std::io::Error),
+    #[error("stored document decodes to more than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    #[error("no decoded document to render")]
+    NotDecoded,
+    #[error("rendering stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// A gzip'd document decoded, refused beyond `max` bytes (what is read back from Redis is
 /// not trusted to be small).
-pub fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, String> {
+pub fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, RenderError> {
     let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(max));
     let mut decoder = flate2::read::GzDecoder::new(gz).take(max as u64 + 1);
-    decoder
-        .read_to_end(&mut out)
-        .map_err(|e| format!("stored document is not gzip: {e}"))?;
+    decoder.read_to_end(&mut out).map_err(RenderError::NotGzip)?;
     if out.len() > max {
-        return Err(format!("stored document decodes to more than {max} bytes"));
+        return Err(RenderError::TooLarge(max));
     }
     Ok(Bytes::from(out))
 }
@@ -158,16 +175,17 @@ pub fn render(
     policy: &Policy,
     public_base: &str,
     now_ms: u64,
-) -> Result<Package, String> {
+) -> Result<Package, RenderError> {
     let (plain, raw_gz) = match (raw.plain, raw.gz) {
         (Some(plain), Some(gz)) => (plain, gz),
         (Some(plain), None) => {
             let gz = Bytes::from(gzip(&plain, Compression::fast()));
             (plain, gz)
         }
-        (None, _) => return Err("no decoded document to render".into()),
+        // Callers decode within the memory budget first.
+        (None, _) => return Err(RenderError::NotDecoded),
     };
-    let mut doc = Document::parse(&plain, name).map_err(|e| e.to_string())?;
+    let mut doc = Document::parse(&plain, name)?;
     let mut index = doc.index(name);
     let times = doc.publication_times();
     let verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);

@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header;
 
 use super::error::describe;
-use crate::proxy::budget::Reservation;
+use crate::proxy::budget::{BudgetError, Reservation};
 
 /// A response's `ETag`, if it has a readable one.
 pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
@@ -14,9 +14,20 @@ pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Why a body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body cut off: {0}")]
+    CutOff(String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+}
+
 /// Reads a whole body, refusing more than `max` bytes, so no response grows without bound in
 /// memory; the error says which limit was hit or what broke.
-pub async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, String> {
+pub async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
     read_within(resp, max, None).await
 }
 
@@ -25,15 +36,11 @@ pub(super) async fn read_within(
     mut resp: reqwest::Response,
     max: usize,
     mut reservation: Option<&mut Reservation>,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| format!("body cut off: {}", describe(e)))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| BodyError::CutOff(describe(e)))? {
         if body.len() + chunk.len() > max {
-            return Err(format!("body larger than {max} bytes"));
+            return Err(BodyError::TooLarge(max));
         }
         body.reserve(chunk.len());
         if let Some(r) = reservation.as_deref_mut() {

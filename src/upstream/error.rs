@@ -1,8 +1,10 @@
 //! What can go wrong with an upstream request, and how a reqwest error is told without the
 //! secrets its URL may carry.
 
+use super::body::BodyError;
 use super::origins::OriginRefused;
 use super::redact::redact_url;
+use crate::proxy::budget::BudgetError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -17,9 +19,21 @@ pub enum UpstreamError {
     /// A URL (a `dist.tarball`, a redirect) outside the origins npg fetches from.
     #[error("upstream URL refused: {0}")]
     Refused(String),
+    /// The document did not fit in npg's memory budget (`Busy`: others hold it now).
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// Not asked: the breaker holds upstream as down after consecutive failures.
     #[error("upstream is down ({reason}); not asked again for {retry_in_seconds} s")]
     Unavailable { reason: String, retry_in_seconds: u64 },
+}
+
+impl From<BodyError> for UpstreamError {
+    fn from(e: BodyError) -> UpstreamError {
+        match e {
+            BodyError::Budget(b) => UpstreamError::Budget(b),
+            other => UpstreamError::Body(other.to_string()),
+        }
+    }
 }
 
 impl UpstreamError {

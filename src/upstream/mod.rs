@@ -209,9 +209,7 @@ impl Upstream {
                 _ => {}
             }
             let etag = etag_of(&resp);
-            let body = body::read_within(resp, max, Some(reservation))
-                .await
-                .map_err(UpstreamError::Body)?;
+            let body = body::read_within(resp, max, Some(reservation)).await?;
             Ok(Fetched::Modified { body, etag })
         };
         match tokio::time::timeout(self.settings.fetch_deadline, fetch).await {
