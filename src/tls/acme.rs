@@ -291,7 +291,7 @@ impl Manager {
         };
         let account = self.account(false).await?;
         let mut order = match account.new_order(&new_order).await {
-            Err(e) if e.to_string().contains("accountDoesNotExist") => {
+            Err(instant_acme::Error::Api(problem)) if is_unknown_account(&problem) => {
                 tracing::warn!("the CA no longer knows our account; creating a new one");
                 self.account(true).await?.new_order(&new_order).await
             }
@@ -352,5 +352,33 @@ impl Manager {
             .await;
         tracing::info!(domain = self.primary(), serial = %bundle.serial, "stored a new certificate");
         Ok(bundle)
+    }
+}
+
+/// The CA's answer when it no longer knows the account npg stored (it was reset, or the
+/// account deactivated): then a new account is made, not the order given up.
+fn is_unknown_account(problem: &instant_acme::Problem) -> bool {
+    problem.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(json: &str) -> instant_acme::Problem {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_account_is_told_by_the_problem_type_not_its_words() {
+        // As pebble and Let's Encrypt send it.
+        let gone = problem(
+            r#"{"type":"urn:ietf:params:acme:error:accountDoesNotExist","detail":"unable to find account","status":400}"#,
+        );
+        assert!(is_unknown_account(&gone));
+        let other = problem(
+            r#"{"type":"urn:ietf:params:acme:error:malformed","detail":"accountDoesNotExist was not the problem","status":400}"#,
+        );
+        assert!(!is_unknown_account(&other), "words in the detail do not count");
     }
 }
