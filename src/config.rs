@@ -447,8 +447,7 @@ impl Settings {
             redis::Client::open(self.redis_connection_url()?)
                 .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
         }
-        std::fs::create_dir_all(&self.storage_dir)
-            .map_err(|e| format!("STORAGE_DIR: cannot create {} ({e})", self.storage_dir.display()))?;
+        check_storage_dir(&self.storage_dir)?;
         if !self.npg_domain.is_empty() && self.tls_cert_file.is_some() {
             return Err("NPG_DOMAIN (ACME) and TLS_CERT_FILE (static) exclude each other".into());
         }
@@ -465,10 +464,40 @@ impl Settings {
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
             return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
         }
-        let probe = tempfile::NamedTempFile::new_in(&self.storage_dir);
-        probe.map_err(|e| format!("STORAGE_DIR: {} is not writable ({e})", self.storage_dir.display()))?;
         Ok(())
     }
+}
+
+/// STORAGE_DIR checked without writing anything (`check-config` must leave the disk as it
+/// found it): a directory npg may write in, or one it may create (`serve` does).
+fn check_storage_dir(dir: &std::path::Path) -> Result<(), String> {
+    let shown = dir.display();
+    let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
+        return Err(format!("STORAGE_DIR: {shown} has no existing parent"));
+    };
+    let existing = if existing.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        existing
+    };
+    if !existing.is_dir() {
+        return Err(format!("STORAGE_DIR: {} is not a directory", existing.display()));
+    }
+    // access(2) answers for this process's user, root included, without creating a file.
+    let writable = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK);
+    if let Err(e) = writable {
+        let what = if existing == dir {
+            "is not writable"
+        } else {
+            "cannot be created"
+        };
+        return Err(format!(
+            "STORAGE_DIR: {shown} {what} ({}: {})",
+            existing.display(),
+            std::io::Error::from(e)
+        ));
+    }
+    Ok(())
 }
 
 fn parse_http_url(s: &str) -> Result<Url, String> {

@@ -121,6 +121,71 @@ fn check_config_accepts_a_good_configuration() {
     assert!(stdout.contains("configuration is valid"), "{stdout}");
 }
 
+/// What the disk looked like: every path under `dir`.
+fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn check_config_writes_nothing_to_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("blacklist.yml"),
+        "packages: []
+",
+    )
+    .unwrap();
+    let before = tree(dir.path());
+    // STORAGE_DIR does not exist yet: it may be created, so the check passes, but only
+    // `serve` creates it. ACME settings too, which keep their state under STORAGE_DIR.
+    let env = [
+        ("NPG_DOMAIN", "npg.test"),
+        ("ACME_DIRECTORY_URL", "https://127.0.0.1:14000/dir"),
+    ];
+    let out = npg(&["check-config"], dir.path(), &env);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(dir.path()), before, "check-config changed the disk");
+    // An existing STORAGE_DIR is left as found as well.
+    std::fs::create_dir(dir.path().join("storage")).unwrap();
+    let before = tree(dir.path());
+    let out = npg(&["check-config"], dir.path(), &env);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(dir.path()), before, "check-config changed the disk");
+}
+
+#[test]
+fn check_config_refuses_a_storage_dir_that_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("blacklist.yml"),
+        "packages: []
+",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("storage"),
+        "a file
+",
+    )
+    .unwrap();
+    let out = npg(&["check-config"], dir.path(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("STORAGE_DIR"), "{stderr}");
+}
+
 #[test]
 fn text_logs_to_a_pipe_have_no_colour_codes() {
     let dir = tempfile::tempdir().unwrap();
