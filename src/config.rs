@@ -41,6 +41,20 @@ pub enum Command {
     Lockfile,
 }
 
+impl Command {
+    /// The subcommand named by the first argument when it needs none of the server's settings
+    /// (which require REGISTRY_URL): those run without them.
+    pub fn standalone(first_arg: Option<&str>) -> Option<Command> {
+        match first_arg? {
+            "gen-key" => Some(Command::GenKey),
+            "health" => Some(Command::Health),
+            "hash-token" => Some(Command::HashToken),
+            "lockfile" => Some(Command::Lockfile),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Settings {
     /// Port of the plain HTTP listener.

@@ -26,20 +26,30 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// The one dispatcher: the subcommands that need no server settings run without them; `serve`
+/// (the default) and `check-config` parse and check the settings first.
 fn main() -> ExitCode {
-    // `gen-key`, `health`, `hash-token` and `lockfile` need none of the server's settings
-    // (REGISTRY_URL is required).
-    match std::env::args().nth(1).as_deref() {
-        Some("gen-key") => {
-            println!("{}", npg::tls::secret::generate());
-            return ExitCode::SUCCESS;
-        }
-        Some("health") => return health(),
-        Some("hash-token") => return hash_token(),
-        Some("lockfile") => return npg::lockfile::main(std::env::args().skip(1)),
-        _ => {}
+    match Command::standalone(std::env::args().nth(1).as_deref()) {
+        Some(standalone) => run(standalone),
+        None => with_settings(Cli::parse()),
     }
-    let cli = Cli::parse();
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
+        Command::GenKey => {
+            println!("{}", npg::tls::secret::generate());
+            ExitCode::SUCCESS
+        }
+        Command::Health => health(),
+        Command::HashToken => hash_token(),
+        Command::Lockfile => npg::lockfile::main(std::env::args().skip(1)),
+        Command::Serve | Command::CheckConfig => with_settings(Cli::parse()),
+    }
+}
+
+/// `serve` or `check-config`: the start-up checks (exit 2 naming the setting), then the work.
+fn with_settings(cli: Cli) -> ExitCode {
     let settings = cli.settings;
     let checked = match init_logging(&settings).and_then(|()| Preflight::run(&settings)) {
         Ok(checked) => checked,
@@ -49,27 +59,24 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::GenKey => {
-            println!("{}", npg::tls::secret::generate());
-            ExitCode::SUCCESS
-        }
-        Command::Health => health(),
-        Command::HashToken => hash_token(),
-        Command::Lockfile => npg::lockfile::main(std::env::args().skip(1)),
         Command::CheckConfig => {
             println!("{:#?}", settings.redacted());
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Serve => {
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            match runtime.block_on(serve(settings, checked)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("npg: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve => serve_until_stopped(settings, checked),
+        // Named after a settings flag (`npg --http-port 1 gen-key`).
+        standalone => run(standalone),
+    }
+}
+
+fn serve_until_stopped(settings: Settings, checked: Preflight) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(serve(settings, checked)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("npg: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
