@@ -116,17 +116,27 @@ impl Drop for Ticket<'_> {
     }
 }
 
+/// What a request tells of upstream's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// It answered.
+    Up,
+    /// It failed: did not answer, or answered 5xx or 429 (what went wrong, for the logs).
+    Down(String),
+    /// Nothing: the request was not upstream's own, or was given up as the breaker opened.
+    Unknown,
+}
+
 impl Ticket<'_> {
-    /// Records the outcome: `Err` with what went wrong when upstream failed, `None` when the
-    /// request tells nothing (given up because the breaker opened).
-    pub fn finish(self, outcome: Option<Result<(), String>>) {
-        if outcome.is_some() {
+    /// Records what the request told of upstream's health.
+    pub fn finish(self, health: Health) {
+        if health != Health::Unknown {
             self.breaker.lock().silent_since = Some(Instant::now());
         }
-        match outcome {
-            Some(Ok(())) => self.breaker.succeeded(),
-            Some(Err(error)) => self.breaker.failed(error),
-            None => {}
+        match health {
+            Health::Up => self.breaker.succeeded(),
+            Health::Down(error) => self.breaker.failed(error),
+            Health::Unknown => {}
         }
     }
 }
@@ -306,7 +316,7 @@ mod tests {
     use super::*;
 
     fn fail(b: &Breaker) {
-        b.admit().expect("admitted").finish(Some(Err("timeout".into())));
+        b.admit().expect("admitted").finish(Health::Down("timeout".into()));
     }
 
     #[test]
@@ -314,7 +324,7 @@ mod tests {
         let b = Breaker::new(Arc::default());
         fail(&b);
         fail(&b);
-        b.admit().unwrap().finish(Some(Ok(())));
+        b.admit().unwrap().finish(Health::Up);
         fail(&b);
         fail(&b);
         assert_eq!(b.state(), State::Closed, "failures must be consecutive");
@@ -339,7 +349,7 @@ mod tests {
         assert!(b.admit().is_err(), "only one probe at a time");
         drop(probe);
         let probe = b.admit().expect("a cancelled probe lets another through");
-        probe.finish(Some(Err("still hanging".into())));
+        probe.finish(Health::Down("still hanging".into()));
         let down = b.admit().err().expect("reopened");
         assert!(
             down.retry_in > FIRST_INTERVAL,
@@ -348,7 +358,7 @@ mod tests {
         );
         b.lock().open_until = Some(Instant::now());
         let mut changes = b.changes();
-        b.admit().unwrap().finish(Some(Ok(())));
+        b.admit().unwrap().finish(Health::Up);
         assert_eq!(b.state(), State::Closed);
         assert_eq!(changes.try_recv().ok(), Some(Change::Recovered));
         assert_eq!(b.status().consecutive_failures, 0);
@@ -393,7 +403,7 @@ mod tests {
             b.silent_for() >= Duration::from_secs(1),
             "the first request still waits"
         );
-        second.finish(Some(Ok(())));
+        second.finish(Health::Up);
         assert!(b.silent_for() < Duration::from_secs(1), "an answer ends the silence");
         drop(first);
         assert_eq!(b.silent_for(), Duration::ZERO);

@@ -20,7 +20,7 @@ use url::Url;
 
 pub use self::auth::UpstreamAuth;
 pub use self::body::{etag_of, read_bounded};
-use self::breaker::Breaker;
+use self::breaker::{Breaker, Health};
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
 use crate::metrics::Metrics;
@@ -86,15 +86,15 @@ enum Watch {
 /// What an outcome says of upstream's health: down when it did not answer or failed (5xx,
 /// 429), up when it answered; nothing when the request was not sent or was given up
 /// because the breaker opened.
-fn health_of(result: &Result<reqwest::Response, UpstreamError>) -> Option<Result<(), String>> {
+fn health_of(result: &Result<reqwest::Response, UpstreamError>) -> Health {
     match result {
         Ok(r) if r.status().is_server_error() || r.status() == StatusCode::TOO_MANY_REQUESTS => {
-            Some(Err(UpstreamError::Status(r.status().as_u16()).to_string()))
+            Health::Down(UpstreamError::Status(r.status().as_u16()).to_string())
         }
-        Ok(_) => Some(Ok(())),
-        Err(UpstreamError::Unavailable { .. }) => None,
-        Err(e @ (UpstreamError::Timeout | UpstreamError::Network(_))) => Some(Err(e.to_string())),
-        Err(_) => Some(Ok(())),
+        Ok(_) => Health::Up,
+        Err(UpstreamError::Unavailable { .. }) => Health::Unknown,
+        Err(e @ (UpstreamError::Timeout | UpstreamError::Network(_))) => Health::Down(e.to_string()),
+        Err(_) => Health::Up,
     }
 }
 
@@ -164,7 +164,7 @@ impl Upstream {
             result = answer => result,
             () = tripped, if watch != Watch::Upload => Err(self.admit().err().unwrap_or(UpstreamError::Timeout)),
         };
-        ticket.finish(if watch == Watch::Own { health_of(&result) } else { None });
+        ticket.finish(if watch == Watch::Own { health_of(&result) } else { Health::Unknown });
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
             Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",
