@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::auth::Auth;
-use crate::cache::disk::TarballStore;
 use crate::cluster::bus::Bus;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
@@ -15,6 +14,7 @@ use crate::jobs::Jobs;
 use crate::jobs::changes::ChangesState;
 use crate::metrics::Metrics;
 use crate::preflight::Preflight;
+use crate::proxy::cache::disk::TarballStore;
 use crate::proxy::packuments::{self, Packuments};
 use crate::proxy::tarballs::Tarballs;
 use crate::tls::Tls;

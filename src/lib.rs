@@ -14,16 +14,15 @@
 //! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client
 //!   npg makes): deadlines, allowed origins, npg's own credentials (by scope), URL redaction
 //!   for logs, and the breaker that takes a sick upstream as down for the whole cluster.
-//! - `cache`: L1 (in-process rendered responses), L2 (Redis, raw documents), disk (tarballs),
-//!   and remembered misses (in process and in Redis).
+//! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `cluster`: the shared Redis connection and its health, the event bus, leases.
 //! - `proxy`: the services that answer metadata and tarball requests: `packuments`
 //!   (stale-while-revalidate, stale-if-error, misses remembered) rendering through `rendered`
 //!   (a packument filtered by the policy in both forms, and `DocMeta`, what is known of its
 //!   upstream document); `tarballs` (one download per file in flight, joined by concurrent
 //!   misses, verified on the stream whether or not the disk takes it); `singleflight` (one
-//!   upstream fetch for many concurrent misses); `budget` (the memory documents hold while
-//!   read and rendered).
+//!   upstream fetch for many concurrent misses); `cache` (L1: rendered responses in process,
+//!   L2: raw documents in Redis, tarballs on disk, remembered misses).
 //! - `jobs`: the background work and its one owner (stopped on SIGTERM, Redis leases
 //!   released): the changes follower (`changes`), the malware feed refresher and its kept
 //!   copy (`feed`), the blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`),
@@ -41,7 +40,7 @@
 
 pub mod app;
 pub mod auth;
-pub mod cache;
+pub mod budget;
 pub mod clock;
 pub mod cluster;
 pub mod config;

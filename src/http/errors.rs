@@ -9,9 +9,9 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::budget::BudgetError;
 use crate::guard::{Block, Rule};
 use crate::npm::path::PathError;
-use crate::proxy::budget::BudgetError;
 use crate::proxy::packuments::FetchError;
 use crate::proxy::tarballs::TarballError;
 use crate::upstream::UpstreamError;

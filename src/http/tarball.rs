@@ -9,9 +9,9 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio_util::io::ReaderStream;
 
-use crate::cache::disk::Cached;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
+use crate::proxy::cache::disk::Cached;
 use crate::proxy::tarballs::TarballBody;
 
 use super::packument::etag_matches;

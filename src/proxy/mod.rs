@@ -2,9 +2,10 @@
 //! stale-if-error, misses remembered) renders through `rendered` (the policy applied, both
 //! forms, what is known of the upstream document); `tarballs` downloads each file once while
 //! concurrent misses join, verified on the stream; `singleflight` gives many concurrent misses
-//! one upstream fetch; `budget` bounds the memory documents hold while read and rendered.
+//! one upstream fetch; `cache` holds what was fetched (L1 rendered responses in process, L2
+//! raw documents in Redis, tarballs on disk, remembered misses).
 
-pub mod budget;
+pub mod cache;
 pub mod packuments;
 pub mod rendered;
 pub mod singleflight;

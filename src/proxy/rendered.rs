@@ -12,10 +12,10 @@ use bytes::Bytes;
 use flate2::Compression;
 use sha2::{Digest, Sha256};
 
+use crate::budget::BudgetError;
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
 use crate::npm::packument::{DocError, Document, Index, Manifests};
-use crate::proxy::budget::BudgetError;
 
 /// One rendered form, identity and gzip, with its strong ETags.
 #[derive(Clone)]

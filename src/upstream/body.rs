@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header;
 
 use super::error::describe;
-use crate::proxy::budget::{BudgetError, Reservation};
+use crate::budget::{BudgetError, Reservation};
 
 /// A response's `ETag`, if it has a readable one.
 pub fn etag_of(resp: &reqwest::Response) -> Option<String> {

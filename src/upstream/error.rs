@@ -4,7 +4,7 @@
 use super::body::BodyError;
 use super::origins::OriginRefused;
 use super::redact::redact_url;
-use crate::proxy::budget::BudgetError;
+use crate::budget::BudgetError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {

@@ -23,9 +23,9 @@ pub use self::body::{etag_of, read_bounded};
 use self::breaker::{Breaker, Health};
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
+use crate::budget::Reservation;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::proxy::budget::Reservation;
 
 /// How npg talks to upstream, from the validated settings.
 #[derive(Clone, Debug)]
@@ -164,7 +164,11 @@ impl Upstream {
             result = answer => result,
             () = tripped, if watch != Watch::Upload => Err(self.admit().err().unwrap_or(UpstreamError::Timeout)),
         };
-        ticket.finish(if watch == Watch::Own { health_of(&result) } else { Health::Unknown });
+        ticket.finish(if watch == Watch::Own {
+            health_of(&result)
+        } else {
+            Health::Unknown
+        });
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::NOT_MODIFIED => "not_modified",
             Ok(r) if r.status() == StatusCode::NOT_FOUND => "not_found",

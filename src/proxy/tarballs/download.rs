@@ -12,10 +12,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use super::flight::{Failure, Landing, State};
-use crate::cache::disk::{Pending, TarballStore};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
+use crate::proxy::cache::disk::{Pending, TarballStore};
 use crate::upstream::UpstreamError;
 
 /// Chunks for the client that started the download, sent as they are verified safe to send.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use crate::cache::disk::Pending;
 use crate::npm::name::PackageName;
+use crate::proxy::cache::disk::Pending;
 use crate::upstream::UpstreamError;
 
 /// Where a download stands; every client of it watches this.

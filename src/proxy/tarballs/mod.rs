@@ -17,13 +17,13 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::cache::disk::{Cached, Pending, TarballStore};
 use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::TarballInfo;
 use crate::npm::path::version_from_file;
+use crate::proxy::cache::disk::{Cached, Pending, TarballStore};
 use crate::proxy::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
