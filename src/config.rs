@@ -11,6 +11,7 @@ use url::Url;
 use crate::upstream::origins::Origin;
 use crate::upstream::redact::redact_url;
 use crate::upstream::{self, UpstreamAuth};
+use anyhow::anyhow;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -336,21 +337,21 @@ impl Settings {
 
     /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings, with the
     /// password of REDIS_PASSWORD_FILE when one is set.
-    pub fn redis_connection_url(&self) -> Result<String, String> {
+    pub fn redis_connection_url(&self) -> anyhow::Result<String> {
         let from_file = match &self.redis_password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
                     .map(|p| p.trim().to_string())
-                    .map_err(|e| format!("REDIS_PASSWORD_FILE: cannot read {} ({e})", path.display()))?,
+                    .map_err(|e| anyhow!("REDIS_PASSWORD_FILE: cannot read {} ({e})", path.display()))?,
             ),
             None => None,
         };
         if let Some(url) = &self.redis_url {
-            let mut parsed = Url::parse(url).map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
+            let mut parsed = Url::parse(url).map_err(|e| anyhow!("REDIS_URL: not a valid Redis URL ({e})"))?;
             if let Some(p) = from_file.filter(|_| parsed.password().is_none()) {
                 parsed
                     .set_password(Some(&p))
-                    .map_err(|()| "REDIS_URL: cannot take a password".to_string())?;
+                    .map_err(|()| anyhow!("REDIS_URL: cannot take a password"))?;
             }
             return Ok(parsed.into());
         }
@@ -390,13 +391,13 @@ impl Settings {
     }
 
     /// How npg talks to upstream; reads UPSTREAM_AUTH_FILE.
-    pub fn upstream(&self) -> Result<upstream::Settings, String> {
+    pub fn upstream(&self) -> anyhow::Result<upstream::Settings> {
         let auth = match &self.upstream_auth_file {
             Some(path) => UpstreamAuth::load(path)?,
             None => UpstreamAuth::default(),
         };
         Ok(upstream::Settings {
-            base: Url::parse(&self.upstream_base()).map_err(|e| format!("REGISTRY_URL: {e}"))?,
+            base: Url::parse(&self.upstream_base()).map_err(|e| anyhow!("REGISTRY_URL: {e}"))?,
             timeout: self.upstream_timeout,
             fetch_deadline: self.upstream_fetch_deadline,
             tarball_deadline: self.upstream_tarball_deadline,
@@ -441,12 +442,13 @@ impl Settings {
 
     /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir (the
     /// files the settings name are `crate::preflight`'s).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if !self.registry_url.username().is_empty() || self.registry_url.password().is_some() {
             // Credentials in the URL would be npg's identity on every request, writes included.
-            return Err("REGISTRY_URL: must not carry credentials (user:token@); \
+            return Err(anyhow!(
+                "REGISTRY_URL: must not carry credentials (user:token@); \
                  put npg's own upstream credentials in UPSTREAM_AUTH_FILE"
-                .into());
+            ));
         }
         let deadlines = [
             ("UPSTREAM_TIMEOUT", self.upstream_timeout),
@@ -455,15 +457,17 @@ impl Settings {
             ("UPSTREAM_UPLOAD_TIMEOUT", self.upstream_upload_timeout),
         ];
         if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
-            return Err(format!("{name}: must be more than 0"));
+            return Err(anyhow!("{name}: must be more than 0"));
         }
         if self.redis_enabled() {
             redis::Client::open(self.redis_connection_url()?)
-                .map_err(|e| format!("REDIS_URL: not a valid Redis URL ({e})"))?;
+                .map_err(|e| anyhow!("REDIS_URL: not a valid Redis URL ({e})"))?;
         }
         check_storage_dir(&self.storage_dir)?;
         if !self.npg_domain.is_empty() && self.tls_cert_file.is_some() {
-            return Err("NPG_DOMAIN (ACME) and TLS_CERT_FILE (static) exclude each other".into());
+            return Err(anyhow!(
+                "NPG_DOMAIN (ACME) and TLS_CERT_FILE (static) exclude each other"
+            ));
         }
         for domain in &self.npg_domain {
             let ok = !domain.is_empty()
@@ -472,11 +476,13 @@ impl Settings {
                     !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 });
             if !ok {
-                return Err(format!("NPG_DOMAIN: `{domain}` is not a DNS name"));
+                return Err(anyhow!("NPG_DOMAIN: `{domain}` is not a DNS name"));
             }
         }
         if self.enable_npm_changes_poller && self.registry_poll_url.is_none() {
-            return Err("REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on".into());
+            return Err(anyhow!(
+                "REGISTRY_POLL_URL: required when ENABLE_NPM_CHANGES_POLLER is on"
+            ));
         }
         Ok(())
     }
@@ -484,10 +490,10 @@ impl Settings {
 
 /// STORAGE_DIR checked without writing anything (`check-config` must leave the disk as it
 /// found it): a directory npg may write in, or one it may create (`serve` does).
-fn check_storage_dir(dir: &std::path::Path) -> Result<(), String> {
+fn check_storage_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let shown = dir.display();
     let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
-        return Err(format!("STORAGE_DIR: {shown} has no existing parent"));
+        return Err(anyhow!("STORAGE_DIR: {shown} has no existing parent"));
     };
     let existing = if existing.as_os_str().is_empty() {
         std::path::Path::new(".")
@@ -495,7 +501,7 @@ fn check_storage_dir(dir: &std::path::Path) -> Result<(), String> {
         existing
     };
     if !existing.is_dir() {
-        return Err(format!("STORAGE_DIR: {} is not a directory", existing.display()));
+        return Err(anyhow!("STORAGE_DIR: {} is not a directory", existing.display()));
     }
     // access(2) answers for this process's user, root included, without creating a file.
     let writable = rustix::fs::access(existing, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK);
@@ -505,7 +511,7 @@ fn check_storage_dir(dir: &std::path::Path) -> Result<(), String> {
         } else {
             "cannot be created"
         };
-        return Err(format!(
+        return Err(anyhow!(
             "STORAGE_DIR: {shown} {what} ({}: {})",
             existing.display(),
             std::io::Error::from(e)
@@ -514,30 +520,30 @@ fn check_storage_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_http_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s.trim()).map_err(|e| format!("not a URL ({e})"))?;
+fn parse_http_url(s: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(s.trim()).map_err(|e| anyhow!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err("must start with http:// or https://".into());
+        return Err(anyhow!("must start with http:// or https://"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err("has no host".into());
+        return Err(anyhow!("has no host"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
+        return Err(anyhow!("must not have a query or fragment"));
     }
     Ok(url)
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+fn parse_bool(s: &str) -> anyhow::Result<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".into()),
+        _ => Err(anyhow!("expected true or false")),
     }
 }
 
 /// A duration where a bare number means milliseconds (the Node NPG's interval settings).
-fn parse_millis(s: &str) -> Result<Duration, String> {
+fn parse_millis(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
         return parse_duration(&format!("{s}ms"));
@@ -545,11 +551,11 @@ fn parse_millis(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
 
-fn parse_reason(s: &str) -> Result<String, String> {
+fn parse_reason(s: &str) -> anyhow::Result<String> {
     let reason = s.trim().to_ascii_uppercase();
     match reason.as_str() {
         "MALWARE" | "TELEMETRY" | "PROTESTWARE" => Ok(reason),
-        _ => Err(format!("unknown reason `{s}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
+        _ => Err(anyhow!("unknown reason `{s}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
     }
 }
 
@@ -568,24 +574,24 @@ pub enum AcmeChallenge {
     TlsAlpn01,
 }
 
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 300, 90s, 5m, 72h or 7d"))?;
+        .map_err(|_| anyhow!("`{s}` is not a duration like 300, 90s, 5m, 72h or 7d"))?;
     let ms = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("unknown unit `{other}` (use ms, s, m, h or d)")),
+        other => return Err(anyhow!("unknown unit `{other}` (use ms, s, m, h or d)")),
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}` is too long"))
+        .ok_or_else(|| anyhow!("`{s}` is too long"))
 }
 
 #[cfg(test)]
@@ -675,7 +681,7 @@ mod tests {
             "redis://:s3cr%3At@cache:6379/0"
         );
         let cli = parse(&["--redis-url", "redis://r", "--redis-password-file", "/nonexistent/pw"]).unwrap();
-        let err = cli.settings.validate().unwrap_err();
+        let err = cli.settings.validate().unwrap_err().to_string();
         assert!(err.contains("REDIS_PASSWORD_FILE"), "{err}");
     }
 
@@ -695,12 +701,18 @@ mod tests {
     #[test]
     fn upstream_credentials_only_from_the_auth_file() {
         let cli = Cli::try_parse_from(["npg", "--registry-url", "https://npg:t0ken@registry.test/r/"]).unwrap();
-        let err = cli.settings.validate().unwrap_err();
+        let err = cli.settings.validate().unwrap_err().to_string();
         assert!(err.contains("UPSTREAM_AUTH_FILE") && !err.contains("t0ken"), "{err}");
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("t0ken"), "{shown}");
         let cli = parse(&["--upstream-auth-file", "/nonexistent/auth"]).unwrap();
-        assert!(cli.settings.upstream().unwrap_err().contains("UPSTREAM_AUTH_FILE"));
+        assert!(
+            cli.settings
+                .upstream()
+                .unwrap_err()
+                .to_string()
+                .contains("UPSTREAM_AUTH_FILE")
+        );
     }
 
     #[test]
@@ -722,7 +734,8 @@ mod tests {
             .unwrap()
             .settings
             .validate()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("UPSTREAM_FETCH_DEADLINE"), "{err}");
     }
 

@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use clap::Parser;
 use npg::app::App;
 use npg::config::{Cli, Command, Settings};
@@ -11,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn init_logging(settings: &Settings) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&settings.log_level).map_err(|e| format!("LOG_LEVEL: {e}"))?;
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.log_level).map_err(|e| anyhow!("LOG_LEVEL: {e}"))?;
     // Colour codes only for a person at a terminal: never in files, pipes or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -54,7 +55,7 @@ fn with_settings(cli: Cli) -> ExitCode {
     let checked = match init_logging(&settings).and_then(|()| Preflight::run(&settings)) {
         Ok(checked) => checked,
         Err(e) => {
-            eprintln!("npg: invalid configuration: {e}");
+            eprintln!("npg: invalid configuration: {e:#}");
             return ExitCode::from(2);
         }
     };
@@ -192,7 +193,7 @@ fn health() -> ExitCode {
     match runtime.block_on(npg::probe::run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("npg health: {e}");
+            eprintln!("npg health: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::http::health::{Status, Summary};
+use anyhow::anyhow;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,26 +33,26 @@ pub struct HealthArgs {
 }
 
 /// Runs the probe; the exit code for the process.
-pub async fn run(args: &HealthArgs) -> Result<(), String> {
+pub async fn run(args: &HealthArgs) -> anyhow::Result<()> {
     let mut builder = crate::upstream::client::builder(Some("health probe")).timeout(Duration::from_secs(args.timeout));
     if let Some(path) = &args.ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = builder.build().map_err(anyhow::Error::from)?;
     let resp = client
         .get(&args.url)
         .send()
         .await
-        .map_err(|e| format!("{}: {}", args.url, crate::upstream::error_chain(&e)))?;
+        .map_err(|e| anyhow!("{}: {}", args.url, crate::upstream::error_chain(&e)))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| format!("{}: {e}", args.url))?;
+    let bytes = resp.bytes().await.map_err(|e| anyhow!("{}: {e}", args.url))?;
     let body: Summary =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a health document ({e})", args.url))?;
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("{}: not a health document ({e})", args.url))?;
     match (status.is_success(), body.status) {
         (true, Status::Ok) => Ok(()),
         (true, Status::Degraded) if !args.strict => Ok(()),
-        (_, state) => Err(format!("{}: HTTP {status}, status {}", args.url, state.as_str())),
+        (_, state) => Err(anyhow!("{}: HTTP {status}, status {}", args.url, state.as_str())),
     }
 }

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -98,7 +99,7 @@ impl Tokens {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (hash, identity) = parse_entry(line).map_err(|reason| (i + 1, reason))?;
+            let (hash, identity) = parse_entry(line).map_err(|reason| (i + 1, reason.to_string()))?;
             if entries.iter().any(|(h, _)| *h == hash) {
                 return Err((i + 1, "this token hash is listed twice".into()));
             }
@@ -130,21 +131,23 @@ impl Tokens {
     }
 }
 
-fn parse_entry(line: &str) -> Result<(Hash, Identity), String> {
+fn parse_entry(line: &str) -> anyhow::Result<(Hash, Identity)> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     let [hash, name, perms] = fields[..] else {
-        return Err("expected `<sha256 hex> <name> <perm>[,<perm>...]` (make the hash with `npg hash-token`)".into());
+        return Err(anyhow!(
+            "expected `<sha256 hex> <name> <perm>[,<perm>...]` (make the hash with `npg hash-token`)"
+        ));
     };
     let mut digest: Hash = [0; 32];
     hex::decode_to_slice(hash, &mut digest)
-        .map_err(|_| "the first field is not a SHA-256 in hex (64 characters); use `npg hash-token`".to_string())?;
+        .map_err(|_| anyhow!("the first field is not a SHA-256 in hex (64 characters); use `npg hash-token`"))?;
     let mut permission = None;
     for perm in perms.split(',') {
         let p = Permission::parse(perm.trim())
-            .ok_or_else(|| format!("unknown permission `{perm}` (use read, publish, admin)"))?;
+            .ok_or_else(|| anyhow!("unknown permission `{perm}` (use read, publish, admin)"))?;
         permission = permission.max(Some(p));
     }
-    let permission = permission.ok_or("no permission given")?;
+    let permission = permission.ok_or_else(|| anyhow!("no permission given"))?;
     let name = Arc::from(name);
     Ok((digest, Identity { name, permission }))
 }

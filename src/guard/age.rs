@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use anyhow::anyhow;
 use regex::RegexSet;
 
 #[derive(Debug)]
@@ -16,7 +17,7 @@ pub struct AgeGate {
 
 impl AgeGate {
     /// `exclude` holds names, or patterns written as `/regex/`.
-    pub fn new(min_age: Duration, exclude: &[String]) -> Result<AgeGate, String> {
+    pub fn new(min_age: Duration, exclude: &[String]) -> anyhow::Result<AgeGate> {
         let mut exempt_names = HashSet::new();
         let mut patterns = Vec::new();
         for item in exclude.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -30,7 +31,7 @@ impl AgeGate {
         let exempt_patterns = if patterns.is_empty() {
             None
         } else {
-            Some(RegexSet::new(&patterns).map_err(|e| format!("MIN_RELEASE_AGE_EXCLUDE: {e}"))?)
+            Some(RegexSet::new(&patterns).map_err(|e| anyhow!("MIN_RELEASE_AGE_EXCLUDE: {e}"))?)
         };
         Ok(AgeGate {
             min_age_ms: min_age.as_millis() as u64,

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use anyhow::anyhow;
 use nodejs_semver::{Range, Version};
 use regex::{Regex, RegexSet};
 use serde::Deserialize;
@@ -88,29 +89,29 @@ pub struct Blocklist {
 
 impl Blocklist {
     /// Reads the file; a missing file is an empty blocklist, a bad one an error with its line.
-    pub fn load(path: &Path) -> Result<Blocklist, String> {
+    pub fn load(path: &Path) -> anyhow::Result<Blocklist> {
         Blocklist::read(path).map(Option::unwrap_or_default)
     }
 
     /// Reads the file: `None` when there is none (a reload tells that from an empty list).
-    pub fn read(path: &Path) -> Result<Option<Blocklist>, String> {
+    pub fn read(path: &Path) -> anyhow::Result<Option<Blocklist>> {
         match std::fs::read_to_string(path) {
             Ok(text) => Blocklist::parse(&text)
                 .map(Some)
-                .map_err(|e| format!("{}: {e}", path.display())),
+                .map_err(|e| anyhow!("{}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", path.display())),
+            Err(e) => Err(anyhow!("{}: {e}", path.display())),
         }
     }
 
-    pub fn parse(text: &str) -> Result<Blocklist, String> {
+    pub fn parse(text: &str) -> anyhow::Result<Blocklist> {
         let file: File = if text.trim().is_empty() {
             File::default()
         } else {
             serde_yaml_ng::from_str::<Option<File>>(text)
                 .map_err(|e| match e.location() {
-                    Some(l) => format!("line {}: {e}", l.line()),
-                    None => e.to_string(),
+                    Some(l) => anyhow!("line {}: {e}", l.line()),
+                    None => anyhow!(e),
                 })?
                 .unwrap_or_default()
         };
@@ -140,7 +141,7 @@ impl Blocklist {
             list.rules += 1;
         }
         for rule in file.patterns {
-            Regex::new(&rule.pattern).map_err(|e| format!("pattern `{}`: {e}", rule.pattern))?;
+            Regex::new(&rule.pattern).map_err(|e| anyhow!("pattern `{}`: {e}", rule.pattern))?;
             let reason = rule
                 .reason
                 .unwrap_or_else(|| "Package name matches blacklisted pattern".into());
@@ -148,7 +149,7 @@ impl Blocklist {
             list.rules += 1;
         }
         if !list.pattern_rules.is_empty() {
-            let set = RegexSet::new(list.pattern_rules.iter().map(|(p, _)| p)).map_err(|e| format!("patterns: {e}"))?;
+            let set = RegexSet::new(list.pattern_rules.iter().map(|(p, _)| p)).map_err(|e| anyhow!("patterns: {e}"))?;
             list.patterns = Some(set);
         }
         Ok(list)
@@ -212,10 +213,10 @@ fn blocks(range: &Range, version: &Version) -> bool {
     version.is_prerelease() && range.satisfies(&release)
 }
 
-fn version_rule(name: &str, spec: String) -> Result<VersionRule, String> {
+fn version_rule(name: &str, spec: String) -> anyhow::Result<VersionRule> {
     let range = Range::parse(&spec).ok();
     if range.is_none() && Version::parse(&spec).is_err() {
-        return Err(format!(
+        return Err(anyhow!(
             "package `{name}`: `{spec}` is neither a version nor a node-semver range"
         ));
     }
@@ -331,11 +332,15 @@ patterns:
 
     #[test]
     fn errors_name_the_line() {
-        let err = Blocklist::parse("packages:\n  - name: x\n    versions: [\"not a range!\"]\n").unwrap_err();
+        let err = Blocklist::parse("packages:\n  - name: x\n    versions: [\"not a range!\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a range!"), "{err}");
-        let err = Blocklist::parse("packages:\n  - nme: x\n").unwrap_err();
+        let err = Blocklist::parse("packages:\n  - nme: x\n").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
-        let err = Blocklist::parse("patterns:\n  - pattern: \"(\"\n").unwrap_err();
+        let err = Blocklist::parse("patterns:\n  - pattern: \"(\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pattern"), "{err}");
         assert!(Blocklist::parse("").unwrap().is_empty());
         assert!(Blocklist::parse("# nothing\n").unwrap().is_empty());

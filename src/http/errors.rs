@@ -185,8 +185,8 @@ impl From<TarballError> for ApiError {
                 block,
                 version: None,
             } => ApiError::blocked_package(name.as_str(), &block),
-            TarballError::Unverifiable(reason) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "Unverifiable tarball", reason)
+            TarballError::Unverifiable(e) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "Unverifiable tarball", e.to_string())
             }
             TarballError::Fetch(f) => f.into(),
         }

@@ -24,6 +24,7 @@ use super::connection::{Activity, Deadlines, hold_until_sent, run_within};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tls::challenge::{ALPN_ACME, alpn_config};
+use anyhow::anyhow;
 
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,9 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// SNI, a scanner): logged, never fatal.
 async fn handshake(tls: &Tls, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
     let accept = async {
-        let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
-            .await
-            .map_err(|e| e.to_string())?;
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
         let hello = start.client_hello();
         let wants_acme = hello.alpn().is_some_and(|mut p| p.any(|p| p == ALPN_ACME));
         if wants_acme {
@@ -44,15 +43,15 @@ async fn handshake(tls: &Tls, stream: TcpStream) -> Option<TlsStream<TcpStream>>
                 .store
                 .challenge("alpn", &domain)
                 .await
-                .ok_or("no pending TLS-ALPN-01 challenge")?;
+                .ok_or_else(|| anyhow!("no pending TLS-ALPN-01 challenge"))?;
             let config = alpn_config(&domain, &answer)?;
-            let _ = start.into_stream(config).await.map_err(|e| e.to_string())?;
-            return Err("answered a TLS-ALPN-01 validation".to_string());
+            let _ = start.into_stream(config).await?;
+            return Err(anyhow!("answered a TLS-ALPN-01 validation"));
         }
         start
             .into_stream(tls.server_config.clone())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
     };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(stream)) => Some(stream),

@@ -24,9 +24,10 @@ pub fn encode(url: &str) -> String {
 }
 
 use super::Entry;
+use anyhow::anyhow;
 
-pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
-    let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+    let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
     let resolutions = doc.values().filter_map(|v| v.get("resolution").and_then(Value::as_str));
     Ok(resolutions.filter_map(entry).collect())
 }

@@ -13,6 +13,7 @@ use crate::guard::blocklist::Blocklist;
 use crate::guard::malware::MalwareList;
 use crate::guard::{Block, Policy};
 use crate::jobs::feed::FeedFiles;
+use anyhow::anyhow;
 
 /// What the policy does with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +73,12 @@ impl From<&Rule> for Verdict {
 }
 
 impl Judge {
-    pub fn new(args: &CheckArgs) -> Result<Judge, String> {
+    pub fn new(args: &CheckArgs) -> anyhow::Result<Judge> {
         if let Some(npg) = &args.npg {
             let client = crate::upstream::client::builder(Some("lockfile check"))
                 .timeout(std::time::Duration::from_secs(120))
                 .build()
-                .map_err(|e| format!("HTTP client: {e}"))?;
+                .map_err(|e| anyhow!("HTTP client: {e}"))?;
             return Ok(Judge::Online {
                 npg: npg.clone(),
                 token: args.token.clone(),
@@ -85,11 +86,11 @@ impl Judge {
             });
         }
         let sources = &args.policy;
-        let blocklist = Blocklist::load(&sources.blacklist_path).map_err(|e| format!("BLACKLIST_PATH: {e}"))?;
+        let blocklist = Blocklist::load(&sources.blacklist_path).map_err(|e| anyhow!("BLACKLIST_PATH: {e}"))?;
         let feed = FeedFiles::new(&sources.malware_list_dir, &sources.malware_feed_url);
-        let malware = match feed.load().map_err(|e| format!("MALWARE_LIST_DIR: {e}"))? {
+        let malware = match feed.load().map_err(|e| anyhow!("MALWARE_LIST_DIR: {e}"))? {
             Some(kept) => MalwareList::parse(&kept.body, &sources.malware_feed_reasons)
-                .map_err(|e| format!("{}: {e}", feed.body.display()))?,
+                .map_err(|e| anyhow!("{}: {e}", feed.body.display()))?,
             None => MalwareList::default(),
         };
         let policy = Policy {
@@ -130,7 +131,7 @@ impl Judge {
             Judge::Online { npg, token, client } => {
                 let mut names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
                 names.dedup();
-                let reports: HashMap<&str, Result<Report, String>> = futures_util::stream::iter(names)
+                let reports: HashMap<&str, anyhow::Result<Report>> = futures_util::stream::iter(names)
                     .map(|name| async move { (name, ask(client, npg, token.as_deref(), name).await) })
                     .buffer_unordered(concurrency)
                     .collect()
@@ -138,7 +139,7 @@ impl Judge {
                 entries
                     .iter()
                     .map(|e| match &reports[e.name.as_str()] {
-                        Err(why) => Verdict::Unknown(why.clone()),
+                        Err(why) => Verdict::Unknown(format!("{why:#}")),
                         Ok(report) => report
                             .blocked
                             .as_ref()
@@ -159,7 +160,7 @@ fn offline(policy: &Policy, entry: &Entry) -> Verdict {
 }
 
 /// `GET <npg>/api/guard/<name>` (a scope's `/` encoded).
-async fn ask(client: &reqwest::Client, npg: &Url, token: Option<&str>, name: &str) -> Result<Report, String> {
+async fn ask(client: &reqwest::Client, npg: &Url, token: Option<&str>, name: &str) -> anyhow::Result<Report> {
     let url = format!(
         "{}/api/guard/{}",
         npg.as_str().trim_end_matches('/'),
@@ -169,18 +170,18 @@ async fn ask(client: &reqwest::Client, npg: &Url, token: Option<&str>, name: &st
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| format!("npg unreachable ({e})"))?;
+    let response = request.send().await.map_err(|e| anyhow!("npg unreachable ({e})"))?;
     let status = response.status();
     let body = response
         .bytes()
         .await
-        .map_err(|e| format!("npg's answer broke off ({e})"))?;
+        .map_err(|e| anyhow!("npg's answer broke off ({e})"))?;
     if !status.is_success() {
         let reason = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
             .unwrap_or_default();
-        return Err(format!("npg answered {status} {reason}").trim_end().to_string());
+        return Err(anyhow!("{}", format!("npg answered {status} {reason}").trim_end()));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("npg's answer is not a guard report ({e})"))
+    serde_json::from_slice(&body).map_err(|e| anyhow!("npg's answer is not a guard report ({e})"))
 }

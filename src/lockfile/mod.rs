@@ -19,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::config::PolicySources;
+use anyhow::anyhow;
 use judge::{Judge, Verdict};
 
 #[derive(Parser, Debug)]
@@ -112,7 +113,7 @@ enum Format {
 }
 
 impl Format {
-    fn of(path: &Path, text: &str) -> Result<Format, String> {
+    fn of(path: &Path, text: &str) -> anyhow::Result<Format> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".json") {
             Ok(Format::Npm)
@@ -123,11 +124,13 @@ impl Format {
         } else if name.starts_with("yarn") {
             Ok(Format::Yarn1)
         } else {
-            Err("not a lockfile npg knows (package-lock.json, npm-shrinkwrap.json, pnpm-lock.yaml, yarn.lock)".into())
+            Err(anyhow!(
+                "not a lockfile npg knows (package-lock.json, npm-shrinkwrap.json, pnpm-lock.yaml, yarn.lock)"
+            ))
         }
     }
 
-    fn parse(self, text: &str) -> Result<Vec<Entry>, String> {
+    fn parse(self, text: &str) -> anyhow::Result<Vec<Entry>> {
         let mut entries = match self {
             Format::Npm => npm::parse(text)?,
             Format::Pnpm => pnpm::parse(text)?,
@@ -147,8 +150,8 @@ struct Lockfile {
     entries: Vec<Entry>,
 }
 
-fn read(path: &Path) -> Result<Lockfile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it ({e})"))?;
+fn read(path: &Path) -> anyhow::Result<Lockfile> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read it ({e})"))?;
     let entries = Format::of(path, &text)?.parse(&text)?;
     Ok(Lockfile {
         path: path.to_path_buf(),

@@ -4,9 +4,10 @@
 use serde_json::Value;
 
 use super::{Entry, split_spec};
+use anyhow::anyhow;
 
-pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
-    let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+    let doc: Value = serde_json::from_str(text).map_err(|e| anyhow!("not JSON: {e}"))?;
     if let Some(packages) = doc.get("packages").and_then(Value::as_object) {
         return Ok(packages.iter().filter_map(|(path, meta)| package(path, meta)).collect());
     }
@@ -16,7 +17,9 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
             walk_v1(deps, &mut entries);
             Ok(entries)
         }
-        None => Err("neither `packages` nor `dependencies`: not a package-lock.json".into()),
+        None => Err(anyhow!(
+            "neither `packages` nor `dependencies`: not a package-lock.json"
+        )),
     }
 }
 

@@ -5,13 +5,14 @@
 use serde_yaml_ng::{Mapping, Value};
 
 use super::{Entry, split_spec};
+use anyhow::anyhow;
 
-pub fn parse(text: &str) -> Result<Vec<Entry>, String> {
-    let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+    let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
     let v5 = match doc.get("lockfileVersion") {
         Some(Value::Number(n)) => n.as_f64().is_some_and(|v| v < 6.0),
         Some(Value::String(s)) => s.starts_with('5'),
-        _ => return Err("no lockfileVersion: not a pnpm-lock.yaml".into()),
+        _ => return Err(anyhow!("no lockfileVersion: not a pnpm-lock.yaml")),
     };
     let packages = doc.get("packages").and_then(Value::as_mapping);
     let entries = packages

@@ -13,14 +13,14 @@ use super::resolver::Fixed;
 pub const ALPN_ACME: &[u8] = b"acme-tls/1";
 
 /// The TLS configuration answering a TLS-ALPN-01 validation of `domain`, if one is pending.
-pub fn alpn_config(domain: &str, key_authorization: &str) -> Result<Arc<ServerConfig>, String> {
+pub fn alpn_config(domain: &str, key_authorization: &str) -> anyhow::Result<Arc<ServerConfig>> {
     let digest = Sha256::digest(key_authorization.as_bytes());
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(anyhow::Error::from)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = rcgen::KeyPair::generate().map_err(anyhow::Error::from)?;
+    let cert = params.self_signed(&key).map_err(anyhow::Error::from)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(anyhow::Error::from)?;
     // `CertifiedKey::new`, not `from_der`: the latter rejects the critical acmeIdentifier.
     let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer));
     let mut config = super::config_builder().with_cert_resolver(Arc::new(Fixed(certified)));

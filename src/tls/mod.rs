@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use anyhow::anyhow;
 use resolver::Resolver;
 use secret::SecretKey;
 use store::{CertBundle, TlsStore};
@@ -68,22 +69,22 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     /// `None` when npg serves plain HTTP only.
-    pub fn load(settings: &Settings) -> Result<Option<TlsFiles>, String> {
+    pub fn load(settings: &Settings) -> anyhow::Result<Option<TlsFiles>> {
         if !settings.tls_enabled() {
             return Ok(None);
         }
         let secret = match &settings.npg_secret_key_file {
-            Some(path) => Some(SecretKey::load(path).map_err(|e| format!("NPG_SECRET_KEY_FILE: {e}"))?),
+            Some(path) => Some(SecretKey::load(path).map_err(|e| anyhow!("NPG_SECRET_KEY_FILE: {e}"))?),
             None => None,
         };
         let certificate = match (&settings.tls_cert_file, &settings.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let read = |setting: &str, path: &std::path::Path| {
-                    std::fs::read_to_string(path).map_err(|e| format!("{setting}: {} ({e})", path.display()))
+                    std::fs::read_to_string(path).map_err(|e| anyhow!("{setting}: {} ({e})", path.display()))
                 };
                 let bundle = CertBundle::from_pem(read("TLS_CERT_FILE", cert)?, read("TLS_KEY_FILE", key)?)
-                    .map_err(|e| format!("TLS_CERT_FILE: {e}"))?;
-                let key = bundle.certified_key().map_err(|e| format!("TLS_KEY_FILE: {e}"))?;
+                    .map_err(|e| anyhow!("TLS_CERT_FILE: {e}"))?;
+                let key = bundle.certified_key().map_err(|e| anyhow!("TLS_KEY_FILE: {e}"))?;
                 Some((bundle, key))
             }
             _ => None,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use anyhow::anyhow;
 use reqwest::header::HeaderValue;
 use url::Url;
 
@@ -38,14 +39,14 @@ impl fmt::Debug for UpstreamAuth {
 }
 
 impl UpstreamAuth {
-    pub fn load(path: &Path) -> Result<UpstreamAuth, String> {
+    pub fn load(path: &Path) -> anyhow::Result<UpstreamAuth> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("UPSTREAM_AUTH_FILE: cannot read {} ({e})", path.display()))?;
-        Self::parse(&text).map_err(|e| format!("UPSTREAM_AUTH_FILE: {e}"))
+            .map_err(|e| anyhow!("UPSTREAM_AUTH_FILE: cannot read {} ({e})", path.display()))?;
+        Self::parse(&text).map_err(|e| anyhow!("UPSTREAM_AUTH_FILE: {e}"))
     }
 
     /// Errors name the line, never its value.
-    pub fn parse(text: &str) -> Result<UpstreamAuth, String> {
+    pub fn parse(text: &str) -> anyhow::Result<UpstreamAuth> {
         let mut auth = UpstreamAuth::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -55,18 +56,18 @@ impl UpstreamAuth {
             let n = i + 1;
             let (scope, value) = line
                 .split_once(char::is_whitespace)
-                .ok_or_else(|| format!("line {n}: expected `<@scope or *> <Authorization value>`"))?;
+                .ok_or_else(|| anyhow!("line {n}: expected `<@scope or *> <Authorization value>`"))?;
             let mut value = HeaderValue::from_str(value.trim())
-                .map_err(|_| format!("line {n}: the value is not a valid header value"))?;
+                .map_err(|_| anyhow!("line {n}: the value is not a valid header value"))?;
             // Kept out of HTTP/2 header compression tables and of Debug output.
             value.set_sensitive(true);
             let taken = match scope {
                 "*" => auth.any.replace(value).is_some(),
                 s if is_scope(s) => auth.scopes.insert(s.to_ascii_lowercase(), value).is_some(),
-                _ => return Err(format!("line {n}: `{scope}` is neither `@scope` nor `*`")),
+                _ => return Err(anyhow!("line {n}: `{scope}` is neither `@scope` nor `*`")),
             };
             if taken {
-                return Err(format!("line {n}: `{scope}` is given twice"));
+                return Err(anyhow!("line {n}: `{scope}` is given twice"));
             }
         }
         Ok(auth)
@@ -142,7 +143,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_line_not_the_secret() {
-        let err = UpstreamAuth::parse("corp Bearer s3cret").unwrap_err();
+        let err = UpstreamAuth::parse("corp Bearer s3cret").unwrap_err().to_string();
         assert!(err.contains("line 1") && !err.contains("s3cret"), "{err}");
         assert!(UpstreamAuth::parse("@corp").is_err());
         assert!(UpstreamAuth::parse("@corp Bearer a\n@corp Bearer b").is_err());

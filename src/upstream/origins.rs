@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use url::Url;
 
 /// Redirects followed at most, per request.
@@ -23,22 +24,22 @@ impl fmt::Debug for Origin {
 }
 
 impl FromStr for Origin {
-    type Err = String;
+    type Err = anyhow::Error;
 
-    fn from_str(s: &str) -> Result<Origin, String> {
+    fn from_str(s: &str) -> anyhow::Result<Origin> {
         let s = s.trim();
         let full = if s.contains("://") {
             s.to_string()
         } else {
             format!("https://{s}")
         };
-        let url = Url::parse(&full).map_err(|e| format!("`{s}` is not a host or host:port ({e})"))?;
+        let url = Url::parse(&full).map_err(|e| anyhow!("`{s}` is not a host or host:port ({e})"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("`{s}`: only http:// and https:// hosts"));
+            return Err(anyhow!("`{s}`: only http:// and https:// hosts"));
         }
         let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
         if !bare || !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("`{s}`: a host, host:port or scheme://host:port, nothing more"));
+            return Err(anyhow!("`{s}`: a host, host:port or scheme://host:port, nothing more"));
         }
         Ok(Origin(url.origin()))
     }

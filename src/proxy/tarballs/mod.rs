@@ -50,8 +50,8 @@ pub enum TarballError {
         version: Option<String>,
     },
     /// The packument gives no hash to check the bytes against: npg serves nothing unchecked.
-    #[error("{0}")]
-    Unverifiable(String),
+    #[error(transparent)]
+    Unverifiable(#[from] Unverifiable),
     #[error(transparent)]
     Fetch(#[from] FetchError),
 }
@@ -110,7 +110,7 @@ impl Tarballs {
             .get(file)
             .cloned()
             .ok_or_else(|| no_such_file(name, file))?;
-        let expected = expected(name, &info).map_err(TarballError::Unverifiable)?;
+        let expected = expected(name, &info)?;
         match self.miss(name, file, &info, &expected, true).await {
             // The download joined lost its temp file: one of its own, without a file.
             Err(Failure::Disk) => Ok(self.miss(name, file, &info, &expected, false).await?),
@@ -128,7 +128,7 @@ impl Tarballs {
         credentials: &HeaderValue,
     ) -> Result<TarballBody, TarballError> {
         let info = pkg.index.files.get(file).ok_or_else(|| no_such_file(name, file))?;
-        let expected = expected(name, info).map_err(TarballError::Unverifiable)?;
+        let expected = expected(name, info)?;
         let download = self.download(name, file, info, expected, None);
         let request = self.request(name, file, info, Some(credentials.clone()));
         let (direct, state) = start(download, request, watch::channel(State::Asking).0, None, None);
@@ -333,11 +333,12 @@ fn blocked(name: &PackageName, version: Option<&str>, block: Block) -> TarballEr
 }
 
 /// The hash a download must match; a version without one is not served (`Unverifiable`).
-fn expected(name: &PackageName, info: &TarballInfo) -> Result<Expected, String> {
-    Expected::from_dist(info.integrity.as_deref(), info.shasum.as_deref()).ok_or_else(|| {
-        format!(
-            "{name}@{} has no dist.integrity or dist.shasum to check its tarball against",
-            info.version
-        )
-    })
+fn expected(name: &PackageName, info: &TarballInfo) -> Result<Expected, Unverifiable> {
+    Expected::from_dist(info.integrity.as_deref(), info.shasum.as_deref())
+        .ok_or_else(|| Unverifiable(format!("{name}@{}", info.version)))
 }
+
+/// A version (`name@version`) whose packument gives no hash to check its tarball against.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} has no dist.integrity or dist.shasum to check its tarball against")]
+pub struct Unverifiable(String);
