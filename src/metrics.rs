@@ -1,6 +1,7 @@
 //! Prometheus metrics: requests by route and status, cache hits and misses by tier, upstream
 //! requests and latency, bytes served, access refused.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,28 +9,85 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-type Labels = Vec<(&'static str, String)>;
+// Label sets are small static structs: counting a request allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierResult {
+    tier: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockType {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Role {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Why {
+    why: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Deadline {
+    deadline: &'static str,
+}
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<Labels, Counter>,
-    cache: Family<Labels, Counter>,
-    upstream: Family<Labels, Counter>,
-    upstream_seconds: Family<Labels, Histogram>,
-    bytes_served: Family<Labels, Counter>,
+    requests: Family<RouteStatus, Counter>,
+    cache: Family<TierResult, Counter>,
+    upstream: Family<KindOutcome, Counter>,
+    upstream_seconds: Family<Kind, Histogram>,
+    bytes_served: Family<Route, Counter>,
     redis_up: Gauge,
-    guard_blocks: Family<Labels, Counter>,
-    acme_orders: Family<Labels, Counter>,
+    guard_blocks: Family<BlockType, Counter>,
+    acme_orders: Family<Outcome, Counter>,
     changes_invalidations: Counter,
     connections_open: Gauge,
-    connections_cut: Family<Labels, Counter>,
-    tarball_downloads: Family<Labels, Counter>,
+    connections_cut: Family<Deadline, Counter>,
+    tarball_downloads: Family<Role, Counter>,
     tarball_store_errors: Counter,
-    auth_denied: Family<Labels, Counter>,
+    auth_denied: Family<Reason, Counter>,
     auth_reload_errors: Counter,
     breaker_state: Gauge,
     breaker_trips: Counter,
-    stale_served: Family<Labels, Counter>,
+    stale_served: Family<Why, Counter>,
     negative_hits: Counter,
 }
 
@@ -63,8 +121,7 @@ impl Default for Metrics {
             "Requests to the upstream registry by kind and outcome",
             upstream.clone(),
         );
-        let upstream_seconds =
-            Family::<Labels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_seconds = Family::<Kind, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "upstream_request_duration_seconds",
             "Upstream latency to response headers",
@@ -184,38 +241,26 @@ impl Metrics {
     }
 
     pub fn connection_deadline(&self, which: &'static str) {
-        self.connections_cut
-            .get_or_create(&vec![("deadline", which.to_string())])
-            .inc();
+        self.connections_cut.get_or_create(&Deadline { deadline: which }).inc();
     }
 
     pub fn request(&self, route: &'static str, status: u16) {
-        self.requests
-            .get_or_create(&vec![("route", route.to_string()), ("status", status.to_string())])
-            .inc();
+        self.requests.get_or_create(&RouteStatus { route, status }).inc();
     }
 
     pub fn cache(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.cache
-            .get_or_create(&vec![("tier", tier.to_string()), ("result", result.to_string())])
-            .inc();
+        self.cache.get_or_create(&TierResult { tier, result }).inc();
     }
 
     /// One upstream request of `kind` (packument, tarball, passthrough) and its outcome.
-    pub fn upstream(&self, kind: &'static str, outcome: &str, seconds: f64) {
-        self.upstream
-            .get_or_create(&vec![("kind", kind.to_string()), ("outcome", outcome.to_string())])
-            .inc();
-        self.upstream_seconds
-            .get_or_create(&vec![("kind", kind.to_string())])
-            .observe(seconds);
+    pub fn upstream(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
+        self.upstream.get_or_create(&KindOutcome { kind, outcome }).inc();
+        self.upstream_seconds.get_or_create(&Kind { kind }).observe(seconds);
     }
 
     pub fn bytes(&self, route: &'static str, n: u64) {
-        self.bytes_served
-            .get_or_create(&vec![("route", route.to_string())])
-            .inc_by(n);
+        self.bytes_served.get_or_create(&Route { route }).inc_by(n);
     }
 
     pub fn set_redis_up(&self, up: bool) {
@@ -223,19 +268,15 @@ impl Metrics {
     }
 
     pub fn acme_order(&self, result: &'static str) {
-        self.acme_orders
-            .get_or_create(&vec![("result", result.to_string())])
-            .inc();
+        self.acme_orders.get_or_create(&Outcome { result }).inc();
     }
 
     pub fn guard_block(&self, kind: &'static str) {
-        self.guard_blocks.get_or_create(&vec![("type", kind.to_string())]).inc();
+        self.guard_blocks.get_or_create(&BlockType { r#type: kind }).inc();
     }
 
     pub fn tarball_download(&self, role: &'static str) {
-        self.tarball_downloads
-            .get_or_create(&vec![("role", role.to_string())])
-            .inc();
+        self.tarball_downloads.get_or_create(&Role { role }).inc();
     }
 
     pub fn tarball_store_error(&self) {
@@ -243,9 +284,7 @@ impl Metrics {
     }
 
     pub fn auth_denied(&self, reason: &'static str) {
-        self.auth_denied
-            .get_or_create(&vec![("reason", reason.to_string())])
-            .inc();
+        self.auth_denied.get_or_create(&Reason { reason }).inc();
     }
 
     pub fn auth_reload_error(&self) {
@@ -265,7 +304,7 @@ impl Metrics {
     }
 
     pub fn stale_served(&self, why: &'static str) {
-        self.stale_served.get_or_create(&vec![("why", why.to_string())]).inc();
+        self.stale_served.get_or_create(&Why { why }).inc();
     }
 
     pub fn negative_hit(&self) {
@@ -277,5 +316,27 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_named_as_before() {
+        let m = Metrics::default();
+        m.request("packument", 200);
+        m.guard_block("malware");
+        m.upstream("tarball", "not_found", 0.01);
+        let text = m.render();
+        for line in [
+            r#"npg_http_requests_total{route="packument",status="200"} 1"#,
+            r#"npg_guard_blocks_total{type="malware"} 1"#,
+            r#"npg_upstream_requests_total{kind="tarball",outcome="not_found"} 1"#,
+            r#"npg_upstream_request_duration_seconds_count{kind="tarball"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }
