@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
 use crate::guard::block::human_duration;
+use crate::tls::TlsMode;
 use crate::upstream::breaker::State as Breaker;
 
 /// A replica's health in one word: the endpoint's `status`, and what `npg health` reads.
@@ -103,7 +104,7 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "blocklist": app.guard.blocklist_status(),
         },
         "changes": app.changes.snapshot(),
-        "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": "off"}), |t| serde_json::json!(t.status())),
+        "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": TlsMode::Off}), |t| serde_json::json!(t.status())),
     })
 }
 

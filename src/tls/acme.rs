@@ -13,8 +13,8 @@ use instant_acme::{
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use super::Tls;
 use super::store::CertBundle;
+use super::{Tls, TlsMode};
 use crate::clock::now_secs;
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
@@ -188,7 +188,7 @@ impl Manager {
                     tracing::warn!(error = %e, "cannot share the renewal time");
                 }
                 bundle.ari_renew_at = Some(at);
-                self.tls.set_status("acme", Some((self.primary(), bundle)), None);
+                self.tls.set_status(TlsMode::Acme, Some((self.primary(), bundle)), None);
                 tracing::info!(
                     domain = self.primary(),
                     renew_at = at,
@@ -209,7 +209,7 @@ impl Manager {
         match bundle.certified_key() {
             Ok(key) => {
                 self.tls.resolver.install(&self.tls.domains, key);
-                self.tls.set_status("acme", Some((self.primary(), bundle)), None);
+                self.tls.set_status(TlsMode::Acme, Some((self.primary(), bundle)), None);
                 tracing::info!(domain = self.primary(), serial = %bundle.serial, "serving certificate");
                 self.current = Some(bundle.clone());
             }

@@ -37,9 +37,22 @@ pub struct CertInfo {
     pub next_renewal: String,
 }
 
+/// Where the certificate comes from (`/api/health`'s `tls.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Ordered and renewed through ACME, shared by the cluster.
+    #[default]
+    Acme,
+    /// TLS_CERT_FILE and TLS_KEY_FILE.
+    Static,
+    /// Plain HTTP only.
+    Off,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TlsStatus {
-    pub mode: &'static str,
+    pub mode: TlsMode,
     pub certificates: Vec<CertInfo>,
     pub last_error: Option<String>,
 }
@@ -104,22 +117,19 @@ impl Tls {
             store: Arc::new(TlsStore::new(redis, &settings.storage_dir, files.secret)),
             server_config: Arc::new(config),
             domains: settings.npg_domain.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            status: Mutex::new(TlsStatus {
-                mode: "acme",
-                ..TlsStatus::default()
-            }),
+            status: Mutex::new(TlsStatus::default()),
             metrics,
             looked: tokio::sync::watch::Sender::new(false),
         };
         if let Some((bundle, key)) = files.certificate {
             tls.resolver.install_any(key);
-            tls.set_status("static", Some(("*", &bundle)), None);
+            tls.set_status(TlsMode::Static, Some(("*", &bundle)), None);
             tls.mark_looked();
         }
         Arc::new(tls)
     }
 
-    pub fn set_status(&self, mode: &'static str, cert: Option<(&str, &CertBundle)>, error: Option<String>) {
+    pub fn set_status(&self, mode: TlsMode, cert: Option<(&str, &CertBundle)>, error: Option<String>) {
         let mut status = self.status.lock().expect("tls status poisoned");
         status.mode = mode;
         if let Some((domain, b)) = cert {
