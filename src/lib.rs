@@ -37,10 +37,13 @@
 //!   against the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `app`: the handler state that ties the services together, and the start of the jobs.
+//! - `cli`: the one subcommand dispatcher and `serve`'s life (listeners, jobs, the drain on
+//!   SIGTERM); `main.rs` only picks the allocator and calls it.
 
 pub mod app;
 pub mod auth;
 pub mod budget;
+pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
