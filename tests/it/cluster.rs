@@ -14,6 +14,7 @@ use crate::support::redis::RedisServer;
 /// A replica's connection, once its monitor has seen Redis answer.
 async fn connected(redis: &RedisServer, instance: &str) -> Arc<SharedRedis> {
     let shared = SharedRedis::connect(&redis.url(), "npg:", instance, Arc::new(Metrics::default())).unwrap();
+    tokio::spawn(shared.monitor());
     wait_until(Duration::from_secs(10), || shared.state() == RedisState::Connected).await;
     shared
 }
@@ -128,8 +129,10 @@ async fn publish_until_heard(from: &Bus, to: &mut tokio::sync::broadcast::Receiv
 #[tokio::test]
 async fn replicas_hear_each_other_but_not_themselves_even_after_a_redis_restart() {
     let mut server = RedisServer::start();
-    let a = Bus::start(connected(&server, "a").await, "a");
-    let b = Bus::start(connected(&server, "b").await, "b");
+    let a = Bus::new(connected(&server, "a").await, "a");
+    let b = Bus::new(connected(&server, "b").await, "b");
+    tokio::spawn(a.subscriber());
+    tokio::spawn(b.subscriber());
     let (mut rx_a, mut rx_b) = (a.subscribe(), b.subscribe());
 
     let changed = Event::PackageChanged {
@@ -162,7 +165,8 @@ async fn replicas_hear_each_other_but_not_themselves_even_after_a_redis_restart(
 
 #[tokio::test]
 async fn without_redis_publish_is_a_no_op() {
-    let bus = Bus::start(SharedRedis::disabled(Arc::new(Metrics::default())), "solo");
+    let bus = Bus::new(SharedRedis::disabled(Arc::new(Metrics::default())), "solo");
+    tokio::spawn(bus.subscriber());
     let mut rx = bus.subscribe();
     bus.publish(Event::PackageChanged { name: "x".into() }).await;
     assert!(
