@@ -2,5 +2,7 @@
 //! (`redis`), leases that let one replica do a job (`lock`), and events between replicas (`bus`).
 
 pub mod bus;
+pub mod documents;
 pub mod lock;
 pub mod redis;
+pub mod values;

@@ -21,7 +21,8 @@ use serde_json::Value;
 
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
+use crate::cluster::values::SharedError;
 use crate::config::Settings;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
@@ -33,8 +34,6 @@ use crate::upstream::{describe, read_bounded};
 
 /// The lease outlives a stuck holder by at most this long.
 const LOCK_TTL: Duration = Duration::from_secs(15);
-/// Extending three times per TTL survives one slow or failed extension.
-const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// How often a replica that does not lead tries to take over.
 const ACQUIRE_EVERY: Duration = Duration::from_secs(3);
 /// Retries of a failed page: from a second, doubling up to a minute.
@@ -164,22 +163,9 @@ impl Follower {
         }
     }
 
-    /// Follows while the lock is ours; returns when it is lost.
+    /// Follows while the lock is ours (extended every third of its TTL); returns when it is lost.
     async fn lead(&mut self, lock: &RedisLock) {
-        let mut extend = tokio::time::interval(EXTEND_EVERY);
-        extend.reset();
-        let work = self.follow(lock);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                () = &mut work => return,
-                _ = extend.tick() => {
-                    if !lock.extend().await {
-                        return;
-                    }
-                }
-            }
-        }
+        lock.hold_while(self.follow(lock)).await;
     }
 
     /// Pages through the feed until caught up, sleeps, repeats. Returns only when a fenced
@@ -243,16 +229,16 @@ impl Follower {
 
     /// The stored position (Redis, then memory), or the feed's head on a first start.
     async fn start_seq(&self) -> Result<u64, String> {
-        if self.job.redis.state() != RedisState::Disabled {
-            let Some(mut conn) = self.job.redis.conn() else {
-                return Err("redis unavailable: cannot read the changes position".into());
+        if self.job.redis.clustered() {
+            let stored = match self.job.redis.get(SEQ_KEY, "changes position").await {
+                Ok(stored) => stored,
+                Err(SharedError::Unavailable) => {
+                    return Err("redis unavailable: cannot read the changes position".into());
+                }
+                Err(SharedError::Failed { source, .. }) => {
+                    return Err(format!("reading the changes position: {source}"));
+                }
             };
-            let stored: Option<String> = redis::AsyncCommands::get(&mut conn, self.job.redis.key(SEQ_KEY))
-                .await
-                .map_err(|e| {
-                    self.job.redis.report_error("changes position", &e);
-                    format!("reading the changes position: {e}")
-                })?;
             if let Some(seq) = stored.and_then(|s| s.trim().parse().ok()) {
                 tracing::info!(seq, "resuming the changes feed from the stored position");
                 return Ok(seq);
@@ -271,14 +257,14 @@ impl Follower {
     async fn record(&mut self, seq: u64, lock: &RedisLock) -> bool {
         self.seq = Some(seq);
         self.job.status.update(|s| s.seq = Some(seq));
-        if self.job.redis.state() == RedisState::Disabled {
+        if !self.job.redis.clustered() {
             return true;
         }
         lock.set_if_held(SEQ_KEY, &seq.to_string()).await
     }
 
     async fn invalidate(&self, ids: &[String]) {
-        let shared = self.job.redis.state() != RedisState::Disabled;
+        let shared = self.job.redis.clustered();
         let mut seen = HashSet::new();
         for id in ids {
             if !seen.insert(id.as_str()) {

@@ -14,7 +14,7 @@ use crate::cache::memory::MemoryCache;
 use crate::cache::misses::{Miss, Misses};
 use crate::cache::redis::SharedMeta;
 use crate::clock::now_ms;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
@@ -249,7 +249,7 @@ impl Inner {
             if !same && newer {
                 base = Some(Base::Shared(meta));
             }
-        } else if self.redis.state() != RedisState::Disabled {
+        } else if self.redis.clustered() {
             self.metrics.cache("l2", false);
         }
         match base {
