@@ -5,4 +5,5 @@ pub mod bus;
 pub mod documents;
 pub mod lock;
 pub mod redis;
+pub mod storage;
 pub mod values;
