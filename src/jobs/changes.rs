@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -213,7 +214,7 @@ impl Follower {
             self.invalidate(&page.ids).await;
             if page.next <= since {
                 // Without a later sequence the same page would come back at once, forever.
-                self.failed(&mut backoff, format!("the changes feed did not move past {since}"))
+                self.failed(&mut backoff, anyhow!("the changes feed did not move past {since}"))
                     .await;
                 continue;
             }
@@ -228,15 +229,15 @@ impl Follower {
     }
 
     /// The stored position (Redis, then memory), or the feed's head on a first start.
-    async fn start_seq(&self) -> Result<u64, String> {
+    async fn start_seq(&self) -> anyhow::Result<u64> {
         if self.job.redis.clustered() {
             let stored = match self.job.redis.get(SEQ_KEY, "changes position").await {
                 Ok(stored) => stored,
                 Err(SharedError::Unavailable) => {
-                    return Err("redis unavailable: cannot read the changes position".into());
+                    return Err(anyhow!("redis unavailable: cannot read the changes position"));
                 }
                 Err(SharedError::Failed { source, .. }) => {
-                    return Err(format!("reading the changes position: {source}"));
+                    return Err(source).context("reading the changes position");
                 }
             };
             if let Some(seq) = stored.and_then(|s| s.trim().parse().ok()) {
@@ -284,7 +285,8 @@ impl Follower {
         tracing::debug!(count = seen.len(), "invalidated changed packages");
     }
 
-    async fn failed(&self, backoff: &mut Backoff, error: String) {
+    async fn failed(&self, backoff: &mut Backoff, error: anyhow::Error) {
+        let error = format!("{error:#}");
         tracing::warn!(%error, "changes feed");
         self.job.status.update(|s| s.last_error = Some(error));
         tokio::time::sleep(backoff.after_failure()).await;
@@ -350,23 +352,23 @@ impl Feed {
         })
     }
 
-    async fn head(&self) -> Result<u64, String> {
+    async fn head(&self) -> anyhow::Result<u64> {
         let body = self.get(&self.root).await?;
-        let root: RawRoot =
-            serde_json::from_slice(&body).map_err(|e| format!("GET {}: bad JSON: {e}", redact(&self.root)))?;
+        let shown = || format!("GET {}", redact(&self.root));
+        let root: RawRoot = serde_json::from_slice(&body).context("bad JSON").with_context(shown)?;
         root.update_seq
             .as_ref()
             .and_then(seq_number)
-            .ok_or_else(|| format!("GET {}: no numeric update_seq", redact(&self.root)))
+            .ok_or_else(|| anyhow!("{}: no numeric update_seq", shown()))
     }
 
-    async fn page(&self, since: u64, limit: u32) -> Result<Page, String> {
+    async fn page(&self, since: u64, limit: u32) -> anyhow::Result<Page> {
         let url = format!("{}?since={since}&limit={limit}", self.changes);
         let body = self.get(&url).await?;
-        parse_page(&body).map_err(|e| format!("GET {}: {e}", redact(&url)))
+        parse_page(&body).with_context(|| format!("GET {}", redact(&url)))
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> anyhow::Result<Vec<u8>> {
         let shown = redact(url);
         let resp = self
             .client
@@ -374,27 +376,27 @@ impl Feed {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET {shown}: {}", describe(e)))?;
+            .map_err(|e| anyhow!("GET {shown}: {}", describe(e)))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {shown}: HTTP {}", resp.status().as_u16()));
+            return Err(anyhow!("GET {shown}: HTTP {}", resp.status().as_u16()));
         }
         let body = read_bounded(resp, MAX_PAGE_BYTES)
             .await
-            .map_err(|e| format!("GET {shown}: {e}"))?;
+            .map_err(|e| anyhow!("GET {shown}: {e}"))?;
         Ok(body.to_vec())
     }
 }
 
-fn parse_page(body: &[u8]) -> Result<Page, String> {
-    let raw: RawPage = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+fn parse_page(body: &[u8]) -> anyhow::Result<Page> {
+    let raw: RawPage = serde_json::from_slice(body).context("bad JSON")?;
     let last_seq = match &raw.last_seq {
         None | Some(Value::Null) => None,
-        Some(v) => Some(seq_number(v).ok_or_else(|| format!("unsupported last_seq {v}"))?),
+        Some(v) => Some(seq_number(v).ok_or_else(|| anyhow!("unsupported last_seq {v}"))?),
     };
     let mut highest = None;
     for change in &raw.results {
         if let Some(v) = &change.seq {
-            let seq = seq_number(v).ok_or_else(|| format!("unsupported seq {v}"))?;
+            let seq = seq_number(v).ok_or_else(|| anyhow!("unsupported seq {v}"))?;
             highest = highest.max(Some(seq));
         }
     }

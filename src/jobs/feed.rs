@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::{Context, anyhow};
 use bytes::Bytes;
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
@@ -144,15 +145,19 @@ struct Parsed {
     body: Bytes,
 }
 
-async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> Result<Parsed, String> {
+async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> anyhow::Result<Parsed> {
     let reasons = reasons.to_vec();
     tokio::task::spawn_blocking(move || {
-        let list = MalwareList::parse(&body, &reasons)?.with_source(source);
+        let list = MalwareList::parse(&body, &reasons).map_err(anyhow::Error::msg)?;
         let digest = Sha256::digest(&body).to_vec();
-        Ok(Parsed { list, digest, body })
+        Ok(Parsed {
+            list: list.with_source(source),
+            digest,
+            body,
+        })
     })
     .await
-    .map_err(|e| format!("feed parser failed: {e}"))?
+    .context("feed parser failed")?
 }
 
 /// What a conditional fetch brought.
@@ -343,6 +348,7 @@ impl Refresher {
                     }
                     Ok(Looked::Busy) => next_fetch = Instant::now() + BUSY_RETRY.min(self.interval),
                     Err(error) => {
+                        let error = format!("{error:#}");
                         let retry_in = backoff.after_failure();
                         tracing::warn!(%error, ?retry_in, "malware feed not updated; keeping the list in use");
                         self.guard.update_feed_status(|s| {
@@ -363,7 +369,7 @@ impl Refresher {
     }
 
     /// One scheduled look at the feed.
-    async fn refresh(&mut self) -> Result<Looked, String> {
+    async fn refresh(&mut self) -> anyhow::Result<Looked> {
         if self.redis.conn().is_none() {
             // No Redis, or Redis down: this replica fends for itself.
             let etag = self.etag.clone();
@@ -392,7 +398,7 @@ impl Refresher {
 
     /// A refresh while holding the lock: fetch unless another replica just did, and share
     /// what was fetched.
-    async fn refresh_for_cluster(&mut self) -> Result<(), String> {
+    async fn refresh_for_cluster(&mut self) -> anyhow::Result<()> {
         let copy = self.shared.stamps(FEED_KEY).await;
         if let Some(copy) = &copy {
             if copy.stamp_ms.is_some_and(|u| u > self.updated_ms) {
@@ -475,7 +481,7 @@ impl Refresher {
     }
 
     /// A conditional GET of the feed, bounded in time and size.
-    async fn download(&self, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn download(&self, etag: Option<&str>) -> anyhow::Result<Fetched> {
         let mut req = self.client.get(self.url.clone());
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
@@ -484,21 +490,21 @@ impl Refresher {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| format!("feed unreachable: {}", describe(e)))?;
+                .map_err(|e| anyhow!("feed unreachable: {}", describe(e)))?;
             match resp.status() {
                 StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
                 StatusCode::OK => {}
-                status => return Err(format!("feed answered HTTP {}", status.as_u16())),
+                status => return Err(anyhow!("feed answered HTTP {}", status.as_u16())),
             }
             let etag = etag_of(&resp);
             let body = read_bounded(resp, MAX_FEED_BYTES)
                 .await
-                .map_err(|e| format!("feed {e}"))?;
+                .map_err(|e| anyhow!("feed {e}"))?;
             Ok(Fetched::New { body, etag })
         };
         tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await
-            .map_err(|_| format!("feed did not answer within {FETCH_TIMEOUT:?}"))?
+            .map_err(|_| anyhow!("feed did not answer within {FETCH_TIMEOUT:?}"))?
     }
 
     /// Loads the cluster's copy when it is newer than the list in use.
@@ -523,13 +529,16 @@ impl Refresher {
         let body = tokio::task::spawn_blocking(move || gunzip(&stored, MAX_FEED_BYTES)).await;
         let parsed = match body {
             Ok(Ok(body)) => parse(body, &self.reasons, FeedSource::of(&self.url)).await,
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(anyhow!(e)),
+            Err(e) => Err(e.into()),
         };
         match parsed {
             Ok(parsed) => self.apply(parsed, copy.etag.clone(), updated_ms, "redis").await,
             // Only a writer of another version could store this: keep the list in use.
-            Err(error) => tracing::warn!(%error, "the cluster's malware feed in Redis is unusable"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "the cluster's malware feed in Redis is unusable"
+            ),
         }
     }
 
