@@ -20,6 +20,22 @@ async fn connected(redis: &RedisServer, instance: &str) -> Arc<SharedRedis> {
     shared
 }
 
+/// Replicas `a` and `b` after the same lease, `job`.
+async fn contenders(server: &RedisServer, ttl: Duration) -> (RedisLock, RedisLock) {
+    let (ra, rb) = (connected(server, "a").await, connected(server, "b").await);
+    (RedisLock::new(ra, "job", ttl), RedisLock::new(rb, "job", ttl))
+}
+
+/// The milliseconds `key` has left (-1: no expiry).
+fn pttl(server: &RedisServer, key: &str) -> i64 {
+    server
+        .command(&["PTTL", key])
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap()
+}
+
 async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
@@ -31,9 +47,7 @@ async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn one_holder_at_a_time_and_only_the_holder_releases() {
     let server = RedisServer::start();
-    let (ra, rb) = (connected(&server, "a").await, connected(&server, "b").await);
-    let a = RedisLock::new(ra, "job", Duration::from_secs(30));
-    let b = RedisLock::new(rb, "job", Duration::from_secs(30));
+    let (a, b) = contenders(&server, Duration::from_secs(30)).await;
 
     assert!(a.try_acquire().await);
     assert!(a.held());
@@ -56,9 +70,7 @@ async fn one_holder_at_a_time_and_only_the_holder_releases() {
 #[tokio::test]
 async fn an_expired_lease_passes_on_and_extend_keeps_it() {
     let server = RedisServer::start();
-    let (ra, rb) = (connected(&server, "a").await, connected(&server, "b").await);
-    let a = RedisLock::new(ra, "job", Duration::from_millis(600));
-    let b = RedisLock::new(rb, "job", Duration::from_millis(600));
+    let (a, b) = contenders(&server, Duration::from_millis(600)).await;
 
     assert!(a.try_acquire().await);
     // Extended past several TTLs: still a's.
@@ -67,13 +79,8 @@ async fn an_expired_lease_passes_on_and_extend_keeps_it() {
         assert!(a.extend().await);
         assert!(!b.try_acquire().await);
     }
-    let pttl: i64 = server
-        .command(&["PTTL", "npg:lock:job"])
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap();
-    assert!(pttl > 0 && pttl <= 600, "{pttl}");
+    let left = pttl(&server, "npg:lock:job");
+    assert!(left > 0 && left <= 600, "{left}");
 
     // a stops extending (as if it died): b gets it after the TTL, and a cannot extend any more.
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -91,9 +98,7 @@ async fn an_expired_lease_passes_on_and_extend_keeps_it() {
 #[tokio::test]
 async fn hold_while_keeps_the_lease_through_long_work_and_drops_the_work_once_it_is_lost() {
     let server = RedisServer::start();
-    let (ra, rb) = (connected(&server, "a").await, connected(&server, "b").await);
-    let a = RedisLock::new(ra, "job", Duration::from_millis(600));
-    let b = RedisLock::new(rb, "job", Duration::from_millis(600));
+    let (a, b) = contenders(&server, Duration::from_millis(600)).await;
 
     assert!(a.try_acquire().await);
     // Work lasting three TTLs: still a's at the end, and b never got in meanwhile.
@@ -245,13 +250,8 @@ async fn a_shared_document_is_replaced_whole_touched_and_read_within_a_size_cap(
     docs.touch("doc", 30, Some(Duration::from_secs(60))).await;
     let touched = docs.stamps("doc").await.unwrap();
     assert_eq!((touched.stamp_ms, touched.checked_ms), (Some(10), Some(30)));
-    let pttl: i64 = server
-        .command(&["PTTL", "npg:doc"])
-        .trim()
-        .trim_start_matches(':')
-        .parse()
-        .unwrap();
-    assert!(pttl > 0 && pttl <= 60_000, "{pttl}");
+    let left = pttl(&server, "npg:doc");
+    assert!(left > 0 && left <= 60_000, "{left}");
 
     // Replaced whole: no field of the old copy survives (an ETag without its body would lie).
     let bare = DocStamps {
@@ -261,7 +261,7 @@ async fn a_shared_document_is_replaced_whole_touched_and_read_within_a_size_cap(
     };
     assert!(docs.put("doc", b"other", &bare, None).await);
     assert_eq!(docs.stamps("doc").await, Some(bare));
-    assert!(server.command(&["PTTL", "npg:doc"]).contains(":-1"), "no expiry asked");
+    assert_eq!(pttl(&server, "npg:doc"), -1, "no expiry asked");
     docs.delete("doc").await;
     assert_eq!(docs.stamps("doc").await, Some(DocStamps::default()));
 }
