@@ -159,7 +159,7 @@ impl RedisLock {
     /// still leaves time for the next). `None` when an extension fails: the lease is lost,
     /// so `work` is dropped at its next await, before it can act as the holder any longer.
     pub async fn hold_while<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        let mut extend = tokio::time::interval(self.ttl / 3);
+        let mut extend = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(1)));
         extend.reset();
         tokio::pin!(work);
         loop {
