@@ -104,7 +104,7 @@ impl App {
             }
             None => None,
         };
-        let bus = Bus::start(redis.clone(), &instance);
+        let bus = Bus::new(redis.clone(), &instance);
         let redis_for_tls = redis.clone();
         let app = App {
             packuments,
@@ -132,6 +132,8 @@ impl App {
     /// Starts the background jobs: each one line, each owning its own loop.
     fn start_background(&self, settings: &Settings) -> Jobs {
         let jobs = Jobs::default();
+        jobs.spawn("redis monitor", self.redis.monitor());
+        jobs.spawn("cluster events", self.bus.subscriber());
         let blocklist = settings.policy.blacklist_path.clone();
         crate::jobs::blocklist::spawn(&jobs, self.guard.clone(), blocklist);
         let refresher = crate::jobs::feed::FeedRefresher {

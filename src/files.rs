@@ -6,6 +6,17 @@ use std::io::{self, Write};
 use std::path::Path;
 
 pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    write(dest, bytes, None)
+}
+
+/// Like `write_atomic`, readable and writable by the owner only (0600), whatever the file it
+/// replaces allowed: for secrets.
+pub fn write_private(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    write(dest, bytes, Some(std::fs::Permissions::from_mode(0o600)))
+}
+
+fn write(dest: &Path, bytes: &[u8], mode: Option<std::fs::Permissions>) -> io::Result<()> {
     let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -13,8 +24,10 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".npg-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_data()?;
-    if let Ok(old) = std::fs::metadata(dest) {
-        tmp.as_file().set_permissions(old.permissions())?;
+    match (mode, std::fs::metadata(dest)) {
+        (Some(mode), _) => tmp.as_file().set_permissions(mode)?,
+        (None, Ok(old)) => tmp.as_file().set_permissions(old.permissions())?,
+        (None, Err(_)) => {}
     }
     tmp.persist(dest).map_err(|e| e.error)?;
     Ok(())
@@ -39,5 +52,16 @@ mod tests {
             1,
             "no temporary file left"
         );
+    }
+
+    #[test]
+    fn private_files_are_the_owners_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

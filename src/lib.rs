@@ -15,7 +15,8 @@
 //!   npg makes): deadlines, allowed origins, npg's own credentials (by scope), URL redaction
 //!   for logs, and the breaker that takes a sick upstream as down for the whole cluster.
 //! - `budget`: the memory budget that documents being read and rendered hold.
-//! - `cluster`: the shared Redis connection and its health, the event bus, leases.
+//! - `cluster`: the one place that speaks Redis: the connection and its health, leases
+//!   (`Locker`, `hold_while`), shared documents and values, certificate `Storage`, the event bus.
 //! - `proxy`: the services that answer metadata and tarball requests: `packuments`
 //!   (stale-while-revalidate, stale-if-error, misses remembered) rendering through `rendered`
 //!   (a packument filtered by the policy in both forms, and `DocMeta`, what is known of its

@@ -57,21 +57,24 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Bus {
-    /// Starts the subscriber task (inside a tokio runtime). Without Redis there is nobody to
-    /// talk to: `publish` does nothing and `subscribe` never yields.
-    pub fn start(redis: Arc<SharedRedis>, instance: &str) -> Arc<Bus> {
+    /// The bus; nothing is heard until the owner of the background jobs runs `subscriber`.
+    /// Without Redis there is nobody to talk to: `publish` does nothing and `subscribe` never
+    /// yields.
+    pub fn new(redis: Arc<SharedRedis>, instance: &str) -> Arc<Bus> {
         let (local, _) = broadcast::channel(CAPACITY);
-        let bus = Arc::new(Bus {
+        Arc::new(Bus {
             channel: redis.key("events"),
             redis,
             origin: instance.to_string(),
             node: format!("{:016x}", crate::retry::random_u64()),
             local,
-        });
-        if bus.redis.client().is_some() {
-            tokio::spawn(subscriber(Arc::downgrade(&bus)));
-        }
-        bus
+        })
+    }
+
+    /// The subscription, a job for the caller to run: receives the other replicas' events
+    /// and subscribes again after Redis restarts. Ends with the bus (at once without Redis).
+    pub fn subscriber(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        subscriber(Arc::downgrade(self))
     }
 
     /// Tells the other replicas. Failures are logged: events are hints, never required.

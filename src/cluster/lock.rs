@@ -3,8 +3,8 @@
 //!
 //! Taken with `SET key token NX PX ttl`; extended and released by Lua scripts that first check
 //! the token, so a replica whose lease expired can never extend or delete its successor's. The
-//! holder must extend well within the TTL; if it dies the lease expires and another replica
-//! takes over. Without Redis there is no cluster: the single node always holds the lock.
+//! holder must extend well within the TTL (`hold_while` does, around long work); if it dies
+//! the lease expires and another replica takes over. Without Redis there is no cluster: the single node always holds the lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,6 +151,25 @@ impl RedisLock {
             Err(e) => {
                 self.redis.report_error("lock fenced write", &e);
                 false
+            }
+        }
+    }
+
+    /// Runs `work` while extending the lease every third of its TTL (one failed extension
+    /// still leaves time for the next). `None` when an extension fails: the lease is lost,
+    /// so `work` is dropped at its next await, before it can act as the holder any longer.
+    pub async fn hold_while<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        let mut extend = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(1)));
+        extend.reset();
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                _ = extend.tick() => {
+                    if !self.extend().await {
+                        return None;
+                    }
+                }
             }
         }
     }

@@ -1,6 +1,15 @@
-//! What the replicas of a cluster share: one Redis connection per replica and its health
-//! (`redis`), leases that let one replica do a job (`lock`), and events between replicas (`bus`).
+//! What the replicas of a cluster share, and the one place that speaks Redis: the connection
+//! and its health (`redis`, with `clustered()`: is there a cluster at all), leases that let
+//! one replica do a job and `hold_while` to keep one through long work (`lock`, certmagic's
+//! `Locker`), shared documents (`documents`: a gzip body with its ETag and stamps, for L2 and
+//! the malware feed), single shared values (`values`: misses, the changes position),
+//! certificate storage (`storage`, certmagic's `Storage`, with the disk one in `tls::store`)
+//! and events between replicas (`bus`). Nothing here runs by itself: the Redis monitor and
+//! the event subscription are jobs of `jobs::Jobs`.
 
 pub mod bus;
+pub mod documents;
 pub mod lock;
 pub mod redis;
+pub mod storage;
+pub mod values;

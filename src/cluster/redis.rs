@@ -50,7 +50,8 @@ impl SharedRedis {
         })
     }
 
-    /// Prepares the connection (lazily: npg starts without Redis) and starts the monitor.
+    /// Prepares the connection (lazily: npg starts without Redis). Nothing runs until the
+    /// owner of the background jobs runs `monitor`: until then Redis counts as down.
     pub fn connect(url: &str, prefix: &str, instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Arc<SharedRedis>> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
@@ -59,16 +60,27 @@ impl SharedRedis {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = client.get_connection_manager_lazy(config)?;
-        let shared = Arc::new(SharedRedis {
+        Ok(Arc::new(SharedRedis {
             conn: Some(conn),
             client: Some(client),
             prefix: prefix.to_string(),
             instance: instance.to_string(),
             up: AtomicBool::new(false),
             metrics,
-        });
-        tokio::spawn(monitor(Arc::downgrade(&shared), format!("npg-{instance}")));
-        Ok(shared)
+        }))
+    }
+
+    /// The health monitor, a job for the caller to run: pings every second, names the
+    /// connection, and tells when Redis goes away and comes back. Ends with the connection
+    /// (or at once without Redis).
+    pub fn monitor(self: &Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        monitor(Arc::downgrade(self), format!("npg-{}", self.instance))
+    }
+
+    /// Whether there is a cluster at all (`REDIS_URL` set), whether or not Redis answers now.
+    /// Without one a single node does every job itself and keeps its state locally.
+    pub fn clustered(&self) -> bool {
+        self.conn.is_some()
     }
 
     pub fn state(&self) -> RedisState {

@@ -16,12 +16,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::bus::{Bus, Event};
 use crate::cluster::lock::RedisLock;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
+use crate::cluster::values::SharedError;
 use crate::config::Settings;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
@@ -33,8 +35,6 @@ use crate::upstream::{describe, read_bounded};
 
 /// The lease outlives a stuck holder by at most this long.
 const LOCK_TTL: Duration = Duration::from_secs(15);
-/// Extending three times per TTL survives one slow or failed extension.
-const EXTEND_EVERY: Duration = Duration::from_secs(5);
 /// How often a replica that does not lead tries to take over.
 const ACQUIRE_EVERY: Duration = Duration::from_secs(3);
 /// Retries of a failed page: from a second, doubling up to a minute.
@@ -164,22 +164,9 @@ impl Follower {
         }
     }
 
-    /// Follows while the lock is ours; returns when it is lost.
+    /// Follows while the lock is ours (extended every third of its TTL); returns when it is lost.
     async fn lead(&mut self, lock: &RedisLock) {
-        let mut extend = tokio::time::interval(EXTEND_EVERY);
-        extend.reset();
-        let work = self.follow(lock);
-        tokio::pin!(work);
-        loop {
-            tokio::select! {
-                () = &mut work => return,
-                _ = extend.tick() => {
-                    if !lock.extend().await {
-                        return;
-                    }
-                }
-            }
-        }
+        lock.hold_while(self.follow(lock)).await;
     }
 
     /// Pages through the feed until caught up, sleeps, repeats. Returns only when a fenced
@@ -227,7 +214,7 @@ impl Follower {
             self.invalidate(&page.ids).await;
             if page.next <= since {
                 // Without a later sequence the same page would come back at once, forever.
-                self.failed(&mut backoff, format!("the changes feed did not move past {since}"))
+                self.failed(&mut backoff, anyhow!("the changes feed did not move past {since}"))
                     .await;
                 continue;
             }
@@ -242,17 +229,17 @@ impl Follower {
     }
 
     /// The stored position (Redis, then memory), or the feed's head on a first start.
-    async fn start_seq(&self) -> Result<u64, String> {
-        if self.job.redis.state() != RedisState::Disabled {
-            let Some(mut conn) = self.job.redis.conn() else {
-                return Err("redis unavailable: cannot read the changes position".into());
+    async fn start_seq(&self) -> anyhow::Result<u64> {
+        if self.job.redis.clustered() {
+            let stored = match self.job.redis.get(SEQ_KEY, "changes position").await {
+                Ok(stored) => stored,
+                Err(SharedError::Unavailable) => {
+                    return Err(anyhow!("redis unavailable: cannot read the changes position"));
+                }
+                Err(SharedError::Failed { source, .. }) => {
+                    return Err(source).context("reading the changes position");
+                }
             };
-            let stored: Option<String> = redis::AsyncCommands::get(&mut conn, self.job.redis.key(SEQ_KEY))
-                .await
-                .map_err(|e| {
-                    self.job.redis.report_error("changes position", &e);
-                    format!("reading the changes position: {e}")
-                })?;
             if let Some(seq) = stored.and_then(|s| s.trim().parse().ok()) {
                 tracing::info!(seq, "resuming the changes feed from the stored position");
                 return Ok(seq);
@@ -271,14 +258,14 @@ impl Follower {
     async fn record(&mut self, seq: u64, lock: &RedisLock) -> bool {
         self.seq = Some(seq);
         self.job.status.update(|s| s.seq = Some(seq));
-        if self.job.redis.state() == RedisState::Disabled {
+        if !self.job.redis.clustered() {
             return true;
         }
         lock.set_if_held(SEQ_KEY, &seq.to_string()).await
     }
 
     async fn invalidate(&self, ids: &[String]) {
-        let shared = self.job.redis.state() != RedisState::Disabled;
+        let shared = self.job.redis.clustered();
         let mut seen = HashSet::new();
         for id in ids {
             if !seen.insert(id.as_str()) {
@@ -298,7 +285,8 @@ impl Follower {
         tracing::debug!(count = seen.len(), "invalidated changed packages");
     }
 
-    async fn failed(&self, backoff: &mut Backoff, error: String) {
+    async fn failed(&self, backoff: &mut Backoff, error: anyhow::Error) {
+        let error = format!("{error:#}");
         tracing::warn!(%error, "changes feed");
         self.job.status.update(|s| s.last_error = Some(error));
         tokio::time::sleep(backoff.after_failure()).await;
@@ -364,23 +352,23 @@ impl Feed {
         })
     }
 
-    async fn head(&self) -> Result<u64, String> {
+    async fn head(&self) -> anyhow::Result<u64> {
         let body = self.get(&self.root).await?;
-        let root: RawRoot =
-            serde_json::from_slice(&body).map_err(|e| format!("GET {}: bad JSON: {e}", redact(&self.root)))?;
+        let shown = || format!("GET {}", redact(&self.root));
+        let root: RawRoot = serde_json::from_slice(&body).context("bad JSON").with_context(shown)?;
         root.update_seq
             .as_ref()
             .and_then(seq_number)
-            .ok_or_else(|| format!("GET {}: no numeric update_seq", redact(&self.root)))
+            .ok_or_else(|| anyhow!("{}: no numeric update_seq", shown()))
     }
 
-    async fn page(&self, since: u64, limit: u32) -> Result<Page, String> {
+    async fn page(&self, since: u64, limit: u32) -> anyhow::Result<Page> {
         let url = format!("{}?since={since}&limit={limit}", self.changes);
         let body = self.get(&url).await?;
-        parse_page(&body).map_err(|e| format!("GET {}: {e}", redact(&url)))
+        parse_page(&body).with_context(|| format!("GET {}", redact(&url)))
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+    async fn get(&self, url: &str) -> anyhow::Result<Vec<u8>> {
         let shown = redact(url);
         let resp = self
             .client
@@ -388,27 +376,27 @@ impl Feed {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET {shown}: {}", describe(e)))?;
+            .map_err(|e| anyhow!("GET {shown}: {}", describe(e)))?;
         if !resp.status().is_success() {
-            return Err(format!("GET {shown}: HTTP {}", resp.status().as_u16()));
+            return Err(anyhow!("GET {shown}: HTTP {}", resp.status().as_u16()));
         }
         let body = read_bounded(resp, MAX_PAGE_BYTES)
             .await
-            .map_err(|e| format!("GET {shown}: {e}"))?;
+            .map_err(|e| anyhow!("GET {shown}: {e}"))?;
         Ok(body.to_vec())
     }
 }
 
-fn parse_page(body: &[u8]) -> Result<Page, String> {
-    let raw: RawPage = serde_json::from_slice(body).map_err(|e| format!("bad JSON: {e}"))?;
+fn parse_page(body: &[u8]) -> anyhow::Result<Page> {
+    let raw: RawPage = serde_json::from_slice(body).context("bad JSON")?;
     let last_seq = match &raw.last_seq {
         None | Some(Value::Null) => None,
-        Some(v) => Some(seq_number(v).ok_or_else(|| format!("unsupported last_seq {v}"))?),
+        Some(v) => Some(seq_number(v).ok_or_else(|| anyhow!("unsupported last_seq {v}"))?),
     };
     let mut highest = None;
     for change in &raw.results {
         if let Some(v) = &change.seq {
-            let seq = seq_number(v).ok_or_else(|| format!("unsupported seq {v}"))?;
+            let seq = seq_number(v).ok_or_else(|| anyhow!("unsupported seq {v}"))?;
             highest = highest.max(Some(seq));
         }
     }

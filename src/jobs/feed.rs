@@ -13,13 +13,13 @@
 //! - Each new list replaces the guard's (a new policy version, so cached renderings are
 //!   redone) and the tarballs it newly lists are deleted from disk.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::{Context, anyhow};
 use bytes::Bytes;
-use redis::AsyncCommands;
 use reqwest::{StatusCode, header};
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
@@ -28,14 +28,16 @@ use url::Url;
 
 use crate::clock::{now_ms, unix_ms};
 use crate::cluster::bus::{Bus, Event};
+use crate::cluster::documents::{DocKind, DocStamps, SharedDocuments};
 use crate::cluster::lock::RedisLock;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
 use crate::files::write_atomic;
 use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
 use crate::npm::name::PackageName;
+use crate::proxy::rendered::{gunzip, gzip};
 use crate::proxy::tarballs::Tarballs;
 use crate::retry::Backoff;
 use crate::upstream::{describe, etag_of, read_bounded};
@@ -61,6 +63,12 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// (its lease released on SIGTERM), the feed is fetched within seconds, not an interval later;
 /// if it fetched, the next try finds its copy and fetches nothing.
 const BUSY_RETRY: Duration = Duration::from_secs(3);
+/// The cluster's copy: a shared document whose stamp field is `updated`.
+const FEED: DocKind = DocKind {
+    stamp: "updated",
+    what: "malware feed",
+};
+const FEED_KEY: &str = "malware:feed";
 
 /// What a scheduled look at the feed came to.
 enum Looked {
@@ -137,30 +145,25 @@ struct Parsed {
     body: Bytes,
 }
 
-async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> Result<Parsed, String> {
+async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> anyhow::Result<Parsed> {
     let reasons = reasons.to_vec();
     tokio::task::spawn_blocking(move || {
-        let list = MalwareList::parse(&body, &reasons)?.with_source(source);
+        let list = MalwareList::parse(&body, &reasons).map_err(anyhow::Error::msg)?;
         let digest = Sha256::digest(&body).to_vec();
-        Ok(Parsed { list, digest, body })
+        Ok(Parsed {
+            list: list.with_source(source),
+            digest,
+            body,
+        })
     })
     .await
-    .map_err(|e| format!("feed parser failed: {e}"))?
+    .context("feed parser failed")?
 }
 
 /// What a conditional fetch brought.
 enum Fetched {
     NotModified,
     New { body: Bytes, etag: Option<String> },
-}
-
-/// The cluster's copy in Redis, without its body.
-struct ClusterCopy {
-    etag: Option<String>,
-    /// When its body was fetched (unix ms); `None` when the hash has no body.
-    updated_ms: Option<u64>,
-    /// When a replica last asked the feed (unix ms).
-    checked_ms: Option<u64>,
 }
 
 /// What `new` lists and `old` did not, as package names (the feed is outside input: a name
@@ -191,6 +194,8 @@ struct Refresher {
     guard: Arc<Guard>,
     tarballs: Arc<Tarballs>,
     redis: Arc<SharedRedis>,
+    /// The cluster's copy (`malware:feed`).
+    shared: SharedDocuments,
     bus: Arc<Bus>,
     lock: Arc<RedisLock>,
     client: reqwest::Client,
@@ -241,6 +246,7 @@ pub fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Sett
         lock: lock.clone(),
         guard,
         tarballs,
+        shared: SharedDocuments::new(redis.clone(), FEED),
         redis,
         bus,
         client,
@@ -318,7 +324,7 @@ impl Refresher {
     async fn run(mut self) {
         let mut events = self.bus.subscribe();
         let mut bus_open = true;
-        let clustered = self.redis.state() != RedisState::Disabled;
+        let clustered = self.redis.clustered();
         if clustered {
             // The Redis monitor needs a moment to see Redis up; a replica that did not wait
             // would fetch for itself at every start.
@@ -342,6 +348,7 @@ impl Refresher {
                     }
                     Ok(Looked::Busy) => next_fetch = Instant::now() + BUSY_RETRY.min(self.interval),
                     Err(error) => {
+                        let error = format!("{error:#}");
                         let retry_in = backoff.after_failure();
                         tracing::warn!(%error, ?retry_in, "malware feed not updated; keeping the list in use");
                         self.guard.update_feed_status(|s| {
@@ -362,7 +369,7 @@ impl Refresher {
     }
 
     /// One scheduled look at the feed.
-    async fn refresh(&mut self) -> Result<Looked, String> {
+    async fn refresh(&mut self) -> anyhow::Result<Looked> {
         if self.redis.conn().is_none() {
             // No Redis, or Redis down: this replica fends for itself.
             let etag = self.etag.clone();
@@ -382,17 +389,19 @@ impl Refresher {
             tracing::debug!("another replica holds the malware feed lock");
             return Ok(Looked::Busy);
         }
-        let result = self.refresh_for_cluster().await;
-        self.lock.release().await;
-        result.map(|()| Looked::Done)
+        let lock = self.lock.clone();
+        // A lost lease drops the download: its successor fetches and shares.
+        let result = lock.hold_while(self.refresh_for_cluster()).await;
+        lock.release().await;
+        result.map_or(Ok(Looked::Busy), |r| r.map(|()| Looked::Done))
     }
 
     /// A refresh while holding the lock: fetch unless another replica just did, and share
     /// what was fetched.
-    async fn refresh_for_cluster(&mut self) -> Result<(), String> {
-        let copy = self.cluster_copy().await;
+    async fn refresh_for_cluster(&mut self) -> anyhow::Result<()> {
+        let copy = self.shared.stamps(FEED_KEY).await;
         if let Some(copy) = &copy {
-            if copy.updated_ms.is_some_and(|u| u > self.updated_ms) {
+            if copy.stamp_ms.is_some_and(|u| u > self.updated_ms) {
                 self.load_from_cluster(copy).await;
             }
             let recent = self.interval.mul_f64(RECENT_CHECK).as_millis() as u64;
@@ -405,7 +414,7 @@ impl Refresher {
         // the full body is fetched again, so the others can load it.
         let shared_is_ours = copy
             .as_ref()
-            .is_some_and(|c| c.updated_ms.is_some() && c.etag.is_some() && c.etag == self.etag);
+            .is_some_and(|c| c.stamp_ms.is_some() && c.etag.is_some() && c.etag == self.etag);
         let etag = if shared_is_ours { self.etag.clone() } else { None };
         match self.download(etag.as_deref()).await? {
             Fetched::NotModified => {
@@ -472,7 +481,7 @@ impl Refresher {
     }
 
     /// A conditional GET of the feed, bounded in time and size.
-    async fn download(&self, etag: Option<&str>) -> Result<Fetched, String> {
+    async fn download(&self, etag: Option<&str>) -> anyhow::Result<Fetched> {
         let mut req = self.client.get(self.url.clone());
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
@@ -481,135 +490,77 @@ impl Refresher {
             let resp = req
                 .send()
                 .await
-                .map_err(|e| format!("feed unreachable: {}", describe(e)))?;
+                .map_err(|e| anyhow!("feed unreachable: {}", describe(e)))?;
             match resp.status() {
                 StatusCode::NOT_MODIFIED => return Ok(Fetched::NotModified),
                 StatusCode::OK => {}
-                status => return Err(format!("feed answered HTTP {}", status.as_u16())),
+                status => return Err(anyhow!("feed answered HTTP {}", status.as_u16())),
             }
             let etag = etag_of(&resp);
             let body = read_bounded(resp, MAX_FEED_BYTES)
                 .await
-                .map_err(|e| format!("feed {e}"))?;
+                .map_err(|e| anyhow!("feed {e}"))?;
             Ok(Fetched::New { body, etag })
         };
         tokio::time::timeout(FETCH_TIMEOUT, fetch)
             .await
-            .map_err(|_| format!("feed did not answer within {FETCH_TIMEOUT:?}"))?
-    }
-
-    fn key(&self) -> String {
-        self.redis.key("malware:feed")
-    }
-
-    async fn cluster_copy(&self) -> Option<ClusterCopy> {
-        let mut conn = self.redis.conn()?;
-        let fields: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
-            .arg(self.key())
-            .arg(&["etag", "updated", "checked"])
-            .query_async(&mut conn)
-            .await;
-        match fields {
-            Ok((etag, updated_ms, checked_ms)) => Some(ClusterCopy {
-                etag: etag.filter(|e| !e.is_empty()),
-                updated_ms,
-                checked_ms,
-            }),
-            Err(e) => {
-                self.redis.report_error("malware feed read", &e);
-                None
-            }
-        }
+            .map_err(|_| anyhow!("feed did not answer within {FETCH_TIMEOUT:?}"))?
     }
 
     /// Loads the cluster's copy when it is newer than the list in use.
     async fn sync_from_cluster(&mut self) {
-        if let Some(copy) = self.cluster_copy().await
-            && copy.updated_ms.is_some_and(|u| u > self.updated_ms)
+        if let Some(copy) = self.shared.stamps(FEED_KEY).await
+            && copy.stamp_ms.is_some_and(|u| u > self.updated_ms)
         {
             self.load_from_cluster(&copy).await;
         }
     }
 
-    async fn load_from_cluster(&mut self, copy: &ClusterCopy) {
-        let Some(updated_ms) = copy.updated_ms else { return };
+    async fn load_from_cluster(&mut self, copy: &DocStamps) {
+        let Some(updated_ms) = copy.stamp_ms else { return };
         if copy.etag.is_some() && copy.etag == self.etag {
             // The list in use, fetched again (e.g. after Redis lost it): nothing to load.
             self.updated_ms = updated_ms;
             return;
         }
-        let Some(mut conn) = self.redis.conn() else { return };
-        let stored: Option<Vec<u8>> = match conn.hget(self.key(), "body").await {
-            Ok(v) => v,
-            Err(e) => {
-                self.redis.report_error("malware feed read", &e);
-                return;
-            }
+        let Ok(Some(stored)) = self.shared.body_gz(FEED_KEY, MAX_FEED_BYTES).await else {
+            return;
         };
-        let Some(stored) = stored else { return };
-        let body = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(stored.len() * 8);
-            flate2::read::GzDecoder::new(&stored[..])
-                .read_to_end(&mut out)
-                .map(|_| Bytes::from(out))
-        })
-        .await;
+        let body = tokio::task::spawn_blocking(move || gunzip(&stored, MAX_FEED_BYTES)).await;
         let parsed = match body {
             Ok(Ok(body)) => parse(body, &self.reasons, FeedSource::of(&self.url)).await,
-            Ok(Err(e)) => Err(format!("not gzip: {e}")),
-            Err(e) => Err(e.to_string()),
+            Ok(Err(e)) => Err(anyhow!(e)),
+            Err(e) => Err(e.into()),
         };
         match parsed {
             Ok(parsed) => self.apply(parsed, copy.etag.clone(), updated_ms, "redis").await,
             // Only a writer of another version could store this: keep the list in use.
-            Err(error) => tracing::warn!(%error, "the cluster's malware feed in Redis is unusable"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "the cluster's malware feed in Redis is unusable"
+            ),
         }
     }
 
     /// Shares a fetched feed; false when Redis did not take it.
     async fn store_copy(&self, body: &Bytes, etag: Option<&str>, updated_ms: u64) -> bool {
-        let Some(mut conn) = self.redis.conn() else {
+        if self.redis.conn().is_none() {
             return false;
-        };
-        let body = body.clone();
-        let compressed = tokio::task::spawn_blocking(move || {
-            let mut enc =
-                flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::default());
-            enc.write_all(&body)?;
-            enc.finish()
-        })
-        .await;
-        let Ok(Ok(compressed)) = compressed else { return false };
-        let key = self.key();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .del(&key)
-            .hset_multiple(
-                &key,
-                &[
-                    ("body", compressed),
-                    ("etag", etag.unwrap_or_default().as_bytes().to_vec()),
-                    ("updated", updated_ms.to_string().into_bytes()),
-                    ("checked", updated_ms.to_string().into_bytes()),
-                ],
-            )
-            .query_async(&mut conn)
-            .await;
-        match result {
-            Ok(()) => true,
-            Err(e) => {
-                self.redis.report_error("malware feed write", &e);
-                false
-            }
         }
+        let body = body.clone();
+        let compressed = tokio::task::spawn_blocking(move || gzip(&body, flate2::Compression::default())).await;
+        let Ok(compressed) = compressed else { return false };
+        let stamps = DocStamps {
+            etag: etag.map(str::to_string),
+            stamp_ms: Some(updated_ms),
+            checked_ms: Some(updated_ms),
+        };
+        self.shared.put(FEED_KEY, &compressed, &stamps, None).await
     }
 
     /// Tells the other replicas the feed was just asked (so they do not ask again).
     async fn store_checked(&self) {
-        let Some(mut conn) = self.redis.conn() else { return };
-        if let Err(e) = conn.hset::<_, _, _, ()>(self.key(), "checked", now_ms()).await {
-            self.redis.report_error("malware feed write", &e);
-        }
+        self.shared.touch(FEED_KEY, now_ms(), None).await;
     }
 }
 

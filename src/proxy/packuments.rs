@@ -12,7 +12,7 @@ use reqwest::header::HeaderValue;
 
 use crate::budget::{Budget, RENDER_FACTOR, Reservation};
 use crate::clock::now_ms;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
@@ -261,7 +261,7 @@ impl Inner {
             if !same && newer {
                 base = Some(Base::Shared(meta));
             }
-        } else if self.redis.state() != RedisState::Disabled {
+        } else if self.redis.clustered() {
             self.metrics.cache("l2", false);
         }
         match base {

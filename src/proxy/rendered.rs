@@ -43,7 +43,7 @@ impl Variant {
     }
 }
 
-fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
+pub fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 5), level);
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")

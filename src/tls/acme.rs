@@ -260,25 +260,14 @@ impl Manager {
         Ok(account)
     }
 
-    /// `order`, extending the lock while it runs (a slow CA must not let another replica in).
+    /// `order`, extending the lock while it runs (a slow CA must not let another replica in);
+    /// a lost lock ends the order (its successor orders).
     async fn order_holding_lock(
         &self,
         replacing: Option<CertificateIdentifier<'static>>,
     ) -> Result<CertBundle, String> {
-        let mut extend = tokio::time::interval(LOCK_TTL / 4);
-        extend.tick().await;
-        let keep = async {
-            loop {
-                extend.tick().await;
-                if !self.lock.extend().await {
-                    tracing::warn!("lost the ACME lock while ordering");
-                }
-            }
-        };
-        tokio::select! {
-            result = self.order(replacing) => result,
-            () = keep => unreachable!("the keep-alive loop never ends"),
-        }
+        let held = self.lock.hold_while(self.order(replacing)).await;
+        held.unwrap_or_else(|| Err("lost the ACME lock while ordering".into()))
     }
 
     /// Orders, answers the challenges through the store, finalizes with a fresh key and

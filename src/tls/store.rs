@@ -1,14 +1,14 @@
-//! Where certificates, the ACME account and pending challenges live: in Redis, shared by
-//! every replica (keys `acme:cert:<domain>`, `acme:account:<directory hash>`,
-//! `acme:http01:<token>`, `acme:alpn:<domain>`, the counter `acme:orders`), private keys
-//! sealed with NPG_SECRET_KEY_FILE when set; without Redis, on disk under
-//! `<STORAGE_DIR>/.acme` and in memory (one node).
+//! Where certificates, the ACME account and pending challenges live: in a cluster, the
+//! storage in Redis shared by every replica (`cluster::storage`); without Redis, on disk
+//! under `<STORAGE_DIR>/.acme` (`cert-<domain>.json`, `acme-account-<id>.json`, owner-only)
+//! and in memory (one node). Which one is decided once, at construction; private keys are
+//! sealed with NPG_SECRET_KEY_FILE when set, whichever stores them.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use redis::AsyncCommands;
+use futures_util::future::BoxFuture;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -16,26 +16,27 @@ use sha2::{Digest, Sha256};
 
 use super::secret::{SecretKey, open, seal};
 use crate::cluster::lock::RedisLock;
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::SharedRedis;
+pub use crate::cluster::storage::StoreError;
+use crate::cluster::storage::{CertRecord, RedisStorage, Storage, StoredCert};
 
-/// How long a published challenge answer lives (an order takes seconds).
-const CHALLENGE_TTL_MS: u64 = 10 * 60 * 1000;
+/// A certificate or key that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadCertificate(String);
 
-/// Stores the certificate only while the lock is ours (fencing: a holder whose lease ran
-/// out cannot overwrite its successor's certificate).
-const STORE_IF_HELD: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'chain', ARGV[2], 'key', ARGV[3], 'not_after', ARGV[4], 'serial', ARGV[5])
-return 1
-"#;
+impl From<BadCertificate> for StoreError {
+    fn from(e: BadCertificate) -> StoreError {
+        StoreError::Corrupt(e.0)
+    }
+}
 
-/// Writes back a certificate Redis lost (a restart without persistence), unless one is there.
-const RESTORE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'chain', ARGV[1], 'key', ARGV[2], 'not_after', ARGV[3], 'serial', ARGV[4])
-return 1
-"#;
+/// Until the ACME manager has error types of its own, it reports these as text.
+impl From<BadCertificate> for String {
+    fn from(e: BadCertificate) -> String {
+        e.0
+    }
+}
 
 /// A certificate chain with its key, and what renewal needs to know of it.
 #[derive(Clone, Debug)]
@@ -50,12 +51,13 @@ pub struct CertBundle {
 }
 
 impl CertBundle {
-    pub fn from_pem(chain_pem: String, key_pem: String) -> Result<CertBundle, String> {
+    pub fn from_pem(chain_pem: String, key_pem: String) -> Result<CertBundle, BadCertificate> {
         let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .next()
-            .ok_or("no certificate in the chain")?
-            .map_err(|e| format!("bad certificate PEM: {e}"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| format!("bad certificate: {e}"))?;
+            .ok_or_else(|| BadCertificate("no certificate in the chain".into()))?
+            .map_err(|e| BadCertificate(format!("bad certificate PEM: {e}")))?;
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&leaf).map_err(|e| BadCertificate(format!("bad certificate: {e}")))?;
         let validity = cert.validity();
         Ok(CertBundle {
             not_before: validity.not_before.timestamp(),
@@ -68,12 +70,14 @@ impl CertBundle {
     }
 
     /// The rustls form.
-    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, String> {
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, BadCertificate> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad certificate PEM: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| format!("bad key PEM: {e}"))?;
-        let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("unusable key: {e}"))?;
+            .map_err(|e| BadCertificate(format!("bad certificate PEM: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| BadCertificate(format!("bad key PEM: {e}")))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+            .map_err(|e| BadCertificate(format!("unusable key: {e}")))?;
         Ok(Arc::new(CertifiedKey::new(chain, signer)))
     }
 
@@ -91,262 +95,305 @@ impl CertBundle {
 }
 
 pub struct TlsStore {
-    redis: Arc<SharedRedis>,
-    dir: PathBuf,
+    storage: Box<dyn Storage>,
+    /// The Redis key prefix, part of what a sealed value is bound to.
+    prefix: String,
     secret: Option<SecretKey>,
-    /// Challenges when there is no Redis (a single node answers its own).
-    local: Mutex<HashMap<String, String>>,
 }
 
 impl TlsStore {
-    pub fn new(redis: Arc<SharedRedis>, storage_dir: &std::path::Path, secret: Option<SecretKey>) -> TlsStore {
+    pub fn new(redis: Arc<SharedRedis>, storage_dir: &Path, secret: Option<SecretKey>) -> TlsStore {
+        let storage: Box<dyn Storage> = if redis.clustered() {
+            Box::new(RedisStorage::new(redis.clone()))
+        } else {
+            Box::new(LocalStorage::new(storage_dir.join(".acme")))
+        };
         TlsStore {
-            redis,
-            dir: storage_dir.join(".acme"),
+            storage,
+            prefix: redis.key(""),
             secret,
-            local: Mutex::default(),
         }
     }
 
-    fn shared(&self) -> bool {
-        self.redis.state() != RedisState::Disabled
+    /// What a certificate's sealed key is bound to (its Redis key).
+    fn cert_context(&self, name: &str) -> String {
+        format!("{}acme:cert:{name}", self.prefix)
     }
 
-    fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
-        self.redis.conn().ok_or_else(|| "redis is not answering".to_string())
-    }
-
-    fn fail(&self, what: &str, e: redis::RedisError) -> String {
-        self.redis.report_error(what, &e);
-        format!("redis {what}: {e}")
-    }
-
-    fn cert_key(&self, name: &str) -> String {
-        self.redis.key(&format!("acme:cert:{name}"))
-    }
-
-    pub async fn load_cert(&self, name: &str) -> Result<Option<CertBundle>, String> {
-        if !self.shared() {
-            let path = self.dir.join(format!("cert-{name}.json"));
-            return match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let v: HashMap<String, String> =
-                        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-                    self.bundle(name, v.get("chain"), v.get("key")).map(Some)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(format!("{}: {e}", path.display())),
-            };
-        }
-        let mut conn = self.conn()?;
-        let (chain, key, renew_at): (Option<String>, Option<String>, Option<i64>) = redis::cmd("HMGET")
-            .arg(self.cert_key(name))
-            .arg(&["chain", "key", "renew_at"])
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("certificate read", e))?;
-        if chain.is_none() {
+    pub async fn load_cert(&self, name: &str) -> Result<Option<CertBundle>, StoreError> {
+        let Some(StoredCert {
+            chain,
+            sealed_key,
+            renew_at,
+        }) = self.storage.load_cert(name).await?
+        else {
             return Ok(None);
-        }
-        let mut bundle = self.bundle(name, chain.as_ref(), key.as_ref())?;
+        };
+        let key = open(self.secret.as_ref(), &sealed_key, &self.cert_context(name)).map_err(StoreError::Corrupt)?;
+        let mut bundle = CertBundle::from_pem(chain, key)?;
         bundle.ari_renew_at = renew_at;
         Ok(Some(bundle))
     }
 
-    fn bundle(&self, name: &str, chain: Option<&String>, key: Option<&String>) -> Result<CertBundle, String> {
-        let (Some(chain), Some(key)) = (chain, key) else {
-            return Err("incomplete certificate record".into());
-        };
-        let key = open(self.secret.as_ref(), key, &self.cert_key(name))?;
-        CertBundle::from_pem(chain.clone(), key)
-    }
-
-    fn sealed_fields(&self, name: &str, b: &CertBundle) -> [String; 4] {
-        let key = seal(self.secret.as_ref(), &b.key_pem, &self.cert_key(name));
-        [b.chain_pem.clone(), key, b.not_after.to_string(), b.serial.clone()]
-    }
-
-    /// Stores a new certificate; with Redis only while `lock` is ours. True when stored.
-    pub async fn save_cert(&self, name: &str, bundle: &CertBundle, lock: &RedisLock) -> Result<bool, String> {
-        if !self.shared() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-            let [chain, key, _, _] = self.sealed_fields(name, bundle);
-            let json = serde_json::json!({ "chain": chain, "key": key });
-            write_private(&self.dir.join(format!("cert-{name}.json")), json.to_string().as_bytes())?;
-            return Ok(true);
+    fn record(&self, name: &str, b: &CertBundle) -> CertRecord {
+        CertRecord {
+            chain: b.chain_pem.clone(),
+            sealed_key: seal(self.secret.as_ref(), &b.key_pem, &self.cert_context(name)),
+            not_after: b.not_after,
+            serial: b.serial.clone(),
+            renew_at: None,
         }
-        let cert_key = self.cert_key(name);
-        self.cert_script(
-            STORE_IF_HELD,
-            &[lock.key(), &cert_key],
-            Some(lock.token()),
-            name,
-            bundle,
-            "certificate write",
-        )
-        .await
+    }
+
+    /// Stores a new certificate; in a cluster only while `lock` is ours. True when stored.
+    pub async fn save_cert(&self, name: &str, bundle: &CertBundle, lock: &RedisLock) -> Result<bool, StoreError> {
+        self.storage.save_cert(name, &self.record(name, bundle), lock).await
     }
 
     /// Puts back a certificate Redis lost, unless another replica already did.
-    pub async fn restore_cert(&self, name: &str, bundle: &CertBundle) -> Result<bool, String> {
-        let cert_key = self.cert_key(name);
-        self.cert_script(RESTORE, &[&cert_key], None, name, bundle, "certificate write-back")
-            .await
-    }
-
-    /// Runs a certificate-writing script with `keys`, then `token` (if any) and the sealed
-    /// fields as arguments; true when it wrote.
-    async fn cert_script(
-        &self,
-        script: &str,
-        keys: &[&str],
-        token: Option<&str>,
-        name: &str,
-        bundle: &CertBundle,
-        what: &str,
-    ) -> Result<bool, String> {
-        let mut conn = self.conn()?;
-        let script = redis::Script::new(script);
-        let mut invocation = script.prepare_invoke();
-        for key in keys {
-            invocation.key(*key);
-        }
-        if let Some(token) = token {
-            invocation.arg(token);
-        }
-        for field in self.sealed_fields(name, bundle) {
-            invocation.arg(field);
-        }
-        let written: i64 = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.fail(what, e))?;
-        Ok(written == 1)
+    pub async fn restore_cert(&self, name: &str, bundle: &CertBundle) -> Result<bool, StoreError> {
+        self.storage.restore_cert(name, &self.record(name, bundle)).await
     }
 
     /// Records the renewal time picked in the ARI window, for every replica.
-    pub async fn set_renew_at(&self, name: &str, serial: &str, at: i64) -> Result<(), String> {
-        if !self.shared() {
-            return Ok(());
-        }
-        let mut conn = self.conn()?;
-        // Only for the certificate it was computed for (a newer one may have replaced it).
-        let script = "if redis.call('HGET', KEYS[1], 'serial') == ARGV[1] then redis.call('HSET', KEYS[1], 'renew_at', ARGV[2]) end return 1";
-        redis::Script::new(script)
-            .key(self.cert_key(name))
-            .arg(serial)
-            .arg(at)
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map(drop)
-            .map_err(|e| self.fail("renewal time write", e))
+    pub async fn set_renew_at(&self, name: &str, serial: &str, at: i64) -> Result<(), StoreError> {
+        self.storage.set_renew_at(name, serial, at).await
     }
 
-    fn account_key(&self, directory: &str) -> String {
+    /// The account's id and what its credentials are sealed to.
+    fn account(&self, directory: &str) -> (String, String) {
         let id = hex::encode(&Sha256::digest(directory.as_bytes())[..8]);
-        self.redis.key(&format!("acme:account:{id}"))
+        let context = format!("{}acme:account:{id}", self.prefix);
+        (id, context)
     }
 
     /// The ACME account credentials (JSON) for a directory.
-    pub async fn load_account(&self, directory: &str) -> Result<Option<String>, String> {
-        let key = self.account_key(directory);
-        let stored = if self.shared() {
-            let mut conn = self.conn()?;
-            conn.get::<_, Option<String>>(&key)
-                .await
-                .map_err(|e| self.fail("account read", e))?
-        } else {
-            std::fs::read_to_string(self.dir.join(format!("{}.json", key.replace(':', "-")))).ok()
-        };
-        stored.map(|v| open(self.secret.as_ref(), &v, &key)).transpose()
+    pub async fn load_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        let (id, context) = self.account(directory);
+        let stored = self.storage.load_account(&id).await?;
+        stored
+            .map(|v| open(self.secret.as_ref(), &v, &context).map_err(StoreError::Corrupt))
+            .transpose()
     }
 
     /// Stores account credentials; `only_new` keeps an existing one (a write-back).
-    pub async fn save_account(&self, directory: &str, credentials: &str, only_new: bool) -> Result<(), String> {
-        let key = self.account_key(directory);
-        let value = seal(self.secret.as_ref(), credentials, &key);
-        if !self.shared() {
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-            return write_private(
-                &self.dir.join(format!("{}.json", key.replace(':', "-"))),
-                value.as_bytes(),
-            );
-        }
-        let mut conn = self.conn()?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(&key).arg(value);
-        if only_new {
-            cmd.arg("NX");
-        }
-        cmd.exec_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("account write", e))
-    }
-
-    fn challenge_key(&self, kind: &str, id: &str) -> String {
-        self.redis.key(&format!("acme:{kind}:{id}"))
+    pub async fn save_account(&self, directory: &str, credentials: &str, only_new: bool) -> Result<(), StoreError> {
+        let (id, context) = self.account(directory);
+        let sealed = seal(self.secret.as_ref(), credentials, &context);
+        self.storage.save_account(&id, &sealed, only_new).await
     }
 
     /// Publishes a challenge answer so whichever replica the CA reaches can give it.
-    pub async fn put_challenge(&self, kind: &str, id: &str, value: &str) -> Result<(), String> {
-        let key = self.challenge_key(kind, id);
-        if !self.shared() {
-            self.local
-                .lock()
-                .expect("challenge map poisoned")
-                .insert(key, value.to_string());
-            return Ok(());
-        }
-        let mut conn = self.conn()?;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(value)
-            .arg("PX")
-            .arg(CHALLENGE_TTL_MS)
-            .exec_async(&mut conn)
-            .await
-            .map_err(|e| self.fail("challenge write", e))
+    pub async fn put_challenge(&self, kind: &str, id: &str, value: &str) -> Result<(), StoreError> {
+        self.storage.put_challenge(kind, id, value).await
     }
 
     pub async fn challenge(&self, kind: &str, id: &str) -> Option<String> {
-        let key = self.challenge_key(kind, id);
-        if !self.shared() {
-            return self.local.lock().expect("challenge map poisoned").get(&key).cloned();
-        }
-        let mut conn = self.redis.conn()?;
-        conn.get(&key).await.unwrap_or_else(|e| {
-            self.redis.report_error("challenge read", &e);
-            None
-        })
+        self.storage.challenge(kind, id).await
     }
 
     pub async fn remove_challenge(&self, kind: &str, id: &str) {
-        let key = self.challenge_key(kind, id);
-        if !self.shared() {
-            self.local.lock().expect("challenge map poisoned").remove(&key);
-        } else if let Some(mut conn) = self.redis.conn() {
-            let _ = conn.del::<_, ()>(&key).await;
-        }
+        self.storage.remove_challenge(kind, id).await;
     }
 
     /// Counts orders cluster-wide (`acme:orders`), so operators and tests can see them.
     pub async fn count_order(&self) {
-        if let Some(mut conn) = self.redis.conn() {
-            let _ = conn.incr::<_, _, ()>(self.redis.key("acme:orders"), 1).await;
-        }
+        self.storage.count_order().await;
     }
 }
 
-/// Writes a file readable by its owner only, atomically.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    use std::io::Write;
+/// A single node's storage: files under `<STORAGE_DIR>/.acme`, challenges in memory.
+struct LocalStorage {
+    dir: PathBuf,
+    /// Challenge answers by `<kind>:<id>`: the node answers its own.
+    challenges: Mutex<HashMap<String, String>>,
+}
+
+impl LocalStorage {
+    fn new(dir: PathBuf) -> LocalStorage {
+        LocalStorage {
+            dir,
+            challenges: Mutex::default(),
+        }
+    }
+
+    fn cert_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("cert-{name}.json"))
+    }
+
+    fn account_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("acme-account-{id}.json"))
+    }
+
+    fn read_cert(&self, name: &str) -> Result<Option<StoredCert>, StoreError> {
+        let path = self.cert_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let mut fields: HashMap<String, String> =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        let (Some(chain), Some(sealed_key)) = (fields.remove("chain"), fields.remove("key")) else {
+            return Err(StoreError::Corrupt("incomplete certificate record".into()));
+        };
+        Ok(Some(StoredCert {
+            chain,
+            sealed_key,
+            renew_at: None,
+        }))
+    }
+
+    /// Writes `bytes` to `path` in the directory, owner-only, whole or not at all.
+    fn write(&self, path: PathBuf, bytes: &[u8]) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| crate::files::write_private(&path, bytes))
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
+    fn challenges(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.challenges.lock().expect("challenge map poisoned")
+    }
+}
+
+impl Storage for LocalStorage {
+    fn load_cert<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<StoredCert>, StoreError>> {
+        Box::pin(std::future::ready(self.read_cert(name)))
+    }
+
+    /// One node holds every lock: no fencing.
+    fn save_cert<'a>(
+        &'a self,
+        name: &'a str,
+        cert: &'a CertRecord,
+        _lock: &'a RedisLock,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let json = serde_json::json!({ "chain": cert.chain, "key": cert.sealed_key });
+        let written = self.write(self.cert_path(name), json.to_string().as_bytes());
+        Box::pin(std::future::ready(written.map(|()| true)))
+    }
+
+    /// A node's own disk does not lose what it serves the way a Redis restart does.
+    fn restore_cert<'a>(&'a self, _name: &'a str, _cert: &'a CertRecord) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Nobody to agree with.
+    fn set_renew_at<'a>(&'a self, _name: &'a str, _serial: &'a str, _at: i64) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load_account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(std::future::ready(Ok(
+            std::fs::read_to_string(self.account_path(id)).ok()
+        )))
+    }
+
+    fn save_account<'a>(
+        &'a self,
+        id: &'a str,
+        sealed: &'a str,
+        _only_new: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(std::future::ready(self.write(self.account_path(id), sealed.as_bytes())))
+    }
+
+    fn put_challenge<'a>(
+        &'a self,
+        kind: &'a str,
+        id: &'a str,
+        value: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.challenges().insert(format!("{kind}:{id}"), value.to_string());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn challenge<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, Option<String>> {
+        Box::pin(std::future::ready(
+            self.challenges().get(&format!("{kind}:{id}")).cloned(),
+        ))
+    }
+
+    fn remove_challenge<'a>(&'a self, kind: &'a str, id: &'a str) -> BoxFuture<'a, ()> {
+        self.challenges().remove(&format!("{kind}:{id}"));
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Only a cluster counts its orders.
+    fn count_order(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
     use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().ok_or("no parent directory")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| e.to_string())?;
-    tmp.write_all(bytes).map_err(|e| e.to_string())?;
-    tmp.persist(path).map_err(|e| e.to_string())?;
-    Ok(())
+
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn bundle() -> CertBundle {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["npg.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        CertBundle::from_pem(cert.pem(), key.serialize_pem()).unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn without_redis_certificates_and_accounts_are_sealed_owner_only_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = SharedRedis::disabled(Arc::new(Metrics::default()));
+        let secret = SecretKey::from_bytes(&STANDARD.decode(super::super::secret::generate()).unwrap()).unwrap();
+        let store = TlsStore::new(redis.clone(), dir.path(), Some(secret));
+        assert!(store.load_cert("npg.test").await.unwrap().is_none());
+
+        let b = bundle();
+        let lock = RedisLock::new(redis, "acme:npg.test", std::time::Duration::from_secs(1));
+        assert!(store.save_cert("npg.test", &b, &lock).await.unwrap());
+        let file = dir.path().join(".acme/cert-npg.test.json");
+        assert_eq!(mode(&file), 0o600);
+        let on_disk = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            on_disk.contains("BEGIN CERTIFICATE") && !on_disk.contains("PRIVATE KEY"),
+            "{on_disk}"
+        );
+        let loaded = store.load_cert("npg.test").await.unwrap().unwrap();
+        assert_eq!((loaded.serial, loaded.key_pem), (b.serial, b.key_pem));
+
+        assert!(store.load_account("https://ca.test/dir").await.unwrap().is_none());
+        store
+            .save_account("https://ca.test/dir", "{\"id\":1}", false)
+            .await
+            .unwrap();
+        let id = hex::encode(&Sha256::digest(b"https://ca.test/dir")[..8]);
+        let file = dir.path().join(format!(".acme/acme-account-{id}.json"));
+        assert_eq!(mode(&file), 0o600);
+        assert!(!std::fs::read_to_string(&file).unwrap().contains("\"id\""), "sealed");
+        let account = store.load_account("https://ca.test/dir").await.unwrap();
+        assert_eq!(account.as_deref(), Some("{\"id\":1}"));
+
+        std::fs::write(dir.path().join(".acme/cert-bad.json"), "{\"chain\":\"x\"}").unwrap();
+        assert!(matches!(store.load_cert("bad").await, Err(StoreError::Corrupt(_))));
+    }
+
+    #[tokio::test]
+    async fn without_redis_challenges_are_answered_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TlsStore::new(SharedRedis::disabled(Arc::new(Metrics::default())), dir.path(), None);
+        store.put_challenge("http01", "tok", "tok.thumb").await.unwrap();
+        assert_eq!(store.challenge("http01", "tok").await.as_deref(), Some("tok.thumb"));
+        assert_eq!(store.challenge("alpn", "tok").await, None);
+        store.remove_challenge("http01", "tok").await;
+        assert_eq!(store.challenge("http01", "tok").await, None);
+        assert!(!dir.path().join(".acme").exists(), "challenges never touch the disk");
+    }
 }

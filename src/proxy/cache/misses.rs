@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncCommands;
-
 use crate::cluster::redis::SharedRedis;
+use crate::cluster::values::Write;
 use crate::npm::name::PackageName;
 
 /// What is remembered of a name.
@@ -44,8 +43,8 @@ impl Misses {
         Misses { local, redis, ttl }
     }
 
-    fn key(&self, name: &PackageName) -> String {
-        self.redis.key(&format!("miss:{name}"))
+    fn key(name: &PackageName) -> String {
+        format!("miss:{name}")
     }
 
     /// What this replica or another one remembers of `name`.
@@ -56,17 +55,10 @@ impl Misses {
         if let Some(miss) = self.local.get(name).await {
             return Some(miss);
         }
-        let mut conn = self.redis.conn()?;
-        let value: redis::RedisResult<Option<String>> = conn.get(self.key(name)).await;
-        let miss = match value {
-            Ok(Some(v)) if v == Miss::Package.as_str() => Miss::Package,
-            Ok(Some(v)) if v == Miss::Refreshed.as_str() => Miss::Refreshed,
-            Ok(_) => return None,
-            Err(e) => {
-                self.redis.report_error("miss read", &e);
-                return None;
-            }
-        };
+        let value = self.redis.get(&Self::key(name), "miss read").await.ok()??;
+        let miss = [Miss::Package, Miss::Refreshed]
+            .into_iter()
+            .find(|m| m.as_str() == value)?;
         self.local.insert(name.clone(), miss).await;
         Some(miss)
     }
@@ -76,11 +68,12 @@ impl Misses {
             return;
         }
         self.local.insert(name.clone(), miss).await;
-        let Some(mut conn) = self.redis.conn() else { return };
-        let ttl_ms = self.ttl.as_millis() as u64;
-        if let Err(e) = conn.pset_ex::<_, _, ()>(self.key(name), miss.as_str(), ttl_ms).await {
-            self.redis.report_error("miss write", &e);
-        }
+        let how = Write {
+            ttl: Some(self.ttl),
+            only_new: false,
+        };
+        // A failure is reported to the connection; the miss is remembered here anyway.
+        let _ = self.redis.set(&Self::key(name), miss.as_str(), how, "miss write").await;
     }
 
     pub async fn remove(&self, name: &PackageName, shared: bool) {
@@ -88,9 +81,6 @@ impl Misses {
         if !shared {
             return;
         }
-        let Some(mut conn) = self.redis.conn() else { return };
-        if let Err(e) = conn.del::<_, ()>(self.key(name)).await {
-            self.redis.report_error("miss delete", &e);
-        }
+        let _ = self.redis.delete(&Self::key(name), "miss delete").await;
     }
 }

@@ -1,117 +1,76 @@
 //! L2: raw upstream packuments in the shared Redis, gzip-compressed (by the caller), with the upstream ETag,
 //! when the body was fetched and when it was last validated, so every replica can use what
-//! one fetched. Every failure here is a cache miss, never a failed request.
+//! one fetched (a `cluster::documents` kind, `meta:<name>`). Every failure here is a cache
+//! miss, never a failed request.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::AsyncCommands;
 
+use crate::cluster::documents::{BodyError, DocKind, DocStamps, SharedDocuments};
 use crate::cluster::redis::SharedRedis;
 use crate::npm::name::PackageName;
 use crate::proxy::rendered::DocMeta;
 
+const PACKUMENTS: DocKind = DocKind {
+    stamp: "fetched",
+    what: "metadata",
+};
+
 pub struct SharedMeta {
-    redis: Arc<SharedRedis>,
+    docs: SharedDocuments,
 }
 
 impl SharedMeta {
     pub fn new(redis: Arc<SharedRedis>) -> SharedMeta {
-        SharedMeta { redis }
-    }
-
-    fn key(&self, name: &PackageName) -> String {
-        self.redis.key(&format!("meta:{name}"))
-    }
-
-    pub async fn meta(&self, name: &PackageName) -> Option<DocMeta> {
-        let mut conn = self.redis.conn()?;
-        let fields: redis::RedisResult<(Option<String>, Option<u64>, Option<u64>)> = redis::cmd("HMGET")
-            .arg(self.key(name))
-            .arg(&["etag", "fetched", "checked"])
-            .query_async(&mut conn)
-            .await;
-        match fields {
-            Ok((etag, Some(fetched_ms), Some(checked_ms))) => Some(DocMeta {
-                etag: etag.filter(|e| !e.is_empty()),
-                fetched_ms,
-                checked_ms,
-            }),
-            Ok(_) => None,
-            Err(e) => {
-                self.redis.report_error("metadata read", &e);
-                None
-            }
+        SharedMeta {
+            docs: SharedDocuments::new(redis, PACKUMENTS),
         }
     }
 
+    fn key(name: &PackageName) -> String {
+        format!("meta:{name}")
+    }
+
+    pub async fn meta(&self, name: &PackageName) -> Option<DocMeta> {
+        let stamps = self.docs.stamps(&Self::key(name)).await?;
+        Some(DocMeta {
+            etag: stamps.etag,
+            fetched_ms: stamps.stamp_ms?,
+            checked_ms: stamps.checked_ms?,
+        })
+    }
+
     /// The gzip-compressed body stored for `name`, unless it is over `max` bytes (then not
-    /// even read: a planted or corrupted entry costs no memory). One atomic round trip.
+    /// even read: a planted or corrupted entry costs no memory).
     pub async fn body_gz(&self, name: &PackageName, max: usize) -> Option<Bytes> {
-        let mut conn = self.redis.conn()?;
-        let script = redis::Script::new(
-            "if redis.call('HSTRLEN', KEYS[1], 'body') > tonumber(ARGV[1]) then return -1 end \
-             return redis.call('HGET', KEYS[1], 'body')",
-        );
-        let body = script.key(self.key(name)).arg(max).invoke_async(&mut conn).await;
-        match body {
-            Ok(redis::Value::BulkString(v)) => Some(Bytes::from(v)),
-            Ok(redis::Value::Int(-1)) => {
+        match self.docs.body_gz(&Self::key(name), max).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge { max }) => {
                 tracing::warn!(package = %name, max, "a document in Redis is larger than MAX_PACKUMENT_MB; ignored");
                 None
             }
-            Ok(_) => None,
-            Err(e) => {
-                self.redis.report_error("metadata read", &e);
-                None
-            }
+            Err(_) => None,
         }
     }
 
     /// Stores a gzip-compressed body with what is known of it, for `keep`.
     pub async fn put(&self, name: &PackageName, gz: Bytes, meta: &DocMeta, keep: Duration) {
-        let Some(mut conn) = self.redis.conn() else { return };
-        let key = self.key(name);
-        let result: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .del(&key)
-            .hset_multiple(
-                &key,
-                &[
-                    ("body", gz.to_vec()),
-                    ("etag", meta.etag.clone().unwrap_or_default().into_bytes()),
-                    ("fetched", meta.fetched_ms.to_string().into_bytes()),
-                    ("checked", meta.checked_ms.to_string().into_bytes()),
-                ],
-            )
-            .pexpire(&key, keep.as_millis() as i64)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            self.redis.report_error("metadata write", &e);
-        }
+        let stamps = DocStamps {
+            etag: meta.etag.clone(),
+            stamp_ms: Some(meta.fetched_ms),
+            checked_ms: Some(meta.checked_ms),
+        };
+        self.docs.put(&Self::key(name), &gz, &stamps, Some(keep)).await;
     }
 
     /// Records a successful revalidation (upstream said 304) for the other replicas.
     pub async fn touch(&self, name: &PackageName, checked_ms: u64, keep: Duration) {
-        let Some(mut conn) = self.redis.conn() else { return };
-        let key = self.key(name);
-        let result: redis::RedisResult<()> = redis::pipe()
-            .hset(&key, "checked", checked_ms)
-            .ignore()
-            .pexpire(&key, keep.as_millis() as i64)
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            self.redis.report_error("metadata write", &e);
-        }
+        self.docs.touch(&Self::key(name), checked_ms, Some(keep)).await;
     }
 
     pub async fn delete(&self, name: &PackageName) {
-        let Some(mut conn) = self.redis.conn() else { return };
-        if let Err(e) = conn.del::<_, ()>(self.key(name)).await {
-            self.redis.report_error("metadata delete", &e);
-        }
+        self.docs.delete(&Self::key(name)).await;
     }
 }
