@@ -141,7 +141,7 @@ impl Package {
 /// upstream, or a copy in Redis), or npg's (the memory budget, a rendering task that died).
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("not a usable packument: {0}")]
+    #[error(transparent)]
     Document(#[from] DocError),
     #[error("stored document is not gzip: {0}")]
     NotGzip(std::io::Error),
