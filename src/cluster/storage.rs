@@ -65,13 +65,6 @@ impl From<SharedError> for StoreError {
     }
 }
 
-/// Until the ACME manager has error types of its own, it reports store errors as text.
-impl From<StoreError> for String {
-    fn from(e: StoreError) -> String {
-        e.to_string()
-    }
-}
-
 /// A certificate as stored: the chain and its sealed key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRecord {

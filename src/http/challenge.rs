@@ -7,10 +7,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::observe::RouteLabel;
 use crate::app::App;
+use crate::tls::store::Challenge;
 
 pub async fn http01(State(app): State<App>, Path(token): Path<String>) -> Response {
     let answer = match &app.tls {
-        Some(tls) if token.len() <= 256 => tls.store.challenge("http01", &token).await,
+        Some(tls) if token.len() <= 256 => tls.store.challenge(Challenge::Http01, &token).await,
         _ => None,
     };
     let mut resp = match answer {

@@ -24,6 +24,7 @@ use super::connection::{Activity, Deadlines, hold_until_sent, run_within};
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tls::challenge::{ALPN_ACME, alpn_config};
+use crate::tls::store::Challenge;
 use anyhow::anyhow;
 
 /// A TLS handshake must finish within this.
@@ -41,7 +42,7 @@ async fn handshake(tls: &Tls, stream: TcpStream) -> Option<TlsStream<TcpStream>>
             let domain = hello.server_name().unwrap_or_default().to_ascii_lowercase();
             let answer = tls
                 .store
-                .challenge("alpn", &domain)
+                .challenge(Challenge::TlsAlpn01, &domain)
                 .await
                 .ok_or_else(|| anyhow!("no pending TLS-ALPN-01 challenge"))?;
             let config = alpn_config(&domain, &answer)?;

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context, anyhow, bail};
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
     RetryPolicy,
 };
 use tokio::sync::broadcast::error::RecvError;
 
-use super::store::CertBundle;
+use super::store::{CertBundle, Challenge};
 use super::{Tls, TlsMode};
 use crate::clock::now_secs;
 use crate::cluster::bus::{Bus, Event};
@@ -153,7 +154,7 @@ impl Manager {
                 Duration::ZERO
             }
             Err(e) => {
-                self.record_error(e);
+                self.record_error(format!("{e:#}"));
                 self.backoff.after_failure()
             }
         }
@@ -223,23 +224,18 @@ impl Manager {
         status.last_error = Some(error);
     }
 
-    async fn builder(&self) -> Result<instant_acme::AccountBuilder, String> {
-        match &self.ca_file {
-            Some(path) => Account::builder_with_root(path).map_err(|e| format!("ACME_CA_FILE: {e}")),
-            None => Account::builder().map_err(|e| e.to_string()),
-        }
+    async fn builder(&self) -> anyhow::Result<instant_acme::AccountBuilder> {
+        Ok(match &self.ca_file {
+            Some(path) => Account::builder_with_root(path).context("ACME_CA_FILE")?,
+            None => Account::builder()?,
+        })
     }
 
     /// The cluster's account for this directory, created once.
-    async fn account(&self, fresh: bool) -> Result<Account, String> {
+    async fn account(&self, fresh: bool) -> anyhow::Result<Account> {
         if !fresh && let Some(json) = self.tls.store.load_account(&self.directory).await? {
-            let credentials = serde_json::from_str(&json).map_err(|e| format!("stored ACME account: {e}"))?;
-            return self
-                .builder()
-                .await?
-                .from_credentials(credentials)
-                .await
-                .map_err(|e| e.to_string());
+            let credentials = serde_json::from_str(&json).context("stored ACME account")?;
+            return Ok(self.builder().await?.from_credentials(credentials).await?);
         }
         let contact = self.email.as_ref().map(|e| format!("mailto:{e}"));
         let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -248,13 +244,8 @@ impl Manager {
             terms_of_service_agreed: true,
             only_return_existing: false,
         };
-        let (account, credentials) = self
-            .builder()
-            .await?
-            .create(&new, self.directory.clone(), None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let json = serde_json::to_string(&credentials).map_err(|e| e.to_string())?;
+        let (account, credentials) = self.builder().await?.create(&new, self.directory.clone(), None).await?;
+        let json = serde_json::to_string(&credentials)?;
         self.tls.store.save_account(&self.directory, &json, false).await?;
         tracing::info!(directory = %self.directory, "created the ACME account");
         Ok(account)
@@ -265,14 +256,14 @@ impl Manager {
     async fn order_holding_lock(
         &self,
         replacing: Option<CertificateIdentifier<'static>>,
-    ) -> Result<CertBundle, String> {
+    ) -> anyhow::Result<CertBundle> {
         let held = self.lock.hold_while(self.order(replacing)).await;
-        held.unwrap_or_else(|| Err("lost the ACME lock while ordering".into()))
+        held.unwrap_or_else(|| Err(anyhow!("lost the ACME lock while ordering")))
     }
 
     /// Orders, answers the challenges through the store, finalizes with a fresh key and
     /// stores the result (only while the lock is ours), then tells the other replicas.
-    async fn order(&self, replacing: Option<CertificateIdentifier<'static>>) -> Result<CertBundle, String> {
+    async fn order(&self, replacing: Option<CertificateIdentifier<'static>>) -> anyhow::Result<CertBundle> {
         let ids: Vec<Identifier> = self.tls.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
         let new_order = match replacing {
             Some(id) => NewOrder::new(&ids).replaces(id),
@@ -286,53 +277,47 @@ impl Manager {
             }
             other => other,
         }
-        .map_err(|e| format!("new order: {e}"))?;
+        .context("new order")?;
         self.tls.store.count_order().await;
         tracing::info!(domains = ?self.tls.domains, "placed an ACME order");
         let mut published = Vec::new();
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            let mut authz = authz.context("authorization")?;
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => return Err(format!("authorization is {other:?}")),
+                other => bail!("authorization is {other:?}"),
             }
             let mut challenge = authz
                 .challenge(self.challenge.clone())
-                .ok_or("the CA offers no such challenge")?;
+                .context("the CA offers no such challenge")?;
             let Identifier::Dns(domain) = challenge.identifier().identifier.clone() else {
-                return Err("not a DNS identifier".into());
+                bail!("not a DNS identifier");
             };
             let key_authorization = challenge.key_authorization().as_str().to_string();
             let (kind, id) = match self.challenge {
-                ChallengeType::TlsAlpn01 => ("alpn", domain),
-                _ => ("http01", challenge.token.clone()),
+                ChallengeType::TlsAlpn01 => (Challenge::TlsAlpn01, domain),
+                _ => (Challenge::Http01, challenge.token.clone()),
             };
             self.tls.store.put_challenge(kind, &id, &key_authorization).await?;
             published.push((kind, id));
-            challenge
-                .set_ready()
-                .await
-                .map_err(|e| format!("challenge ready: {e}"))?;
+            challenge.set_ready().await.context("challenge ready")?;
         }
         let retry = RetryPolicy::new().timeout(Duration::from_secs(90));
-        let status = order.poll_ready(&retry).await.map_err(|e| format!("order: {e}"));
+        let status = order.poll_ready(&retry).await.context("order");
         for (kind, id) in &published {
-            self.tls.store.remove_challenge(kind, id).await;
+            self.tls.store.remove_challenge(*kind, id).await;
         }
         match status? {
             OrderStatus::Ready => {}
-            other => return Err(format!("order ended {other:?}")),
+            other => bail!("order ended {other:?}"),
         }
-        let key_pem = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
-        let chain_pem = order
-            .poll_certificate(&retry)
-            .await
-            .map_err(|e| format!("certificate: {e}"))?;
+        let key_pem = order.finalize().await.context("finalize")?;
+        let chain_pem = order.poll_certificate(&retry).await.context("certificate")?;
         let bundle = CertBundle::from_pem(chain_pem, key_pem)?;
         if !self.tls.store.save_cert(self.primary(), &bundle, &self.lock).await? {
-            return Err("lost the lock before storing the certificate; another replica took over".into());
+            bail!("lost the lock before storing the certificate; another replica took over");
         }
         self.bus
             .publish(Event::CertificateReplaced {

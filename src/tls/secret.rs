@@ -7,6 +7,7 @@ use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use anyhow::anyhow;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
@@ -32,18 +33,40 @@ fn rand_bytes(out: &mut [u8]) {
         .expect("the system random generator works");
 }
 
+/// Why a stored secret does not open (the record is refused, never served).
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("value is not encrypted by npg")]
+    NotNpgs,
+    #[error("value was encrypted with another key (id {theirs}, ours {ours})")]
+    OtherKey { theirs: String, ours: String },
+    #[error("encrypted value is not base64")]
+    NotBase64,
+    #[error("encrypted value is truncated")]
+    Truncated,
+    #[error("encrypted value does not decrypt (wrong key or tampered)")]
+    Tampered,
+    #[error("decrypted value is not UTF-8")]
+    NotUtf8,
+    #[error("{0} is not sealed, but NPG_SECRET_KEY_FILE is set: refused (delete it to start anew)")]
+    NotSealed(String),
+    #[error("value is encrypted but NPG_SECRET_KEY_FILE is not set")]
+    NoKey,
+}
+
 impl SecretKey {
-    pub fn load(path: &Path) -> Result<SecretKey, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> anyhow::Result<SecretKey> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{shown}: {e}"))?;
         let bytes = STANDARD
             .decode(text.trim())
-            .map_err(|_| format!("{}: not base64", path.display()))?;
-        SecretKey::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|_| anyhow!("{shown}: not base64"))?;
+        SecretKey::from_bytes(&bytes).map_err(|e| anyhow!("{shown}: {e}"))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<SecretKey, String> {
+    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<SecretKey> {
         let cipher =
-            Aes256Gcm::new_from_slice(bytes).map_err(|_| format!("the key has {} bytes, not 32", bytes.len()))?;
+            Aes256Gcm::new_from_slice(bytes).map_err(|_| anyhow!("the key has {} bytes, not 32", bytes.len()))?;
         let id = hex::encode(&Sha256::digest(bytes)[..4]);
         Ok(SecretKey { cipher, id })
     }
@@ -67,25 +90,23 @@ impl SecretKey {
         format!("{PREFIX}:{}:{}", self.id, STANDARD.encode(out))
     }
 
-    pub fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, String> {
+    pub fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, SealError> {
         let mut parts = value.splitn(3, ':');
         let (Some(PREFIX), Some(id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err("value is not encrypted by npg".into());
+            return Err(SealError::NotNpgs);
         };
         if id != self.id {
-            return Err(format!(
-                "value was encrypted with another key (id {id}, ours {})",
-                self.id
-            ));
+            return Err(SealError::OtherKey {
+                theirs: id.to_string(),
+                ours: self.id.clone(),
+            });
         }
-        let data = STANDARD
-            .decode(data)
-            .map_err(|_| "encrypted value is not base64".to_string())?;
+        let data = STANDARD.decode(data).map_err(|_| SealError::NotBase64)?;
         if data.len() < 12 {
-            return Err("encrypted value is truncated".into());
+            return Err(SealError::Truncated);
         }
         let (nonce, sealed) = data.split_at(12);
-        let nonce = Nonce::try_from(nonce).map_err(|_| "bad nonce".to_string())?;
+        let nonce = Nonce::try_from(nonce).map_err(|_| SealError::Truncated)?;
         self.cipher
             .decrypt(
                 &nonce,
@@ -94,7 +115,7 @@ impl SecretKey {
                     aad: context.as_bytes(),
                 },
             )
-            .map_err(|_| "encrypted value does not decrypt (wrong key or tampered)".to_string())
+            .map_err(|_| SealError::Tampered)
     }
 }
 
@@ -110,15 +131,11 @@ pub fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
 /// can write to Redis could otherwise plant a certificate and key of their own and have every
 /// replica serve it. (To turn sealing on for a cluster, delete the plaintext keys: npg then
 /// makes a new account and orders a new certificate.)
-pub fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, String> {
+pub fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, SealError> {
     match (key, value.starts_with(PREFIX)) {
-        (Some(k), true) => {
-            String::from_utf8(k.decrypt(value, context)?).map_err(|_| "decrypted value is not UTF-8".into())
-        }
-        (Some(_), false) => Err(format!(
-            "{context} is not sealed, but NPG_SECRET_KEY_FILE is set: refused (delete it to start anew)"
-        )),
-        (None, true) => Err("value is encrypted but NPG_SECRET_KEY_FILE is not set".into()),
+        (Some(k), true) => String::from_utf8(k.decrypt(value, context)?).map_err(|_| SealError::NotUtf8),
+        (Some(_), false) => Err(SealError::NotSealed(context.to_string())),
+        (None, true) => Err(SealError::NoKey),
         (None, false) => Ok(value.to_string()),
     }
 }
@@ -145,11 +162,13 @@ mod tests {
         assert!(
             open(Some(&other), &sealed, "npg:acme:cert:a")
                 .unwrap_err()
+                .to_string()
                 .contains("another key")
         );
         assert!(
             open(Some(&key), "-----BEGIN PRIVATE KEY-----", "npg:acme:cert:a")
                 .unwrap_err()
+                .to_string()
                 .contains("not sealed"),
             "a planted plaintext key is refused once a key is configured"
         );

@@ -20,6 +20,23 @@ use crate::cluster::redis::SharedRedis;
 pub use crate::cluster::storage::StoreError;
 use crate::cluster::storage::{CertRecord, RedisStorage, Storage, StoredCert};
 
+/// The challenge answers npg publishes: HTTP-01 by token, TLS-ALPN-01 by domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+}
+
+impl Challenge {
+    /// The kind's part of the key (`acme:<kind>:<id>`).
+    fn key(self) -> &'static str {
+        match self {
+            Challenge::Http01 => "http01",
+            Challenge::TlsAlpn01 => "alpn",
+        }
+    }
+}
+
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -28,13 +45,6 @@ pub struct BadCertificate(String);
 impl From<BadCertificate> for StoreError {
     fn from(e: BadCertificate) -> StoreError {
         StoreError::Corrupt(e.0)
-    }
-}
-
-/// Until the ACME manager has error types of its own, it reports these as text.
-impl From<BadCertificate> for String {
-    fn from(e: BadCertificate) -> String {
-        e.0
     }
 }
 
@@ -129,7 +139,8 @@ impl TlsStore {
         else {
             return Ok(None);
         };
-        let key = open(self.secret.as_ref(), &sealed_key, &self.cert_context(name)).map_err(StoreError::Corrupt)?;
+        let key = open(self.secret.as_ref(), &sealed_key, &self.cert_context(name))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut bundle = CertBundle::from_pem(chain, key)?;
         bundle.ari_renew_at = renew_at;
         Ok(Some(bundle))
@@ -172,7 +183,7 @@ impl TlsStore {
         let (id, context) = self.account(directory);
         let stored = self.storage.load_account(&id).await?;
         stored
-            .map(|v| open(self.secret.as_ref(), &v, &context).map_err(StoreError::Corrupt))
+            .map(|v| open(self.secret.as_ref(), &v, &context).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
@@ -184,16 +195,16 @@ impl TlsStore {
     }
 
     /// Publishes a challenge answer so whichever replica the CA reaches can give it.
-    pub async fn put_challenge(&self, kind: &str, id: &str, value: &str) -> Result<(), StoreError> {
-        self.storage.put_challenge(kind, id, value).await
+    pub async fn put_challenge(&self, kind: Challenge, id: &str, value: &str) -> Result<(), StoreError> {
+        self.storage.put_challenge(kind.key(), id, value).await
     }
 
-    pub async fn challenge(&self, kind: &str, id: &str) -> Option<String> {
-        self.storage.challenge(kind, id).await
+    pub async fn challenge(&self, kind: Challenge, id: &str) -> Option<String> {
+        self.storage.challenge(kind.key(), id).await
     }
 
-    pub async fn remove_challenge(&self, kind: &str, id: &str) {
-        self.storage.remove_challenge(kind, id).await;
+    pub async fn remove_challenge(&self, kind: Challenge, id: &str) {
+        self.storage.remove_challenge(kind.key(), id).await;
     }
 
     /// Counts orders cluster-wide (`acme:orders`), so operators and tests can see them.
@@ -389,11 +400,17 @@ mod tests {
     async fn without_redis_challenges_are_answered_from_memory() {
         let dir = tempfile::tempdir().unwrap();
         let store = TlsStore::new(SharedRedis::disabled(Arc::new(Metrics::default())), dir.path(), None);
-        store.put_challenge("http01", "tok", "tok.thumb").await.unwrap();
-        assert_eq!(store.challenge("http01", "tok").await.as_deref(), Some("tok.thumb"));
-        assert_eq!(store.challenge("alpn", "tok").await, None);
-        store.remove_challenge("http01", "tok").await;
-        assert_eq!(store.challenge("http01", "tok").await, None);
+        store
+            .put_challenge(Challenge::Http01, "tok", "tok.thumb")
+            .await
+            .unwrap();
+        assert_eq!(
+            store.challenge(Challenge::Http01, "tok").await.as_deref(),
+            Some("tok.thumb")
+        );
+        assert_eq!(store.challenge(Challenge::TlsAlpn01, "tok").await, None);
+        store.remove_challenge(Challenge::Http01, "tok").await;
+        assert_eq!(store.challenge(Challenge::Http01, "tok").await, None);
         assert!(!dir.path().join(".acme").exists(), "challenges never touch the disk");
     }
 }
