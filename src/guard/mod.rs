@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
 
 use crate::metrics::Metrics;
 use age::AgeGate;
 pub use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
+use status::{BlocklistStatus, FeedStatus, State};
 
 /// The block a blocklist rule makes.
 fn from_hit(hit: Hit) -> Block {
@@ -123,23 +123,6 @@ impl Policy {
     }
 }
 
-/// The malware feed's state, for `/api/health`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FeedStatus {
-    /// `disabled`, `loading`, `ok` or `error`.
-    pub state: &'static str,
-    pub entries: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Where the list in use came from: `remote`, `disk` or `redis`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub updated_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
 /// Remembered blocks, so each is logged once (cleared when it grows past this).
 const LOGGED_MAX: usize = 100_000;
 
@@ -147,7 +130,7 @@ pub struct Guard {
     policy: ArcSwap<Policy>,
     next_version: AtomicU64,
     feed_status: Mutex<FeedStatus>,
-    blocklist_status: Mutex<status::BlocklistStatus>,
+    blocklist_status: Mutex<BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
@@ -164,10 +147,10 @@ impl Guard {
             policy: ArcSwap::from_pointee(policy),
             next_version: AtomicU64::new(2),
             feed_status: Mutex::new(FeedStatus {
-                state: "disabled",
+                state: State::Disabled,
                 ..FeedStatus::default()
             }),
-            blocklist_status: Mutex::new(status::BlocklistStatus::ok()),
+            blocklist_status: Mutex::new(BlocklistStatus::ok()),
             logged: Mutex::default(),
             metrics,
         }
@@ -215,11 +198,11 @@ impl Guard {
     }
 
     /// Whether the blocklist in force is the file's (see `reload`).
-    pub fn blocklist_status(&self) -> status::BlocklistStatus {
+    pub fn blocklist_status(&self) -> BlocklistStatus {
         self.blocklist_status.lock().expect("blocklist status poisoned").clone()
     }
 
-    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut status::BlocklistStatus)) {
+    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut BlocklistStatus)) {
         update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 

@@ -1,12 +1,27 @@
-//! Whether the blocklist in force is the file's, for `/api/health`.
+//! What `/api/health` tells of the guard's inputs: whether the blocklist in force is the
+//! file's, and the malware feed's state and origin.
 
 use serde::Serialize;
+
+/// Whether the last load of an input worked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not configured (the feed without a URL).
+    Disabled,
+    /// Configured, not loaded yet.
+    #[default]
+    Loading,
+    Ok,
+    /// The last load failed; what was in force before still applies.
+    Error,
+}
 
 /// Whether the rules in force are the file's, for `/api/health`.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlocklistStatus {
     /// `ok`, or `error` while the last reload failed and older rules apply.
-    pub state: &'static str,
+    pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// When it entered this state (unix ms).
@@ -16,7 +31,7 @@ pub struct BlocklistStatus {
 impl BlocklistStatus {
     pub fn ok() -> BlocklistStatus {
         BlocklistStatus {
-            state: "ok",
+            state: State::Ok,
             error: None,
             since_ms: crate::clock::now_ms(),
         }
@@ -24,7 +39,7 @@ impl BlocklistStatus {
 
     /// The next status: `error` (`Some`) or ok; `since_ms` moves only when the state does.
     pub fn next(&self, error: Option<String>) -> BlocklistStatus {
-        let state = if error.is_some() { "error" } else { "ok" };
+        let state = if error.is_some() { State::Error } else { State::Ok };
         let since_ms = if state == self.state {
             self.since_ms
         } else {
@@ -32,4 +47,47 @@ impl BlocklistStatus {
         };
         BlocklistStatus { state, error, since_ms }
     }
+}
+
+/// Where the malware list in use came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListOrigin {
+    /// Downloaded from the feed's URL by this replica.
+    Remote,
+    /// The copy kept on disk (loaded at start).
+    Disk,
+    /// The copy another replica shared through Redis.
+    Redis,
+}
+
+impl ListOrigin {
+    /// The word `/api/health` and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListOrigin::Remote => "remote",
+            ListOrigin::Disk => "disk",
+            ListOrigin::Redis => "redis",
+        }
+    }
+}
+
+impl Serialize for ListOrigin {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The malware feed's state, for `/api/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FeedStatus {
+    pub state: State,
+    pub entries: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<ListOrigin>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

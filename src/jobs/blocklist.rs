@@ -47,6 +47,7 @@ pub fn spawn(jobs: &crate::jobs::Jobs, guard: Arc<Guard>, path: PathBuf) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::status::State;
     use crate::metrics::Metrics;
 
     #[test]
@@ -56,7 +57,11 @@ mod tests {
         let guard = Guard::new(Blocklist::default(), None, Arc::new(Metrics::default()));
         let had_file = AtomicBool::new(false);
         reload(&guard, &path, "test", &had_file);
-        assert_eq!(guard.blocklist_status().state, "ok", "no file, never was: no rules, ok");
+        assert_eq!(
+            guard.blocklist_status().state,
+            State::Ok,
+            "no file, never was: no rules, ok"
+        );
         std::fs::write(&path, "packages:\n  - name: evil\n").unwrap();
         reload(&guard, &path, "test", &had_file);
         assert!(guard.policy().package("evil").is_some());
@@ -64,7 +69,7 @@ mod tests {
         reload(&guard, &path, "test", &had_file);
         assert!(guard.policy().package("evil").is_some(), "the last good rules stay");
         let status = guard.blocklist_status();
-        assert_eq!(status.state, "error");
+        assert_eq!(status.state, State::Error);
         assert!(status.error.unwrap().contains("is gone"));
         std::fs::write(&path, "packages: [\n").unwrap();
         reload(&guard, &path, "test", &had_file);
@@ -79,6 +84,6 @@ mod tests {
             guard.policy().package("evil").is_none(),
             "an empty file drops the rules"
         );
-        assert_eq!(guard.blocklist_status().state, "ok");
+        assert_eq!(guard.blocklist_status().state, State::Ok);
     }
 }

@@ -36,6 +36,7 @@ use crate::files::write_atomic;
 use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
+use crate::guard::status::{ListOrigin, State};
 use crate::npm::name::PackageName;
 use crate::proxy::rendered::{gunzip, gzip};
 use crate::proxy::tarballs::Tarballs;
@@ -275,7 +276,7 @@ impl Refresher {
     /// Applies the persisted feed, if any; returns its list for the purge.
     fn load_disk(&mut self, scheduled: bool) -> Option<Arc<MalwareList>> {
         let loaded = self.files.load();
-        let state = if scheduled { "loading" } else { "disabled" };
+        let state = if scheduled { State::Loading } else { State::Disabled };
         self.guard.update_feed_status(|s| s.state = state);
         let Persisted { body, etag, written } = match loaded {
             Ok(Some(found)) => found,
@@ -303,16 +304,16 @@ impl Refresher {
         self.updated_ms = unix_ms(written);
         self.etag = etag;
         self.guard.set_malware(list.clone());
-        self.set_ok("disk", self.updated_ms);
+        self.set_ok(ListOrigin::Disk, self.updated_ms);
         tracing::info!(entries = list.len(), path = %self.files.body.display(), "malware feed loaded from disk");
         Some(list)
     }
 
-    fn set_ok(&self, source: &'static str, at_ms: u64) {
+    fn set_ok(&self, source: ListOrigin, at_ms: u64) {
         let entries = self.guard.policy().malware.len();
         let etag = self.etag.clone();
         self.guard.update_feed_status(|s| {
-            s.state = "ok";
+            s.state = State::Ok;
             s.entries = entries;
             s.etag = etag;
             s.source = Some(source);
@@ -352,7 +353,7 @@ impl Refresher {
                         let retry_in = backoff.after_failure();
                         tracing::warn!(%error, ?retry_in, "malware feed not updated; keeping the list in use");
                         self.guard.update_feed_status(|s| {
-                            s.state = "error";
+                            s.state = State::Error;
                             s.last_error = Some(error);
                         });
                         next_fetch = Instant::now() + retry_in;
@@ -380,7 +381,7 @@ impl Refresher {
                 }
                 Fetched::New { body, etag } => {
                     let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
-                    self.apply(parsed, etag, now_ms(), "remote").await;
+                    self.apply(parsed, etag, now_ms(), ListOrigin::Remote).await;
                     Ok(Looked::Done)
                 }
             };
@@ -429,7 +430,7 @@ impl Refresher {
                 if self.lock.extend().await && self.store_copy(&parsed.body, etag.as_deref(), updated).await {
                     self.bus.publish(Event::FeedUpdated { etag: etag.clone() }).await;
                 }
-                self.apply(parsed, etag, updated, "remote").await;
+                self.apply(parsed, etag, updated, ListOrigin::Remote).await;
             }
         }
         Ok(())
@@ -439,14 +440,14 @@ impl Refresher {
     fn checked(&self) {
         let at = now_ms();
         self.guard.update_feed_status(|s| {
-            s.state = "ok";
+            s.state = State::Ok;
             s.updated_at_ms = Some(at);
             s.last_error = None;
         });
     }
 
     /// Puts a parsed feed in force (unless it is the list in use), persists it and purges.
-    async fn apply(&mut self, parsed: Parsed, etag: Option<String>, updated_ms: u64, source: &'static str) {
+    async fn apply(&mut self, parsed: Parsed, etag: Option<String>, updated_ms: u64, source: ListOrigin) {
         let Parsed { list, digest, body } = parsed;
         let unchanged = digest == self.digest;
         self.etag = etag;
@@ -474,7 +475,7 @@ impl Refresher {
             entries,
             added,
             purged_files = files,
-            source,
+            source = source.as_str(),
             etag = self.etag.as_deref().unwrap_or(""),
             "malware feed updated"
         );
@@ -533,7 +534,10 @@ impl Refresher {
             Err(e) => Err(e.into()),
         };
         match parsed {
-            Ok(parsed) => self.apply(parsed, copy.etag.clone(), updated_ms, "redis").await,
+            Ok(parsed) => {
+                self.apply(parsed, copy.etag.clone(), updated_ms, ListOrigin::Redis)
+                    .await
+            }
             // Only a writer of another version could store this: keep the list in use.
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
