@@ -21,34 +21,33 @@ use crate::tls::Tls;
 use crate::upstream::Upstream;
 
 #[derive(Clone)]
-pub struct App {
-    pub packuments: Arc<Packuments>,
-    pub tarballs: Arc<Tarballs>,
-    pub upstream: Arc<Upstream>,
-    pub guard: Arc<Guard>,
-    pub store: Arc<TarballStore>,
-    pub redis: Arc<SharedRedis>,
+pub(crate) struct App {
+    pub(crate) packuments: Arc<Packuments>,
+    pub(crate) tarballs: Arc<Tarballs>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) redis: Arc<SharedRedis>,
     /// Events from and to the other replicas.
-    pub bus: Arc<Bus>,
+    pub(crate) bus: Arc<Bus>,
     /// The changes follower's state, for health.
-    pub changes: Arc<ChangesState>,
+    pub(crate) changes: Arc<ChangesState>,
     /// TLS, when npg serves HTTPS.
-    pub tls: Option<Arc<Tls>>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) tls: Option<Arc<Tls>>,
+    pub(crate) metrics: Arc<Metrics>,
     /// How long clients may reuse a packument (CLIENT_MAX_AGE; 0: revalidate every time).
-    pub client_max_age: std::time::Duration,
+    pub(crate) client_max_age: std::time::Duration,
     /// Access control, when AUTH_TOKENS_FILE is set.
-    pub auth: Option<Arc<Auth>>,
-    pub instance: String,
-    pub started: Instant,
+    pub(crate) auth: Option<Arc<Auth>>,
+    pub(crate) instance: String,
+    pub(crate) started: Instant,
     /// Set on SIGTERM: health answers 503 while the listeners still serve (SHUTDOWN_DELAY).
-    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
     /// Builds every part from the settings and what `Preflight::run` loaded and checked
     /// (inside a tokio runtime), and starts the background jobs.
-    pub fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<(App, Jobs)> {
+    pub(crate) fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<(App, Jobs)> {
         let metrics = Arc::new(Metrics::default());
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
@@ -88,7 +87,7 @@ impl App {
             metrics.clone(),
         ));
         let tarballs = Arc::new(Tarballs::new(
-            store.clone(),
+            store,
             packuments.clone(),
             guard.clone(),
             upstream.clone(),
@@ -111,7 +110,6 @@ impl App {
             tarballs,
             upstream,
             guard,
-            store,
             redis,
             bus,
             changes: Arc::new(ChangesState::new(settings.enable_npm_changes_poller)),

@@ -16,9 +16,9 @@ const STEP: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// What rendering costs beyond the decoded document (the two forms and their gzip).
-pub const RENDER_FACTOR: usize = 3;
+pub(crate) const RENDER_FACTOR: usize = 3;
 
-pub struct Budget {
+pub(crate) struct Budget {
     permits: Arc<Semaphore>,
     /// The whole budget, in KiB (one permit each).
     total_kib: usize,
@@ -26,7 +26,7 @@ pub struct Budget {
 }
 
 impl Budget {
-    pub fn new(total_bytes: u64) -> Budget {
+    pub(crate) fn new(total_bytes: u64) -> Budget {
         Budget::with_wait(total_bytes, WAIT)
     }
 
@@ -40,7 +40,7 @@ impl Budget {
     }
 
     /// An empty reservation, grown by its holder.
-    pub fn reserve(&self) -> Reservation {
+    pub(crate) fn reserve(&self) -> Reservation {
         Reservation {
             permits: self.permits.clone(),
             held: None,
@@ -62,7 +62,7 @@ pub enum BudgetError {
 }
 
 /// Part of the budget, given back when dropped.
-pub struct Reservation {
+pub(crate) struct Reservation {
     permits: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
     held_kib: usize,
@@ -72,7 +72,7 @@ pub struct Reservation {
 
 impl Reservation {
     /// Holds at least `bytes` of the budget, waiting (bounded) for other documents to finish.
-    pub async fn grow_to(&mut self, bytes: usize) -> Result<(), BudgetError> {
+    pub(crate) async fn grow_to(&mut self, bytes: usize) -> Result<(), BudgetError> {
         let want_kib = bytes.div_ceil(STEP) * (STEP >> 10);
         if want_kib <= self.held_kib {
             return Ok(());
@@ -109,7 +109,8 @@ impl Reservation {
         }
     }
 
-    pub fn held_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn held_bytes(&self) -> usize {
         self.held_kib << 10
     }
 }

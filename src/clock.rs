@@ -4,16 +4,16 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `t` in unix milliseconds (0 before the epoch).
-pub fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Now, in unix milliseconds.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
 }
 
 /// Now, in unix seconds.
-pub fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     (now_ms() / 1000) as i64
 }

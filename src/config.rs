@@ -19,15 +19,15 @@ use anyhow::anyhow;
     version,
     about = "npg: security gateway and caching proxy for the npm registry"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
     #[command(flatten)]
-    pub settings: Settings,
+    pub(crate) settings: Settings,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the proxy (the default).
     Serve,
     /// Validate the settings, print the effective configuration and exit.
@@ -45,7 +45,7 @@ pub enum Command {
 impl Command {
     /// The subcommand named by the first argument when it needs none of the server's settings
     /// (which require REGISTRY_URL): those run without them.
-    pub fn standalone(first_arg: Option<&str>) -> Option<Command> {
+    pub(crate) fn standalone(first_arg: Option<&str>) -> Option<Command> {
         match first_arg? {
             "gen-key" => Some(Command::GenKey),
             "health" => Some(Command::Health),
@@ -57,287 +57,287 @@ impl Command {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Port of the plain HTTP listener.
     #[arg(long, env = "HTTP_PORT", default_value_t = 3000)]
-    pub http_port: u16,
+    pub(crate) http_port: u16,
 
     /// Address the listeners bind to.
     #[arg(long, env = "HTTP_BIND", default_value = "0.0.0.0")]
-    pub http_bind: IpAddr,
+    pub(crate) http_bind: IpAddr,
 
     /// Public base URL of the npm API, path included; tarball URLs are rewritten to
     /// `<PROXY_URL>/<name>/-/<file>`.
     #[arg(long, env = "PROXY_URL", default_value = "http://127.0.0.1:3000/npm", value_parser = parse_http_url)]
-    pub proxy_url: Url,
+    pub(crate) proxy_url: Url,
 
     /// Upstream registry (required), e.g. `REGISTRY_URL=$(npm config get registry)`.
     #[arg(long, env = "REGISTRY_URL", value_parser = parse_http_url)]
-    pub registry_url: Url,
+    pub(crate) registry_url: Url,
 
     /// Directory of the tarball cache (Node NPG layout: `<2 chars>/<name>/<file>`).
     #[arg(long, env = "STORAGE_DIR", default_value = "./var/storage")]
-    pub storage_dir: PathBuf,
+    pub(crate) storage_dir: PathBuf,
 
     /// Use Redis as the shared metadata cache (on by default when REDIS_URL is set).
     #[arg(long, env = "ENABLE_REDIS_CACHE", value_parser = parse_bool)]
-    pub enable_redis_cache: Option<bool>,
+    pub(crate) enable_redis_cache: Option<bool>,
 
     /// Redis URL (`redis://[:password@]host:port/db`); overrides REDIS_HOST/PORT/PASSWORD/DB.
     #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
 
     /// Redis host (when REDIS_URL is not set).
     #[arg(long, env = "REDIS_HOST", default_value = "127.0.0.1")]
-    pub redis_host: String,
+    pub(crate) redis_host: String,
 
     /// Redis port (when REDIS_URL is not set).
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
+    pub(crate) redis_port: u16,
 
     /// Redis password (when REDIS_URL is not set).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
-    pub redis_password: Option<String>,
+    pub(crate) redis_password: Option<String>,
 
     /// File holding the Redis password (a compose or systemd secret); it also applies to a
     /// REDIS_URL that has no password of its own.
     #[arg(long, env = "REDIS_PASSWORD_FILE")]
-    pub redis_password_file: Option<PathBuf>,
+    pub(crate) redis_password_file: Option<PathBuf>,
 
     /// Redis database number (when REDIS_URL is not set).
     #[arg(long, env = "REDIS_DB", default_value_t = 0)]
-    pub redis_db: i64,
+    pub(crate) redis_db: i64,
 
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REDIS_PREFIX", default_value = "npg:")]
-    pub redis_prefix: String,
+    pub(crate) redis_prefix: String,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    pub(crate) log_level: String,
 
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 
     /// How long a packument is served without asking upstream (e.g. 300, 300s, 5m).
     #[arg(long, env = "METADATA_TTL", default_value = "5m", value_parser = parse_duration)]
-    pub metadata_ttl: Duration,
+    pub(crate) metadata_ttl: Duration,
 
     /// How long an expired packument is kept to serve when upstream fails, is down or is slow
     /// to revalidate (stale-if-error, stale-while-revalidate).
     #[arg(long, env = "METADATA_MAX_STALE", default_value = "7d", value_parser = parse_duration)]
-    pub metadata_max_stale: Duration,
+    pub(crate) metadata_max_stale: Duration,
 
     /// How long a miss is remembered by the cluster: a package upstream does not have, or a
     /// packument just asked again for a version or file it lacks (0 turns it off).
     #[arg(long, env = "METADATA_MISS_TTL", default_value = "30s", value_parser = parse_duration)]
-    pub metadata_miss_ttl: Duration,
+    pub(crate) metadata_miss_ttl: Duration,
 
     /// How long clients may reuse a packument without asking again (`Cache-Control:
     /// max-age`); 0: `no-cache`, they revalidate each time (a 304), so a new block applies at once.
     #[arg(long, env = "CLIENT_MAX_AGE", default_value = "0", value_parser = parse_duration)]
-    pub client_max_age: Duration,
+    pub(crate) client_max_age: Duration,
 
     /// Size of the in-process cache of rendered packuments, in MiB.
     #[arg(long, env = "MEMORY_CACHE_MB", default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub memory_cache_mb: u64,
+    pub(crate) memory_cache_mb: u64,
 
     /// Packuments larger than this (decoded), in MiB, are refused (the largest public ones
     /// are about 100 MB).
     #[arg(long, env = "MAX_PACKUMENT_MB", default_value_t = 160, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub max_packument_mb: u64,
+    pub(crate) max_packument_mb: u64,
 
     /// Memory for packuments being read and rendered at once, in MiB; rendering takes about
     /// three times a document's size, so keep it at least 3 x MAX_PACKUMENT_MB.
     #[arg(long, env = "RENDER_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub render_memory_mb: u64,
+    pub(crate) render_memory_mb: u64,
 
     /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB; 0 = none.
     #[arg(long, env = "TARBALL_MEMORY_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65536))]
-    pub tarball_memory_mb: u64,
+    pub(crate) tarball_memory_mb: u64,
 
     /// Upstream timeout: for the response headers, and for each read of a body.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub upstream_timeout: Duration,
+    pub(crate) upstream_timeout: Duration,
 
     /// A whole packument fetch from upstream, headers and body: after it, the stale copy is
     /// served (stale-if-error) or the client gets 504.
     #[arg(long, env = "UPSTREAM_FETCH_DEADLINE", default_value = "60s", value_parser = parse_duration)]
-    pub upstream_fetch_deadline: Duration,
+    pub(crate) upstream_fetch_deadline: Duration,
 
     /// A whole tarball download from upstream (10m: a 100 MB tarball at 170 KB/s).
     #[arg(long, env = "UPSTREAM_TARBALL_DEADLINE", default_value = "10m", value_parser = parse_duration)]
-    pub upstream_tarball_deadline: Duration,
+    pub(crate) upstream_tarball_deadline: Duration,
 
     /// A passthrough request with a body (publish), upload and answer, instead of
     /// UPSTREAM_TIMEOUT.
     #[arg(long, env = "UPSTREAM_UPLOAD_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
-    pub upstream_upload_timeout: Duration,
+    pub(crate) upstream_upload_timeout: Duration,
 
     /// Hosts tarballs may come from besides REGISTRY_URL's origin, comma-separated: `host`,
     /// `host:port` (https) or `http://host[:port]`; redirects are followed only within them.
     #[arg(long, env = "UPSTREAM_TARBALL_HOSTS", value_delimiter = ',')]
-    pub upstream_tarball_hosts: Vec<Origin>,
+    pub(crate) upstream_tarball_hosts: Vec<Origin>,
 
     /// npg's own upstream credentials, by scope: lines `<@scope or *> <Authorization value>`;
     /// used on npg's packument and tarball reads only, never on a client's request.
     #[arg(long, env = "UPSTREAM_AUTH_FILE")]
-    pub upstream_auth_file: Option<PathBuf>,
+    pub(crate) upstream_auth_file: Option<PathBuf>,
 
     /// A new connection must deliver its first request head within this (TLS handshake
     /// included), and every later head too; else it is closed.
     #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
 
     /// A connection with no request in flight for this long is closed (an idle HTTP/1.1
     /// connection is waiting for a request head: HEADER_READ_TIMEOUT closes it first).
     #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
 
     /// A response the client stops taking for this long (it stopped reading) is given up and
     /// its connection closed; waiting for upstream does not count.
     #[arg(long, env = "SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    pub send_timeout: Duration,
+    pub(crate) send_timeout: Duration,
 
     /// Open client connections per listener; beyond it new ones wait in the kernel backlog.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub max_connections: u32,
+    pub(crate) max_connections: u32,
 
     /// Name of this replica in health, metrics and Redis client lists (default: host name).
     #[arg(long, env = "INSTANCE_NAME")]
-    pub instance_name: Option<String>,
+    pub(crate) instance_name: Option<String>,
 
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
 
     /// On SIGTERM, keep serving this long with `/api/health` answering 503, so a balancer
     /// takes the replica out before its listeners close (set it above the health-check interval).
     #[arg(long, env = "SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
-    pub shutdown_delay: Duration,
+    pub(crate) shutdown_delay: Duration,
 
     /// Where the guard's rules come from (shared with `npg lockfile check`).
     #[command(flatten)]
-    pub policy: PolicySources,
+    pub(crate) policy: PolicySources,
 
     /// How often the malware feed is refreshed, in milliseconds (or with a unit: 30m).
     #[arg(long, env = "UPDATE_INTERVAL", default_value = "1800000ms", value_parser = parse_millis)]
-    pub update_interval: Duration,
+    pub(crate) update_interval: Duration,
 
     /// Refresh the malware feed in the background.
     #[arg(long, env = "ENABLE_SCHEDULED_UPDATES", default_value = "true", value_parser = parse_bool)]
-    pub enable_scheduled_updates: bool,
+    pub(crate) enable_scheduled_updates: bool,
 
     /// Hide versions published more recently than this (e.g. 72h, 7d); off when unset.
     #[arg(long, env = "MIN_RELEASE_AGE", value_parser = parse_duration)]
-    pub min_release_age: Option<Duration>,
+    pub(crate) min_release_age: Option<Duration>,
 
     /// Packages exempt from MIN_RELEASE_AGE: names, or /regex/ patterns, comma-separated.
     #[arg(long, env = "MIN_RELEASE_AGE_EXCLUDE", value_delimiter = ',')]
-    pub min_release_age_exclude: Vec<String>,
+    pub(crate) min_release_age_exclude: Vec<String>,
 
     /// Follow the registry's changes feed to invalidate changed packages at once.
     #[arg(long, env = "ENABLE_NPM_CHANGES_POLLER", default_value = "false", value_parser = parse_bool)]
-    pub enable_npm_changes_poller: bool,
+    pub(crate) enable_npm_changes_poller: bool,
 
     /// Base URL of the changes feed (`<url>/_changes`, `<url>/` for `update_seq`); required
     /// when the poller is on.
     #[arg(long, env = "REGISTRY_POLL_URL", value_parser = parse_http_url)]
-    pub registry_poll_url: Option<Url>,
+    pub(crate) registry_poll_url: Option<Url>,
 
     /// Pause between changes-feed polls once caught up, in milliseconds (or with a unit).
     #[arg(long, env = "NPM_CHANGES_POLL_INTERVAL", default_value = "5000ms", value_parser = parse_millis)]
-    pub npm_changes_poll_interval: Duration,
+    pub(crate) npm_changes_poll_interval: Duration,
 
     /// Changes per page (at most 10000).
     #[arg(long, env = "NPM_CHANGES_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub npm_changes_batch_size: u32,
+    pub(crate) npm_changes_batch_size: u32,
 
     /// Domain names to serve over HTTPS with an ACME certificate, comma-separated; turns TLS on.
     #[arg(long, env = "NPG_DOMAIN", value_delimiter = ',')]
-    pub npg_domain: Vec<String>,
+    pub(crate) npg_domain: Vec<String>,
 
     /// Contact address of the ACME account.
     #[arg(long, env = "ACME_EMAIL")]
-    pub acme_email: Option<String>,
+    pub(crate) acme_email: Option<String>,
 
     /// ACME directory (any RFC 8555 CA; default Let's Encrypt production).
     #[arg(long, env = "ACME_DIRECTORY_URL", default_value = "https://acme-v02.api.letsencrypt.org/directory", value_parser = parse_http_url)]
-    pub acme_directory_url: Url,
+    pub(crate) acme_directory_url: Url,
 
     /// Extra root certificate (PEM) to trust for the ACME server's own HTTPS (private CAs, tests).
     #[arg(long, env = "ACME_CA_FILE")]
-    pub acme_ca_file: Option<PathBuf>,
+    pub(crate) acme_ca_file: Option<PathBuf>,
 
     /// ACME challenge: http-01 (answered on HTTP_PORT) or tls-alpn-01 (on HTTPS_PORT).
     #[arg(long, env = "ACME_CHALLENGE", value_enum, default_value_t = AcmeChallenge::Http01)]
-    pub acme_challenge: AcmeChallenge,
+    pub(crate) acme_challenge: AcmeChallenge,
 
     /// How often each replica re-reads the certificate from Redis (it also listens for events).
     #[arg(long, env = "ACME_CHECK_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    pub acme_check_interval: Duration,
+    pub(crate) acme_check_interval: Duration,
 
     /// Port of the HTTPS listener (when TLS is on).
     #[arg(long, env = "HTTPS_PORT", default_value_t = 443)]
-    pub https_port: u16,
+    pub(crate) https_port: u16,
 
     /// Address of the HTTPS listener (default: HTTP_BIND).
     #[arg(long, env = "HTTPS_BIND")]
-    pub https_bind: Option<IpAddr>,
+    pub(crate) https_bind: Option<IpAddr>,
 
     /// With TLS on, redirect plain HTTP to HTTPS (ACME answers, health and ping stay on HTTP).
     #[arg(long, env = "HTTP_REDIRECT", default_value = "true", value_parser = parse_bool)]
-    pub http_redirect: bool,
+    pub(crate) http_redirect: bool,
 
     /// Static certificate chain (PEM), the alternative to ACME.
     #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
-    pub tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
 
     /// Private key (PEM) of TLS_CERT_FILE.
     #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
-    pub tls_key_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
 
     /// 32-byte key (base64, from `npg gen-key`) encrypting private keys at rest in Redis.
     #[arg(long, env = "NPG_SECRET_KEY_FILE")]
-    pub npg_secret_key_file: Option<PathBuf>,
+    pub(crate) npg_secret_key_file: Option<PathBuf>,
 
     /// Turns access control on: the tokens file (`<sha256> <name> <perm>[,<perm>]` a line,
     /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
-    pub auth_tokens_file: Option<PathBuf>,
+    pub(crate) auth_tokens_file: Option<PathBuf>,
 }
 
 /// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile
 /// check` (offline) both read them.
 #[derive(Args, Debug, Clone)]
-pub struct PolicySources {
+pub(crate) struct PolicySources {
     /// The blocklist (Node NPG `blacklist.yml` format); a missing file means no blocklist.
     #[arg(long, env = "BLACKLIST_PATH", default_value = "./etc/blacklist.yml")]
-    pub blacklist_path: PathBuf,
+    pub(crate) blacklist_path: PathBuf,
 
     /// The malware feed: a JSON list of `{package_name, version, reason}`.
     #[arg(long, env = "MALWARE_FEED_URL", default_value = "https://malware-list.aikido.dev/malware_predictions.json", value_parser = parse_http_url)]
-    pub malware_feed_url: Url,
+    pub(crate) malware_feed_url: Url,
 
     /// Which feed reasons block, comma-separated (MALWARE, TELEMETRY, PROTESTWARE).
     #[arg(long, env = "MALWARE_FEED_REASONS", default_value = "MALWARE,TELEMETRY,PROTESTWARE", value_delimiter = ',', value_parser = parse_reason)]
-    pub malware_feed_reasons: Vec<String>,
+    pub(crate) malware_feed_reasons: Vec<String>,
 
     /// Where the last good feed is kept, so a restart without network still guards.
     #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
-    pub malware_list_dir: PathBuf,
+    pub(crate) malware_list_dir: PathBuf,
 }
 
 impl Settings {
     /// Whether Redis is used: explicit ENABLE_REDIS_CACHE wins, else REDIS_URL turns it on.
-    pub fn redis_enabled(&self) -> bool {
+    pub(crate) fn redis_enabled(&self) -> bool {
         self.enable_redis_cache.unwrap_or(self.redis_url.is_some())
     }
 
     /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings, with the
     /// password of REDIS_PASSWORD_FILE when one is set.
-    pub fn redis_connection_url(&self) -> anyhow::Result<String> {
+    pub(crate) fn redis_connection_url(&self) -> anyhow::Result<String> {
         let from_file = match &self.redis_password_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -372,7 +372,7 @@ impl Settings {
 
     /// PROXY_URL as a string without a trailing slash; with ACME and PROXY_URL left at its
     /// default, `https://<first domain>/npm`.
-    pub fn public_base(&self) -> String {
+    pub(crate) fn public_base(&self) -> String {
         let default = self.proxy_url.as_str() == "http://127.0.0.1:3000/npm";
         match self.npg_domain.first() {
             Some(domain) if default => format!("https://{domain}/npm"),
@@ -381,17 +381,17 @@ impl Settings {
     }
 
     /// Whether npg serves HTTPS (ACME or a static certificate).
-    pub fn tls_enabled(&self) -> bool {
+    pub(crate) fn tls_enabled(&self) -> bool {
         !self.npg_domain.is_empty() || self.tls_cert_file.is_some()
     }
 
     /// REGISTRY_URL with exactly one trailing slash, so joins keep its path.
-    pub fn upstream_base(&self) -> String {
+    pub(crate) fn upstream_base(&self) -> String {
         format!("{}/", self.registry_url.as_str().trim_end_matches('/'))
     }
 
     /// How npg talks to upstream; reads UPSTREAM_AUTH_FILE.
-    pub fn upstream(&self) -> anyhow::Result<upstream::Settings> {
+    pub(crate) fn upstream(&self) -> anyhow::Result<upstream::Settings> {
         let auth = match &self.upstream_auth_file {
             Some(path) => UpstreamAuth::load(path)?,
             None => UpstreamAuth::default(),
@@ -407,7 +407,7 @@ impl Settings {
         })
     }
 
-    pub fn instance(&self) -> String {
+    pub(crate) fn instance(&self) -> String {
         self.instance_name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -418,7 +418,7 @@ impl Settings {
     }
 
     /// A copy safe to print: passwords replaced.
-    pub fn redacted(&self) -> Settings {
+    pub(crate) fn redacted(&self) -> Settings {
         let mut shown = self.clone();
         if shown.redis_password.is_some() {
             shown.redis_password = Some("<redacted>".into());
@@ -442,7 +442,7 @@ impl Settings {
 
     /// Checks that need more than a value parser: Redis URL syntax, a usable storage dir (the
     /// files the settings name are `crate::preflight`'s).
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if !self.registry_url.username().is_empty() || self.registry_url.password().is_some() {
             // Credentials in the URL would be npg's identity on every request, writes included.
             return Err(anyhow!(
@@ -561,20 +561,20 @@ fn parse_reason(s: &str) -> anyhow::Result<String> {
 
 /// A duration: a number with an optional unit `ms`, `s` (default), `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AcmeChallenge {
+pub(crate) enum AcmeChallenge {
     #[value(name = "http-01")]
     Http01,
     #[value(name = "tls-alpn-01")]
     TlsAlpn01,
 }
 
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+pub(crate) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);

@@ -5,13 +5,13 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     write(dest, bytes, None)
 }
 
 /// Like `write_atomic`, readable and writable by the owner only (0600), whatever the file it
 /// replaces allowed: for secrets.
-pub fn write_private(dest: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     write(dest, bytes, Some(std::fs::Permissions::from_mode(0o600)))
 }

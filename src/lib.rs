@@ -41,23 +41,23 @@
 //! - `cli`: the one subcommand dispatcher and `serve`'s life (listeners, jobs, the drain on
 //!   SIGTERM); `main.rs` only picks the allocator and calls it.
 
-pub mod app;
-pub mod auth;
-pub mod budget;
+pub(crate) mod app;
+pub(crate) mod auth;
+pub(crate) mod budget;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod cluster;
-pub mod config;
-pub mod files;
+pub(crate) mod config;
+pub(crate) mod files;
 pub mod guard;
-pub mod http;
-pub mod jobs;
-pub mod lockfile;
+pub(crate) mod http;
+pub(crate) mod jobs;
+pub(crate) mod lockfile;
 pub mod metrics;
 pub mod npm;
-pub mod preflight;
-pub mod probe;
+pub(crate) mod preflight;
+pub(crate) mod probe;
 pub mod proxy;
-pub mod retry;
-pub mod tls;
+pub(crate) mod retry;
+pub(crate) mod tls;
 pub mod upstream;

@@ -92,7 +92,7 @@ pub struct Metrics {
 }
 
 /// An open client connection, counted until dropped.
-pub struct OpenConnection(Gauge);
+pub(crate) struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
@@ -235,84 +235,84 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn connection_opened(&self) -> OpenConnection {
+    pub(crate) fn connection_opened(&self) -> OpenConnection {
         self.connections_open.inc();
         OpenConnection(self.connections_open.clone())
     }
 
-    pub fn connection_deadline(&self, which: &'static str) {
+    pub(crate) fn connection_deadline(&self, which: &'static str) {
         self.connections_cut.get_or_create(&Deadline { deadline: which }).inc();
     }
 
-    pub fn request(&self, route: &'static str, status: u16) {
+    pub(crate) fn request(&self, route: &'static str, status: u16) {
         self.requests.get_or_create(&RouteStatus { route, status }).inc();
     }
 
-    pub fn cache(&self, tier: &'static str, hit: bool) {
+    pub(crate) fn cache(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache.get_or_create(&TierResult { tier, result }).inc();
     }
 
     /// One upstream request of `kind` (packument, tarball, passthrough) and its outcome.
-    pub fn upstream(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
+    pub(crate) fn upstream(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
         self.upstream.get_or_create(&KindOutcome { kind, outcome }).inc();
         self.upstream_seconds.get_or_create(&Kind { kind }).observe(seconds);
     }
 
-    pub fn bytes(&self, route: &'static str, n: u64) {
+    pub(crate) fn bytes(&self, route: &'static str, n: u64) {
         self.bytes_served.get_or_create(&Route { route }).inc_by(n);
     }
 
-    pub fn set_redis_up(&self, up: bool) {
+    pub(crate) fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
     }
 
-    pub fn acme_order(&self, result: &'static str) {
+    pub(crate) fn acme_order(&self, result: &'static str) {
         self.acme_orders.get_or_create(&Outcome { result }).inc();
     }
 
-    pub fn guard_block(&self, kind: &'static str) {
+    pub(crate) fn guard_block(&self, kind: &'static str) {
         self.guard_blocks.get_or_create(&BlockType { r#type: kind }).inc();
     }
 
-    pub fn tarball_download(&self, role: &'static str) {
+    pub(crate) fn tarball_download(&self, role: &'static str) {
         self.tarball_downloads.get_or_create(&Role { role }).inc();
     }
 
-    pub fn tarball_store_error(&self) {
+    pub(crate) fn tarball_store_error(&self) {
         self.tarball_store_errors.inc();
     }
 
-    pub fn auth_denied(&self, reason: &'static str) {
+    pub(crate) fn auth_denied(&self, reason: &'static str) {
         self.auth_denied.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn auth_reload_error(&self) {
+    pub(crate) fn auth_reload_error(&self) {
         self.auth_reload_errors.inc();
     }
 
-    pub fn changes_invalidation(&self) {
+    pub(crate) fn changes_invalidation(&self) {
         self.changes_invalidations.inc();
     }
 
-    pub fn set_breaker_state(&self, state: i64) {
+    pub(crate) fn set_breaker_state(&self, state: i64) {
         self.breaker_state.set(state);
     }
 
-    pub fn breaker_trip(&self) {
+    pub(crate) fn breaker_trip(&self) {
         self.breaker_trips.inc();
     }
 
-    pub fn stale_served(&self, why: &'static str) {
+    pub(crate) fn stale_served(&self, why: &'static str) {
         self.stale_served.get_or_create(&Why { why }).inc();
     }
 
-    pub fn negative_hit(&self) {
+    pub(crate) fn negative_hit(&self) {
         self.negative_hits.inc();
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

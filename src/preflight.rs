@@ -11,20 +11,20 @@ use crate::upstream;
 use anyhow::anyhow;
 
 /// The settings' files and compiled values, ready for `App::new`.
-pub struct Preflight {
-    pub upstream: upstream::Settings,
-    pub blocklist: Blocklist,
+pub(crate) struct Preflight {
+    pub(crate) upstream: upstream::Settings,
+    pub(crate) blocklist: Blocklist,
     /// `Some` when MIN_RELEASE_AGE is set.
-    pub age: Option<AgeGate>,
+    pub(crate) age: Option<AgeGate>,
     /// `Some` when AUTH_TOKENS_FILE is set.
-    pub tokens: Option<Tokens>,
+    pub(crate) tokens: Option<Tokens>,
     /// `Some` when TLS is on.
-    pub tls: Option<TlsFiles>,
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 impl Preflight {
     /// Validates the settings and loads their files; the error names the setting.
-    pub fn run(settings: &Settings) -> anyhow::Result<Preflight> {
+    pub(crate) fn run(settings: &Settings) -> anyhow::Result<Preflight> {
         settings.validate()?;
         let upstream = settings.upstream()?;
         let blocklist = Blocklist::load(&settings.policy.blacklist_path).map_err(|e| anyhow!("BLACKLIST_PATH: {e}"))?;

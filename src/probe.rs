@@ -14,26 +14,26 @@ use anyhow::anyhow;
     name = "npg health",
     about = "Probe a running npg; exit 0 when it serves, 1 when not"
 )]
-pub struct HealthArgs {
+pub(crate) struct HealthArgs {
     /// The health endpoint (HTTP or HTTPS).
     #[arg(long, env = "NPG_HEALTH_URL", default_value = "http://127.0.0.1:3000/api/health")]
-    pub url: String,
+    pub(crate) url: String,
 
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 5)]
-    pub timeout: u64,
+    pub(crate) timeout: u64,
 
     /// Extra root certificate (PEM) to trust for HTTPS (a private or test CA).
     #[arg(long)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
 
     /// Fail when npg reports `degraded` (Redis unreachable), not only when it does not answer.
     #[arg(long)]
-    pub strict: bool,
+    pub(crate) strict: bool,
 }
 
 /// Runs the probe; the exit code for the process.
-pub async fn run(args: &HealthArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: &HealthArgs) -> anyhow::Result<()> {
     let mut builder = crate::upstream::client::builder(Some("health probe")).timeout(Duration::from_secs(args.timeout));
     if let Some(path) = &args.ca_file {
         let pem = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 /// Doubles from `first` up to `cap` on every failure; `reset` after a success.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     cap: Duration,
     current: Duration,
 }
 
 impl Backoff {
-    pub fn new(first: Duration, cap: Duration) -> Backoff {
+    pub(crate) fn new(first: Duration, cap: Duration) -> Backoff {
         let first = first.min(cap);
         Backoff {
             first,
@@ -23,32 +23,32 @@ impl Backoff {
     }
 
     /// How long to wait after this failure (between half and all of the current step).
-    pub fn after_failure(&mut self) -> Duration {
+    pub(crate) fn after_failure(&mut self) -> Duration {
         let wait = jittered(self.current);
         self.current = self.current.saturating_mul(2).min(self.cap);
         wait
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.first;
     }
 }
 
 /// Between half and all of `d`.
-pub fn jittered(d: Duration) -> Duration {
+pub(crate) fn jittered(d: Duration) -> Duration {
     let half = d / 2;
     let ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX).max(1);
     half + Duration::from_millis(random_u64() % ms)
 }
 
 /// A fraction in [0, 1], for a time picked at random in a window.
-pub fn random_fraction() -> f64 {
+pub(crate) fn random_fraction() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Random enough to tell holders apart and spread retries (std's per-process SipHash keys come
 /// from the OS; a counter and the time make every call differ).
-pub fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);

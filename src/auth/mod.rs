@@ -16,7 +16,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// What a token may do; each level includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Permission {
+pub(crate) enum Permission {
     /// Install: packuments, manifests, tarballs, search, audit.
     Read,
     /// Writes under `/npm/`: publish, unpublish, dist-tag changes.
@@ -35,7 +35,7 @@ impl Permission {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Permission::Read => "read",
             Permission::Publish => "publish",
@@ -46,13 +46,13 @@ impl Permission {
 
 /// Who presented a known token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub name: Arc<str>,
-    pub permission: Permission,
+pub(crate) struct Identity {
+    pub(crate) name: Arc<str>,
+    pub(crate) permission: Permission,
 }
 
 impl Identity {
-    pub fn may(&self, needed: Permission) -> bool {
+    pub(crate) fn may(&self, needed: Permission) -> bool {
         self.permission >= needed
     }
 }
@@ -60,28 +60,28 @@ impl Identity {
 type Hash = [u8; 32];
 
 /// The SHA-256 of a token: what the file holds.
-pub fn hash_token(token: &str) -> String {
+pub(crate) fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// A line of the file that is not an entry, by number (from 1).
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: line {line}: {reason}")]
-pub struct TokensError {
-    pub file: String,
-    pub line: usize,
-    pub reason: String,
+pub(crate) struct TokensError {
+    pub(crate) file: String,
+    pub(crate) line: usize,
+    pub(crate) reason: String,
 }
 
 /// The tokens in force, immutable.
 #[derive(Debug, Default)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     entries: Vec<(Hash, Identity)>,
 }
 
 impl Tokens {
     /// Reads and parses the file (line 0 in the error when it cannot be read).
-    pub fn load(path: &Path) -> Result<Tokens, TokensError> {
+    pub(crate) fn load(path: &Path) -> Result<Tokens, TokensError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| TokensError {
             file: file.clone(),
@@ -92,7 +92,7 @@ impl Tokens {
     }
 
     /// Parses the file's text; `Err((line, reason))` for the first bad line.
-    pub fn parse(text: &str) -> Result<Tokens, (usize, String)> {
+    pub(crate) fn parse(text: &str) -> Result<Tokens, (usize, String)> {
         let mut entries: Vec<(Hash, Identity)> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -108,17 +108,17 @@ impl Tokens {
         Ok(Tokens { entries })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Who `token` belongs to. Every hash is compared, in constant time, whatever matches, so
     /// the time taken tells nothing about the table.
-    pub fn identify(&self, token: &str) -> Option<Identity> {
+    pub(crate) fn identify(&self, token: &str) -> Option<Identity> {
         let presented: Hash = Sha256::digest(token.as_bytes()).into();
         let mut found = subtle::Choice::from(0);
         let mut index = 0u64;
@@ -153,22 +153,22 @@ fn parse_entry(line: &str) -> anyhow::Result<(Hash, Identity)> {
 }
 
 /// The access control of a running npg: the table in force, swapped whole on reload.
-pub struct Auth {
+pub(crate) struct Auth {
     tokens: ArcSwap<Tokens>,
 }
 
 impl Auth {
-    pub fn new(tokens: Tokens) -> Auth {
+    pub(crate) fn new(tokens: Tokens) -> Auth {
         Auth {
             tokens: ArcSwap::from_pointee(tokens),
         }
     }
 
-    pub fn identify(&self, token: &str) -> Option<Identity> {
+    pub(crate) fn identify(&self, token: &str) -> Option<Identity> {
         self.tokens.load().identify(token)
     }
 
-    pub fn set(&self, tokens: Tokens) {
+    pub(crate) fn set(&self, tokens: Tokens) {
         self.tokens.store(Arc::new(tokens));
     }
 }

@@ -60,7 +60,7 @@ impl RedisLock {
     }
 
     /// The Redis key of the lock, for callers writing their own fenced scripts.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 

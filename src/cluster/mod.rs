@@ -11,5 +11,5 @@ pub mod bus;
 pub mod documents;
 pub mod lock;
 pub mod redis;
-pub mod storage;
-pub mod values;
+pub(crate) mod storage;
+pub(crate) mod values;

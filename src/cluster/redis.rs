@@ -19,7 +19,7 @@ pub enum RedisState {
 }
 
 impl RedisState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RedisState::Disabled => "disabled",
             RedisState::Connected => "connected",
@@ -79,7 +79,7 @@ impl SharedRedis {
 
     /// Whether there is a cluster at all (`REDIS_URL` set), whether or not Redis answers now.
     /// Without one a single node does every job itself and keeps its state locally.
-    pub fn clustered(&self) -> bool {
+    pub(crate) fn clustered(&self) -> bool {
         self.conn.is_some()
     }
 
@@ -92,29 +92,29 @@ impl SharedRedis {
     }
 
     /// The key `<prefix><suffix>`.
-    pub fn key(&self, suffix: &str) -> String {
+    pub(crate) fn key(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.prefix)
     }
 
     /// The replica's name (empty when Redis is disabled).
-    pub fn instance(&self) -> &str {
+    pub(crate) fn instance(&self) -> &str {
         &self.instance
     }
 
     /// The client behind the shared connection, for dedicated connections (pub/sub); `None`
     /// when Redis is disabled.
-    pub fn client(&self) -> Option<&redis::Client> {
+    pub(crate) fn client(&self) -> Option<&redis::Client> {
         self.client.as_ref()
     }
 
     /// A connection handle when Redis is believed up; `None` means "do without Redis".
-    pub fn conn(&self) -> Option<ConnectionManager> {
+    pub(crate) fn conn(&self) -> Option<ConnectionManager> {
         self.conn.clone().filter(|_| self.up.load(Ordering::Relaxed))
     }
 
     /// Callers report failed commands here, so the next requests skip Redis until the
     /// monitor sees it answer again.
-    pub fn report_error(&self, what: &str, err: &redis::RedisError) {
+    pub(crate) fn report_error(&self, what: &str, err: &redis::RedisError) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %err, "redis failed during {what}; serving without it until it answers again");
             self.metrics.set_redis_up(false);

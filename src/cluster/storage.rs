@@ -38,7 +38,7 @@ return 1
 const SET_RENEW_AT: &str = "if redis.call('HGET', KEYS[1], 'serial') == ARGV[1] then redis.call('HSET', KEYS[1], 'renew_at', ARGV[2]) end return 1";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("redis is not answering")]
     Unavailable,
     #[error("redis {what}: {source}")]
@@ -67,13 +67,13 @@ impl From<SharedError> for StoreError {
 
 /// A certificate as stored: the chain and its sealed key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertRecord {
-    pub chain: String,
-    pub sealed_key: String,
-    pub not_after: i64,
-    pub serial: String,
+pub(crate) struct CertRecord {
+    pub(crate) chain: String,
+    pub(crate) sealed_key: String,
+    pub(crate) not_after: i64,
+    pub(crate) serial: String,
     /// The renewal time picked in the CA's ARI window, when one was shared.
-    pub renew_at: Option<i64>,
+    pub(crate) renew_at: Option<i64>,
 }
 
 impl CertRecord {
@@ -89,17 +89,17 @@ impl CertRecord {
 
 /// A certificate read back: what the chain and key need to become a bundle again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCert {
-    pub chain: String,
-    pub sealed_key: String,
-    pub renew_at: Option<i64>,
+pub(crate) struct StoredCert {
+    pub(crate) chain: String,
+    pub(crate) sealed_key: String,
+    pub(crate) renew_at: Option<i64>,
 }
 
 type Answer<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 
 /// The storage contract. `id`s are what follows `acme:account:`, `kind` and `id` of a
 /// challenge what follows `acme:`.
-pub trait Storage: Send + Sync {
+pub(crate) trait Storage: Send + Sync {
     fn load_cert<'a>(&'a self, name: &'a str) -> Answer<'a, Option<StoredCert>>;
     /// Stores a new certificate, in a cluster only while `lock` is ours; true when stored.
     fn save_cert<'a>(&'a self, name: &'a str, cert: &'a CertRecord, lock: &'a RedisLock) -> Answer<'a, bool>;
@@ -119,12 +119,12 @@ pub trait Storage: Send + Sync {
 }
 
 /// The cluster's storage in Redis.
-pub struct RedisStorage {
+pub(crate) struct RedisStorage {
     redis: Arc<SharedRedis>,
 }
 
 impl RedisStorage {
-    pub fn new(redis: Arc<SharedRedis>) -> RedisStorage {
+    pub(crate) fn new(redis: Arc<SharedRedis>) -> RedisStorage {
         RedisStorage { redis }
     }
 

@@ -10,7 +10,7 @@ use crate::cluster::redis::SharedRedis;
 
 /// Why Redis could not do it.
 #[derive(Debug, thiserror::Error)]
-pub enum SharedError {
+pub(crate) enum SharedError {
     #[error("redis is not answering")]
     Unavailable,
     #[error("redis {what}: {source}")]
@@ -22,11 +22,11 @@ pub enum SharedError {
 
 /// How a value is written.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Write {
+pub(crate) struct Write {
     /// Expires after this long.
-    pub ttl: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
     /// Only when there is none yet (`NX`).
-    pub only_new: bool,
+    pub(crate) only_new: bool,
 }
 
 impl SharedRedis {
@@ -40,12 +40,12 @@ impl SharedRedis {
     }
 
     /// The value under `<prefix><key>`; `what` names it in the log when Redis fails.
-    pub async fn get(&self, key: &str, what: &'static str) -> Result<Option<String>, SharedError> {
+    pub(crate) async fn get(&self, key: &str, what: &'static str) -> Result<Option<String>, SharedError> {
         let mut conn = self.connection()?;
         conn.get(self.key(key)).await.map_err(|e| self.failed(what, e))
     }
 
-    pub async fn set(&self, key: &str, value: &str, how: Write, what: &'static str) -> Result<(), SharedError> {
+    pub(crate) async fn set(&self, key: &str, value: &str, how: Write, what: &'static str) -> Result<(), SharedError> {
         let mut conn = self.connection()?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);
@@ -59,13 +59,13 @@ impl SharedRedis {
         cmd.exec_async(&mut conn).await.map_err(|e| self.failed(what, e))
     }
 
-    pub async fn delete(&self, key: &str, what: &'static str) -> Result<(), SharedError> {
+    pub(crate) async fn delete(&self, key: &str, what: &'static str) -> Result<(), SharedError> {
         let mut conn = self.connection()?;
         conn.del(self.key(key)).await.map_err(|e| self.failed(what, e))
     }
 
     /// Adds one to the counter under `<prefix><key>`.
-    pub async fn count(&self, key: &str, what: &'static str) -> Result<(), SharedError> {
+    pub(crate) async fn count(&self, key: &str, what: &'static str) -> Result<(), SharedError> {
         let mut conn = self.connection()?;
         conn.incr(self.key(key), 1).await.map_err(|e| self.failed(what, e))
     }

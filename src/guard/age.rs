@@ -41,16 +41,16 @@ impl AgeGate {
         })
     }
 
-    pub fn min_age(&self) -> Duration {
+    pub(crate) fn min_age(&self) -> Duration {
         self.min_age
     }
 
-    pub fn exempt(&self, name: &str) -> bool {
+    pub(crate) fn exempt(&self, name: &str) -> bool {
         self.exempt_names.contains(name) || self.exempt_patterns.as_ref().is_some_and(|s| s.is_match(name))
     }
 
     /// When a version published at `published_ms` may be shown: `None` if it already may.
-    pub fn hidden_until(&self, published_ms: u64, now_ms: u64) -> Option<u64> {
+    pub(crate) fn hidden_until(&self, published_ms: u64, now_ms: u64) -> Option<u64> {
         let visible_at = published_ms.saturating_add(self.min_age_ms);
         (visible_at > now_ms).then_some(visible_at)
     }

@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 /// The rule that hid a version; serialized as the Node NPG's `type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Rule {
+pub(crate) enum Rule {
     /// The blocklist names the whole package.
     Package,
     /// A blocklist pattern matches the name.
@@ -23,7 +23,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Rule::Package => "package",
             Rule::Pattern => "pattern",
@@ -37,10 +37,10 @@ impl Rule {
 /// Where the malware list came from: the feed's host, as people know it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
-pub struct FeedSource(String);
+pub(crate) struct FeedSource(String);
 
 impl FeedSource {
-    pub fn of(url: &url::Url) -> FeedSource {
+    pub(crate) fn of(url: &url::Url) -> FeedSource {
         FeedSource(url.host_str().unwrap_or("the malware feed").to_string())
     }
 }
@@ -62,23 +62,23 @@ impl std::fmt::Display for FeedSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Block {
     #[serde(rename = "type")]
-    pub kind: Rule,
-    pub reason: String,
+    pub(crate) kind: Rule,
+    pub(crate) reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pattern: Option<String>,
+    pub(crate) pattern: Option<String>,
     #[serde(rename = "versionSpec", skip_serializing_if = "Option::is_none")]
-    pub version_spec: Option<String>,
+    pub(crate) version_spec: Option<String>,
     /// The malware feed that lists it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<FeedSource>,
+    pub(crate) source: Option<FeedSource>,
     /// When the release-age gate lets it through (unix ms; RFC 3339 on the wire); none when
     /// its publication time is unknown.
     #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
-    pub until: Option<u64>,
+    pub(crate) until: Option<u64>,
 }
 
 impl Block {
-    pub fn new(kind: Rule, reason: impl Into<String>) -> Block {
+    pub(crate) fn new(kind: Rule, reason: impl Into<String>) -> Block {
         Block {
             kind,
             reason: reason.into(),
@@ -91,7 +91,7 @@ impl Block {
 
     /// A version the release-age gate holds: published at `published` (unix ms, if known),
     /// visible from `until`.
-    pub fn age(published: Option<u64>, until: Option<u64>, min_age: Duration) -> Block {
+    pub(crate) fn age(published: Option<u64>, until: Option<u64>, min_age: Duration) -> Block {
         let published = match published {
             Some(p) => format!("published {}", format_ms(p)),
             None => "publication time unknown".into(),
@@ -106,7 +106,7 @@ impl Block {
     }
 
     /// The rule in one sentence: "blocked by the blocklist (unmaintained)".
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let reason = &self.reason;
         match self.kind {
             Rule::Package | Rule::Version => format!("blocked by the blocklist ({reason})"),
@@ -126,7 +126,7 @@ impl Block {
     }
 
     /// The status line's short form: `Blocked: chalk@5.6.2 (compromised release)`.
-    pub fn phrase(&self, subject: &str) -> String {
+    pub(crate) fn phrase(&self, subject: &str) -> String {
         let reason = &self.reason;
         match self.kind {
             Rule::Package | Rule::Version => format!("Blocked: {subject} ({reason})"),
@@ -147,7 +147,7 @@ impl Block {
 }
 
 /// Unix ms as RFC 3339 to the second (`2025-09-08T13:00:00Z`).
-pub fn format_ms(ms: u64) -> String {
+pub(crate) fn format_ms(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(time).to_string()
 }
@@ -161,7 +161,7 @@ fn rfc3339<S: Serializer>(until: &Option<u64>, s: S) -> Result<S::Ok, S::Error> 
 
 /// A duration as people write it: the largest whole unit ("3650 days", "12 hours",
 /// "90 minutes"), never humantime's "9years 11months 27days 21h 50m 24s".
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     const UNITS: [(u64, &str); 4] = [(86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")];
     let secs = d.as_secs();
     if secs == 0 && d.subsec_millis() > 0 {

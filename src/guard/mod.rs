@@ -6,11 +6,11 @@
 //! version, so rendered responses cached under an older version are never served.
 
 pub mod age;
-pub mod block;
+pub(crate) mod block;
 pub mod blocklist;
-pub mod malware;
-pub mod restrictions;
-pub mod status;
+pub(crate) mod malware;
+pub(crate) mod restrictions;
+pub(crate) mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
 use age::AgeGate;
-pub use block::{Block, FeedSource, Rule};
+pub(crate) use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
 use status::{BlocklistStatus, FeedStatus, State};
@@ -50,11 +50,11 @@ fn malware(reason: &str, source: &FeedSource) -> Block {
 
 /// The versions a policy hides in one packument.
 #[derive(Debug, Default, Clone)]
-pub struct Verdict {
-    pub hidden: HashMap<String, Block>,
+pub(crate) struct Verdict {
+    pub(crate) hidden: HashMap<String, Block>,
     /// When the age gate will show one of the hidden versions (unix ms): the rendering is
     /// valid until then.
-    pub valid_until_ms: Option<u64>,
+    pub(crate) valid_until_ms: Option<u64>,
 }
 
 /// The rules in force, immutable.
@@ -67,7 +67,7 @@ pub struct Policy {
 
 impl Policy {
     /// A block of every version of `name`.
-    pub fn package(&self, name: &str) -> Option<Block> {
+    pub(crate) fn package(&self, name: &str) -> Option<Block> {
         if let Some(hit) = self.blocklist.whole_package(name) {
             return Some(from_hit(hit));
         }
@@ -78,7 +78,7 @@ impl Policy {
 
     /// A block of `name@version` by the feed or a version rule (not by age: that needs the
     /// publication time, see `judge`).
-    pub fn version(&self, name: &str, version: &str) -> Option<Block> {
+    pub(crate) fn version(&self, name: &str, version: &str) -> Option<Block> {
         if let Some(reason) = self.malware.version(name, version) {
             return Some(malware(reason, self.malware.source()));
         }
@@ -86,12 +86,12 @@ impl Policy {
     }
 
     /// Whether the age gate applies to `name`.
-    pub fn age_gate(&self, name: &str) -> Option<&AgeGate> {
+    pub(crate) fn age_gate(&self, name: &str) -> Option<&AgeGate> {
         self.age.as_deref().filter(|g| !g.exempt(name))
     }
 
     /// Which of `versions` (with their publication times) to hide at `now_ms`.
-    pub fn judge<'a>(
+    pub(crate) fn judge<'a>(
         &self,
         name: &str,
         versions: impl Iterator<Item = (&'a str, Option<u64>)>,
@@ -126,7 +126,7 @@ impl Policy {
 /// Remembered blocks, so each is logged once (cleared when it grows past this).
 const LOGGED_MAX: usize = 100_000;
 
-pub struct Guard {
+pub(crate) struct Guard {
     policy: ArcSwap<Policy>,
     next_version: AtomicU64,
     feed_status: Mutex<FeedStatus>,
@@ -136,7 +136,7 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(blocklist: Blocklist, age: Option<AgeGate>, metrics: Arc<Metrics>) -> Guard {
+    pub(crate) fn new(blocklist: Blocklist, age: Option<AgeGate>, metrics: Arc<Metrics>) -> Guard {
         let policy = Policy {
             version: 1,
             blocklist: Arc::new(blocklist),
@@ -157,11 +157,11 @@ impl Guard {
     }
 
     /// The rules in force now.
-    pub fn policy(&self) -> Arc<Policy> {
+    pub(crate) fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
     }
 
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.policy.load().version
     }
 
@@ -170,7 +170,7 @@ impl Guard {
         self.logged.lock().expect("guard log set poisoned").clear();
     }
 
-    pub fn set_blocklist(&self, blocklist: Blocklist) {
+    pub(crate) fn set_blocklist(&self, blocklist: Blocklist) {
         let blocklist = Arc::new(blocklist);
         self.swap(|old| Policy {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
@@ -180,7 +180,7 @@ impl Guard {
         });
     }
 
-    pub fn set_malware(&self, malware: Arc<MalwareList>) {
+    pub(crate) fn set_malware(&self, malware: Arc<MalwareList>) {
         self.swap(|old| Policy {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
             blocklist: old.blocklist.clone(),
@@ -189,25 +189,25 @@ impl Guard {
         });
     }
 
-    pub fn feed_status(&self) -> FeedStatus {
+    pub(crate) fn feed_status(&self) -> FeedStatus {
         self.feed_status.lock().expect("feed status poisoned").clone()
     }
 
-    pub fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
+    pub(crate) fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
         update(&mut self.feed_status.lock().expect("feed status poisoned"));
     }
 
     /// Whether the blocklist in force is the file's (see `reload`).
-    pub fn blocklist_status(&self) -> BlocklistStatus {
+    pub(crate) fn blocklist_status(&self) -> BlocklistStatus {
         self.blocklist_status.lock().expect("blocklist status poisoned").clone()
     }
 
-    pub fn update_blocklist_status(&self, update: impl FnOnce(&mut BlocklistStatus)) {
+    pub(crate) fn update_blocklist_status(&self, update: impl FnOnce(&mut BlocklistStatus)) {
         update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 
     /// Counts a block in the metrics and logs it the first time it is seen under this policy.
-    pub fn record(&self, name: &str, version: Option<&str>, block: &Block) {
+    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block) {
         self.metrics.guard_block(block.kind.as_str());
         let key = format!("{name}@{}", version.unwrap_or("*"));
         let mut logged = self.logged.lock().expect("guard log set poisoned");

@@ -16,7 +16,7 @@ const NAMED: usize = 10;
 
 /// `body` (a JSON object) with `policyRestrictions` for `hidden` as its last member.
 /// Added at the end, so byte ranges into the body stay valid.
-pub fn append(mut body: Vec<u8>, name: &str, hidden: &HashMap<String, Block>) -> Vec<u8> {
+pub(crate) fn append(mut body: Vec<u8>, name: &str, hidden: &HashMap<String, Block>) -> Vec<u8> {
     if hidden.is_empty() || body.last() != Some(&b'}') {
         return body;
     }

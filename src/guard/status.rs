@@ -6,7 +6,7 @@ use serde::Serialize;
 /// Whether the last load of an input worked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum State {
+pub(crate) enum State {
     /// Not configured (the feed without a URL).
     Disabled,
     /// Configured, not loaded yet.
@@ -19,17 +19,17 @@ pub enum State {
 
 /// Whether the rules in force are the file's, for `/api/health`.
 #[derive(Debug, Clone, Serialize)]
-pub struct BlocklistStatus {
+pub(crate) struct BlocklistStatus {
     /// `ok`, or `error` while the last reload failed and older rules apply.
-    pub state: State,
+    pub(crate) state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// When it entered this state (unix ms).
-    pub since_ms: u64,
+    pub(crate) since_ms: u64,
 }
 
 impl BlocklistStatus {
-    pub fn ok() -> BlocklistStatus {
+    pub(crate) fn ok() -> BlocklistStatus {
         BlocklistStatus {
             state: State::Ok,
             error: None,
@@ -38,7 +38,7 @@ impl BlocklistStatus {
     }
 
     /// The next status: `error` (`Some`) or ok; `since_ms` moves only when the state does.
-    pub fn next(&self, error: Option<String>) -> BlocklistStatus {
+    pub(crate) fn next(&self, error: Option<String>) -> BlocklistStatus {
         let state = if error.is_some() { State::Error } else { State::Ok };
         let since_ms = if state == self.state {
             self.since_ms
@@ -51,7 +51,7 @@ impl BlocklistStatus {
 
 /// Where the malware list in use came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListOrigin {
+pub(crate) enum ListOrigin {
     /// Downloaded from the feed's URL by this replica.
     Remote,
     /// The copy kept on disk (loaded at start).
@@ -62,7 +62,7 @@ pub enum ListOrigin {
 
 impl ListOrigin {
     /// The word `/api/health` and the logs use.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ListOrigin::Remote => "remote",
             ListOrigin::Disk => "disk",
@@ -79,15 +79,15 @@ impl Serialize for ListOrigin {
 
 /// The malware feed's state, for `/api/health`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct FeedStatus {
-    pub state: State,
-    pub entries: usize,
+pub(crate) struct FeedStatus {
+    pub(crate) state: State,
+    pub(crate) entries: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
+    pub(crate) etag: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<ListOrigin>,
+    pub(crate) source: Option<ListOrigin>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub updated_at_ms: Option<u64>,
+    pub(crate) updated_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }

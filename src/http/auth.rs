@@ -17,7 +17,7 @@ use crate::auth::{Identity, Permission};
 
 /// The identity of a request's valid token, as a request extension.
 #[derive(Clone, Debug)]
-pub struct Caller(pub Identity);
+pub(crate) struct Caller(pub Identity);
 
 /// npm audit's POSTs: reads, whatever their method.
 const AUDIT_PREFIX: &str = "/npm/-/npm/v1/security/";
@@ -71,12 +71,12 @@ impl Presented {
 }
 
 /// Whether the request's caller may do what `needed` asks (always, with access control off).
-pub fn allowed(app: &App, caller: Option<&Caller>, needed: Permission) -> bool {
+pub(crate) fn allowed(app: &App, caller: Option<&Caller>, needed: Permission) -> bool {
     app.auth.is_none() || caller.is_some_and(|c| c.0.may(needed))
 }
 
 /// The middleware, installed only when access control is on (see `routes::router`).
-pub async fn require(State(app): State<App>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn require(State(app): State<App>, mut req: Request, next: Next) -> Response {
     let needed = needed(req.method(), req.uri().path());
     let presented = Presented::of(&app, req.headers());
     req.headers_mut().remove(header::AUTHORIZATION);
@@ -101,7 +101,7 @@ pub async fn require(State(app): State<App>, mut req: Request, next: Next) -> Re
 
 /// `npm whoami` with access control on: the name of the caller's token (upstream would only
 /// see a request without credentials).
-pub fn whoami(req: &Request) -> Option<Response> {
+pub(crate) fn whoami(req: &Request) -> Option<Response> {
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let Caller(who) = req.extensions().get::<Caller>().filter(|_| read)?;
     let mut resp = axum::Json(serde_json::json!({ "username": &*who.name })).into_response();

@@ -9,7 +9,7 @@ use super::observe::RouteLabel;
 use crate::app::App;
 use crate::tls::store::Challenge;
 
-pub async fn http01(State(app): State<App>, Path(token): Path<String>) -> Response {
+pub(crate) async fn http01(State(app): State<App>, Path(token): Path<String>) -> Response {
     let answer = match &app.tls {
         Some(tls) if token.len() <= 256 => tls.store.challenge(Challenge::Http01, &token).await,
         _ => None,

@@ -22,17 +22,17 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The deadlines, from settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Deadlines {
+pub(crate) struct Deadlines {
     /// Until the first request head is complete.
-    pub head: Duration,
+    pub(crate) head: Duration,
     /// Without any request in flight, after the first.
-    pub idle: Duration,
+    pub(crate) idle: Duration,
     /// A response body ready to be sent that the client does not take.
-    pub send: Duration,
+    pub(crate) send: Duration,
 }
 
 /// What a connection's service has seen: requests started and responses still being sent.
-pub struct Activity {
+pub(crate) struct Activity {
     started: Instant,
     seen_request: AtomicBool,
     in_flight: AtomicUsize,
@@ -47,7 +47,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             started: Instant::now(),
             seen_request: AtomicBool::new(false),
@@ -69,7 +69,7 @@ impl Activity {
 
     /// A request head arrived; the returned guard ends it when the response body is done
     /// (or dropped), so a long download never counts as idle.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.seen_request.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
@@ -95,7 +95,7 @@ impl Activity {
 }
 
 /// One request in flight; ends on drop.
-pub struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -106,7 +106,7 @@ impl Drop for InFlight {
 
 /// `resp` with `guard` held until its body has been sent or dropped, and the body's progress
 /// reported to the connection's send deadline.
-pub fn hold_until_sent(resp: Response<Body>, guard: InFlight) -> Response<Body> {
+pub(crate) fn hold_until_sent(resp: Response<Body>, guard: InFlight) -> Response<Body> {
     let activity = guard.0.clone();
     activity.sending.fetch_add(1, Ordering::Relaxed);
     activity.polled_ms.store(activity.now_ms(), Ordering::Relaxed);
@@ -170,7 +170,7 @@ impl Drop for Sending {
 
 /// Runs `conn` until it ends or overruns a deadline (then it is dropped, closing the socket).
 /// Returns the deadline that ended it, if one did.
-pub async fn run_within<F: Future>(conn: F, activity: &Activity, deadlines: Deadlines) -> Option<&'static str> {
+pub(crate) async fn run_within<F: Future>(conn: F, activity: &Activity, deadlines: Deadlines) -> Option<&'static str> {
     tokio::pin!(conn);
     let mut tick = tokio::time::interval(TICK);
     loop {

@@ -19,20 +19,20 @@ use crate::upstream::UpstreamError;
 use super::phrase::reason_phrase;
 
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub error: String,
-    pub reason: String,
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) error: String,
+    pub(crate) reason: String,
     /// More fields of the body (the guard's `package`, `type`, `pattern`, ...).
-    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    pub(crate) extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     /// Sent as `Retry-After` (seconds): upstream is down and will be asked again then.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// The status line's reason phrase, when it says more than the standard one.
-    pub phrase: Option<String>,
+    pub(crate) phrase: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, error: impl Into<String>, reason: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>, reason: impl Into<String>) -> ApiError {
         ApiError {
             status,
             error: error.into(),
@@ -44,13 +44,13 @@ impl ApiError {
     }
 
     /// 403 for a package the guard blocks as a whole.
-    pub fn blocked_package(name: &str, block: &Block) -> ApiError {
+    pub(crate) fn blocked_package(name: &str, block: &Block) -> ApiError {
         let error = format!("{name} is {}. {}", block.message(), guidance(name, None, block));
         ApiError::new(StatusCode::FORBIDDEN, error, block.reason.clone()).with_block(name, None, block)
     }
 
     /// 403 for a version (its manifest or tarball) the guard blocks.
-    pub fn blocked_version(name: &str, version: &str, block: &Block) -> ApiError {
+    pub(crate) fn blocked_version(name: &str, version: &str, block: &Block) -> ApiError {
         let error = format!(
             "{name}@{version} is {}. {}",
             block.message(),
@@ -60,7 +60,7 @@ impl ApiError {
     }
 
     /// 404 for a spec (`^2.0.0`) that only hidden versions satisfy, told by the highest one.
-    pub fn hidden_match(name: &str, spec: &str, version: &str, block: &Block) -> ApiError {
+    pub(crate) fn hidden_match(name: &str, spec: &str, version: &str, block: &Block) -> ApiError {
         let error = format!(
             "No served version of {name} matches {spec}; {name}@{version} is {}. {}",
             block.message(),
@@ -71,7 +71,7 @@ impl ApiError {
 
     /// 404 for a package whose every version the policy hides: told by the hold that lifts
     /// first (or, without one, the newest version's block).
-    pub fn all_hidden(name: &str, hidden: &HashMap<String, Block>) -> ApiError {
+    pub(crate) fn all_hidden(name: &str, hidden: &HashMap<String, Block>) -> ApiError {
         let semver = |v: &str| nodejs_semver::Version::parse(v).ok();
         let first = hidden
             .iter()
@@ -106,7 +106,7 @@ impl ApiError {
         self
     }
 
-    pub fn not_found(reason: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "Not found", reason)
     }
 }

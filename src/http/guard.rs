@@ -13,7 +13,7 @@ use super::observe::RouteLabel;
 use crate::app::App;
 use crate::npm::name::PackageName;
 
-pub async fn explain(State(app): State<App>, req: Request) -> Response {
+pub(crate) async fn explain(State(app): State<App>, req: Request) -> Response {
     let raw = req.uri().path().strip_prefix("/api/guard/").unwrap_or_default();
     let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
     let mut resp = match PackageName::parse(&decoded) {

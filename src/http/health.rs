@@ -18,7 +18,7 @@ use crate::upstream::breaker::State as Breaker;
 /// A replica's health in one word: the endpoint's `status`, and what `npg health` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     /// It serves, but not as it should (`problems` says why).
     Degraded,
@@ -27,7 +27,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Degraded => "degraded",
@@ -38,12 +38,12 @@ impl Status {
 
 /// The part of `/api/health` anyone may read.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Summary {
-    pub status: Status,
+pub(crate) struct Summary {
+    pub(crate) status: Status,
 }
 
 /// The status for anyone; the details only for admins when access control is on.
-pub async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
+pub(crate) async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
     let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
     let problems = problems(&app);
     let status = match (draining, problems.is_empty()) {
@@ -108,13 +108,13 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
     })
 }
 
-pub async fn ping() -> Response {
+pub(crate) async fn ping() -> Response {
     let mut resp = ([(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({}))).into_response();
     resp.extensions_mut().insert(RouteLabel("ping"));
     resp
 }
 
-pub async fn metrics(State(app): State<App>) -> Response {
+pub(crate) async fn metrics(State(app): State<App>) -> Response {
     let mut resp = (
         [(
             header::CONTENT_TYPE,

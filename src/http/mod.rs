@@ -1,15 +1,15 @@
 //! The HTTP face of npg: routing, the responses of each route, errors, the listener.
 
-pub mod auth;
-pub mod challenge;
-pub mod connection;
-pub mod errors;
-pub mod guard;
-pub mod health;
-pub mod observe;
-pub mod packument;
-pub mod passthrough;
-pub mod phrase;
-pub mod routes;
-pub mod server;
-pub mod tarball;
+pub(crate) mod auth;
+pub(crate) mod challenge;
+pub(crate) mod connection;
+pub(crate) mod errors;
+pub(crate) mod guard;
+pub(crate) mod health;
+pub(crate) mod observe;
+pub(crate) mod packument;
+pub(crate) mod passthrough;
+pub(crate) mod phrase;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod tarball;

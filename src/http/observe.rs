@@ -17,9 +17,9 @@ const MAX_URI_BYTES: usize = 8 * 1024;
 
 /// Set by handlers as a response extension: the route label for metrics.
 #[derive(Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
+pub(crate) struct RouteLabel(pub &'static str);
 
-pub async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
+pub(crate) async fn observe(State(app): State<App>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let http1 = req.version() < Version::HTTP_2;

@@ -11,7 +11,7 @@ use super::errors::ApiError;
 use crate::npm::name::PackageName;
 use crate::proxy::packuments::{Package, Source};
 
-pub const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
+pub(crate) const ABBREVIATED_TYPE: &str = "application/vnd.npm.install-v1+json";
 
 /// Whether a list header (`Accept`, `Accept-Encoding`) offers one of `values` without
 /// refusing it with `q=0`.
@@ -24,17 +24,17 @@ fn offers(headers: &HeaderMap, name: header::HeaderName, values: &[&str]) -> boo
 }
 
 /// Whether the client asked for the abbreviated document (pnpm, yarn 1).
-pub fn wants_abbreviated(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_abbreviated(headers: &HeaderMap) -> bool {
     offers(headers, header::ACCEPT, &[ABBREVIATED_TYPE])
 }
 
 /// Whether gzip is acceptable.
-pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
     offers(headers, header::ACCEPT_ENCODING, &["gzip", "*"])
 }
 
 /// Whether `If-None-Match` names one of `etags` (or `*`).
-pub fn etag_matches(headers: &HeaderMap, etags: &[&str]) -> bool {
+pub(crate) fn etag_matches(headers: &HeaderMap, etags: &[&str]) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -59,13 +59,13 @@ fn x_cache(source: Source) -> &'static str {
 /// `max-age` npm would resolve a just-blocked version from its cache (and install it from its
 /// cached tarball, or fail at the tarball with a 403).
 #[derive(Clone)]
-pub struct ClientCaching {
+pub(crate) struct ClientCaching {
     public: HeaderValue,
 }
 
 impl ClientCaching {
     /// Per request: no allocation for the default (`no-cache`).
-    pub fn new(max_age: std::time::Duration) -> ClientCaching {
+    pub(crate) fn new(max_age: std::time::Duration) -> ClientCaching {
         let public = match max_age.as_secs() {
             0 => HeaderValue::from_static("public, no-cache"),
             secs => HeaderValue::from_str(&format!("public, max-age={secs}")).expect("digits are a valid header"),
@@ -128,7 +128,7 @@ fn respond(
     resp
 }
 
-pub fn packument(req: &HeaderMap, pkg: &Package, source: Source, caching: &ClientCaching) -> Response<Body> {
+pub(crate) fn packument(req: &HeaderMap, pkg: &Package, source: Source, caching: &ClientCaching) -> Response<Body> {
     let abbreviated = wants_abbreviated(req);
     let (variant, content_type) = if abbreviated {
         (&pkg.abbreviated, ABBREVIATED_TYPE)
@@ -159,7 +159,7 @@ pub fn packument(req: &HeaderMap, pkg: &Package, source: Source, caching: &Clien
 }
 
 /// The version a spec names: a dist-tag, an exact version, or the highest one a range allows.
-pub fn resolve_spec(pkg: &Package, spec: &str) -> Option<String> {
+pub(crate) fn resolve_spec(pkg: &Package, spec: &str) -> Option<String> {
     if let Some(v) = pkg.index.dist_tags.get(spec) {
         return Some(v.clone());
     }
@@ -193,7 +193,7 @@ fn missing(pkg: &Package, name: &PackageName, spec: &str) -> ApiError {
     }
 }
 
-pub fn version(
+pub(crate) fn version(
     req: &HeaderMap,
     pkg: &Package,
     source: Source,

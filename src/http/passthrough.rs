@@ -64,7 +64,7 @@ fn relayed(from: &HeaderMap, dropped: fn(&HeaderName) -> bool) -> HeaderMap {
 }
 
 /// Forwards `req` to `<REGISTRY_URL><relative>` (relative keeps its query).
-pub async fn forward(app: &App, req: Request, relative: &str) -> Result<Response<Body>, ApiError> {
+pub(crate) async fn forward(app: &App, req: Request, relative: &str) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let headers = relayed(&parts.headers, client_addressing);
     // From the body itself, not the headers: an HTTP/2 request needs no Content-Length.

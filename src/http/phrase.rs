@@ -8,10 +8,10 @@
 use hyper::ext::ReasonPhrase;
 
 /// Longest phrase sent, in bytes.
-pub const MAX_PHRASE: usize = 200;
+pub(crate) const MAX_PHRASE: usize = 200;
 
 /// `text` made fit for a status line: other bytes become `?`, cut at `MAX_PHRASE` with `...`.
-pub fn reason_phrase(text: &str) -> ReasonPhrase {
+pub(crate) fn reason_phrase(text: &str) -> ReasonPhrase {
     let mut clean: String = text
         .chars()
         .map(|c| if c == '\t' || (' '..='~').contains(&c) { c } else { '?' })

@@ -24,9 +24,9 @@ use crate::npm::path::{Route, check_traversal, classify, written_package};
 use crate::proxy::packuments::{Lookup, Source};
 use crate::proxy::tarballs::TarballError;
 
-pub const API_PREFIX: &str = "/npm";
+pub(crate) const API_PREFIX: &str = "/npm";
 
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     let routes = Router::new()
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
@@ -56,7 +56,7 @@ pub fn router(app: App) -> Router {
 /// Plain HTTP when npg serves HTTPS: ACME answers, health and ping (for balancers), and a
 /// permanent redirect to HTTPS for everything else, on a host npg serves: the ACME domains,
 /// or with a static certificate the host of `public_base` (PROXY_URL).
-pub fn redirect_router(app: App, https_port: u16, public_base: &str) -> Router {
+pub(crate) fn redirect_router(app: App, https_port: u16, public_base: &str) -> Router {
     let mut domains = app.tls.as_ref().map(|t| t.domains.clone()).unwrap_or_default();
     if domains.is_empty() {
         let public = url::Url::parse(public_base).ok();

@@ -75,11 +75,11 @@ const MAX_STREAMS: u32 = 256;
 
 /// What one listener allows its clients.
 #[derive(Clone)]
-pub struct Limits {
-    pub deadlines: Deadlines,
+pub(crate) struct Limits {
+    pub(crate) deadlines: Deadlines,
     /// Beyond this many open connections, new ones wait in the kernel's backlog.
-    pub max_connections: usize,
-    pub metrics: Arc<Metrics>,
+    pub(crate) max_connections: usize,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Serves one accepted connection: its requests go to `router`, its deadlines are watched.
@@ -111,7 +111,7 @@ where
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<Tls>>,

@@ -25,7 +25,7 @@ fn etag(name: &PackageName, file: &str, len: u64) -> String {
     format!("\"t{len:x}-{}\"", hex::encode(&digest[..8]))
 }
 
-pub fn respond(
+pub(crate) fn respond(
     req: &HeaderMap,
     name: &PackageName,
     file: &str,

@@ -37,7 +37,7 @@ fn reload(guard: &Guard, path: &Path, why: &str, had_file: &AtomicBool) {
     guard.update_blocklist_status(|status| *status = status.next(error));
 }
 
-pub fn spawn(jobs: &crate::jobs::Jobs, guard: Arc<Guard>, path: PathBuf) {
+pub(crate) fn spawn(jobs: &crate::jobs::Jobs, guard: Arc<Guard>, path: PathBuf) {
     let had_file = AtomicBool::new(path.exists());
     super::watch::spawn(jobs, path, "blocklist", move |path, why| {
         reload(&guard, path, why, &had_file)

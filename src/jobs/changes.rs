@@ -46,30 +46,30 @@ const SEQ_KEY: &str = "changes:seq";
 
 /// What /api/health can show about the follower.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct ChangesStatus {
+pub(crate) struct ChangesStatus {
     /// `ENABLE_NPM_CHANGES_POLLER`.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// This replica follows the feed now.
-    pub leader: bool,
+    pub(crate) leader: bool,
     /// The last sequence this replica processed (as leader).
-    pub seq: Option<u64>,
+    pub(crate) seq: Option<u64>,
     /// The last failure while leading; cleared by the next good page.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// The follower's state, shared with the HTTP side.
 #[derive(Default)]
-pub struct ChangesState(Mutex<ChangesStatus>);
+pub(crate) struct ChangesState(Mutex<ChangesStatus>);
 
 impl ChangesState {
-    pub fn new(enabled: bool) -> ChangesState {
+    pub(crate) fn new(enabled: bool) -> ChangesState {
         ChangesState(Mutex::new(ChangesStatus {
             enabled,
             ..ChangesStatus::default()
         }))
     }
 
-    pub fn snapshot(&self) -> ChangesStatus {
+    pub(crate) fn snapshot(&self) -> ChangesStatus {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -79,7 +79,7 @@ impl ChangesState {
 }
 
 /// Drops from this replica's memory what another replica's follower reports as changed.
-pub fn spawn_listener(jobs: &Jobs, bus: &Bus, packuments: Arc<Packuments>) {
+pub(crate) fn spawn_listener(jobs: &Jobs, bus: &Bus, packuments: Arc<Packuments>) {
     let mut events = bus.subscribe();
     jobs.spawn("invalidation listener", async move {
         use tokio::sync::broadcast::error::RecvError;
@@ -99,19 +99,19 @@ pub fn spawn_listener(jobs: &Jobs, bus: &Bus, packuments: Arc<Packuments>) {
 }
 
 /// What the changes follower works with.
-pub struct ChangesFollower {
-    pub packuments: Arc<Packuments>,
-    pub redis: Arc<SharedRedis>,
-    pub bus: Arc<Bus>,
-    pub status: Arc<ChangesState>,
-    pub metrics: Arc<Metrics>,
-    pub instance: String,
+pub(crate) struct ChangesFollower {
+    pub(crate) packuments: Arc<Packuments>,
+    pub(crate) redis: Arc<SharedRedis>,
+    pub(crate) bus: Arc<Bus>,
+    pub(crate) status: Arc<ChangesState>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) instance: String,
 }
 
 impl ChangesFollower {
     /// Starts the follower when `ENABLE_NPM_CHANGES_POLLER` is on. It runs until the jobs
     /// stop: every failure is logged, recorded in the status, and retried.
-    pub fn spawn(self, jobs: &Jobs, settings: &Settings) {
+    pub(crate) fn spawn(self, jobs: &Jobs, settings: &Settings) {
         if !settings.enable_npm_changes_poller {
             return;
         }

@@ -79,21 +79,21 @@ enum Looked {
 }
 
 /// A feed as kept on disk.
-pub struct Persisted {
-    pub body: Vec<u8>,
-    pub etag: Option<String>,
-    pub written: SystemTime,
+pub(crate) struct Persisted {
+    pub(crate) body: Vec<u8>,
+    pub(crate) etag: Option<String>,
+    pub(crate) written: SystemTime,
 }
 
 /// Where the feed is kept on disk (the Node NPG's layout, so its volume is reused).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedFiles {
-    pub body: PathBuf,
-    pub etag: PathBuf,
+pub(crate) struct FeedFiles {
+    pub(crate) body: PathBuf,
+    pub(crate) etag: PathBuf,
 }
 
 impl FeedFiles {
-    pub fn new(dir: &Path, url: &Url) -> FeedFiles {
+    pub(crate) fn new(dir: &Path, url: &Url) -> FeedFiles {
         let host = url.host_str().unwrap_or("feed");
         let file = url
             .path_segments()
@@ -108,7 +108,7 @@ impl FeedFiles {
     }
 
     /// The persisted feed; `None` if there is none.
-    pub fn load(&self) -> io::Result<Option<Persisted>> {
+    pub(crate) fn load(&self) -> io::Result<Option<Persisted>> {
         let body = match std::fs::read(&self.body) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -124,7 +124,7 @@ impl FeedFiles {
 
     /// Writes both files atomically. The old ETag goes first, so a crash in between leaves a
     /// body without an ETag (a full fetch next time), never a stale ETag for a new body.
-    pub fn save(&self, body: &[u8], etag: Option<&str>) -> io::Result<()> {
+    pub(crate) fn save(&self, body: &[u8], etag: Option<&str>) -> io::Result<()> {
         let dir = self.body.parent().expect("feed file has a directory");
         std::fs::create_dir_all(dir)?;
         match std::fs::remove_file(&self.etag) {
@@ -209,16 +209,16 @@ struct Refresher {
 }
 
 /// What the feed refresher works with.
-pub struct FeedRefresher {
-    pub guard: Arc<Guard>,
-    pub tarballs: Arc<Tarballs>,
-    pub redis: Arc<SharedRedis>,
-    pub bus: Arc<Bus>,
+pub(crate) struct FeedRefresher {
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) tarballs: Arc<Tarballs>,
+    pub(crate) redis: Arc<SharedRedis>,
+    pub(crate) bus: Arc<Bus>,
 }
 
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
 /// in the background.
-pub fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Settings) {
+pub(crate) fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Settings) {
     let FeedRefresher {
         guard,
         tarballs,

@@ -5,11 +5,11 @@
 //! work over at once instead of after the lease's TTL (a rolling restart must not hold up the
 //! cluster's certificate renewal or changes feed).
 
-pub mod blocklist;
-pub mod changes;
-pub mod feed;
-pub mod tokens;
-pub mod watch;
+pub(crate) mod blocklist;
+pub(crate) mod changes;
+pub(crate) mod feed;
+pub(crate) mod tokens;
+pub(crate) mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,14 +21,14 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::lock::RedisLock;
 
 #[derive(Clone, Default)]
-pub struct Jobs {
+pub(crate) struct Jobs {
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Jobs {
     /// Runs `job` until it ends or the jobs are stopped.
-    pub fn spawn(&self, name: &'static str, job: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, name: &'static str, job: impl Future<Output = ()> + Send + 'static) {
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -39,7 +39,7 @@ impl Jobs {
     }
 
     /// Like `spawn`, releasing `lease` once the job is over (if it is still this job's).
-    pub fn spawn_leased(
+    pub(crate) fn spawn_leased(
         &self,
         name: &'static str,
         lease: Arc<RedisLock>,
@@ -62,13 +62,13 @@ impl Jobs {
     }
 
     /// Stops every job (they stop at their next await; leases are released meanwhile).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stop.cancel();
         self.tasks.close();
     }
 
     /// Waits for the stopped jobs, at most `bound`; false if some did not finish in time.
-    pub async fn stopped(&self, bound: Duration) -> bool {
+    pub(crate) async fn stopped(&self, bound: Duration) -> bool {
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
     }
 }

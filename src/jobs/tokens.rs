@@ -20,7 +20,7 @@ fn reload(auth: &Auth, metrics: &Metrics, path: &Path, why: &str) {
     }
 }
 
-pub fn spawn(jobs: &crate::jobs::Jobs, auth: Arc<Auth>, metrics: Arc<Metrics>, path: PathBuf) {
+pub(crate) fn spawn(jobs: &crate::jobs::Jobs, auth: Arc<Auth>, metrics: Arc<Metrics>, path: PathBuf) {
     super::watch::spawn(jobs, path, "auth tokens", move |path, why| {
         reload(&auth, &metrics, path, why)
     });

@@ -18,7 +18,12 @@ fn fingerprint(path: &Path) -> Fingerprint {
 
 /// Calls `reload(path, why)` on SIGHUP and whenever `path` changes; `what` names the file in
 /// the warning when no SIGHUP handler can be installed.
-pub fn spawn(jobs: &Jobs, path: PathBuf, what: &'static str, reload: impl Fn(&Path, &'static str) + Send + 'static) {
+pub(crate) fn spawn(
+    jobs: &Jobs,
+    path: PathBuf,
+    what: &'static str,
+    reload: impl Fn(&Path, &'static str) + Send + 'static,
+) {
     jobs.spawn(what, async move {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),

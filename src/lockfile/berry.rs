@@ -19,14 +19,14 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b')');
 
 /// A URL as yarn writes it in `__archiveUrl`.
-pub fn encode(url: &str) -> String {
+pub(crate) fn encode(url: &str) -> String {
     utf8_percent_encode(url, URI_COMPONENT).to_string()
 }
 
 use super::Entry;
 use anyhow::anyhow;
 
-pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+pub(crate) fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
     let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
     let resolutions = doc.values().filter_map(|v| v.get("resolution").and_then(Value::as_str));
     Ok(resolutions.filter_map(entry).collect())

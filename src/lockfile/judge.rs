@@ -17,7 +17,7 @@ use anyhow::anyhow;
 
 /// What the policy does with one entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Allowed,
     Blocked {
         rule: String,
@@ -36,7 +36,7 @@ impl From<&Block> for Verdict {
     }
 }
 
-pub enum Judge {
+pub(crate) enum Judge {
     Online {
         npg: Url,
         token: Option<String>,
@@ -73,7 +73,7 @@ impl From<&Rule> for Verdict {
 }
 
 impl Judge {
-    pub fn new(args: &CheckArgs) -> anyhow::Result<Judge> {
+    pub(crate) fn new(args: &CheckArgs) -> anyhow::Result<Judge> {
         if let Some(npg) = &args.npg {
             let client = crate::upstream::client::builder(Some("lockfile check"))
                 .timeout(std::time::Duration::from_secs(120))
@@ -106,7 +106,7 @@ impl Judge {
     }
 
     /// npg's usual public npm URL, when asking a running npg.
-    pub fn default_proxy(&self) -> Option<Url> {
+    pub(crate) fn default_proxy(&self) -> Option<Url> {
         match self {
             Judge::Online { npg, .. } => npg.join("npm").ok(),
             Judge::Offline { .. } => None,
@@ -114,7 +114,7 @@ impl Judge {
     }
 
     /// What the summary must add about the rules not judged.
-    pub fn caveat(&self) -> &'static str {
+    pub(crate) fn caveat(&self) -> &'static str {
         match self {
             Judge::Offline { age_unjudged: true, .. } => {
                 "; offline: MIN_RELEASE_AGE not judged (it needs publication times: use --npg)"
@@ -125,7 +125,7 @@ impl Judge {
     }
 
     /// One verdict per entry, in order.
-    pub async fn judge(&self, entries: &[Entry], concurrency: usize) -> Vec<Verdict> {
+    pub(crate) async fn judge(&self, entries: &[Entry], concurrency: usize) -> Vec<Verdict> {
         match self {
             Judge::Offline { policy, .. } => entries.iter().map(|e| offline(policy, e)).collect(),
             Judge::Online { npg, token, client } => {

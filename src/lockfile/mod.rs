@@ -24,7 +24,7 @@ use judge::{Judge, Verdict};
 
 #[derive(Parser, Debug)]
 #[command(name = "npg lockfile", about = "Check lockfiles against npg's policy")]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Action,
 }
@@ -37,7 +37,7 @@ enum Action {
 }
 
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// The lockfiles.
     #[arg(required = true)]
     lockfiles: Vec<PathBuf>,
@@ -77,11 +77,11 @@ pub struct CheckArgs {
 
 /// One locked package.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Entry {
-    pub name: String,
-    pub version: String,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) version: String,
     /// Where the client downloads it, when the lockfile says (no `#fragment`).
-    pub resolved: Option<String>,
+    pub(crate) resolved: Option<String>,
 }
 
 impl Entry {
@@ -161,7 +161,7 @@ fn read(path: &Path) -> anyhow::Result<Lockfile> {
 }
 
 /// Runs `npg lockfile ...` with the arguments after `npg`.
-pub fn main(args: impl Iterator<Item = String>) -> ExitCode {
+pub(crate) fn main(args: impl Iterator<Item = String>) -> ExitCode {
     let Action::Check(args) = Cli::parse_from(args).command;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{Entry, split_spec};
 use anyhow::anyhow;
 
-pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+pub(crate) fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
     let doc: Value = serde_json::from_str(text).map_err(|e| anyhow!("not JSON: {e}"))?;
     if let Some(packages) = doc.get("packages").and_then(Value::as_object) {
         return Ok(packages.iter().filter_map(|(path, meta)| package(path, meta)).collect());

@@ -7,7 +7,7 @@ use serde_yaml_ng::{Mapping, Value};
 use super::{Entry, split_spec};
 use anyhow::anyhow;
 
-pub fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
+pub(crate) fn parse(text: &str) -> anyhow::Result<Vec<Entry>> {
     let doc: Mapping = serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not YAML: {e}"))?;
     let v5 = match doc.get("lockfileVersion") {
         Some(Value::Number(n)) => n.as_f64().is_some_and(|v| v < 6.0),

@@ -19,7 +19,7 @@ fn through_npg(entry: &Entry, url: &str, proxy: &str) -> Option<String> {
 }
 
 /// The entries whose resolved URL is a registry tarball outside npg, with that URL.
-pub fn outside<'a>(entries: &'a [Entry], proxy: &str) -> Vec<(&'a Entry, &'a str)> {
+pub(crate) fn outside<'a>(entries: &'a [Entry], proxy: &str) -> Vec<(&'a Entry, &'a str)> {
     let resolved = entries.iter().filter_map(|e| Some((e, e.resolved.as_deref()?)));
     resolved
         .filter(|(e, url)| through_npg(e, url, proxy).is_some())
@@ -29,7 +29,7 @@ pub fn outside<'a>(entries: &'a [Entry], proxy: &str) -> Vec<(&'a Entry, &'a str
 /// The text with every such URL replaced, as written or encoded as yarn berry writes them
 /// (where it ends: a quote, `#`, `,`, `}`, a space or the line's end, so no longer URL is
 /// cut), and how many URLs changed.
-pub fn rewrite(text: &str, entries: &[Entry], proxy: &str) -> (String, usize) {
+pub(crate) fn rewrite(text: &str, entries: &[Entry], proxy: &str) -> (String, usize) {
     let changes: HashMap<&str, String> = outside(entries, proxy)
         .into_iter()
         .filter_map(|(e, url)| Some((url, through_npg(e, url, proxy)?)))

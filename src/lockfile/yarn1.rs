@@ -4,7 +4,7 @@
 
 use super::{Entry, split_spec};
 
-pub fn parse(text: &str) -> Vec<Entry> {
+pub(crate) fn parse(text: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut block: Option<(String, Option<String>, Option<String>)> = None;
     let mut finish = |block: Option<(String, Option<String>, Option<String>)>| {

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// The digest a tarball must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expected {
+pub(crate) struct Expected {
     algorithm: Algorithm,
     digest: Vec<u8>,
 }
@@ -23,7 +23,7 @@ enum Algorithm {
 
 impl Expected {
     /// From a version's `dist`: the strongest hash of `integrity`, else `shasum`.
-    pub fn from_dist(integrity: Option<&str>, shasum: Option<&str>) -> Option<Expected> {
+    pub(crate) fn from_dist(integrity: Option<&str>, shasum: Option<&str>) -> Option<Expected> {
         let from_sri = integrity
             .into_iter()
             .flat_map(str::split_whitespace)
@@ -50,7 +50,7 @@ impl Expected {
         })
     }
 
-    pub fn verifier(&self) -> Verifier {
+    pub(crate) fn verifier(&self) -> Verifier {
         let hasher = match self.algorithm {
             Algorithm::Sha1 => Hasher::Sha1(Sha1::new()),
             Algorithm::Sha256 => Hasher::Sha256(Sha256::new()),
@@ -72,13 +72,13 @@ enum Hasher {
 }
 
 /// Hashes bytes as they stream by and says at the end whether they were the expected ones.
-pub struct Verifier {
+pub(crate) struct Verifier {
     hasher: Hasher,
     expected: Vec<u8>,
 }
 
 impl Verifier {
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match &mut self.hasher {
             Hasher::Sha1(h) => h.update(data),
             Hasher::Sha256(h) => h.update(data),
@@ -87,7 +87,7 @@ impl Verifier {
         }
     }
 
-    pub fn matches(self) -> bool {
+    pub(crate) fn matches(self) -> bool {
         let actual: Vec<u8> = match self.hasher {
             Hasher::Sha1(h) => h.finalize().to_vec(),
             Hasher::Sha256(h) => h.finalize().to_vec(),
@@ -99,7 +99,8 @@ impl Verifier {
 }
 
 /// `sha512-<base64>` of some bytes, as npm writes `dist.integrity`.
-pub fn sri_sha512(data: &[u8]) -> String {
+#[cfg(test)]
+fn sri_sha512(data: &[u8]) -> String {
     format!("sha512-{}", STANDARD.encode(Sha512::digest(data)))
 }
 

@@ -1,6 +1,6 @@
 //! npm knowledge, pure and unit-tested: names, request paths, packuments, integrity.
 
-pub mod integrity;
+pub(crate) mod integrity;
 pub mod name;
-pub mod packument;
+pub(crate) mod packument;
 pub mod path;

@@ -50,24 +50,24 @@ pub enum DocError {
 
 /// What npg needs to know of one tarball.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TarballInfo {
-    pub version: String,
+pub(crate) struct TarballInfo {
+    pub(crate) version: String,
     /// Where upstream serves it (the document's original `dist.tarball`).
-    pub upstream_url: Option<String>,
-    pub integrity: Option<String>,
-    pub shasum: Option<String>,
+    pub(crate) upstream_url: Option<String>,
+    pub(crate) integrity: Option<String>,
+    pub(crate) shasum: Option<String>,
 }
 
 /// Versions, tags and tarballs of one packument.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    pub files: HashMap<String, TarballInfo>,
-    pub dist_tags: HashMap<String, String>,
+    pub(crate) files: HashMap<String, TarballInfo>,
+    pub(crate) dist_tags: HashMap<String, String>,
     pub versions: Vec<String>,
 }
 
 impl Index {
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         self.files
             .iter()
             .map(|(k, v)| k.len() * 2 + v.upstream_url.as_ref().map_or(0, String::len) + 200)
@@ -79,7 +79,7 @@ impl Index {
 /// `time`, and one version manifest at a time while writing); everything else is kept as the
 /// raw text it came as, borrowed from the input. A 40 MB packument thus never becomes a tree
 /// of values several times its size.
-pub struct Document<'a> {
+pub(crate) struct Document<'a> {
     /// Top-level members in upstream order.
     top: Vec<(String, &'a RawValue)>,
     versions: IndexMap<String, &'a RawValue>,
@@ -104,7 +104,7 @@ fn shape_or_json(e: serde_json::Error, shape: &'static str) -> DocError {
 }
 
 impl<'a> Document<'a> {
-    pub fn parse(raw: &'a [u8], name: &PackageName) -> Result<Document<'a>, DocError> {
+    pub(crate) fn parse(raw: &'a [u8], name: &PackageName) -> Result<Document<'a>, DocError> {
         let top: Vec<(String, &'a RawValue)> = serde_json::from_slice::<IndexMap<String, &'a RawValue>>(raw)
             .map_err(|e| shape_or_json(e, "not a JSON object"))?
             .into_iter()
@@ -141,7 +141,7 @@ impl<'a> Document<'a> {
     }
 
     /// Indexes the tarballs by file name, from the original (upstream) URLs.
-    pub fn index(&self, name: &PackageName) -> Index {
+    pub(crate) fn index(&self, name: &PackageName) -> Index {
         #[derive(serde::Deserialize)]
         struct DistOnly {
             #[serde(default)]
@@ -172,14 +172,14 @@ impl<'a> Document<'a> {
     }
 
     /// The dist-tags as a map.
-    pub fn index_tags(&self) -> HashMap<String, String> {
+    pub(crate) fn index_tags(&self) -> HashMap<String, String> {
         let tags = self.tags.iter().flatten();
         tags.filter_map(|(tag, v)| Some((tag.clone(), v.as_str()?.to_string())))
             .collect()
     }
 
     /// Each version with its publication time from `time` (unix ms), if it has one.
-    pub fn publication_times(&self) -> Vec<(String, Option<u64>)> {
+    pub(crate) fn publication_times(&self) -> Vec<(String, Option<u64>)> {
         let when = |v: &str| {
             self.time
                 .as_ref()
@@ -193,7 +193,7 @@ impl<'a> Document<'a> {
     /// Removes the versions `hide` selects from `versions` and `time`, and moves each dist-tag
     /// that pointed at one to the highest remaining version not newer than it (never from a
     /// release to a prerelease), dropping the tag when there is none. Returns how many went.
-    pub fn hide(&mut self, hide: impl Fn(&str) -> bool) -> usize {
+    pub(crate) fn hide(&mut self, hide: impl Fn(&str) -> bool) -> usize {
         let before = self.versions.len();
         self.versions.retain(|v, _| !hide(v));
         let removed = before - self.versions.len();
@@ -227,7 +227,7 @@ impl<'a> Document<'a> {
     }
 
     /// Points every `dist.tarball` at `<public_base>/<name>/-/<file>` (applied while writing).
-    pub fn rewrite_tarballs(&mut self, name: &PackageName, public_base: &str) {
+    pub(crate) fn rewrite_tarballs(&mut self, name: &PackageName, public_base: &str) {
         self.rewrite = Some((name.clone(), public_base.to_string()));
     }
 
@@ -268,7 +268,7 @@ impl<'a> Document<'a> {
 
     /// The full document as JSON bytes, members in upstream order, with where each version's
     /// manifest lies in them (a manifest request is then a slice, not a parse).
-    pub fn to_full(&self) -> Full {
+    pub(crate) fn to_full(&self) -> Full {
         let mut manifests = Manifests::new();
         let body = self.write_full(&mut manifests);
         Full { body, manifests }
@@ -318,7 +318,7 @@ impl<'a> Document<'a> {
 
     /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn;
     /// `fetched_ms` is when npg fetched it (the last resort for `modified`).
-    pub fn to_abbreviated(&self, fetched_ms: u64) -> Vec<u8> {
+    pub(crate) fn to_abbreviated(&self, fetched_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.versions.values().map(|v| v.get().len() / 4).sum::<usize>() + 256);
         out.push(b'{');
         let mut first = true;
@@ -373,12 +373,12 @@ fn abbreviate_version(manifest: &Value) -> Value {
 }
 
 /// Byte ranges of each version's manifest in a rendered full document.
-pub type Manifests = HashMap<String, std::ops::Range<usize>>;
+pub(crate) type Manifests = HashMap<String, std::ops::Range<usize>>;
 
 /// A rendered full document.
-pub struct Full {
-    pub body: Vec<u8>,
-    pub manifests: Manifests,
+pub(crate) struct Full {
+    pub(crate) body: Vec<u8>,
+    pub(crate) manifests: Manifests,
 }
 
 /// The file name of a version's tarball: the last segment of its URL when that is a sane
@@ -395,7 +395,7 @@ fn tarball_file(name: &PackageName, version: &str, url: Option<&str>) -> String 
 }
 
 /// Milliseconds since the epoch of a time as npm writes them (`2024-01-02T03:04:05.678Z`).
-pub fn parse_time_ms(time: &str) -> Option<u64> {
+pub(crate) fn parse_time_ms(time: &str) -> Option<u64> {
     let t = humantime::parse_rfc3339_weak(time.trim_end_matches('Z')).ok()?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()

@@ -141,7 +141,7 @@ pub fn version_from_file<'a>(name: &PackageName, file: &'a str) -> Option<&'a st
 /// The package a write names (`PUT /<name>` publish, `DELETE /<name>/-rev/<rev>` unpublish,
 /// `PUT /-/package/<name>/dist-tags/<tag>`), so npg can forget its copy once upstream took
 /// the write.
-pub fn written_package(raw: &str) -> Option<PackageName> {
+pub(crate) fn written_package(raw: &str) -> Option<PackageName> {
     let path = raw.trim_start_matches('/');
     let path = path.strip_prefix("-/package/").unwrap_or(path);
     let decoded = percent_decode_str(path).decode_utf8().ok()?;

@@ -5,8 +5,8 @@
 //! one upstream fetch; `cache` holds what was fetched (L1 rendered responses in process, L2
 //! raw documents in Redis, tarballs on disk, remembered misses).
 
-pub mod cache;
-pub mod packuments;
+pub(crate) mod cache;
+pub(crate) mod packuments;
 pub mod rendered;
-pub mod singleflight;
-pub mod tarballs;
+pub(crate) mod singleflight;
+pub(crate) mod tarballs;

@@ -23,7 +23,7 @@ use crate::proxy::rendered::{DocMeta, Raw, RenderError, gunzip, render};
 use crate::proxy::singleflight::SingleFlight;
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
-pub use crate::proxy::rendered::{Package, Variant};
+pub(crate) use crate::proxy::rendered::Package;
 
 /// After an upstream failure, how long the stale copy is served before asking again.
 const STALE_RETRY: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ const REVALIDATE_GRACE: Duration = Duration::from_millis(250);
 
 /// Where an answer came from; `X-Cache` says HIT for all but `Upstream` and `Stale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Memory,
     Shared,
     Revalidated,
@@ -44,7 +44,7 @@ pub enum Source {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
+pub(crate) enum FetchError {
     #[error("package not found upstream")]
     NotFound,
     #[error(transparent)]
@@ -66,22 +66,22 @@ impl From<RenderError> for FetchError {
     }
 }
 
-pub type Lookup = (Arc<Package>, Source);
+pub(crate) type Lookup = (Arc<Package>, Source);
 
-pub struct Settings {
-    pub public_base: String,
-    pub ttl: Duration,
-    pub max_stale: Duration,
-    pub memory_bytes: u64,
+pub(crate) struct Settings {
+    pub(crate) public_base: String,
+    pub(crate) ttl: Duration,
+    pub(crate) max_stale: Duration,
+    pub(crate) memory_bytes: u64,
     /// Documents larger than this, decoded, are refused.
-    pub max_document_bytes: usize,
+    pub(crate) max_document_bytes: usize,
     /// The memory budget of documents being read and rendered at once.
-    pub render_memory_bytes: u64,
+    pub(crate) render_memory_bytes: u64,
     /// How long a miss is remembered (METADATA_MISS_TTL).
-    pub miss_ttl: Duration,
+    pub(crate) miss_ttl: Duration,
 }
 
-pub struct Packuments {
+pub(crate) struct Packuments {
     inner: Arc<Inner>,
     flights: SingleFlight<(PackageName, bool), Result<Lookup, FetchError>>,
 }
@@ -109,7 +109,7 @@ enum Base {
 }
 
 impl Packuments {
-    pub fn new(
+    pub(crate) fn new(
         settings: Settings,
         upstream: Arc<Upstream>,
         guard: Arc<Guard>,
@@ -134,7 +134,7 @@ impl Packuments {
     }
 
     /// The packument, from the nearest fresh copy.
-    pub async fn get(&self, name: &PackageName) -> Result<Lookup, FetchError> {
+    pub(crate) async fn get(&self, name: &PackageName) -> Result<Lookup, FetchError> {
         if let Some(p) = self.inner.l1.get(name).await
             && self.inner.is_fresh(p.checked_ms)
             && p.current(self.inner.guard.version(), now_ms())
@@ -148,13 +148,13 @@ impl Packuments {
     }
 
     /// The packument this replica holds in memory, fresh or not, without asking anyone.
-    pub async fn cached(&self, name: &PackageName) -> Option<Arc<Package>> {
+    pub(crate) async fn cached(&self, name: &PackageName) -> Option<Arc<Package>> {
         self.inner.l1.get(name).await
     }
 
     /// Forgets `name` in this replica's memory and, with `shared`, in Redis too (the package
     /// changed upstream: the next request fetches it again).
-    pub async fn invalidate(&self, name: &PackageName, shared: bool) {
+    pub(crate) async fn invalidate(&self, name: &PackageName, shared: bool) {
         self.inner.l1.remove(name).await;
         self.inner.misses.remove(name, shared).await;
         if shared {
@@ -165,7 +165,11 @@ impl Packuments {
     /// A packument upstream serves only with the client's `credentials` (a private package):
     /// fetched with them, judged and rendered like any other, and never kept, neither in
     /// memory nor in Redis, so no other client is ever served it.
-    pub async fn private(&self, name: &PackageName, credentials: &HeaderValue) -> Result<Arc<Package>, FetchError> {
+    pub(crate) async fn private(
+        &self,
+        name: &PackageName,
+        credentials: &HeaderValue,
+    ) -> Result<Arc<Package>, FetchError> {
         let now = now_ms();
         let mut reservation = self.inner.budget.reserve();
         let max = self.inner.settings.max_document_bytes;
@@ -195,7 +199,7 @@ impl Packuments {
     /// asked for), unless this replica validated it within `MIN_REFRESH` or a replica asked
     /// for it within METADATA_MISS_TTL: made-up versions or files cannot turn into a stream
     /// of upstream fetches.
-    pub async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
+    pub(crate) async fn refresh(&self, name: &PackageName) -> Result<Lookup, FetchError> {
         if let Some(p) = self.inner.l1.get(name).await
             && now_ms().saturating_sub(p.checked_ms) < MIN_REFRESH.as_millis() as u64
             && !p.stale

@@ -21,11 +21,11 @@ use crate::npm::packument::{DocError, Document, Index, Manifests};
 #[derive(Clone)]
 pub struct Variant {
     pub body: Bytes,
-    pub gzip: Bytes,
+    pub(crate) gzip: Bytes,
     /// Strong ETag of `body`.
-    pub etag: String,
+    pub(crate) etag: String,
     /// Strong ETag of `gzip` (another representation, so another tag).
-    pub gzip_etag: String,
+    pub(crate) gzip_etag: String,
 }
 
 impl Variant {
@@ -43,7 +43,7 @@ impl Variant {
     }
 }
 
-pub fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8], level: Compression) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 5), level);
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
@@ -68,7 +68,7 @@ pub struct Raw {
 /// A packument as served, plus what tarball and version requests need to know.
 #[derive(Clone)]
 pub struct Package {
-    pub name: PackageName,
+    pub(crate) name: PackageName,
     pub full: Variant,
     /// Where each served version's manifest lies in `full.body`.
     pub manifests: Arc<Manifests>,
@@ -79,44 +79,44 @@ pub struct Package {
     pub hidden: Arc<HashMap<String, Block>>,
     /// Every upstream version with its publication time: enough to judge a new policy
     /// without parsing the document again.
-    pub times: Arc<Vec<(String, Option<u64>)>>,
+    pub(crate) times: Arc<Vec<(String, Option<u64>)>>,
     /// Told to npm users in an `npm-notice` header when versions are hidden.
-    pub notice: Option<String>,
+    pub(crate) notice: Option<String>,
     /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
-    pub raw_gz: Bytes,
-    pub upstream_etag: Option<String>,
+    pub(crate) raw_gz: Bytes,
+    pub(crate) upstream_etag: Option<String>,
     /// When upstream sent this body (unix ms): identifies the body across replicas.
-    pub fetched_ms: u64,
+    pub(crate) fetched_ms: u64,
     /// When upstream last confirmed it (unix ms): freshness counts from here.
-    pub checked_ms: u64,
+    pub(crate) checked_ms: u64,
     /// Served because upstream failed.
-    pub stale: bool,
+    pub(crate) stale: bool,
     /// The policy it was rendered under, and until when that rendering holds (the age gate
     /// lets a version through at a known time).
-    pub policy_version: u64,
-    pub valid_until_ms: Option<u64>,
+    pub(crate) policy_version: u64,
+    pub(crate) valid_until_ms: Option<u64>,
 }
 
 impl Package {
-    pub fn approx_bytes(&self) -> usize {
+    pub(crate) fn approx_bytes(&self) -> usize {
         let v = |v: &Variant| v.body.len() + v.gzip.len();
         let manifests = self.manifests.keys().map(|k| k.len() + 40).sum::<usize>();
         v(&self.full) + v(&self.abbreviated) + self.raw_gz.len() + self.index.approx_bytes() + manifests + 256
     }
 
     /// Whether this rendering still reflects the policy in force.
-    pub fn current(&self, policy_version: u64, now_ms: u64) -> bool {
+    pub(crate) fn current(&self, policy_version: u64, now_ms: u64) -> bool {
         self.policy_version == policy_version && self.valid_until_ms.is_none_or(|t| now_ms < t)
     }
 
     /// Every version is hidden: nothing to serve.
-    pub fn all_hidden(&self) -> bool {
+    pub(crate) fn all_hidden(&self) -> bool {
         self.index.versions.is_empty() && !self.hidden.is_empty()
     }
 
     /// Under a new policy: the same rendering when the policy hides the same versions for the
     /// same reasons (most policy changes concern other packages), else `None`.
-    pub fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
+    pub(crate) fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
         let times = self.times.iter().map(|(v, t)| (v.as_str(), *t));
         let verdict = policy.judge(self.name.as_str(), times, now_ms);
         (verdict.hidden == *self.hidden).then(|| {
@@ -128,7 +128,7 @@ impl Package {
         })
     }
 
-    pub fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
+    pub(crate) fn checked_at(&self, checked_ms: u64, stale: bool) -> Arc<Package> {
         Arc::new(Package {
             checked_ms,
             stale,
@@ -157,7 +157,7 @@ pub enum RenderError {
 
 /// A gzip'd document decoded, refused beyond `max` bytes (what is read back from Redis is
 /// not trusted to be small).
-pub fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, RenderError> {
+pub(crate) fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, RenderError> {
     let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(max));
     let mut decoder = flate2::read::GzDecoder::new(gz).take(max as u64 + 1);
     decoder.read_to_end(&mut out).map_err(RenderError::NotGzip)?;

@@ -12,7 +12,7 @@ use futures_util::future::{BoxFuture, Shared};
 
 type Flight<V> = Shared<BoxFuture<'static, Option<V>>>;
 
-pub struct SingleFlight<K, V> {
+pub(crate) struct SingleFlight<K, V> {
     inflight: Arc<Mutex<HashMap<K, Flight<V>>>>,
 }
 
@@ -31,7 +31,7 @@ where
 {
     /// Runs `work` unless a flight for `key` is under way, and returns its result.
     /// `None` only if the work panicked.
-    pub async fn run<F>(&self, key: K, work: impl FnOnce() -> F) -> Option<V>
+    pub(crate) async fn run<F>(&self, key: K, work: impl FnOnce() -> F) -> Option<V>
     where
         F: Future<Output = V> + Send + 'static,
     {
@@ -57,7 +57,8 @@ where
         flight.await
     }
 
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.inflight.lock().expect("single-flight map poisoned").len()
     }
 }

@@ -47,7 +47,13 @@ struct Manager {
 }
 
 /// Starts the manager when NPG_DOMAIN is set.
-pub fn spawn(jobs: &crate::jobs::Jobs, tls: Arc<Tls>, redis: Arc<SharedRedis>, bus: Arc<Bus>, settings: &Settings) {
+pub(crate) fn spawn(
+    jobs: &crate::jobs::Jobs,
+    tls: Arc<Tls>,
+    redis: Arc<SharedRedis>,
+    bus: Arc<Bus>,
+    settings: &Settings,
+) {
     let Some(primary) = tls.domains.first().cloned() else {
         return;
     };

@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 
 use super::resolver::Fixed;
 
-pub const ALPN_ACME: &[u8] = b"acme-tls/1";
+pub(crate) const ALPN_ACME: &[u8] = b"acme-tls/1";
 
 /// The TLS configuration answering a TLS-ALPN-01 validation of `domain`, if one is pending.
-pub fn alpn_config(domain: &str, key_authorization: &str) -> anyhow::Result<Arc<ServerConfig>> {
+pub(crate) fn alpn_config(domain: &str, key_authorization: &str) -> anyhow::Result<Arc<ServerConfig>> {
     let digest = Sha256::digest(key_authorization.as_bytes());
     let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(anyhow::Error::from)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];

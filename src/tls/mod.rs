@@ -1,11 +1,11 @@
 //! TLS inside npg: rustls with a certificate resolver fed by a static certificate or by the
 //! ACME manager, which shares its account, certificates and challenges through Redis.
 
-pub mod acme;
-pub mod challenge;
-pub mod resolver;
-pub mod secret;
-pub mod store;
+pub(crate) mod acme;
+pub(crate) mod challenge;
+pub(crate) mod resolver;
+pub(crate) mod secret;
+pub(crate) mod store;
 
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +21,7 @@ use secret::SecretKey;
 use store::{CertBundle, TlsStore};
 
 /// A server config builder with npg's choices: the ring provider, TLS 1.3 and 1.2 only.
-pub fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert> {
+pub(crate) fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert> {
     ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
@@ -30,17 +30,17 @@ pub fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::server::W
 
 /// One certificate as `/api/health` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct CertInfo {
-    pub domain: String,
-    pub serial: String,
-    pub not_after: String,
-    pub next_renewal: String,
+pub(crate) struct CertInfo {
+    pub(crate) domain: String,
+    pub(crate) serial: String,
+    pub(crate) not_after: String,
+    pub(crate) next_renewal: String,
 }
 
 /// Where the certificate comes from (`/api/health`'s `tls.mode`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TlsMode {
+pub(crate) enum TlsMode {
     /// Ordered and renewed through ACME, shared by the cluster.
     #[default]
     Acme,
@@ -51,19 +51,19 @@ pub enum TlsMode {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct TlsStatus {
-    pub mode: TlsMode,
-    pub certificates: Vec<CertInfo>,
-    pub last_error: Option<String>,
+pub(crate) struct TlsStatus {
+    pub(crate) mode: TlsMode,
+    pub(crate) certificates: Vec<CertInfo>,
+    pub(crate) last_error: Option<String>,
 }
 
-pub struct Tls {
-    pub resolver: Arc<Resolver>,
-    pub store: Arc<TlsStore>,
-    pub server_config: Arc<ServerConfig>,
-    pub domains: Vec<String>,
-    pub status: Mutex<TlsStatus>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Tls {
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) store: Arc<TlsStore>,
+    pub(crate) server_config: Arc<ServerConfig>,
+    pub(crate) domains: Vec<String>,
+    pub(crate) status: Mutex<TlsStatus>,
+    pub(crate) metrics: Arc<Metrics>,
     /// True once this replica has a certificate or has looked for the cluster's one.
     looked: tokio::sync::watch::Sender<bool>,
 }
@@ -75,14 +75,14 @@ fn rfc3339(unix: i64) -> String {
 
 /// What TLS reads from files at start-up: the key sealing private keys in Redis and the
 /// static certificate, checked before anything listens (and by `npg check-config`).
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     secret: Option<SecretKey>,
     certificate: Option<(CertBundle, Arc<rustls::sign::CertifiedKey>)>,
 }
 
 impl TlsFiles {
     /// `None` when npg serves plain HTTP only.
-    pub fn load(settings: &Settings) -> anyhow::Result<Option<TlsFiles>> {
+    pub(crate) fn load(settings: &Settings) -> anyhow::Result<Option<TlsFiles>> {
         if !settings.tls_enabled() {
             return Ok(None);
         }
@@ -108,7 +108,12 @@ impl TlsFiles {
 
 impl Tls {
     /// The TLS state from the settings and the files `TlsFiles::load` read.
-    pub fn setup(settings: &Settings, files: TlsFiles, redis: Arc<SharedRedis>, metrics: Arc<Metrics>) -> Arc<Tls> {
+    pub(crate) fn setup(
+        settings: &Settings,
+        files: TlsFiles,
+        redis: Arc<SharedRedis>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Tls> {
         let resolver = Arc::new(Resolver::default());
         let mut config = config_builder().with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -129,7 +134,7 @@ impl Tls {
         Arc::new(tls)
     }
 
-    pub fn set_status(&self, mode: TlsMode, cert: Option<(&str, &CertBundle)>, error: Option<String>) {
+    pub(crate) fn set_status(&self, mode: TlsMode, cert: Option<(&str, &CertBundle)>, error: Option<String>) {
         let mut status = self.status.lock().expect("tls status poisoned");
         status.mode = mode;
         if let Some((domain, b)) = cert {
@@ -144,18 +149,18 @@ impl Tls {
     }
 
     /// Called by the ACME manager after its first read of the store, whatever it found.
-    pub fn mark_looked(&self) {
+    pub(crate) fn mark_looked(&self) {
         self.looked.send_replace(true);
     }
 
     /// Waits (at most `limit`) until the certificate this replica can serve is known, so a
     /// replica that restarts into a running cluster answers its first handshake with it.
-    pub async fn first_look(&self, limit: std::time::Duration) {
+    pub(crate) async fn first_look(&self, limit: std::time::Duration) {
         let mut looked = self.looked.subscribe();
         let _ = tokio::time::timeout(limit, looked.wait_for(|v| *v)).await;
     }
 
-    pub fn status(&self) -> TlsStatus {
+    pub(crate) fn status(&self) -> TlsStatus {
         self.status.lock().expect("tls status poisoned").clone()
     }
 }

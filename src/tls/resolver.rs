@@ -10,7 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 #[derive(Debug, Default)]
-pub struct Resolver {
+pub(crate) struct Resolver {
     by_name: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     /// For clients that send no SNI (IP literals): the first domain's certificate.
     fallback: ArcSwapOption<CertifiedKey>,
@@ -18,7 +18,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// Serves `key` for `names` from now on (the first is the fallback).
-    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+    pub(crate) fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
         self.by_name.rcu(|old| {
             let mut map = HashMap::clone(old);
             for n in names {
@@ -30,7 +30,7 @@ impl Resolver {
     }
 
     /// Serves `key` for every name (a static certificate file).
-    pub fn install_any(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn install_any(&self, key: Arc<CertifiedKey>) {
         self.fallback.store(Some(key));
     }
 }
@@ -47,7 +47,7 @@ impl ResolvesServerCert for Resolver {
 
 /// Always the same key: the one-off configuration of a TLS-ALPN-01 answer.
 #[derive(Debug)]
-pub struct Fixed(pub Arc<CertifiedKey>);
+pub(crate) struct Fixed(pub Arc<CertifiedKey>);
 
 impl ResolvesServerCert for Fixed {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

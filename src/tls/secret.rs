@@ -14,13 +14,13 @@ use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "npg-enc-v1";
 
-pub struct SecretKey {
+pub(crate) struct SecretKey {
     cipher: Aes256Gcm,
     id: String,
 }
 
 /// A new random key, base64, for `npg gen-key`.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     let mut key = [0u8; 32];
     rand_bytes(&mut key);
     STANDARD.encode(key)
@@ -35,7 +35,7 @@ fn rand_bytes(out: &mut [u8]) {
 
 /// Why a stored secret does not open (the record is refused, never served).
 #[derive(Debug, thiserror::Error)]
-pub enum SealError {
+pub(crate) enum SealError {
     #[error("value is not encrypted by npg")]
     NotNpgs,
     #[error("value was encrypted with another key (id {theirs}, ours {ours})")]
@@ -55,7 +55,7 @@ pub enum SealError {
 }
 
 impl SecretKey {
-    pub fn load(path: &Path) -> anyhow::Result<SecretKey> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<SecretKey> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{shown}: {e}"))?;
         let bytes = STANDARD
@@ -64,7 +64,7 @@ impl SecretKey {
         SecretKey::from_bytes(&bytes).map_err(|e| anyhow!("{shown}: {e}"))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> anyhow::Result<SecretKey> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> anyhow::Result<SecretKey> {
         let cipher =
             Aes256Gcm::new_from_slice(bytes).map_err(|_| anyhow!("the key has {} bytes, not 32", bytes.len()))?;
         let id = hex::encode(&Sha256::digest(bytes)[..4]);
@@ -72,7 +72,7 @@ impl SecretKey {
     }
 
     /// `npg-enc-v1:<key id>:<base64(nonce ‖ ciphertext)>`
-    pub fn encrypt(&self, plaintext: &[u8], context: &str) -> String {
+    pub(crate) fn encrypt(&self, plaintext: &[u8], context: &str) -> String {
         let mut nonce = [0u8; 12];
         rand_bytes(&mut nonce);
         let sealed = self
@@ -90,7 +90,7 @@ impl SecretKey {
         format!("{PREFIX}:{}:{}", self.id, STANDARD.encode(out))
     }
 
-    pub fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, SealError> {
+    pub(crate) fn decrypt(&self, value: &str, context: &str) -> Result<Vec<u8>, SealError> {
         let mut parts = value.splitn(3, ':');
         let (Some(PREFIX), Some(id), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SealError::NotNpgs);
@@ -120,7 +120,7 @@ impl SecretKey {
 }
 
 /// Seals a secret when a key is configured, else keeps it as is.
-pub fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
+pub(crate) fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
     match key {
         Some(k) => k.encrypt(plaintext.as_bytes(), context),
         None => plaintext.to_string(),
@@ -131,7 +131,7 @@ pub fn seal(key: Option<&SecretKey>, plaintext: &str, context: &str) -> String {
 /// can write to Redis could otherwise plant a certificate and key of their own and have every
 /// replica serve it. (To turn sealing on for a cluster, delete the plaintext keys: npg then
 /// makes a new account and orders a new certificate.)
-pub fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, SealError> {
+pub(crate) fn open(key: Option<&SecretKey>, value: &str, context: &str) -> Result<String, SealError> {
     match (key, value.starts_with(PREFIX)) {
         (Some(k), true) => String::from_utf8(k.decrypt(value, context)?).map_err(|_| SealError::NotUtf8),
         (Some(_), false) => Err(SealError::NotSealed(context.to_string())),

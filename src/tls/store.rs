@@ -17,12 +17,12 @@ use sha2::{Digest, Sha256};
 use super::secret::{SecretKey, open, seal};
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::SharedRedis;
-pub use crate::cluster::storage::StoreError;
+pub(crate) use crate::cluster::storage::StoreError;
 use crate::cluster::storage::{CertRecord, RedisStorage, Storage, StoredCert};
 
 /// The challenge answers npg publishes: HTTP-01 by token, TLS-ALPN-01 by domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     Http01,
     TlsAlpn01,
 }
@@ -40,7 +40,7 @@ impl Challenge {
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct BadCertificate(String);
+pub(crate) struct BadCertificate(String);
 
 impl From<BadCertificate> for StoreError {
     fn from(e: BadCertificate) -> StoreError {
@@ -50,18 +50,18 @@ impl From<BadCertificate> for StoreError {
 
 /// A certificate chain with its key, and what renewal needs to know of it.
 #[derive(Clone, Debug)]
-pub struct CertBundle {
-    pub chain_pem: String,
-    pub key_pem: String,
-    pub not_before: i64,
-    pub not_after: i64,
-    pub serial: String,
+pub(crate) struct CertBundle {
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: String,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) serial: String,
     /// The renewal time picked in the CA's ARI window (shared so replicas agree), if any.
-    pub ari_renew_at: Option<i64>,
+    pub(crate) ari_renew_at: Option<i64>,
 }
 
 impl CertBundle {
-    pub fn from_pem(chain_pem: String, key_pem: String) -> Result<CertBundle, BadCertificate> {
+    pub(crate) fn from_pem(chain_pem: String, key_pem: String) -> Result<CertBundle, BadCertificate> {
         let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .next()
             .ok_or_else(|| BadCertificate("no certificate in the chain".into()))?
@@ -80,7 +80,7 @@ impl CertBundle {
     }
 
     /// The rustls form.
-    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, BadCertificate> {
+    pub(crate) fn certified_key(&self) -> Result<Arc<CertifiedKey>, BadCertificate> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| BadCertificate(format!("bad certificate PEM: {e}")))?;
@@ -93,18 +93,18 @@ impl CertBundle {
 
     /// When to renew: at the time picked in the CA's ARI window, else with a third of the
     /// lifetime left.
-    pub fn renew_at(&self) -> i64 {
+    pub(crate) fn renew_at(&self) -> i64 {
         self.ari_renew_at
             .unwrap_or(self.not_after - (self.not_after - self.not_before) / 3)
     }
 
     /// The leaf certificate, DER.
-    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+    pub(crate) fn leaf(&self) -> Option<CertificateDer<'static>> {
         CertificateDer::pem_slice_iter(self.chain_pem.as_bytes()).next()?.ok()
     }
 }
 
-pub struct TlsStore {
+pub(crate) struct TlsStore {
     storage: Box<dyn Storage>,
     /// The Redis key prefix, part of what a sealed value is bound to.
     prefix: String,
@@ -112,7 +112,7 @@ pub struct TlsStore {
 }
 
 impl TlsStore {
-    pub fn new(redis: Arc<SharedRedis>, storage_dir: &Path, secret: Option<SecretKey>) -> TlsStore {
+    pub(crate) fn new(redis: Arc<SharedRedis>, storage_dir: &Path, secret: Option<SecretKey>) -> TlsStore {
         let storage: Box<dyn Storage> = if redis.clustered() {
             Box::new(RedisStorage::new(redis.clone()))
         } else {
@@ -130,7 +130,7 @@ impl TlsStore {
         format!("{}acme:cert:{name}", self.prefix)
     }
 
-    pub async fn load_cert(&self, name: &str) -> Result<Option<CertBundle>, StoreError> {
+    pub(crate) async fn load_cert(&self, name: &str) -> Result<Option<CertBundle>, StoreError> {
         let Some(StoredCert {
             chain,
             sealed_key,
@@ -157,17 +157,22 @@ impl TlsStore {
     }
 
     /// Stores a new certificate; in a cluster only while `lock` is ours. True when stored.
-    pub async fn save_cert(&self, name: &str, bundle: &CertBundle, lock: &RedisLock) -> Result<bool, StoreError> {
+    pub(crate) async fn save_cert(
+        &self,
+        name: &str,
+        bundle: &CertBundle,
+        lock: &RedisLock,
+    ) -> Result<bool, StoreError> {
         self.storage.save_cert(name, &self.record(name, bundle), lock).await
     }
 
     /// Puts back a certificate Redis lost, unless another replica already did.
-    pub async fn restore_cert(&self, name: &str, bundle: &CertBundle) -> Result<bool, StoreError> {
+    pub(crate) async fn restore_cert(&self, name: &str, bundle: &CertBundle) -> Result<bool, StoreError> {
         self.storage.restore_cert(name, &self.record(name, bundle)).await
     }
 
     /// Records the renewal time picked in the ARI window, for every replica.
-    pub async fn set_renew_at(&self, name: &str, serial: &str, at: i64) -> Result<(), StoreError> {
+    pub(crate) async fn set_renew_at(&self, name: &str, serial: &str, at: i64) -> Result<(), StoreError> {
         self.storage.set_renew_at(name, serial, at).await
     }
 
@@ -179,7 +184,7 @@ impl TlsStore {
     }
 
     /// The ACME account credentials (JSON) for a directory.
-    pub async fn load_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn load_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
         let (id, context) = self.account(directory);
         let stored = self.storage.load_account(&id).await?;
         stored
@@ -188,27 +193,32 @@ impl TlsStore {
     }
 
     /// Stores account credentials; `only_new` keeps an existing one (a write-back).
-    pub async fn save_account(&self, directory: &str, credentials: &str, only_new: bool) -> Result<(), StoreError> {
+    pub(crate) async fn save_account(
+        &self,
+        directory: &str,
+        credentials: &str,
+        only_new: bool,
+    ) -> Result<(), StoreError> {
         let (id, context) = self.account(directory);
         let sealed = seal(self.secret.as_ref(), credentials, &context);
         self.storage.save_account(&id, &sealed, only_new).await
     }
 
     /// Publishes a challenge answer so whichever replica the CA reaches can give it.
-    pub async fn put_challenge(&self, kind: Challenge, id: &str, value: &str) -> Result<(), StoreError> {
+    pub(crate) async fn put_challenge(&self, kind: Challenge, id: &str, value: &str) -> Result<(), StoreError> {
         self.storage.put_challenge(kind.key(), id, value).await
     }
 
-    pub async fn challenge(&self, kind: Challenge, id: &str) -> Option<String> {
+    pub(crate) async fn challenge(&self, kind: Challenge, id: &str) -> Option<String> {
         self.storage.challenge(kind.key(), id).await
     }
 
-    pub async fn remove_challenge(&self, kind: Challenge, id: &str) {
+    pub(crate) async fn remove_challenge(&self, kind: Challenge, id: &str) {
         self.storage.remove_challenge(kind.key(), id).await;
     }
 
     /// Counts orders cluster-wide (`acme:orders`), so operators and tests can see them.
-    pub async fn count_order(&self) {
+    pub(crate) async fn count_order(&self) {
         self.storage.count_order().await;
     }
 }

@@ -19,7 +19,7 @@ use reqwest::header::HeaderValue;
 use url::Url;
 
 #[derive(Clone, Default)]
-pub struct UpstreamAuth {
+pub(crate) struct UpstreamAuth {
     /// By scope, `@` included, lowercase.
     scopes: HashMap<String, HeaderValue>,
     /// `*`: every package of no listed scope.
@@ -39,14 +39,14 @@ impl fmt::Debug for UpstreamAuth {
 }
 
 impl UpstreamAuth {
-    pub fn load(path: &Path) -> anyhow::Result<UpstreamAuth> {
+    pub(crate) fn load(path: &Path) -> anyhow::Result<UpstreamAuth> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow!("UPSTREAM_AUTH_FILE: cannot read {} ({e})", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow!("UPSTREAM_AUTH_FILE: {e}"))
     }
 
     /// Errors name the line, never its value.
-    pub fn parse(text: &str) -> anyhow::Result<UpstreamAuth> {
+    pub(crate) fn parse(text: &str) -> anyhow::Result<UpstreamAuth> {
         let mut auth = UpstreamAuth::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -74,7 +74,7 @@ impl UpstreamAuth {
     }
 
     /// The credentials for package `name` (`@scope/name` or `name`).
-    pub fn for_package(&self, name: &str) -> Option<&HeaderValue> {
+    pub(crate) fn for_package(&self, name: &str) -> Option<&HeaderValue> {
         let scope = name.split_once('/').map(|(s, _)| s).filter(|s| s.starts_with('@'));
         self.for_scope(scope)
     }
@@ -82,7 +82,7 @@ impl UpstreamAuth {
     /// The credentials for a tarball URL: only under the registry `base` (npm's rule: the
     /// registry's token goes to the registry, never to another host), by the scope its path
     /// starts with. A redirect to another origin drops them (reqwest removes `Authorization`).
-    pub fn for_url(&self, base: &Url, url: &Url) -> Option<&HeaderValue> {
+    pub(crate) fn for_url(&self, base: &Url, url: &Url) -> Option<&HeaderValue> {
         let rest = url.as_str().strip_prefix(base.as_str())?;
         let first = rest.split('/').next().unwrap_or("");
         let decoded = percent_encoding::percent_decode_str(first).decode_utf8_lossy();

@@ -7,7 +7,7 @@ use super::error::describe;
 use crate::budget::{BudgetError, Reservation};
 
 /// A response's `ETag`, if it has a readable one.
-pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
+pub(crate) fn etag_of(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get(header::ETAG)
         .and_then(|v| v.to_str().ok())
@@ -16,7 +16,7 @@ pub fn etag_of(resp: &reqwest::Response) -> Option<String> {
 
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("body cut off: {0}")]
     CutOff(String),
     #[error("body larger than {0} bytes")]
@@ -27,7 +27,7 @@ pub enum BodyError {
 
 /// Reads a whole body, refusing more than `max` bytes, so no response grows without bound in
 /// memory; the error says which limit was hit or what broke.
-pub async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
     read_within(resp, max, None).await
 }
 

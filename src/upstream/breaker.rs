@@ -22,7 +22,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum State {
+pub(crate) enum State {
     Closed,
     Open,
     HalfOpen,
@@ -41,26 +41,26 @@ impl State {
 
 /// What `/api/health` shows.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
-    pub state: State,
-    pub consecutive_failures: u32,
+pub(crate) struct Status {
+    pub(crate) state: State,
+    pub(crate) consecutive_failures: u32,
     /// Seconds until a probe may be sent, while open.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_in_seconds: Option<u64>,
+    pub(crate) retry_in_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// Why a request was not sent.
 #[derive(Debug, Clone)]
-pub struct Down {
-    pub retry_in: Duration,
-    pub reason: String,
+pub(crate) struct Down {
+    pub(crate) retry_in: Duration,
+    pub(crate) reason: String,
 }
 
 /// What a replica tells the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Tripped { for_ms: u64, reason: String },
     Recovered,
 }
@@ -88,7 +88,7 @@ impl Inner {
     }
 }
 
-pub struct Breaker {
+pub(crate) struct Breaker {
     inner: Mutex<Inner>,
     /// Wakes the requests waiting for upstream when the breaker opens.
     trip: tokio::sync::Notify,
@@ -98,7 +98,7 @@ pub struct Breaker {
 
 /// Leave to send one request; report its outcome with `finish`. A probe dropped without an
 /// outcome (its request was cancelled) lets the next request probe.
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     breaker: &'a Breaker,
     probe: bool,
 }
@@ -118,7 +118,7 @@ impl Drop for Ticket<'_> {
 
 /// What a request tells of upstream's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Health {
+pub(crate) enum Health {
     /// It answered.
     Up,
     /// It failed: did not answer, or answered 5xx or 429 (what went wrong, for the logs).
@@ -129,7 +129,7 @@ pub enum Health {
 
 impl Ticket<'_> {
     /// Records what the request told of upstream's health.
-    pub fn finish(self, health: Health) {
+    pub(crate) fn finish(self, health: Health) {
         if health != Health::Unknown {
             self.breaker.lock().silent_since = Some(Instant::now());
         }
@@ -142,7 +142,7 @@ impl Ticket<'_> {
 }
 
 impl Breaker {
-    pub fn new(metrics: Arc<Metrics>) -> Breaker {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Breaker {
         Breaker {
             inner: Mutex::default(),
             trip: tokio::sync::Notify::new(),
@@ -156,7 +156,7 @@ impl Breaker {
     }
 
     /// Leave to ask upstream, or why not.
-    pub fn admit(&self) -> Result<Ticket<'_>, Down> {
+    pub(crate) fn admit(&self) -> Result<Ticket<'_>, Down> {
         let mut inner = self.lock();
         let now = Instant::now();
         let probe = match inner.open_until {
@@ -180,17 +180,17 @@ impl Breaker {
 
     /// How long upstream has answered nothing while requests were waiting for it: a hint
     /// that it hangs, well before the timeouts that open the breaker.
-    pub fn silent_for(&self) -> Duration {
+    pub(crate) fn silent_for(&self) -> Duration {
         let inner = self.lock();
         inner.silent_since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 
     /// Completes when the breaker opens (here or told by another replica).
-    pub fn tripped(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn tripped(&self) -> tokio::sync::futures::Notified<'_> {
         self.trip.notified()
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         let inner = self.lock();
         match inner.open_until {
             None => State::Closed,
@@ -199,7 +199,7 @@ impl Breaker {
         }
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let state = self.state();
         let inner = self.lock();
         Status {
@@ -257,7 +257,7 @@ impl Breaker {
 
     /// Another replica found upstream down: stop asking for the interval it chose, unless
     /// this replica already waits longer.
-    pub fn tripped_elsewhere(&self, for_ms: u64, reason: String) {
+    pub(crate) fn tripped_elsewhere(&self, for_ms: u64, reason: String) {
         let until = Instant::now() + Duration::from_millis(for_ms).min(MAX_INTERVAL);
         let mut inner = self.lock();
         if inner.open_until.is_some_and(|u| u >= until) {
@@ -271,7 +271,7 @@ impl Breaker {
     }
 
     /// Another replica's probe succeeded: ask again.
-    pub fn recovered_elsewhere(&self) {
+    pub(crate) fn recovered_elsewhere(&self) {
         let mut inner = self.lock();
         if inner.open_until.is_none() {
             return;
@@ -283,13 +283,13 @@ impl Breaker {
     }
 
     /// This replica's trips and recoveries, to tell the others.
-    pub fn changes(&self) -> broadcast::Receiver<Change> {
+    pub(crate) fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
 }
 
 /// Tells the other replicas about this replica's trips and recoveries, and applies theirs.
-pub async fn share(breaker: Arc<Breaker>, bus: Arc<Bus>) {
+pub(crate) async fn share(breaker: Arc<Breaker>, bus: Arc<Bus>) {
     use tokio::sync::broadcast::error::RecvError;
     let mut ours = breaker.changes();
     let mut theirs = bus.subscribe();

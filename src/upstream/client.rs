@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// `npg/<version>`, or `npg/<version> (<role>)` when `role` says who asks.
-pub fn builder(role: Option<&str>) -> reqwest::ClientBuilder {
+pub(crate) fn builder(role: Option<&str>) -> reqwest::ClientBuilder {
     // rustls needs one process-wide crypto provider; installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let agent = match role {

@@ -3,13 +3,13 @@
 //! own deadline, only to allowed origins (`origins`), with npg's own credentials on npg's own
 //! reads only (`auth`).
 
-pub mod auth;
+pub(crate) mod auth;
 mod body;
-pub mod breaker;
-pub mod client;
+pub(crate) mod breaker;
+pub(crate) mod client;
 mod error;
-pub mod origins;
-pub mod redact;
+pub(crate) mod origins;
+pub(crate) mod redact;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use bytes::Bytes;
 use reqwest::{StatusCode, header};
 use url::Url;
 
-pub use self::auth::UpstreamAuth;
-pub use self::body::{etag_of, read_bounded};
+pub(crate) use self::auth::UpstreamAuth;
+pub(crate) use self::body::{etag_of, read_bounded};
 use self::breaker::{Breaker, Health};
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
@@ -29,31 +29,31 @@ use crate::npm::name::PackageName;
 
 /// How npg talks to upstream, from the validated settings.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// REGISTRY_URL, ending with `/`.
-    pub base: Url,
+    pub(crate) base: Url,
     /// The wait for response headers, and for each read of a body (UPSTREAM_TIMEOUT).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// A whole packument fetch, headers and body (UPSTREAM_FETCH_DEADLINE): a body trickled
     /// byte by byte cannot hold the fetch, and stale-if-error answers after it.
-    pub fetch_deadline: Duration,
+    pub(crate) fetch_deadline: Duration,
     /// A whole tarball download (UPSTREAM_TARBALL_DEADLINE).
-    pub tarball_deadline: Duration,
+    pub(crate) tarball_deadline: Duration,
     /// A passthrough request with a body (publish): upload and answer (UPSTREAM_UPLOAD_TIMEOUT).
-    pub upload_timeout: Duration,
+    pub(crate) upload_timeout: Duration,
     /// Origins tarballs may come from besides REGISTRY_URL's (UPSTREAM_TARBALL_HOSTS).
-    pub tarball_hosts: Vec<Origin>,
+    pub(crate) tarball_hosts: Vec<Origin>,
     /// npg's own credentials (UPSTREAM_AUTH_FILE).
-    pub auth: UpstreamAuth,
+    pub(crate) auth: UpstreamAuth,
 }
 
-pub enum Fetched {
+pub(crate) enum Fetched {
     Modified { body: Bytes, etag: Option<String> },
     NotModified,
     NotFound,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     base: Url,
     /// Decodes gzip: for packuments npg reads itself.
     decoding: reqwest::Client,
@@ -99,7 +99,7 @@ fn health_of(result: &Result<reqwest::Response, UpstreamError>) -> Health {
 }
 
 impl Upstream {
-    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
+    pub(crate) fn new(settings: Settings, metrics: Arc<Metrics>) -> anyhow::Result<Upstream> {
         let origins = Arc::new(Origins::new(&settings.base, &settings.tarball_hosts));
         let timeout = settings.timeout;
         let builder = || {
@@ -121,7 +121,7 @@ impl Upstream {
         })
     }
 
-    pub fn breaker(&self) -> &Arc<Breaker> {
+    pub(crate) fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }
 
@@ -134,7 +134,7 @@ impl Upstream {
     }
 
     /// The upstream URL of a path relative to the registry base (`-/v1/search?text=x`).
-    pub fn url(&self, relative: &str) -> String {
+    pub(crate) fn url(&self, relative: &str) -> String {
         format!("{}{}", self.base, relative.trim_start_matches('/'))
     }
 
@@ -186,7 +186,7 @@ impl Upstream {
     /// UPSTREAM_FETCH_DEADLINE. A client's `credentials` (for a package upstream serves only
     /// to them) come before npg's own for the package's scope. The decoded body holds
     /// `reservation` of the memory budget and is refused beyond `max` bytes.
-    pub async fn packument(
+    pub(crate) async fn packument(
         &self,
         name: &PackageName,
         etag: Option<&str>,
@@ -229,7 +229,7 @@ impl Upstream {
     /// Starts a tarball download from an allowed origin, bounded as a whole by
     /// UPSTREAM_TARBALL_DEADLINE, with a client's credentials for a private package (else
     /// npg's own for that URL); the body is streamed by the caller.
-    pub async fn tarball(
+    pub(crate) async fn tarball(
         &self,
         url: &str,
         client_credentials: Option<&header::HeaderValue>,
@@ -253,7 +253,7 @@ impl Upstream {
     /// A client's request relayed to `<REGISTRY_URL><relative>` with the client's headers
     /// only (never npg's credentials). With a body it is an upload, bounded as a whole by
     /// UPSTREAM_UPLOAD_TIMEOUT instead of the per-read UPSTREAM_TIMEOUT.
-    pub async fn passthrough(
+    pub(crate) async fn passthrough(
         &self,
         method: reqwest::Method,
         relative: &str,

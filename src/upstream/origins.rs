@@ -15,7 +15,7 @@ const MAX_REDIRECTS: usize = 5;
 /// One origin (scheme, host, port) of UPSTREAM_TARBALL_HOSTS: `host`, `host:port` (https) or
 /// `http://host[:port]`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Origin(url::Origin);
+pub(crate) struct Origin(url::Origin);
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,23 +54,23 @@ impl fmt::Display for Origin {
 /// A URL npg will not fetch; the message names its origin.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is neither the registry's origin nor in UPSTREAM_TARBALL_HOSTS")]
-pub struct OriginRefused(pub String);
+pub(crate) struct OriginRefused(pub String);
 
 /// The origins npg fetches from.
 #[derive(Clone, Debug)]
-pub struct Origins {
+pub(crate) struct Origins {
     allowed: Vec<url::Origin>,
 }
 
 impl Origins {
-    pub fn new(registry: &Url, extra: &[Origin]) -> Origins {
+    pub(crate) fn new(registry: &Url, extra: &[Origin]) -> Origins {
         let mut allowed = vec![registry.origin()];
         allowed.extend(extra.iter().map(|o| o.0.clone()));
         Origins { allowed }
     }
 
     /// `url` parsed, when npg may fetch it.
-    pub fn check(&self, url: &str) -> Result<Url, OriginRefused> {
+    pub(crate) fn check(&self, url: &str) -> Result<Url, OriginRefused> {
         let parsed = Url::parse(url).map_err(|_| OriginRefused("a URL that does not parse".into()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(OriginRefused(format!("the scheme `{}:`", parsed.scheme())));
@@ -84,7 +84,7 @@ impl Origins {
     }
 
     /// Follows redirects only to allowed origins, at most `MAX_REDIRECTS` of them.
-    pub fn redirect_policy(self: Arc<Self>) -> reqwest::redirect::Policy {
+    pub(crate) fn redirect_policy(self: Arc<Self>) -> reqwest::redirect::Policy {
         reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));

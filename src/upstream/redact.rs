@@ -4,7 +4,7 @@
 use url::Url;
 
 /// Removes the user info and replaces every query value with `redacted`.
-pub fn redact_url(url: &mut Url) {
+pub(crate) fn redact_url(url: &mut Url) {
     let _ = url.set_username("");
     let _ = url.set_password(None);
     if url.query().is_some() {
@@ -16,7 +16,7 @@ pub fn redact_url(url: &mut Url) {
 }
 
 /// `redact_url` of a string; what does not parse as a URL is not shown at all.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) => {
             redact_url(&mut parsed);

@@ -17,14 +17,14 @@ use crate::npm::name::PackageName;
 const READ_WHOLE_MAX: u64 = 256 * 1024;
 
 /// A tarball found on disk.
-pub enum Cached {
+pub(crate) enum Cached {
     Whole(Bytes),
     /// Too large to hold: a file to stream, and its length.
     File(tokio::fs::File, u64),
 }
 
 impl Cached {
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         match self {
             Cached::Whole(b) => b.len() as u64,
             Cached::File(_, len) => *len,
@@ -32,27 +32,27 @@ impl Cached {
     }
 }
 
-pub struct TarballStore {
+pub(crate) struct TarballStore {
     root: PathBuf,
     tmp: PathBuf,
     hot: HotTarballs,
 }
 
 /// A tarball being written: deleted on drop unless persisted.
-pub struct Pending {
-    pub file: tokio::fs::File,
+pub(crate) struct Pending {
+    pub(crate) file: tokio::fs::File,
     path: TempPath,
 }
 
 impl Pending {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 impl TarballStore {
     /// The store under `root`, keeping up to `memory_bytes` of small tarballs in memory too.
-    pub fn new(root: &Path, memory_bytes: u64) -> io::Result<TarballStore> {
+    pub(crate) fn new(root: &Path, memory_bytes: u64) -> io::Result<TarballStore> {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let tmp = root.join(".tmp");
@@ -63,7 +63,7 @@ impl TarballStore {
 
     /// Where a tarball lives; `None` if the name or file could leave the root (they are
     /// validated before, this is the last guard).
-    pub fn path(&self, name: &PackageName, file: &str) -> Option<PathBuf> {
+    pub(crate) fn path(&self, name: &PackageName, file: &str) -> Option<PathBuf> {
         let rel = Path::new(&name.shard()).join(name.as_str()).join(file);
         let normal = rel.components().all(|c| matches!(c, Component::Normal(_)));
         let leading_dot = rel
@@ -74,7 +74,7 @@ impl TarballStore {
 
     /// A cached tarball: from memory, or read whole from disk when small (then kept in
     /// memory), else opened for streaming. At most one trip to the blocking pool.
-    pub async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {
+    pub(crate) async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {
         if let Some(bytes) = self.hot.get(name, file).await {
             return Some(Cached::Whole(bytes));
         }
@@ -103,7 +103,7 @@ impl TarballStore {
     }
 
     /// A new temp file beside the cache (same file system, so the final rename is atomic).
-    pub fn pending(&self) -> io::Result<Pending> {
+    pub(crate) fn pending(&self) -> io::Result<Pending> {
         let (file, path) = tempfile::Builder::new()
             .prefix("dl-")
             .suffix(".part")
@@ -116,7 +116,7 @@ impl TarballStore {
     }
 
     /// Flushes a complete, verified download and renames it into place.
-    pub async fn persist(&self, pending: Pending, name: &PackageName, file: &str) -> io::Result<PathBuf> {
+    pub(crate) async fn persist(&self, pending: Pending, name: &PackageName, file: &str) -> io::Result<PathBuf> {
         let dest = self
             .path(name, file)
             .ok_or_else(|| io::Error::other("tarball path outside the storage dir"))?;
@@ -135,7 +135,7 @@ impl TarballStore {
 
     /// Deletes cached tarballs newly found malicious: the given files, or every file of the
     /// package. Returns how many files went. Blocking: call it off the async workers.
-    pub fn purge(&self, name: &PackageName, files: Option<&[String]>) -> usize {
+    pub(crate) fn purge(&self, name: &PackageName, files: Option<&[String]>) -> usize {
         let Some(dir) = self.path(name, "x.tgz").and_then(|p| p.parent().map(Path::to_path_buf)) else {
             return 0;
         };
@@ -159,7 +159,7 @@ impl TarballStore {
 
     /// Removes temp files older than `age` (left by a crash; younger ones may belong to a
     /// replica sharing the volume).
-    pub fn clean_temp(&self, age: Duration) -> usize {
+    pub(crate) fn clean_temp(&self, age: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.tmp) else {
             return 0;
         };

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use crate::npm::name::PackageName;
 
 #[derive(Clone)]
-pub struct HotTarballs {
+pub(crate) struct HotTarballs {
     cache: moka::future::Cache<String, Bytes>,
 }
 
@@ -16,7 +16,7 @@ fn key(name: &PackageName, file: &str) -> String {
 }
 
 impl HotTarballs {
-    pub fn new(max_bytes: u64) -> HotTarballs {
+    pub(crate) fn new(max_bytes: u64) -> HotTarballs {
         let cache = moka::future::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Bytes| u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX))
@@ -25,17 +25,17 @@ impl HotTarballs {
         HotTarballs { cache }
     }
 
-    pub async fn get(&self, name: &PackageName, file: &str) -> Option<Bytes> {
+    pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Option<Bytes> {
         self.cache.get(&key(name, file)).await
     }
 
-    pub async fn insert(&self, name: &PackageName, file: &str, bytes: Bytes) {
+    pub(crate) async fn insert(&self, name: &PackageName, file: &str, bytes: Bytes) {
         self.cache.insert(key(name, file), bytes).await;
     }
 
     /// Drops one file, or every file of the package (`file` = `None`). Lookups stop
     /// returning them at once; moka frees them in the background.
-    pub fn purge(&self, name: &PackageName, file: Option<&str>) {
+    pub(crate) fn purge(&self, name: &PackageName, file: Option<&str>) {
         let (prefix, file) = (key(name, ""), file.map(str::to_string));
         let doomed = move |k: &String, _: &Bytes| {
             k.strip_prefix(&prefix)

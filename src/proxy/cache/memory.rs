@@ -7,12 +7,12 @@ use crate::npm::name::PackageName;
 use crate::proxy::rendered::Package;
 
 #[derive(Clone)]
-pub struct MemoryCache {
+pub(crate) struct MemoryCache {
     cache: moka::future::Cache<PackageName, Arc<Package>>,
 }
 
 impl MemoryCache {
-    pub fn new(max_bytes: u64) -> MemoryCache {
+    pub(crate) fn new(max_bytes: u64) -> MemoryCache {
         let cache = moka::future::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k, p: &Arc<Package>| u32::try_from(p.approx_bytes()).unwrap_or(u32::MAX))
@@ -20,15 +20,15 @@ impl MemoryCache {
         MemoryCache { cache }
     }
 
-    pub async fn get(&self, name: &PackageName) -> Option<Arc<Package>> {
+    pub(crate) async fn get(&self, name: &PackageName) -> Option<Arc<Package>> {
         self.cache.get(name).await
     }
 
-    pub async fn insert(&self, package: Arc<Package>) {
+    pub(crate) async fn insert(&self, package: Arc<Package>) {
         self.cache.insert(package.name.clone(), package).await;
     }
 
-    pub async fn remove(&self, name: &PackageName) {
+    pub(crate) async fn remove(&self, name: &PackageName) {
         self.cache.invalidate(name).await;
     }
 }

@@ -12,7 +12,7 @@ use crate::npm::name::PackageName;
 
 /// What is remembered of a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Miss {
+pub(crate) enum Miss {
     /// Upstream said 404 for the package.
     Package,
     /// Upstream was just asked for the package because a version or file was missing.
@@ -28,14 +28,14 @@ impl Miss {
     }
 }
 
-pub struct Misses {
+pub(crate) struct Misses {
     local: moka::future::Cache<PackageName, Miss>,
     redis: Arc<SharedRedis>,
     ttl: Duration,
 }
 
 impl Misses {
-    pub fn new(redis: Arc<SharedRedis>, ttl: Duration) -> Misses {
+    pub(crate) fn new(redis: Arc<SharedRedis>, ttl: Duration) -> Misses {
         let local = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(ttl.max(Duration::from_millis(1)))
@@ -48,7 +48,7 @@ impl Misses {
     }
 
     /// What this replica or another one remembers of `name`.
-    pub async fn get(&self, name: &PackageName) -> Option<Miss> {
+    pub(crate) async fn get(&self, name: &PackageName) -> Option<Miss> {
         if self.ttl.is_zero() {
             return None;
         }
@@ -63,7 +63,7 @@ impl Misses {
         Some(miss)
     }
 
-    pub async fn insert(&self, name: &PackageName, miss: Miss) {
+    pub(crate) async fn insert(&self, name: &PackageName, miss: Miss) {
         if self.ttl.is_zero() {
             return;
         }
@@ -76,7 +76,7 @@ impl Misses {
         let _ = self.redis.set(&Self::key(name), miss.as_str(), how, "miss write").await;
     }
 
-    pub async fn remove(&self, name: &PackageName, shared: bool) {
+    pub(crate) async fn remove(&self, name: &PackageName, shared: bool) {
         self.local.invalidate(name).await;
         if !shared {
             return;

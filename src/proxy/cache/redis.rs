@@ -18,12 +18,12 @@ const PACKUMENTS: DocKind = DocKind {
     what: "metadata",
 };
 
-pub struct SharedMeta {
+pub(crate) struct SharedMeta {
     docs: SharedDocuments,
 }
 
 impl SharedMeta {
-    pub fn new(redis: Arc<SharedRedis>) -> SharedMeta {
+    pub(crate) fn new(redis: Arc<SharedRedis>) -> SharedMeta {
         SharedMeta {
             docs: SharedDocuments::new(redis, PACKUMENTS),
         }
@@ -33,7 +33,7 @@ impl SharedMeta {
         format!("meta:{name}")
     }
 
-    pub async fn meta(&self, name: &PackageName) -> Option<DocMeta> {
+    pub(crate) async fn meta(&self, name: &PackageName) -> Option<DocMeta> {
         let stamps = self.docs.stamps(&Self::key(name)).await?;
         Some(DocMeta {
             etag: stamps.etag,
@@ -44,7 +44,7 @@ impl SharedMeta {
 
     /// The gzip-compressed body stored for `name`, unless it is over `max` bytes (then not
     /// even read: a planted or corrupted entry costs no memory).
-    pub async fn body_gz(&self, name: &PackageName, max: usize) -> Option<Bytes> {
+    pub(crate) async fn body_gz(&self, name: &PackageName, max: usize) -> Option<Bytes> {
         match self.docs.body_gz(&Self::key(name), max).await {
             Ok(body) => body,
             Err(BodyError::TooLarge { max }) => {
@@ -56,7 +56,7 @@ impl SharedMeta {
     }
 
     /// Stores a gzip-compressed body with what is known of it, for `keep`.
-    pub async fn put(&self, name: &PackageName, gz: Bytes, meta: &DocMeta, keep: Duration) {
+    pub(crate) async fn put(&self, name: &PackageName, gz: Bytes, meta: &DocMeta, keep: Duration) {
         let stamps = DocStamps {
             etag: meta.etag.clone(),
             stamp_ms: Some(meta.fetched_ms),
@@ -66,11 +66,11 @@ impl SharedMeta {
     }
 
     /// Records a successful revalidation (upstream said 304) for the other replicas.
-    pub async fn touch(&self, name: &PackageName, checked_ms: u64, keep: Duration) {
+    pub(crate) async fn touch(&self, name: &PackageName, checked_ms: u64, keep: Duration) {
         self.docs.touch(&Self::key(name), checked_ms, Some(keep)).await;
     }
 
-    pub async fn delete(&self, name: &PackageName) {
+    pub(crate) async fn delete(&self, name: &PackageName) {
         self.docs.delete(&Self::key(name)).await;
     }
 }

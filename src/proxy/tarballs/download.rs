@@ -19,31 +19,35 @@ use crate::proxy::cache::disk::{Pending, TarballStore};
 use crate::upstream::UpstreamError;
 
 /// Chunks for the client that started the download, sent as they are verified safe to send.
-pub type Direct = mpsc::Sender<io::Result<Bytes>>;
+pub(crate) type Direct = mpsc::Sender<io::Result<Bytes>>;
 
-pub struct Download {
-    pub name: PackageName,
-    pub file: String,
-    pub version: String,
-    pub expected: Expected,
+pub(crate) struct Download {
+    pub(crate) name: PackageName,
+    pub(crate) file: String,
+    pub(crate) version: String,
+    pub(crate) expected: Expected,
     /// Where a verified download is kept; `None` for a private package (never cached).
-    pub store: Option<Arc<TarballStore>>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) store: Option<Arc<TarballStore>>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Where a download's bytes go.
-pub struct Outputs {
+pub(crate) struct Outputs {
     /// The temp file joiners read (and the cache keeps), while the disk takes it.
-    pub pending: Option<Pending>,
-    pub state: watch::Sender<State>,
-    pub direct: Option<Direct>,
+    pub(crate) pending: Option<Pending>,
+    pub(crate) state: watch::Sender<State>,
+    pub(crate) direct: Option<Direct>,
     /// Takes the download out of the map of downloads in flight when it ends.
     #[expect(dead_code, reason = "held for its Drop")]
-    pub landing: Option<Landing>,
+    pub(crate) landing: Option<Landing>,
 }
 
 impl Download {
-    pub async fn run(self, request: impl Future<Output = Result<reqwest::Response, UpstreamError>>, mut out: Outputs) {
+    pub(crate) async fn run(
+        self,
+        request: impl Future<Output = Result<reqwest::Response, UpstreamError>>,
+        mut out: Outputs,
+    ) {
         let resp = match request.await {
             Ok(resp) => resp,
             Err(UpstreamError::Status(404)) => return fail(&out, Failure::NotFound).await,

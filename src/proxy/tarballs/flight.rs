@@ -15,7 +15,7 @@ use crate::upstream::UpstreamError;
 
 /// Where a download stands; every client of it watches this.
 #[derive(Debug, Clone)]
-pub enum State {
+pub(crate) enum State {
     /// Waiting for upstream's answer.
     Asking,
     /// Bytes arriving: `relayable` of them are in the temp file and may be sent (the last
@@ -37,7 +37,7 @@ pub enum State {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Failure {
+pub(crate) enum Failure {
     #[error("upstream has no such tarball")]
     NotFound,
     #[error(transparent)]
@@ -50,28 +50,28 @@ pub enum Failure {
 
 impl State {
     /// Whether a new client can still read the download from its temp file.
-    pub fn joinable(&self) -> bool {
+    pub(crate) fn joinable(&self) -> bool {
         matches!(self, State::Asking | State::Streaming { .. })
     }
 }
 
 /// One download in flight, as its joiners see it.
-pub struct Flight {
-    pub state: watch::Receiver<State>,
+pub(crate) struct Flight {
+    pub(crate) state: watch::Receiver<State>,
     /// The temp file being written; joiners open it before it is renamed into the cache.
-    pub temp: PathBuf,
+    pub(crate) temp: PathBuf,
 }
 
 type Key = (PackageName, String);
 
 #[derive(Default)]
-pub struct Flights {
+pub(crate) struct Flights {
     map: Mutex<HashMap<Key, Arc<Flight>>>,
 }
 
 /// What a miss does: join the download of its file in flight, or lead a new one, registered
 /// for joiners while it has a temp file (`landing` takes it out when it ends).
-pub enum Role {
+pub(crate) enum Role {
     Join(Arc<Flight>),
     Lead {
         state: watch::Sender<State>,
@@ -82,7 +82,7 @@ pub enum Role {
 
 impl Role {
     /// A download nobody can join, without a temp file.
-    pub fn alone() -> Role {
+    pub(crate) fn alone() -> Role {
         Role::Lead {
             state: watch::channel(State::Asking).0,
             landing: None,
@@ -94,7 +94,7 @@ impl Role {
 impl Flights {
     /// Joins the download of `file` in flight, or starts one writing to a temp file from
     /// `temp` (without one when the disk refuses: then nobody can join it).
-    pub fn lead_or_join(
+    pub(crate) fn lead_or_join(
         self: &Arc<Self>,
         name: &PackageName,
         file: &str,
@@ -134,7 +134,7 @@ impl Flights {
 }
 
 /// Removes a led download from the map when its leader ends, however it ends.
-pub struct Landing {
+pub(crate) struct Landing {
     flights: Arc<Flights>,
     key: Key,
     flight: Arc<Flight>,

@@ -32,7 +32,7 @@ use flight::{Failure, Flights, Landing, Role, State};
 /// Chunks buffered per client of a download.
 const CLIENT_BUFFER: usize = 16;
 
-pub enum TarballBody {
+pub(crate) enum TarballBody {
     /// From the disk cache.
     Cached(Cached),
     /// A download in progress: chunks, and the length upstream announced.
@@ -40,7 +40,7 @@ pub enum TarballBody {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum TarballError {
+pub(crate) enum TarballError {
     #[error("{0}")]
     NotFound(String),
     #[error("blocked: {}", block.reason)]
@@ -66,7 +66,7 @@ impl From<Failure> for TarballError {
     }
 }
 
-pub struct Tarballs {
+pub(crate) struct Tarballs {
     store: Arc<TarballStore>,
     packuments: Arc<Packuments>,
     guard: Arc<Guard>,
@@ -76,7 +76,7 @@ pub struct Tarballs {
 }
 
 impl Tarballs {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<TarballStore>,
         packuments: Arc<Packuments>,
         guard: Arc<Guard>,
@@ -93,7 +93,7 @@ impl Tarballs {
         }
     }
 
-    pub async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
+    pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
         let judged = self.judge(name, file).await?;
         if let Some(cached) = self.store.open(name, file).await {
             self.metrics.cache("disk", true);
@@ -120,7 +120,7 @@ impl Tarballs {
 
     /// A private package's tarball (the client's `credentials`, `pkg` the packument fetched
     /// with them): verified like any other, never kept.
-    pub async fn private(
+    pub(crate) async fn private(
         &self,
         name: &PackageName,
         file: &str,
@@ -281,7 +281,7 @@ impl Tarballs {
 
     /// Deletes the cached tarballs of one version (every file the cached packument gives it,
     /// and npm's own name for it), or of the whole package; returns how many files went.
-    pub async fn purge(&self, name: &PackageName, version: Option<&str>) -> usize {
+    pub(crate) async fn purge(&self, name: &PackageName, version: Option<&str>) -> usize {
         let files = match version {
             None => None,
             Some(v) => {
@@ -341,4 +341,4 @@ fn expected(name: &PackageName, info: &TarballInfo) -> Result<Expected, Unverifi
 /// A version (`name@version`) whose packument gives no hash to check its tarball against.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} has no dist.integrity or dist.shasum to check its tarball against")]
-pub struct Unverifiable(String);
+pub(crate) struct Unverifiable(String);

@@ -12,12 +12,12 @@ use super::flight::{Failure, State};
 
 const READ_CHUNK: usize = 64 * 1024;
 
-pub type Chunks = mpsc::Receiver<io::Result<Bytes>>;
+pub(crate) type Chunks = mpsc::Receiver<io::Result<Bytes>>;
 
 /// Waits until upstream answered: the announced length, or why the download failed. A
 /// client reading the temp file (`direct` false) cannot use a download that lost its file,
 /// so it waits until the file has taken bytes (a full disk fails at the first write).
-pub async fn started(state: &mut watch::Receiver<State>, direct: bool) -> Result<Option<u64>, Failure> {
+pub(crate) async fn started(state: &mut watch::Receiver<State>, direct: bool) -> Result<Option<u64>, Failure> {
     let ready = |s: &State| match s {
         State::Asking => false,
         State::Streaming { relayable, .. } => direct || *relayable > 0,
@@ -41,7 +41,7 @@ fn ended_early() -> Failure {
 }
 
 /// Feeds `out` from `direct`, then from `file` (opened before the download could be renamed).
-pub async fn relay(
+pub(crate) async fn relay(
     direct: Option<Chunks>,
     file: Option<tokio::fs::File>,
     mut state: watch::Receiver<State>,
