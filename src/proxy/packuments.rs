@@ -179,16 +179,8 @@ impl Packuments {
             .packument(name, None, Some(credentials), max, &mut reservation);
         match fetched.await? {
             Fetched::Modified { body, etag } => {
-                let meta = DocMeta {
-                    etag,
-                    fetched_ms: now,
-                    checked_ms: now,
-                };
-                let raw = Raw {
-                    plain: Some(body),
-                    gz: None,
-                };
-                Ok(self.inner.render(name, raw, &meta, reservation).await?)
+                let (_, rendered) = self.inner.render_fetched(name, body, etag, now, reservation).await;
+                Ok(rendered?)
             }
             Fetched::NotFound => Err(FetchError::NotFound),
             Fetched::NotModified => Err(FetchError::Internal("304 to an unconditional request".into())),
@@ -332,16 +324,8 @@ impl Inner {
         };
         match fetched {
             Ok(Fetched::Modified { body, etag }) => {
-                let meta = DocMeta {
-                    etag,
-                    fetched_ms: now,
-                    checked_ms: now,
-                };
-                let raw = Raw {
-                    plain: Some(body),
-                    gz: None,
-                };
-                match self.render(name, raw, &meta, reservation).await {
+                let (meta, rendered) = self.render_fetched(name, body, etag, now, reservation).await;
+                match rendered {
                     Ok(p) => {
                         self.l1.insert(p.clone()).await;
                         self.l2.put(name, p.raw_gz.clone(), &meta, self.keep_in_redis()).await;
@@ -475,6 +459,28 @@ impl Inner {
                 p
             }
         }
+    }
+
+    /// A document upstream just sent, rendered; it was fetched and checked `now`.
+    async fn render_fetched(
+        &self,
+        name: &PackageName,
+        body: Bytes,
+        etag: Option<String>,
+        now: u64,
+        reservation: Reservation,
+    ) -> (DocMeta, Result<Arc<Package>, RenderError>) {
+        let meta = DocMeta {
+            etag,
+            fetched_ms: now,
+            checked_ms: now,
+        };
+        let raw = Raw {
+            plain: Some(body),
+            gz: None,
+        };
+        let rendered = self.render(name, raw, &meta, reservation).await;
+        (meta, rendered)
     }
 
     /// Filters, rewrites and compresses a raw document under the policy in force (on a

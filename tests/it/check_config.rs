@@ -138,48 +138,38 @@ fn tree(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// A directory with an empty blocklist in it.
+fn with_empty_blocklist() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blacklist.yml"), "packages: []\n").unwrap();
+    dir
+}
+
 #[test]
 fn check_config_writes_nothing_to_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("blacklist.yml"),
-        "packages: []
-",
-    )
-    .unwrap();
-    let before = tree(dir.path());
+    let dir = with_empty_blocklist();
     // STORAGE_DIR does not exist yet: it may be created, so the check passes, but only
     // `serve` creates it. ACME settings too, which keep their state under STORAGE_DIR.
     let env = [
         ("NPG_DOMAIN", "npg.test"),
         ("ACME_DIRECTORY_URL", "https://127.0.0.1:14000/dir"),
     ];
-    let out = npg(&["check-config"], dir.path(), &env);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(tree(dir.path()), before, "check-config changed the disk");
+    let passes_untouched = || {
+        let before = tree(dir.path());
+        let out = npg(&["check-config"], dir.path(), &env);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(tree(dir.path()), before, "check-config changed the disk");
+    };
+    passes_untouched();
     // An existing STORAGE_DIR is left as found as well.
     std::fs::create_dir(dir.path().join("storage")).unwrap();
-    let before = tree(dir.path());
-    let out = npg(&["check-config"], dir.path(), &env);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(tree(dir.path()), before, "check-config changed the disk");
+    passes_untouched();
 }
 
 #[test]
 fn check_config_refuses_a_storage_dir_that_is_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("blacklist.yml"),
-        "packages: []
-",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("storage"),
-        "a file
-",
-    )
-    .unwrap();
+    let dir = with_empty_blocklist();
+    std::fs::write(dir.path().join("storage"), "a file\n").unwrap();
     let out = npg(&["check-config"], dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
