@@ -1,45 +1,53 @@
 //! npg: a security gateway and caching proxy for the npm registry.
 //!
-//! Layout (no module imports one that imports it back; `app` and `http` sit on top):
-//! - `config`: settings from flags and env, validated once at start.
-//! - `preflight`: the files the settings name (blocklist, tokens, TLS...) loaded and checked
-//!   before serving; `npg check-config` runs the same.
-//! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically;
-//!   `retry`: backoff with jitter for every job that retries, and the randomness for it.
-//! - `npm`: npm knowledge, pure: package names, packument rewriting/abbreviation, integrity.
-//! - `guard`: the rules, pure: the blocklist, the malware list and the release-age gate as one
-//!   policy, and how a refusal is told (which rule, in words; hidden versions as npm's
-//!   `policyRestrictions`). Keeping it current is `jobs`' work.
-//! - `auth`: access control: the token table (hashes, names, permissions).
-//! - `upstream`: the HTTP client to the registry (and the one builder of every HTTP client
-//!   npg makes): deadlines, allowed origins, npg's own credentials (by scope), URL redaction
-//!   for logs, and the breaker that takes a sick upstream as down for the whole cluster.
+//! Layout: a folder per concern, each module in one place of this list (no module imports one
+//! that imports it back, `scripts/import-cycles` checks it in CI; `cli`, `app` and `http` sit
+//! on top, `npm`, `clock`, `files` and `retry` at the bottom). Where a behaviour lives:
+//! - `cli`: the one subcommand dispatcher and `serve`'s life: listeners, jobs, the drain on
+//!   SIGTERM. `main.rs` only picks the allocator and calls it.
+//! - `config`: settings from flags and env, checked once at start (without writing to disk);
+//!   `preflight`: the files they name (blocklist, tokens, TLS...) loaded and checked before
+//!   anything listens; `npg check-config` runs exactly the same.
+//! - `app`: the handler state that ties the services together, built once, and the list of
+//!   the background jobs it starts under `jobs::Jobs`.
+//! - `http`: routing, access checks (`auth`), error bodies and status lines (`errors`,
+//!   `phrase`), the packument, tarball, passthrough and guard routes, client caching,
+//!   `/api/health` and metrics, the HTTP-01 answer (`challenge`), connections and their
+//!   deadlines, the listener and graceful shutdown (`server`).
+//! - `proxy`: what answers metadata and tarball requests: `packuments` (stale-while-revalidate,
+//!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
+//!   the policy, in both forms, and `DocMeta`); `tarballs` (one download per file, joined by
+//!   concurrent misses, verified on the stream); `singleflight`; `cache` (L1 rendered
+//!   responses in process, L2 raw documents in Redis, tarballs on disk, remembered misses).
+//! - `upstream`: the HTTP client to the registry and the one builder of every HTTP client npg
+//!   makes: deadlines, allowed origins, npg's own credentials (by scope), URL redaction, and
+//!   the breaker that takes a sick upstream as down for the whole cluster.
 //! - `budget`: the memory budget that documents being read and rendered hold.
+//! - `guard`: the rules, pure (no cluster, cache or config inside): the blocklist, the malware
+//!   list and the release-age gate as one policy; how a refusal is told (`block`: the rule and
+//!   its words; `restrictions`: npm's `policyRestrictions`); the inputs' states (`status`).
+//! - `jobs`: the background work and its one owner, stopped on SIGTERM with its Redis leases
+//!   released: the changes follower (`changes`, and the listener that drops what other
+//!   replicas report as changed), the malware feed refresher and its kept copy (`feed`), the
+//!   blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`).
 //! - `cluster`: the one place that speaks Redis: the connection and its health, leases
 //!   (`Locker`, `hold_while`), shared documents and values, certificate `Storage`, the event bus.
-//! - `proxy`: the services that answer metadata and tarball requests: `packuments`
-//!   (stale-while-revalidate, stale-if-error, misses remembered) rendering through `rendered`
-//!   (a packument filtered by the policy in both forms, and `DocMeta`, what is known of its
-//!   upstream document); `tarballs` (one download per file in flight, joined by concurrent
-//!   misses, verified on the stream whether or not the disk takes it); `singleflight` (one
-//!   upstream fetch for many concurrent misses); `cache` (L1: rendered responses in process,
-//!   L2: raw documents in Redis, tarballs on disk, remembered misses).
-//! - `jobs`: the background work and its one owner (stopped on SIGTERM, Redis leases
-//!   released): the changes follower (`changes`), the malware feed refresher and its kept
-//!   copy (`feed`), the blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`),
-//!   and the listener that drops what other replicas report as changed.
-//! - `metrics`: Prometheus counters shared by every part.
-//! - `tls`: rustls, the certificate resolver, the ACME manager sharing through Redis, and the
-//!   TLS-ALPN-01 answer.
-//! - `http`: routing, access checks, error bodies and status lines (a refusal's reason phrase),
-//!   client caching (`CLIENT_MAX_AGE`), health, metrics, the HTTP-01 answer, the listener and
-//!   graceful shutdown.
-//! - `lockfile`: `npg lockfile check`, lockfiles (npm, pnpm, yarn 1, yarn berry) judged
-//!   against the policy through a running npg or offline, and their URLs pointed at npg.
+//! - `tls`: rustls, the certificate resolver, ACME (`acme`: orders under a lease, renewal in the
+//!   CA's ARI window), the certificate store over `cluster::storage` or disk (`store`), sealed
+//!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`).
+//! - `auth`: access control: the token table (hashes, names, permissions).
+//! - `npm`: npm knowledge, pure: package names, request paths, packument rewriting and
+//!   abbreviation, integrity.
+//! - `lockfile`: `npg lockfile check`: lockfiles (npm, pnpm, yarn 1, yarn berry) judged against
+//!   the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.
-//! - `app`: the handler state that ties the services together, and the start of the jobs.
-//! - `cli`: the one subcommand dispatcher and `serve`'s life (listeners, jobs, the drain on
-//!   SIGTERM); `main.rs` only picks the allocator and calls it.
+//! - `metrics`: Prometheus counters shared by every part.
+//! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically
+//!   (owner-only where they hold secrets); `retry`: backoff with jitter for every job that
+//!   retries, and the randomness for it.
+//!
+//! Visibility: `pub(crate)` by default; `pub` only what the integration tests (`tests/it`) and
+//! the fuzz targets (`fuzz/`) reach.
 
 pub(crate) mod app;
 pub(crate) mod auth;
