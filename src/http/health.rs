@@ -60,6 +60,9 @@ pub(crate) async fn health(State(app): State<App>, caller: Option<Extension<Call
     let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
+        if let Some(tls) = &app.tls {
+            tls.mark_health_checked();
+        }
         StatusCode::OK
     };
     let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();

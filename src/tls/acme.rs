@@ -27,6 +27,8 @@ use crate::retry::{Backoff, random_fraction};
 const LOCK_TTL: Duration = Duration::from_secs(120);
 /// How long a replica that lost the lock waits before looking again.
 const WAIT_FOR_HOLDER: Duration = Duration::from_secs(2);
+/// How long a replica of a cluster waits for its first health check before it orders anyway.
+const FIRST_ORDER_WAIT: Duration = Duration::from_secs(60);
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 
@@ -44,6 +46,9 @@ struct Manager {
     /// The certificate whose ARI window was last asked for.
     ari_checked: Option<String>,
     backoff: Backoff,
+    /// In a cluster, replicas sit behind a balancer (see `Tls::health_checked`).
+    clustered: bool,
+    started: std::time::Instant,
 }
 
 /// Starts the manager when NPG_DOMAIN is set.
@@ -61,6 +66,7 @@ pub(crate) fn spawn(
         AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         AcmeChallenge::Http01 => ChallengeType::Http01,
     };
+    let clustered = redis.clustered();
     let lock = Arc::new(RedisLock::new(redis, &format!("acme:{primary}"), LOCK_TTL));
     let manager = Manager {
         lock: lock.clone(),
@@ -74,6 +80,8 @@ pub(crate) fn spawn(
         current: None,
         ari_checked: None,
         backoff: Backoff::new(FIRST_BACKOFF, MAX_BACKOFF),
+        clustered,
+        started: std::time::Instant::now(),
     };
     jobs.spawn_leased("acme", lock, manager.run());
 }
@@ -131,6 +139,11 @@ impl Manager {
                 let until_renewal = Duration::from_secs((bundle.renew_at() - now_secs()).max(1) as u64);
                 return until_renewal.min(self.check_every);
             }
+        }
+        // Behind a balancer: no order before this replica is routed to (bounded, for clusters
+        // without health checks).
+        if self.clustered && !self.tls.health_checked() && self.started.elapsed() < FIRST_ORDER_WAIT {
+            return WAIT_FOR_HOLDER;
         }
         if !self.lock.try_acquire().await {
             return WAIT_FOR_HOLDER;

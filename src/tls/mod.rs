@@ -66,6 +66,8 @@ pub(crate) struct Tls {
     pub(crate) metrics: Arc<Metrics>,
     /// True once this replica has a certificate or has looked for the cluster's one.
     looked: tokio::sync::watch::Sender<bool>,
+    /// True once a health check saw this replica serve: a balancer routes to it from then on.
+    checked: tokio::sync::watch::Sender<bool>,
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -125,6 +127,7 @@ impl Tls {
             status: Mutex::new(TlsStatus::default()),
             metrics,
             looked: tokio::sync::watch::Sender::new(false),
+            checked: tokio::sync::watch::Sender::new(false),
         };
         if let Some((bundle, key)) = files.certificate {
             tls.resolver.install_any(key);
@@ -158,6 +161,18 @@ impl Tls {
     pub(crate) async fn first_look(&self, limit: std::time::Duration) {
         let mut looked = self.looked.subscribe();
         let _ = tokio::time::timeout(limit, looked.wait_for(|v| *v)).await;
+    }
+
+    /// Called when `/api/health` answers 200: the health checks of a balancer pass.
+    pub(crate) fn mark_health_checked(&self) {
+        self.checked.send_if_modified(|seen| !std::mem::replace(seen, true));
+    }
+
+    /// Whether a health check has seen this replica serve. Balancers (Traefik's Docker
+    /// provider, Kubernetes) route to a replica only then, and the CA's validation must reach
+    /// one: an order placed before fails, and the CA counts failures against the domain.
+    pub(crate) fn health_checked(&self) -> bool {
+        *self.checked.borrow()
     }
 
     pub(crate) fn status(&self) -> TlsStatus {

@@ -991,6 +991,10 @@ async fn a_sigterm_mid_order_hands_the_order_over_at_once() {
     let env = acme_env(&pebble, &redis);
     let nodes = start_nodes_at_once(&up, &[2, 3], ports, &env);
     bounded(Duration::from_secs(60), "the order handed over", async {
+        // The balancer's health checks (a replica of a cluster orders only once routed to).
+        for node in &nodes {
+            node.health().await;
+        }
         let mut holder = None;
         for _ in 0..100 {
             holder = acme_lock_holder(&redis).await;
@@ -1033,4 +1037,37 @@ async fn a_sigterm_mid_order_hands_the_order_over_at_once() {
     })
     .await;
     drop(silent);
+}
+
+/// (issue 14) Behind a balancer, a replica is routed to only once its health check passed,
+/// and the CA's HTTP-01 validation must reach one: replicas of a cluster place no order
+/// before a health check saw them serve (a fresh compose deployment placed 5 to 7 orders,
+/// all but one refused, against the CA's limit on failed validations), then exactly one.
+#[tokio::test]
+async fn replicas_of_a_cluster_order_only_once_health_checked() {
+    let redis = RedisServer::start();
+    let up = FakeRegistry::start();
+    let ips = [loopback(2), loopback(3)];
+    let ports = ports_on(&ips);
+    let pebble = Pebble::start(PebbleOptions {
+        http_port: ports.0,
+        tls_port: ports.1,
+        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
+        ..Default::default()
+    });
+    let nodes = start_nodes_at_once(&up, &[2, 3], ports, &acme_env(&pebble, &redis));
+    bounded(Duration::from_secs(60), "an order after the health checks", async {
+        // Long enough for an order (account, new order) were it placed at start.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(orders(&redis).await, 0, "no order before a health check");
+        assert_eq!(acme_lock_holder(&redis).await, None, "nobody even takes the lock");
+        assert!(pebble.issued_serials().is_empty());
+        for node in &nodes {
+            // wait_certificate polls /api/health, as a balancer's check does.
+            node.wait_certificate(DOMAIN, ISSUE_TIMEOUT, |_| true).await;
+        }
+        assert_eq!(orders(&redis).await, 1, "one order for the cluster");
+        assert_eq!(pebble.issued_serials().len(), 1);
+    })
+    .await;
 }
