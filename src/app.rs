@@ -52,7 +52,7 @@ impl App {
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
             SharedRedis::connect(
-                &settings.redis_connection_url().map_err(anyhow::Error::msg)?,
+                &settings.redis_connection_url()?,
                 &settings.redis_prefix,
                 &instance,
                 metrics.clone(),

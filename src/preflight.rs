@@ -8,7 +8,7 @@ use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
 use crate::tls::TlsFiles;
 use crate::upstream;
-use anyhow::anyhow;
+use anyhow::Context;
 
 /// The settings' files and compiled values, ready for `App::new`.
 pub(crate) struct Preflight {
@@ -27,14 +27,14 @@ impl Preflight {
     pub(crate) fn run(settings: &Settings) -> anyhow::Result<Preflight> {
         settings.validate()?;
         let upstream = settings.upstream()?;
-        let blocklist = Blocklist::load(&settings.policy.blacklist_path).map_err(|e| anyhow!("BLACKLIST_PATH: {e}"))?;
+        let blocklist = Blocklist::load(&settings.policy.blacklist_path).context("BLACKLIST_PATH")?;
         // Compiled even while the gate is off, so a bad pattern is found before it is needed.
         let gate = AgeGate::new(
             settings.min_release_age.unwrap_or_default(),
             &settings.min_release_age_exclude,
         )?;
         let tokens = match &settings.auth_tokens_file {
-            Some(path) => Some(Tokens::load(path).map_err(|e| anyhow!("AUTH_TOKENS_FILE: {e}"))?),
+            Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,
         };
         Ok(Preflight {

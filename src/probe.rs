@@ -40,7 +40,7 @@ pub(crate) async fn run(args: &HealthArgs) -> anyhow::Result<()> {
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    let client = builder.build().map_err(anyhow::Error::from)?;
+    let client = builder.build()?;
     let resp = client
         .get(&args.url)
         .send()

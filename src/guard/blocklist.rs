@@ -338,8 +338,8 @@ patterns:
             .unwrap_err()
             .to_string();
         assert!(err.contains("pattern"), "{err}");
-        assert!(Blocklist::parse("").unwrap().len() == 0);
-        assert!(Blocklist::parse("# nothing\n").unwrap().len() == 0);
+        assert_eq!(Blocklist::parse("").unwrap().len(), 0);
+        assert_eq!(Blocklist::parse("# nothing\n").unwrap().len(), 0);
     }
 
     #[test]

@@ -149,7 +149,7 @@ struct Parsed {
 async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> anyhow::Result<Parsed> {
     let reasons = reasons.to_vec();
     tokio::task::spawn_blocking(move || {
-        let list = MalwareList::parse(&body, &reasons).map_err(anyhow::Error::msg)?;
+        let list = MalwareList::parse(&body, &reasons)?;
         let digest = Sha256::digest(&body).to_vec();
         Ok(Parsed {
             list: list.with_source(source),

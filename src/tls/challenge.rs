@@ -15,12 +15,12 @@ pub(crate) const ALPN_ACME: &[u8] = b"acme-tls/1";
 /// The TLS configuration answering a TLS-ALPN-01 validation of `domain`, if one is pending.
 pub(crate) fn alpn_config(domain: &str, key_authorization: &str) -> anyhow::Result<Arc<ServerConfig>> {
     let digest = Sha256::digest(key_authorization.as_bytes());
-    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(anyhow::Error::from)?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
-    let key = rcgen::KeyPair::generate().map_err(anyhow::Error::from)?;
-    let cert = params.self_signed(&key).map_err(anyhow::Error::from)?;
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(anyhow::Error::from)?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
     // `CertifiedKey::new`, not `from_der`: the latter rejects the critical acmeIdentifier.
     let certified = Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer));
     let mut config = super::config_builder().with_cert_resolver(Arc::new(Fixed(certified)));
