@@ -235,6 +235,17 @@ async fn redis_hash(redis: &RedisServer, key: &str) -> HashMap<String, String> {
     redis_conn(redis).await.hgetall(key).await.expect("HGETALL")
 }
 
+/// pebble validating HTTP-01 and TLS-ALPN-01 on `ports` of 127.0.0.2, where its DNS mock
+/// sends every name (the first replica's address).
+fn pebble_at(ports: (u16, u16)) -> Pebble {
+    Pebble::start(PebbleOptions {
+        http_port: ports.0,
+        tls_port: ports.1,
+        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
+        ..Default::default()
+    })
+}
+
 /// `npg:acme:orders`: how many ACME orders all replicas placed.
 async fn orders(redis: &RedisServer) -> i64 {
     use redis::AsyncCommands;
@@ -343,12 +354,7 @@ async fn http01_single_replica_https_health_and_redirect() {
     let up = FakeRegistry::start();
     let (ip, ip2) = (loopback(2), loopback(3));
     let ports = ports_on(&[ip, ip2]);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let root = pebble.issuing_root_pem();
     let env = acme_env(&pebble, &redis);
     let node = start_node("a", &up, ip, ports, &env);
@@ -496,12 +502,7 @@ async fn three_replicas_one_order_same_certificate_npm_install() {
     let up = FakeRegistry::start();
     let ips = [loopback(2), loopback(3), loopback(4)];
     let ports = ports_on(&ips);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let root = pebble.issuing_root_pem();
     let env = acme_env(&pebble, &redis);
     let cold_start = std::time::Instant::now();
@@ -753,12 +754,7 @@ async fn secret_key_encrypts_private_keys_in_redis() {
     let up = FakeRegistry::start();
     let ips = [loopback(2), loopback(3)];
     let ports = ports_on(&ips);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let root = pebble.issuing_root_pem();
     let dir = tempfile::tempdir().unwrap();
     let key_file = tls::write_file(dir.path(), "npg-secret.key", &format!("{key_b64}\n"));
@@ -824,12 +820,7 @@ async fn unknown_sni_fails_the_handshake_and_npg_keeps_serving() {
     let up = FakeRegistry::start();
     let ip = loopback(2);
     let ports = ports_on(&[ip]);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let root = pebble.issuing_root_pem();
     let mut node = start_node("sni", &up, ip, ports, &acme_env(&pebble, &redis));
     bounded(Duration::from_secs(60), "unknown SNI", async {
@@ -874,12 +865,7 @@ async fn redis_restarted_empty_gets_the_certificate_back_without_an_order() {
     let up = FakeRegistry::start();
     let ips = [loopback(2), loopback(3)];
     let ports = ports_on(&ips);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let root = pebble.issuing_root_pem();
     let nodes = start_nodes_at_once(&up, &[2, 3], ports, &acme_env(&pebble, &redis));
     bounded(Duration::from_secs(60), "redis restart", async {
@@ -1049,12 +1035,7 @@ async fn replicas_of_a_cluster_order_only_once_health_checked() {
     let up = FakeRegistry::start();
     let ips = [loopback(2), loopback(3)];
     let ports = ports_on(&ips);
-    let pebble = Pebble::start(PebbleOptions {
-        http_port: ports.0,
-        tls_port: ports.1,
-        dns_ipv4: Ipv4Addr::new(127, 0, 0, 2),
-        ..Default::default()
-    });
+    let pebble = pebble_at(ports);
     let nodes = start_nodes_at_once(&up, &[2, 3], ports, &acme_env(&pebble, &redis));
     bounded(Duration::from_secs(60), "an order after the health checks", async {
         // Long enough for an order (account, new order) were it placed at start.
