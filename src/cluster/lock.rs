@@ -4,7 +4,8 @@
 //! Taken with `SET key token NX PX ttl`; extended and released by Lua scripts that first check
 //! the token, so a replica whose lease expired can never extend or delete its successor's. The
 //! holder must extend well within the TTL (`hold_while` does, around long work); if it dies
-//! the lease expires and another replica takes over. Without Redis there is no cluster: the single node always holds the lock.
+//! the lease expires and another replica takes over. Without Redis there is no cluster: the
+//! single node always holds the lock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use redis::{ExistenceCheck, SetExpiry, SetOptions};
 
-use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::cluster::redis::{SharedRedis, expiry_ms};
 use crate::retry::random_u64;
 
 const EXTEND: &str = r"
@@ -73,11 +74,11 @@ impl RedisLock {
     /// without Redis (a single node runs its jobs itself); false while Redis is down.
     pub async fn try_acquire(&self) -> bool {
         let Some(mut conn) = self.conn() else {
-            return self.set_held(self.redis.state() == RedisState::Disabled);
+            return self.set_held(!self.redis.clustered());
         };
         let opts = SetOptions::default()
             .conditional_set(ExistenceCheck::NX)
-            .with_expiration(SetExpiry::PX(self.ttl_ms()));
+            .with_expiration(SetExpiry::PX(expiry_ms(self.ttl)));
         match conn
             .set_options::<_, _, Option<String>>(&self.key, &self.token, opts)
             .await
@@ -95,13 +96,13 @@ impl RedisLock {
     /// Pushes the expiry out by the TTL; false if the lock is no longer ours.
     pub async fn extend(&self) -> bool {
         let Some(mut conn) = self.conn() else {
-            return self.set_held(self.redis.state() == RedisState::Disabled);
+            return self.set_held(!self.redis.clustered());
         };
         let script = Script::new(EXTEND);
         let result = script
             .key(&self.key)
             .arg(&self.token)
-            .arg(self.ttl_ms())
+            .arg(expiry_ms(self.ttl))
             .invoke_async::<i64>(&mut conn)
             .await;
         match result {
@@ -186,9 +187,5 @@ impl RedisLock {
     fn set_held(&self, held: bool) -> bool {
         self.held.store(held, Ordering::Relaxed);
         held
-    }
-
-    fn ttl_ms(&self) -> u64 {
-        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 }

@@ -28,6 +28,12 @@ impl RedisState {
     }
 }
 
+/// A Redis expiry (`PX`, `PEXPIRE`): whole milliseconds, at least one (zero is an error for
+/// `SET PX` and deletes at once for `PEXPIRE`).
+pub(crate) fn expiry_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 pub struct SharedRedis {
     conn: Option<ConnectionManager>,
     /// Kept for the connections a manager cannot multiplex (pub/sub, in `cluster::bus`).

@@ -132,15 +132,6 @@ impl RedisStorage {
         self.redis.key(&format!("acme:cert:{name}"))
     }
 
-    fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
-        self.redis.conn().ok_or(StoreError::Unavailable)
-    }
-
-    fn fail(&self, what: &'static str, source: redis::RedisError) -> StoreError {
-        self.redis.report_error(what, &source);
-        StoreError::Redis { what, source }
-    }
-
     /// Runs a certificate-writing script with `keys`, then `token` (if any) and the record's
     /// fields as arguments; true when it wrote.
     async fn cert_script(
@@ -151,7 +142,7 @@ impl RedisStorage {
         cert: &CertRecord,
         what: &'static str,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn()?;
+        let mut conn = self.redis.connection()?;
         let script = redis::Script::new(script);
         let mut invocation = script.prepare_invoke();
         for key in keys {
@@ -166,7 +157,7 @@ impl RedisStorage {
         let written: i64 = invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.fail(what, e))?;
+            .map_err(|e| self.redis.failed(what, e))?;
         Ok(written == 1)
     }
 }
@@ -174,13 +165,13 @@ impl RedisStorage {
 impl Storage for RedisStorage {
     fn load_cert<'a>(&'a self, name: &'a str) -> Answer<'a, Option<StoredCert>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.redis.connection()?;
             let (chain, key, renew_at): (Option<String>, Option<String>, Option<i64>) = redis::cmd("HMGET")
                 .arg(self.cert_key(name))
                 .arg(&["chain", "key", "renew_at"])
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| self.fail("certificate read", e))?;
+                .map_err(|e| self.redis.failed("certificate read", e))?;
             let Some(chain) = chain else { return Ok(None) };
             let sealed_key = key.ok_or_else(|| StoreError::Corrupt("incomplete certificate record".into()))?;
             Ok(Some(StoredCert {
@@ -210,7 +201,7 @@ impl Storage for RedisStorage {
 
     fn set_renew_at<'a>(&'a self, name: &'a str, serial: &'a str, at: i64) -> Answer<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.redis.connection()?;
             redis::Script::new(SET_RENEW_AT)
                 .key(self.cert_key(name))
                 .arg(serial)
@@ -218,7 +209,7 @@ impl Storage for RedisStorage {
                 .invoke_async::<i64>(&mut conn)
                 .await
                 .map(drop)
-                .map_err(|e| self.fail("renewal time write", e))
+                .map_err(|e| StoreError::from(self.redis.failed("renewal time write", e)))
         })
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use redis::AsyncCommands;
 
-use crate::cluster::redis::SharedRedis;
+use crate::cluster::redis::{SharedRedis, expiry_ms};
 
 /// Why Redis could not do it.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +30,14 @@ pub(crate) struct Write {
 }
 
 impl SharedRedis {
-    fn failed(&self, what: &'static str, source: redis::RedisError) -> SharedError {
+    /// Reports a failed command (the next calls skip Redis until it answers) as an error.
+    pub(crate) fn failed(&self, what: &'static str, source: redis::RedisError) -> SharedError {
         self.report_error(what, &source);
         SharedError::Failed { what, source }
     }
 
-    fn connection(&self) -> Result<redis::aio::ConnectionManager, SharedError> {
+    /// A connection, or `Unavailable` while Redis is down.
+    pub(crate) fn connection(&self) -> Result<redis::aio::ConnectionManager, SharedError> {
         self.conn().ok_or(SharedError::Unavailable)
     }
 
@@ -50,8 +52,7 @@ impl SharedRedis {
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.key(key)).arg(value);
         if let Some(ttl) = how.ttl {
-            cmd.arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            cmd.arg("PX").arg(expiry_ms(ttl));
         }
         if how.only_new {
             cmd.arg("NX");
