@@ -140,7 +140,8 @@ impl App {
             redis: self.redis.clone(),
             bus: self.bus.clone(),
         };
-        crate::jobs::feed::spawn(&jobs, refresher, settings);
+        crate::jobs::feed::spawn(&jobs, refresher.clone(), settings);
+        crate::jobs::osv::spawn(&jobs, refresher, settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
             crate::jobs::tokens::spawn(&jobs, auth.clone(), self.metrics.clone(), path.clone());
         }

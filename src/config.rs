@@ -327,6 +327,15 @@ pub(crate) struct PolicySources {
     /// Where the last good feed is kept, so a restart without network still guards.
     #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
     pub(crate) malware_list_dir: PathBuf,
+
+    /// A second malware source: OpenSSF malicious-packages advisories (OSV `MAL-` records) as
+    /// a JSON list at this URL, fetched every UPDATE_INTERVAL, kept under MALWARE_LIST_DIR/osv.
+    #[arg(long, env = "OSV_FEED_URL", value_parser = parse_http_url, conflicts_with = "osv_feed_dir")]
+    pub(crate) osv_feed_url: Option<Url>,
+
+    /// The same from a directory tree of `*.json` OSV records, re-read every UPDATE_INTERVAL.
+    #[arg(long, env = "OSV_FEED_DIR")]
+    pub(crate) osv_feed_dir: Option<PathBuf>,
 }
 
 impl Settings {
@@ -433,6 +442,7 @@ impl Settings {
             Some(&mut shown.proxy_url),
             Some(&mut shown.registry_url),
             Some(&mut shown.policy.malware_feed_url),
+            shown.policy.osv_feed_url.as_mut(),
             Some(&mut shown.acme_directory_url),
             shown.registry_poll_url.as_mut(),
         ];
@@ -643,6 +653,33 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().settings.policy.malware_feed_reasons.len(), 3);
         let err = parse(&["--malware-feed-reasons", "SPAM"]).unwrap_err().to_string();
         assert!(err.contains("--malware-feed-reasons"), "{err}");
+    }
+
+    #[test]
+    fn one_osv_source_at_most() {
+        let none = parse(&[]).unwrap().settings.policy;
+        assert!(
+            none.osv_feed_url.is_none() && none.osv_feed_dir.is_none(),
+            "off by default"
+        );
+        let dir = parse(&["--osv-feed-dir", "/srv/osv"]).unwrap().settings.policy;
+        assert_eq!(dir.osv_feed_dir.as_deref(), Some(std::path::Path::new("/srv/osv")));
+        let err = parse(&[
+            "--osv-feed-dir",
+            "/srv/osv",
+            "--osv-feed-url",
+            "http://127.0.0.1:9/osv.json",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--osv-feed-url") && err.contains("--osv-feed-dir"),
+            "{err}"
+        );
+        let err = parse(&["--osv-feed-url", "file:///srv/osv.json"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--osv-feed-url"), "{err}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ static POLICIES: LazyLock<[Policy; 2]> = LazyLock::new(|| {
         version: 1,
         blocklist: blocklist.clone(),
         malware: Arc::default(),
+        osv: Arc::default(),
         age,
     })
 });

@@ -45,6 +45,14 @@ impl FeedSource {
     }
 }
 
+impl FeedSource {
+    /// The OSV source (`OSV_FEED_URL` / `OSV_FEED_DIR`), named for its publisher whatever the
+    /// mirror it is read from.
+    pub(crate) fn osv() -> FeedSource {
+        FeedSource("OpenSSF malicious-packages (OSV)".into())
+    }
+}
+
 impl Default for FeedSource {
     fn default() -> FeedSource {
         FeedSource("the malware feed".into())
@@ -71,6 +79,9 @@ pub struct Block {
     /// The malware feed that lists it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) source: Option<FeedSource>,
+    /// The advisory that lists it (`MAL-2025-1234`), when the source has ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) advisory: Option<String>,
     /// When the release-age gate lets it through (unix ms; RFC 3339 on the wire); none when
     /// its publication time is unknown.
     #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
@@ -85,6 +96,7 @@ impl Block {
             pattern: None,
             version_spec: None,
             source: None,
+            advisory: None,
             until: None,
         }
     }

@@ -201,7 +201,7 @@ impl Blocklist {
 /// it in semver order (node-semver's `includePrerelease`, so `*` and `>=1.0.0` hold `2.0.0-beta`)
 /// or holds its release (`2.x` holds `2.0.0-alpha`, `1.2.3` holds `1.2.3-rc.1`, where node-semver
 /// would lower the bound to `2.0.0-0` or hold no prerelease at all).
-fn blocks(range: &Range, version: &Version) -> bool {
+pub(crate) fn blocks(range: &Range, version: &Version) -> bool {
     if range.satisfies_with_prerelease(version, true) {
         return true;
     }

@@ -1,7 +1,8 @@
-//! The guard: one decision API over the blocklist, the malware feed and the release-age gate.
+//! The guard: one decision API over the blocklist, the malware sources (the feed and the OSV
+//! advisories) and the release-age gate.
 //!
 //! Decision order: blocklist pattern / whole package → malware feed (`*`, then exact
-//! version) → version rules of the blocklist → minimum release age. The current rules are one
+//! version) → OSV advisories → version rules of the blocklist → minimum release age. The current rules are one
 //! immutable `Policy` behind an `ArcSwap`: a reload or a feed update swaps it and bumps its
 //! version, so rendered responses cached under an older version are never served.
 
@@ -9,6 +10,7 @@ pub mod age;
 pub(crate) mod block;
 pub mod blocklist;
 pub(crate) mod malware;
+pub(crate) mod osv;
 pub(crate) mod restrictions;
 pub(crate) mod status;
 
@@ -23,6 +25,7 @@ use age::AgeGate;
 pub(crate) use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
+use osv::{Advisory, OsvList};
 use status::{BlocklistStatus, FeedStatus, State};
 
 /// The block a blocklist rule makes.
@@ -48,6 +51,15 @@ fn malware(reason: &str, source: &FeedSource) -> Block {
     }
 }
 
+/// The block an OSV advisory makes.
+fn advisory(advisory: &Advisory) -> Block {
+    Block {
+        source: Some(FeedSource::osv()),
+        advisory: Some(advisory.id.clone()),
+        ..Block::new(Rule::Malware, advisory.reason())
+    }
+}
+
 /// The versions a policy hides in one packument.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Verdict {
@@ -62,6 +74,8 @@ pub struct Policy {
     pub version: u64,
     pub blocklist: Arc<Blocklist>,
     pub malware: Arc<MalwareList>,
+    /// The OSV advisories (OSV_FEED_URL / OSV_FEED_DIR), consulted after the feed.
+    pub osv: Arc<OsvList>,
     pub age: Option<Arc<AgeGate>>,
 }
 
@@ -71,9 +85,10 @@ impl Policy {
         if let Some(hit) = self.blocklist.whole_package(name) {
             return Some(from_hit(hit));
         }
-        self.malware
-            .whole_package(name)
-            .map(|r| malware(r, self.malware.source()))
+        if let Some(reason) = self.malware.whole_package(name) {
+            return Some(malware(reason, self.malware.source()));
+        }
+        self.osv.whole_package(name).map(advisory)
     }
 
     /// A block of `name@version` by the feed or a version rule (not by age: that needs the
@@ -81,6 +96,9 @@ impl Policy {
     pub(crate) fn version(&self, name: &str, version: &str) -> Option<Block> {
         if let Some(reason) = self.malware.version(name, version) {
             return Some(malware(reason, self.malware.source()));
+        }
+        if let Some(found) = self.osv.version(name, version) {
+            return Some(advisory(found));
         }
         self.blocklist.version(name, version).map(from_hit)
     }
@@ -130,6 +148,7 @@ pub(crate) struct Guard {
     policy: ArcSwap<Policy>,
     next_version: AtomicU64,
     feed_status: Mutex<FeedStatus>,
+    osv_status: Mutex<FeedStatus>,
     blocklist_status: Mutex<BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
@@ -141,12 +160,17 @@ impl Guard {
             version: 1,
             blocklist: Arc::new(blocklist),
             malware: Arc::default(),
+            osv: Arc::default(),
             age: age.map(Arc::new),
         };
         Guard {
             policy: ArcSwap::from_pointee(policy),
             next_version: AtomicU64::new(2),
             feed_status: Mutex::new(FeedStatus {
+                state: State::Disabled,
+                ..FeedStatus::default()
+            }),
+            osv_status: Mutex::new(FeedStatus {
                 state: State::Disabled,
                 ..FeedStatus::default()
             }),
@@ -176,6 +200,7 @@ impl Guard {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
             blocklist: blocklist.clone(),
             malware: old.malware.clone(),
+            osv: old.osv.clone(),
             age: old.age.clone(),
         });
     }
@@ -185,6 +210,17 @@ impl Guard {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
             blocklist: old.blocklist.clone(),
             malware: malware.clone(),
+            osv: old.osv.clone(),
+            age: old.age.clone(),
+        });
+    }
+
+    pub(crate) fn set_osv(&self, osv: Arc<OsvList>) {
+        self.swap(|old| Policy {
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            blocklist: old.blocklist.clone(),
+            malware: old.malware.clone(),
+            osv: osv.clone(),
             age: old.age.clone(),
         });
     }
@@ -195,6 +231,14 @@ impl Guard {
 
     pub(crate) fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
         update(&mut self.feed_status.lock().expect("feed status poisoned"));
+    }
+
+    pub(crate) fn osv_status(&self) -> FeedStatus {
+        self.osv_status.lock().expect("OSV status poisoned").clone()
+    }
+
+    pub(crate) fn update_osv_status(&self, update: impl FnOnce(&mut FeedStatus)) {
+        update(&mut self.osv_status.lock().expect("OSV status poisoned"));
     }
 
     /// Whether the blocklist in force is the file's (see `reload`).
@@ -317,5 +361,43 @@ mod tests {
         .unwrap();
         g.set_malware(Arc::new(feed));
         assert_eq!(g.policy().package("m").unwrap().kind, Rule::Malware);
+    }
+
+    #[test]
+    fn osv_advisories_block_after_the_feed_and_name_themselves() {
+        let g = guard();
+        let feed = MalwareList::parse(
+            br#"[{"package_name":"p","version":"1.0.1","reason":"MALWARE"}]"#,
+            &["MALWARE".into()],
+        )
+        .unwrap();
+        g.set_malware(Arc::new(feed));
+        let records = br#"[
+            {"id":"MAL-2025-1","summary":"Malicious code in p (npm)","affected":[{"package":{"ecosystem":"npm","name":"p"},"versions":["1.0.1","1.0.2"]}]},
+            {"id":"MAL-2025-2","affected":[{"package":{"ecosystem":"npm","name":"q"}}]}
+        ]"#;
+        let before = g.version();
+        g.set_osv(Arc::new(OsvList::parse_list(records, 0).unwrap()));
+        assert!(g.version() > before);
+        let policy = g.policy();
+        let by_feed = policy.version("p", "1.0.1").unwrap();
+        assert_eq!((by_feed.kind, by_feed.advisory.as_deref()), (Rule::Malware, None));
+        let by_osv = policy.version("p", "1.0.2").unwrap();
+        assert_eq!(by_osv.kind, Rule::Malware);
+        assert_eq!(by_osv.advisory.as_deref(), Some("MAL-2025-1"));
+        assert_eq!(
+            by_osv.message(),
+            "listed as malware by OpenSSF malicious-packages (OSV) (MAL-2025-1: Malicious code in p (npm))"
+        );
+        let json = serde_json::to_value(&by_osv).unwrap();
+        assert_eq!(json["advisory"], "MAL-2025-1");
+        assert_eq!(json["source"], "OpenSSF malicious-packages (OSV)");
+        assert!(policy.version("p", "1.0.0").is_none());
+        assert_eq!(policy.package("q").unwrap().reason, "MAL-2025-2");
+        g.set_malware(Arc::default());
+        assert!(
+            g.policy().version("p", "1.0.2").is_some(),
+            "a feed update keeps the advisories"
+        );
     }
 }

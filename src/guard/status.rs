@@ -58,6 +58,8 @@ pub(crate) enum ListOrigin {
     Disk,
     /// The copy another replica shared through Redis.
     Redis,
+    /// Read from a directory of records (OSV_FEED_DIR).
+    Directory,
 }
 
 impl ListOrigin {
@@ -67,6 +69,7 @@ impl ListOrigin {
             ListOrigin::Remote => "remote",
             ListOrigin::Disk => "disk",
             ListOrigin::Redis => "redis",
+            ListOrigin::Directory => "directory",
         }
     }
 }

@@ -262,6 +262,7 @@ mod tests {
             version: 1,
             blocklist: Default::default(),
             malware: Default::default(),
+            osv: Default::default(),
             age: None,
         };
         let Err(err) = render(&name, raw, &meta, &policy, "http://127.0.0.1:1", 0) else {

@@ -104,6 +104,8 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "malware_entries": policy.malware.len(),
             "min_release_age": policy.age.as_ref().map(|g| human_duration(g.min_age())),
             "feed": app.guard.feed_status(),
+            "osv_entries": policy.osv.len(),
+            "osv": app.guard.osv_status(),
             "blocklist": app.guard.blocklist_status(),
         },
         "changes": app.changes.snapshot(),

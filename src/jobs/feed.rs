@@ -1,4 +1,6 @@
-//! The malware feed refresher: keeps the guard's malware list current.
+//! The malware feed refresher: keeps the guard's malware list current. The same job keeps any
+//! malware source read from a URL (a `Source`: the feed here, the OSV list in `jobs::osv`), each
+//! with its own lock, Redis key, kept copy and status; what follows is told of the feed.
 //!
 //! - The last good feed is kept on disk in the Node NPG's layout,
 //!   `<MALWARE_LIST_DIR>/<feed host>/<file name>` with `.etag` beside it, and loaded before
@@ -36,7 +38,7 @@ use crate::files::write_atomic;
 use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
-use crate::guard::status::{ListOrigin, State};
+use crate::guard::status::{FeedStatus, ListOrigin, State};
 use crate::npm::name::PackageName;
 use crate::proxy::rendered::{gunzip, gzip};
 use crate::proxy::tarballs::Tarballs;
@@ -52,7 +54,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longer than a fetch, so the lock outlives it; short, so a crashed holder is replaced soon.
 const LOCK_TTL: Duration = Duration::from_secs(180);
 /// Far above any real feed: a body this large is refused rather than held in memory.
-const MAX_FEED_BYTES: usize = 512 << 20;
+pub(crate) const MAX_FEED_BYTES: usize = 512 << 20;
 /// A fetch in the cluster is skipped when another replica checked this recently (a fraction
 /// of the interval: replicas' timers drift).
 const RECENT_CHECK: f64 = 0.9;
@@ -64,12 +66,69 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// (its lease released on SIGTERM), the feed is fetched within seconds, not an interval later;
 /// if it fetched, the next try finds its copy and fetches nothing.
 const BUSY_RETRY: Duration = Duration::from_secs(3);
-/// The cluster's copy: a shared document whose stamp field is `updated`.
-const FEED: DocKind = DocKind {
-    stamp: "updated",
-    what: "malware feed",
-};
-const FEED_KEY: &str = "malware:feed";
+/// A malware source read from a URL: how its body becomes a list, and where the list and its
+/// state go.
+pub(crate) trait Source: Send + Sync + 'static {
+    type List: Default + Send + Sync + 'static;
+    /// Names it in logs and in the job list: "malware feed".
+    const WHAT: &'static str;
+    /// The Redis lease of the replica that fetches for the cluster.
+    const LOCK: &'static str;
+    /// The cluster's copy: a shared document whose stamp field is `updated`.
+    const KEY: &'static str;
+    const DOC: DocKind;
+
+    fn parse(&self, body: &[u8]) -> anyhow::Result<Self::List>;
+    /// Entries of a list, for the status.
+    fn len(list: &Self::List) -> usize;
+    fn in_force(guard: &Guard) -> Arc<Self::List>;
+    fn install(guard: &Guard, list: Arc<Self::List>);
+    fn update_status(guard: &Guard, update: impl FnOnce(&mut FeedStatus));
+    /// What `new` lists and `old` did not (`None` as the version: every version).
+    fn added_since(new: &Self::List, old: &Self::List) -> Vec<(String, Option<String>)>;
+}
+
+/// The Aikido-format feed (MALWARE_FEED_URL).
+pub(crate) struct MalwareFeed {
+    reasons: Vec<String>,
+    source: FeedSource,
+}
+
+impl Source for MalwareFeed {
+    type List = MalwareList;
+    const WHAT: &'static str = "malware feed";
+    const LOCK: &'static str = "feed";
+    const KEY: &'static str = "malware:feed";
+    const DOC: DocKind = DocKind {
+        stamp: "updated",
+        what: "malware feed",
+    };
+
+    fn parse(&self, body: &[u8]) -> anyhow::Result<MalwareList> {
+        let list = MalwareList::parse(body, &self.reasons)?;
+        Ok(list.with_source(self.source.clone()))
+    }
+
+    fn len(list: &MalwareList) -> usize {
+        list.len()
+    }
+
+    fn in_force(guard: &Guard) -> Arc<MalwareList> {
+        guard.policy().malware.clone()
+    }
+
+    fn install(guard: &Guard, list: Arc<MalwareList>) {
+        guard.set_malware(list);
+    }
+
+    fn update_status(guard: &Guard, update: impl FnOnce(&mut FeedStatus)) {
+        guard.update_feed_status(update);
+    }
+
+    fn added_since(new: &MalwareList, old: &MalwareList) -> Vec<(String, Option<String>)> {
+        new.added_since(old)
+    }
+}
 
 /// What a scheduled look at the feed came to.
 enum Looked {
@@ -140,22 +199,18 @@ impl FeedFiles {
 }
 
 /// A feed body parsed and fingerprinted (off the async threads: the real feed is large).
-struct Parsed {
-    list: MalwareList,
+struct Parsed<L> {
+    list: L,
     digest: Vec<u8>,
     body: Bytes,
 }
 
-async fn parse(body: Bytes, reasons: &[String], source: FeedSource) -> anyhow::Result<Parsed> {
-    let reasons = reasons.to_vec();
+async fn parse<S: Source>(source: &Arc<S>, body: Bytes) -> anyhow::Result<Parsed<S::List>> {
+    let source = source.clone();
     tokio::task::spawn_blocking(move || {
-        let list = MalwareList::parse(&body, &reasons)?;
+        let list = source.parse(&body)?;
         let digest = Sha256::digest(&body).to_vec();
-        Ok(Parsed {
-            list: list.with_source(source),
-            digest,
-            body,
-        })
+        Ok(Parsed { list, digest, body })
     })
     .await
     .context("feed parser failed")?
@@ -169,8 +224,8 @@ enum Fetched {
 
 /// What `new` lists and `old` did not, as package names (the feed is outside input: a name
 /// that is not a package name cannot be cached).
-fn newly_listed(new: &MalwareList, old: &MalwareList) -> Vec<(PackageName, Option<String>)> {
-    let added = new.added_since(old);
+fn newly_listed<S: Source>(new: &S::List, old: &S::List) -> Vec<(PackageName, Option<String>)> {
+    let added = S::added_since(new, old);
     added
         .into_iter()
         .filter_map(|(name, version)| Some((PackageName::parse(&name).ok()?, version)))
@@ -178,8 +233,8 @@ fn newly_listed(new: &MalwareList, old: &MalwareList) -> Vec<(PackageName, Optio
 }
 
 /// Deletes the cached tarballs of what `new` lists and `old` did not; returns (entries, files).
-async fn purge_added(tarballs: &Tarballs, new: &MalwareList, old: &MalwareList) -> (usize, usize) {
-    let added = newly_listed(new, old);
+pub(crate) async fn purge_added<S: Source>(tarballs: &Tarballs, new: &S::List, old: &S::List) -> (usize, usize) {
+    let added = newly_listed::<S>(new, old);
     let mut files = 0;
     for (name, version) in &added {
         files += tarballs.purge(name, version.as_deref()).await;
@@ -187,15 +242,15 @@ async fn purge_added(tarballs: &Tarballs, new: &MalwareList, old: &MalwareList) 
     (added.len(), files)
 }
 
-struct Refresher {
+struct Refresher<S: Source> {
     url: Url,
-    reasons: Vec<String>,
+    source: Arc<S>,
     files: FeedFiles,
     interval: Duration,
     guard: Arc<Guard>,
     tarballs: Arc<Tarballs>,
     redis: Arc<SharedRedis>,
-    /// The cluster's copy (`malware:feed`).
+    /// The cluster's copy (`S::KEY`).
     shared: SharedDocuments,
     bus: Arc<Bus>,
     lock: Arc<RedisLock>,
@@ -209,6 +264,7 @@ struct Refresher {
 }
 
 /// What the feed refresher works with.
+#[derive(Clone)]
 pub(crate) struct FeedRefresher {
     pub(crate) guard: Arc<Guard>,
     pub(crate) tarballs: Arc<Tarballs>,
@@ -219,14 +275,31 @@ pub(crate) struct FeedRefresher {
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
 /// in the background.
 pub(crate) fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings: &Settings) {
+    let url = settings.policy.malware_feed_url.clone();
+    let feed = MalwareFeed {
+        reasons: settings.policy.malware_feed_reasons.clone(),
+        source: FeedSource::of(&url),
+    };
+    let files = FeedFiles::new(&settings.policy.malware_list_dir, &url);
+    spawn_source(jobs, refresher, feed, url, files, settings);
+}
+
+/// Loads `source`'s copy kept in `files` into the guard at once (before npg serves), then keeps
+/// it current from `url` in the background.
+pub(crate) fn spawn_source<S: Source>(
+    jobs: &crate::jobs::Jobs,
+    refresher: FeedRefresher,
+    source: S,
+    url: Url,
+    files: FeedFiles,
+    settings: &Settings,
+) {
     let FeedRefresher {
         guard,
         tarballs,
         redis,
         bus,
     } = refresher;
-    let url = settings.policy.malware_feed_url.clone();
-    let files = FeedFiles::new(&settings.policy.malware_list_dir, &url);
     let client = crate::upstream::client::builder(None)
         .read_timeout(Duration::from_secs(30))
         .gzip(true)
@@ -234,20 +307,20 @@ pub(crate) fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings
     let client = match client {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "no HTTP client for the malware feed; it will not be refreshed");
+            tracing::error!(error = %e, feed = S::WHAT, "no HTTP client for the feed; it will not be refreshed");
             return;
         }
     };
-    let lock = Arc::new(RedisLock::new(redis.clone(), "feed", LOCK_TTL));
+    let lock = Arc::new(RedisLock::new(redis.clone(), S::LOCK, LOCK_TTL));
     let mut refresher = Refresher {
         url,
-        reasons: settings.policy.malware_feed_reasons.clone(),
+        source: Arc::new(source),
         files,
         interval: settings.update_interval.max(MIN_INTERVAL),
         lock: lock.clone(),
         guard,
         tarballs,
-        shared: SharedDocuments::new(redis.clone(), FEED),
+        shared: SharedDocuments::new(redis.clone(), S::DOC),
         redis,
         bus,
         client,
@@ -258,12 +331,16 @@ pub(crate) fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings
     let scheduled = settings.enable_scheduled_updates;
     // Before serving, so the first request is already guarded (once, at start).
     let from_disk = refresher.load_disk(scheduled);
-    jobs.spawn_leased("malware feed", lock, async move {
+    jobs.spawn_leased(S::WHAT, lock, async move {
         if let Some(list) = from_disk {
             // Tarballs cached before they were listed, by this run or an earlier one.
-            let (_, files) = purge_added(&refresher.tarballs, &list, &MalwareList::default()).await;
+            let (_, files) = purge_added::<S>(&refresher.tarballs, &list, &S::List::default()).await;
             if files > 0 {
-                tracing::info!(files, "purged cached tarballs listed by the persisted malware feed");
+                tracing::info!(
+                    files,
+                    feed = S::WHAT,
+                    "purged cached tarballs listed by the persisted feed"
+                );
             }
         }
         if scheduled {
@@ -272,47 +349,47 @@ pub(crate) fn spawn(jobs: &crate::jobs::Jobs, refresher: FeedRefresher, settings
     });
 }
 
-impl Refresher {
+impl<S: Source> Refresher<S> {
     /// Applies the persisted feed, if any; returns its list for the purge.
-    fn load_disk(&mut self, scheduled: bool) -> Option<Arc<MalwareList>> {
+    fn load_disk(&mut self, scheduled: bool) -> Option<Arc<S::List>> {
         let loaded = self.files.load();
         let state = if scheduled { State::Loading } else { State::Disabled };
-        self.guard.update_feed_status(|s| s.state = state);
+        S::update_status(&self.guard, |s| s.state = state);
         let Persisted { body, etag, written } = match loaded {
             Ok(Some(found)) => found,
             Ok(None) => {
-                tracing::info!(path = %self.files.body.display(), "no persisted malware feed yet");
+                tracing::info!(path = %self.files.body.display(), feed = S::WHAT, "no persisted copy yet");
                 return None;
             }
             Err(e) => {
                 let error = format!("cannot read {}: {e}", self.files.body.display());
-                tracing::warn!(%error, "persisted malware feed not loaded");
-                self.guard.update_feed_status(|s| s.last_error = Some(error));
+                tracing::warn!(%error, feed = S::WHAT, "persisted copy not loaded");
+                S::update_status(&self.guard, |s| s.last_error = Some(error));
                 return None;
             }
         };
-        let list = match MalwareList::parse(&body, &self.reasons) {
-            Ok(list) => Arc::new(list.with_source(FeedSource::of(&self.url))),
+        let list = match self.source.parse(&body) {
+            Ok(list) => Arc::new(list),
             Err(e) => {
-                let error = format!("{}: {e}", self.files.body.display());
-                tracing::warn!(%error, "persisted malware feed not loaded");
-                self.guard.update_feed_status(|s| s.last_error = Some(error));
+                let error = format!("{}: {e:#}", self.files.body.display());
+                tracing::warn!(%error, feed = S::WHAT, "persisted copy not loaded");
+                S::update_status(&self.guard, |s| s.last_error = Some(error));
                 return None;
             }
         };
         self.digest = Sha256::digest(&body).to_vec();
         self.updated_ms = unix_ms(written);
         self.etag = etag;
-        self.guard.set_malware(list.clone());
+        S::install(&self.guard, list.clone());
         self.set_ok(ListOrigin::Disk, self.updated_ms);
-        tracing::info!(entries = list.len(), path = %self.files.body.display(), "malware feed loaded from disk");
+        tracing::info!(entries = S::len(&list), path = %self.files.body.display(), feed = S::WHAT, "loaded from disk");
         Some(list)
     }
 
     fn set_ok(&self, source: ListOrigin, at_ms: u64) {
-        let entries = self.guard.policy().malware.len();
+        let entries = S::len(&S::in_force(&self.guard));
         let etag = self.etag.clone();
-        self.guard.update_feed_status(|s| {
+        S::update_status(&self.guard, |s| {
             s.state = State::Ok;
             s.entries = entries;
             s.etag = etag;
@@ -351,8 +428,8 @@ impl Refresher {
                     Err(error) => {
                         let error = format!("{error:#}");
                         let retry_in = backoff.after_failure();
-                        tracing::warn!(%error, ?retry_in, "malware feed not updated; keeping the list in use");
-                        self.guard.update_feed_status(|s| {
+                        tracing::warn!(%error, ?retry_in, feed = S::WHAT, "not updated; keeping the list in use");
+                        S::update_status(&self.guard, |s| {
                             s.state = State::Error;
                             s.last_error = Some(error);
                         });
@@ -360,6 +437,7 @@ impl Refresher {
                     }
                 },
                 event = events.recv(), if bus_open => match event {
+                    // Told of any source: the stamps of this one's copy tell whether it is new.
                     Ok(Event::FeedUpdated { .. }) | Err(RecvError::Lagged(_)) => self.sync_from_cluster().await,
                     Ok(_) => {}
                     Err(RecvError::Closed) => bus_open = false,
@@ -380,14 +458,14 @@ impl Refresher {
                     Ok(Looked::Done)
                 }
                 Fetched::New { body, etag } => {
-                    let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
+                    let parsed = parse(&self.source, body).await?;
                     self.apply(parsed, etag, now_ms(), ListOrigin::Remote).await;
                     Ok(Looked::Done)
                 }
             };
         }
         if !self.lock.try_acquire().await {
-            tracing::debug!("another replica holds the malware feed lock");
+            tracing::debug!(feed = S::WHAT, "another replica holds the feed lock");
             return Ok(Looked::Busy);
         }
         let lock = self.lock.clone();
@@ -400,14 +478,14 @@ impl Refresher {
     /// A refresh while holding the lock: fetch unless another replica just did, and share
     /// what was fetched.
     async fn refresh_for_cluster(&mut self) -> anyhow::Result<()> {
-        let copy = self.shared.stamps(FEED_KEY).await;
+        let copy = self.shared.stamps(S::KEY).await;
         if let Some(copy) = &copy {
             if copy.stamp_ms.is_some_and(|u| u > self.updated_ms) {
                 self.load_from_cluster(copy).await;
             }
             let recent = self.interval.mul_f64(RECENT_CHECK).as_millis() as u64;
             if copy.checked_ms.is_some_and(|c| now_ms().saturating_sub(c) < recent) {
-                tracing::debug!("malware feed checked recently by another replica");
+                tracing::debug!(feed = S::WHAT, "checked recently by another replica");
                 return Ok(());
             }
         }
@@ -424,7 +502,7 @@ impl Refresher {
             }
             Fetched::New { body, etag } => {
                 // Validated before sharing: a bad body must not reach the other replicas.
-                let parsed = parse(body, &self.reasons, FeedSource::of(&self.url)).await?;
+                let parsed = parse(&self.source, body).await?;
                 let updated = now_ms();
                 // A holder whose lease ran out while it downloaded leaves Redis to its successor.
                 if self.lock.extend().await && self.store_copy(&parsed.body, etag.as_deref(), updated).await {
@@ -439,7 +517,7 @@ impl Refresher {
     /// A check that found nothing new (the list in use keeps its source).
     fn checked(&self) {
         let at = now_ms();
-        self.guard.update_feed_status(|s| {
+        S::update_status(&self.guard, |s| {
             s.state = State::Ok;
             s.updated_at_ms = Some(at);
             s.last_error = None;
@@ -447,7 +525,7 @@ impl Refresher {
     }
 
     /// Puts a parsed feed in force (unless it is the list in use), persists it and purges.
-    async fn apply(&mut self, parsed: Parsed, etag: Option<String>, updated_ms: u64, source: ListOrigin) {
+    async fn apply(&mut self, parsed: Parsed<S::List>, etag: Option<String>, updated_ms: u64, source: ListOrigin) {
         let Parsed { list, digest, body } = parsed;
         let unchanged = digest == self.digest;
         self.etag = etag;
@@ -457,8 +535,10 @@ impl Refresher {
         let saved = tokio::task::spawn_blocking(move || files.save(&body, etag.as_deref())).await;
         match saved {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, path = %self.files.body.display(), "malware feed not persisted"),
-            Err(e) => tracing::warn!(error = %e, "malware feed not persisted"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, path = %self.files.body.display(), feed = S::WHAT, "not persisted")
+            }
+            Err(e) => tracing::warn!(error = %e, feed = S::WHAT, "not persisted"),
         }
         if unchanged {
             self.set_ok(source, updated_ms);
@@ -466,18 +546,19 @@ impl Refresher {
         }
         self.digest = digest;
         let list = Arc::new(list);
-        let old = self.guard.policy().malware.clone();
-        self.guard.set_malware(list.clone());
+        let old = S::in_force(&self.guard);
+        S::install(&self.guard, list.clone());
         self.set_ok(source, updated_ms);
-        let entries = list.len();
-        let (added, files) = purge_added(&self.tarballs, &list, &old).await;
+        let entries = S::len(&list);
+        let (added, files) = purge_added::<S>(&self.tarballs, &list, &old).await;
         tracing::info!(
+            feed = S::WHAT,
             entries,
             added,
             purged_files = files,
             source = source.as_str(),
             etag = self.etag.as_deref().unwrap_or(""),
-            "malware feed updated"
+            "updated"
         );
     }
 
@@ -510,7 +591,7 @@ impl Refresher {
 
     /// Loads the cluster's copy when it is newer than the list in use.
     async fn sync_from_cluster(&mut self) {
-        if let Some(copy) = self.shared.stamps(FEED_KEY).await
+        if let Some(copy) = self.shared.stamps(S::KEY).await
             && copy.stamp_ms.is_some_and(|u| u > self.updated_ms)
         {
             self.load_from_cluster(&copy).await;
@@ -524,12 +605,12 @@ impl Refresher {
             self.updated_ms = updated_ms;
             return;
         }
-        let Ok(Some(stored)) = self.shared.body_gz(FEED_KEY, MAX_FEED_BYTES).await else {
+        let Ok(Some(stored)) = self.shared.body_gz(S::KEY, MAX_FEED_BYTES).await else {
             return;
         };
         let body = tokio::task::spawn_blocking(move || gunzip(&stored, MAX_FEED_BYTES)).await;
         let parsed = match body {
-            Ok(Ok(body)) => parse(body, &self.reasons, FeedSource::of(&self.url)).await,
+            Ok(Ok(body)) => parse(&self.source, body).await,
             Ok(Err(e)) => Err(anyhow!(e)),
             Err(e) => Err(e.into()),
         };
@@ -541,7 +622,8 @@ impl Refresher {
             // Only a writer of another version could store this: keep the list in use.
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
-                "the cluster's malware feed in Redis is unusable"
+                feed = S::WHAT,
+                "the cluster's copy in Redis is unusable"
             ),
         }
     }
@@ -559,12 +641,12 @@ impl Refresher {
             stamp_ms: Some(updated_ms),
             checked_ms: Some(updated_ms),
         };
-        self.shared.put(FEED_KEY, &compressed, &stamps, None).await
+        self.shared.put(S::KEY, &compressed, &stamps, None).await
     }
 
     /// Tells the other replicas the feed was just asked (so they do not ask again).
     async fn store_checked(&self) {
-        self.shared.touch(FEED_KEY, now_ms(), None).await;
+        self.shared.touch(S::KEY, now_ms(), None).await;
     }
 }
 
@@ -618,6 +700,9 @@ mod tests {
         )
         .unwrap();
         let p = PackageName::parse("p").unwrap();
-        assert_eq!(newly_listed(&new, &old), [(p, Some("1.0.1".to_string()))]);
+        assert_eq!(
+            newly_listed::<MalwareFeed>(&new, &old),
+            [(p, Some("1.0.1".to_string()))]
+        );
     }
 }

@@ -97,6 +97,7 @@ impl Judge {
             version: 0,
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
+            osv: Arc::default(),
             age: None,
         };
         Ok(Judge::Offline {

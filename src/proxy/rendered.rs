@@ -247,6 +247,7 @@ mod tests {
             version,
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
             malware: Arc::default(),
+            osv: Arc::default(),
             age: None,
         }
     }

@@ -1,0 +1,290 @@
+//! The OSV malware source (OpenSSF malicious-packages): kept current like the malware feed.
+//!
+//! - `OSV_FEED_URL` (a JSON list of records): the feed's own refresher (`feed::spawn_source`),
+//!   with its own lock `osv-feed`, Redis copy `malware:osv` and kept copy under
+//!   `<MALWARE_LIST_DIR>/osv/<host>/<file>`, so it is fetched once per interval for the cluster
+//!   and a restart without network still guards.
+//! - `OSV_FEED_DIR` (a tree of `*.json` records, e.g. a checkout of the malicious-packages
+//!   repository's `osv/malicious/npm`): read before npg serves, then again every
+//!   `UPDATE_INTERVAL` when a file changed. A bad file is logged and skipped; an unreadable
+//!   directory keeps the list in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, anyhow};
+use sha2::{Digest, Sha256};
+
+use super::feed::{FeedFiles, FeedRefresher, MAX_FEED_BYTES, Source, purge_added};
+use crate::clock::now_ms;
+use crate::cluster::documents::DocKind;
+use crate::config::Settings;
+use crate::guard::Guard;
+use crate::guard::osv::OsvList;
+use crate::guard::status::{FeedStatus, ListOrigin, State};
+
+/// Far above any real record (a few KB): a larger file is skipped, not held in memory.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Never spin, whatever UPDATE_INTERVAL says.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The OSV list read from a URL.
+pub(crate) struct OsvFeed;
+
+impl Source for OsvFeed {
+    type List = OsvList;
+    const WHAT: &'static str = "OSV feed";
+    const LOCK: &'static str = "osv-feed";
+    const KEY: &'static str = "malware:osv";
+    const DOC: DocKind = DocKind {
+        stamp: "updated",
+        what: "OSV feed",
+    };
+
+    fn parse(&self, body: &[u8]) -> anyhow::Result<OsvList> {
+        Ok(OsvList::parse_list(body, now_ms())?)
+    }
+
+    fn len(list: &OsvList) -> usize {
+        list.len()
+    }
+
+    fn in_force(guard: &Guard) -> Arc<OsvList> {
+        guard.policy().osv.clone()
+    }
+
+    fn install(guard: &Guard, list: Arc<OsvList>) {
+        guard.set_osv(list);
+    }
+
+    fn update_status(guard: &Guard, update: impl FnOnce(&mut FeedStatus)) {
+        guard.update_osv_status(update);
+    }
+
+    fn added_since(new: &OsvList, old: &OsvList) -> Vec<(String, Option<String>)> {
+        new.added_since(old)
+    }
+}
+
+/// Starts the OSV source the settings name, if any.
+pub(crate) fn spawn(jobs: &super::Jobs, refresher: FeedRefresher, settings: &Settings) {
+    let policy = &settings.policy;
+    if let Some(url) = &policy.osv_feed_url {
+        // Beside the feed's copy, never in its place: both may come from one host.
+        let files = FeedFiles::new(&policy.malware_list_dir.join("osv"), url);
+        super::feed::spawn_source(jobs, refresher, OsvFeed, url.clone(), files, settings);
+    } else if let Some(dir) = &policy.osv_feed_dir {
+        let mut reader = DirReader {
+            dir: dir.clone(),
+            guard: refresher.guard,
+            fingerprint: None,
+        };
+        // Before serving, so the first request is already guarded.
+        reader.guard.update_osv_status(|s| s.state = State::Loading);
+        let first = reader.reload();
+        let interval = settings.update_interval.max(MIN_INTERVAL);
+        let tarballs = refresher.tarballs;
+        jobs.spawn("OSV directory", async move {
+            if let Some(list) = first {
+                let (_, files) = purge_added::<OsvFeed>(&tarballs, &list, &OsvList::default()).await;
+                if files > 0 {
+                    tracing::info!(files, "purged cached tarballs listed by the OSV advisories");
+                }
+            }
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let old = reader.guard.policy().osv.clone();
+                if let Some(list) = reader.reload() {
+                    let (added, files) = purge_added::<OsvFeed>(&tarballs, &list, &old).await;
+                    tracing::info!(added, purged_files = files, "OSV advisories re-read");
+                }
+            }
+        });
+    }
+}
+
+/// `OSV_FEED_DIR` and what was last read from it.
+struct DirReader {
+    dir: PathBuf,
+    guard: Arc<Guard>,
+    /// The files (paths, sizes, times) of the list in use: unchanged files are not re-read.
+    fingerprint: Option<Vec<u8>>,
+}
+
+impl DirReader {
+    /// Reads the directory again if a file changed; returns the new list once in force.
+    fn reload(&mut self) -> Option<Arc<OsvList>> {
+        let result = records(&self.dir).and_then(|files| {
+            let fingerprint = fingerprint(&files);
+            if self.fingerprint.as_ref() == Some(&fingerprint) {
+                return Ok(None);
+            }
+            let list = read_all(&files)?;
+            Ok(Some((list, fingerprint)))
+        });
+        let at = now_ms();
+        match result {
+            Ok(None) => {
+                self.guard.update_osv_status(|s| {
+                    s.state = State::Ok;
+                    s.updated_at_ms = Some(at);
+                    s.last_error = None;
+                });
+                None
+            }
+            Ok(Some((list, fingerprint))) => {
+                let list = Arc::new(list);
+                let entries = list.len();
+                self.guard.set_osv(list.clone());
+                self.fingerprint = Some(fingerprint);
+                self.guard.update_osv_status(|s| {
+                    *s = FeedStatus {
+                        state: State::Ok,
+                        entries,
+                        etag: None,
+                        source: Some(ListOrigin::Directory),
+                        updated_at_ms: Some(at),
+                        last_error: None,
+                    }
+                });
+                tracing::info!(entries, dir = %self.dir.display(), "OSV advisories read");
+                Some(list)
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                tracing::warn!(%error, "OSV advisories not read; keeping the list in use");
+                self.guard.update_osv_status(|s| {
+                    s.state = State::Error;
+                    s.last_error = Some(error);
+                });
+                None
+            }
+        }
+    }
+}
+
+/// One record file: its path, size and modification time.
+type RecordFile = (PathBuf, u64, SystemTime);
+
+/// The `*.json` files under `dir`, sorted (symlinked directories are not followed: no loops).
+fn records(dir: &Path) -> anyhow::Result<Vec<RecordFile>> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(at) = pending.pop() {
+        let entries = std::fs::read_dir(&at).with_context(|| format!("OSV_FEED_DIR: cannot read {}", at.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("OSV_FEED_DIR: cannot read {}", at.display()))?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            // A symlinked record is read (metadata follows it); a dangling one is skipped.
+            if let Ok(meta) = std::fs::metadata(&path)
+                && meta.is_file()
+            {
+                found.push((path, meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn fingerprint(files: &[RecordFile]) -> Vec<u8> {
+    let mut hash = Sha256::new();
+    for (path, len, modified) in files {
+        hash.update(path.as_os_str().as_encoded_bytes());
+        hash.update([0]);
+        hash.update(len.to_le_bytes());
+        hash.update(crate::clock::unix_ms(*modified).to_le_bytes());
+    }
+    hash.finalize().to_vec()
+}
+
+/// Every record; a bad or oversized file is logged and skipped.
+fn read_all(files: &[RecordFile]) -> anyhow::Result<OsvList> {
+    let total: u64 = files.iter().map(|(_, len, _)| len).sum();
+    if total > MAX_FEED_BYTES as u64 {
+        return Err(anyhow!(
+            "OSV_FEED_DIR: {total} bytes of records, more than the {MAX_FEED_BYTES} a feed may have"
+        ));
+    }
+    let now = now_ms();
+    let mut list = OsvList::default();
+    for (path, len, _) in files {
+        if *len > MAX_RECORD_BYTES {
+            tracing::warn!(path = %path.display(), len, "OSV record skipped: larger than {MAX_RECORD_BYTES} bytes");
+            continue;
+        }
+        let added = std::fs::read(path)
+            .map_err(|e| anyhow!(e))
+            .and_then(|body| Ok(list.add(&body, now)?));
+        if let Err(error) = added {
+            tracing::warn!(path = %path.display(), error = format!("{error:#}"), "OSV record skipped");
+        }
+    }
+    Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    const RECORD: &str = r#"{"id":"MAL-2025-1","summary":"Malicious code in evil (npm)",
+        "affected":[{"package":{"ecosystem":"npm","name":"evil"},"versions":["1.0.1"]}]}"#;
+
+    fn reader(dir: &Path) -> DirReader {
+        let guard = Guard::new(Default::default(), None, Arc::new(Metrics::default()));
+        DirReader {
+            dir: dir.to_path_buf(),
+            guard: Arc::new(guard),
+            fingerprint: None,
+        }
+    }
+
+    #[test]
+    fn a_tree_is_read_bad_files_skipped_and_changes_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("osv/malicious/npm/evil");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(nested.join("MAL-2025-1.json"), RECORD).unwrap();
+        std::fs::write(nested.join("broken.json"), "{").unwrap();
+        std::fs::write(nested.join("README.md"), "not a record").unwrap();
+        let mut r = reader(dir.path());
+        assert!(r.reload().is_some());
+        let status = r.guard.osv_status();
+        assert_eq!((status.state, status.entries), (State::Ok, 1));
+        assert_eq!(status.source, Some(ListOrigin::Directory));
+        assert_eq!(
+            r.guard.policy().version("evil", "1.0.1").unwrap().advisory.as_deref(),
+            Some("MAL-2025-1")
+        );
+        let version = r.guard.version();
+        assert!(r.reload().is_none(), "nothing changed, nothing re-read");
+        assert_eq!(r.guard.version(), version);
+
+        std::fs::remove_file(nested.join("MAL-2025-1.json")).unwrap();
+        assert!(r.reload().is_some());
+        assert!(r.guard.policy().version("evil", "1.0.1").is_none());
+
+        // A directory that is gone keeps the list in use and says so.
+        std::fs::write(nested.join("MAL-2025-1.json"), RECORD).unwrap();
+        r.reload();
+        drop(dir);
+        assert!(r.reload().is_none());
+        let status = r.guard.osv_status();
+        assert_eq!(status.state, State::Error);
+        assert!(status.last_error.unwrap().contains("OSV_FEED_DIR"));
+        assert!(r.guard.policy().version("evil", "1.0.1").is_some());
+    }
+}
