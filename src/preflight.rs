@@ -33,6 +33,10 @@ impl Preflight {
             settings.min_release_age.unwrap_or_default(),
             &settings.min_release_age_exclude,
         )?;
+        if let Some(dir) = &settings.policy.osv_feed_dir {
+            // Later a vanished directory keeps the list in use; at start it is a mistake.
+            std::fs::read_dir(dir).with_context(|| format!("OSV_FEED_DIR: cannot read {}", dir.display()))?;
+        }
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,

@@ -22,7 +22,8 @@ use crate::retry::Backoff;
 pub enum Event {
     /// A package changed upstream: drop it from L1.
     PackageChanged { name: String },
-    /// The leader stored a new malware feed in Redis: reload it from there.
+    /// The leader stored a new copy of a malware source (the feed, the OSV list) in Redis:
+    /// each refresher reloads its own if its stamp is newer.
     FeedUpdated { etag: Option<String> },
     /// A replica stored a new certificate for this domain in Redis: serve it.
     CertificateReplaced { domain: String },

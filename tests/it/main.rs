@@ -22,6 +22,7 @@ mod guard;
 mod limits;
 mod lockfile_check;
 mod malware_feed;
+mod osv_feed;
 mod proxy;
 mod redis_eviction;
 mod redis_shared;
