@@ -24,11 +24,12 @@
 //!   the breaker that takes a sick upstream as down for the whole cluster.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `guard`: the rules, pure (no cluster, cache or config inside): the blocklist, the malware
-//!   list and the release-age gate as one policy; how a refusal is told (`block`: the rule and
+//!   list, the OSV malware advisories (`osv`) and the release-age gate as one policy; how a refusal is told (`block`: the rule and
 //!   its words; `restrictions`: npm's `policyRestrictions`); the inputs' states (`status`).
 //! - `jobs`: the background work and its one owner, stopped on SIGTERM with its Redis leases
 //!   released: the changes follower (`changes`, and the listener that drops what other
-//!   replicas report as changed), the malware feed refresher and its kept copy (`feed`), the
+//!   replicas report as changed), the malware feed refresher and its kept copy (`feed`, generic
+//!   over a `Source`), the OSV advisories from a URL through it or from a directory (`osv`), the
 //!   blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`).
 //! - `cluster`: the one place that speaks Redis: the connection and its health, leases
 //!   (`Locker`, `hold_while`), shared documents and values, certificate `Storage`, the event bus.
