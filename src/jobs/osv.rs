@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::feed::{FeedFiles, FeedRefresher, MAX_FEED_BYTES, Source, purge_added};
 use crate::clock::now_ms;
 use crate::cluster::documents::DocKind;
-use crate::config::Settings;
+use crate::config::{PolicySources, Settings};
 use crate::guard::Guard;
 use crate::guard::osv::OsvList;
 use crate::guard::status::{FeedStatus, ListOrigin, State};
@@ -67,12 +67,33 @@ impl Source for OsvFeed {
     }
 }
 
+/// Where the list from `url` is kept: beside the feed's copy, never in its place (both may come
+/// from one host).
+fn kept(policy: &PolicySources, url: &url::Url) -> FeedFiles {
+    FeedFiles::new(&policy.malware_list_dir.join("osv"), url)
+}
+
+/// The advisories as `npg lockfile check` reads them offline: the directory, or the copy last
+/// kept from the URL (none yet: no advisories).
+pub(crate) fn load_offline(policy: &PolicySources) -> anyhow::Result<OsvList> {
+    if let Some(dir) = &policy.osv_feed_dir {
+        return read_all(&records(dir)?);
+    }
+    let Some(url) = &policy.osv_feed_url else {
+        return Ok(OsvList::default());
+    };
+    let files = kept(policy, url);
+    match files.load().context("MALWARE_LIST_DIR")? {
+        Some(copy) => OsvList::parse_list(&copy.body, now_ms()).with_context(|| files.body.display().to_string()),
+        None => Ok(OsvList::default()),
+    }
+}
+
 /// Starts the OSV source the settings name, if any.
 pub(crate) fn spawn(jobs: &super::Jobs, refresher: FeedRefresher, settings: &Settings) {
     let policy = &settings.policy;
     if let Some(url) = &policy.osv_feed_url {
-        // Beside the feed's copy, never in its place: both may come from one host.
-        let files = FeedFiles::new(&policy.malware_list_dir.join("osv"), url);
+        let files = kept(policy, url);
         super::feed::spawn_source(jobs, refresher, OsvFeed, url.clone(), files, settings);
     } else if let Some(dir) = &policy.osv_feed_dir {
         let mut reader = DirReader {

@@ -1,5 +1,5 @@
 //! Judging lockfile entries: through a running npg (`GET /api/guard/<name>`, its whole
-//! policy) or offline with the blocklist and the last malware feed on disk.
+//! policy) or offline with the blocklist, the last malware feed on disk and the OSV advisories.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,7 +97,7 @@ impl Judge {
             version: 0,
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
-            osv: Arc::default(),
+            osv: Arc::new(crate::jobs::osv::load_offline(sources)?),
             age: None,
         };
         Ok(Judge::Offline {

@@ -44,7 +44,8 @@ pub(crate) struct CheckArgs {
 
     /// A running npg (e.g. `https://npg.example.com`), asked `GET /api/guard/<name>` per
     /// package: its whole policy, release age and malware feed included. Without it the
-    /// check is offline: the blocklist and the last malware feed kept on disk, no release age.
+    /// check is offline: the blocklist, the last malware feed kept on disk and the OSV
+    /// advisories, no release age.
     #[arg(long, env = "NPG_URL")]
     npg: Option<Url>,
 

@@ -208,6 +208,57 @@ async fn a_missing_directory_stops_the_start() {
     assert_eq!(both.status.code(), Some(2), "{both:?}");
 }
 
+/// A package-lock.json (v3) holding `npg-fixture-a@<version>`, resolved through the default
+/// PROXY_URL (so only the guard can make `npg lockfile check` fail).
+fn lockfile(dir: &Path, version: &str) -> std::path::PathBuf {
+    let url = format!("http://127.0.0.1:3000/npm/npg-fixture-a/-/npg-fixture-a-{version}.tgz");
+    let lock = json!({
+        "name": "p", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+        "packages": {
+            "": {"name": "p", "version": "1.0.0", "dependencies": {"npg-fixture-a": version}},
+            "node_modules/npg-fixture-a": {"version": version, "resolved": url, "integrity": "sha512-AAAA"},
+        },
+    });
+    let path = dir.join(format!("package-lock-{version}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&lock).unwrap()).unwrap();
+    path
+}
+
+/// `npg lockfile check` offline (no `--npg`) with `env`; (exit code, stdout and stderr).
+fn lockfile_check(path: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_npg"));
+    cmd.env_clear().args(["lockfile", "check"]).arg(path);
+    cmd.env("BLACKLIST_PATH", path.with_extension("missing.yml"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn lockfile_check_offline_reads_the_directory() {
+    let root = tempfile::tempdir().unwrap();
+    fixture(root.path());
+    let env = [
+        ("OSV_FEED_DIR", root.path().to_str().unwrap()),
+        ("MALWARE_LIST_DIR", root.path().to_str().unwrap()),
+    ];
+    let (code, text) = lockfile_check(&lockfile(root.path(), "2.0.0"), &env);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("npg-fixture-a@2.0.0: malware, MAL-2025-1001: Malicious code in npg-fixture-a (npm)"),
+        "{text}"
+    );
+    let (code, text) = lockfile_check(&lockfile(root.path(), "1.1.0"), &env);
+    assert_eq!(code, Some(0), "{text}");
+}
+
 /// Starts npg on `up` with the OSV list at `url`, kept in `list_dir`.
 fn start(up: &FakeRegistry, url: &str, list_dir: &Path, extra: &[(&str, &str)]) -> NpgProcess {
     let mut env = vec![
@@ -315,4 +366,12 @@ async fn a_url_is_fetched_once_per_interval_for_the_cluster() {
     );
     let tarball = format!("{}/npg-fixture-a/-/npg-fixture-a-1.1.0.tgz", alone.proxy_url);
     assert_eq!(get(&tarball, &[]).await.status, 403);
+    // `npg lockfile check` offline reads the same kept copy.
+    let env = [
+        ("OSV_FEED_URL", url.as_str()),
+        ("MALWARE_LIST_DIR", dir_a.path().to_str().unwrap()),
+    ];
+    let (code, text) = lockfile_check(&lockfile(dir_b.path(), "1.1.0"), &env);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("npg-fixture-a@1.1.0: malware, MAL-2025-2002"), "{text}");
 }
