@@ -168,6 +168,14 @@ impl OsvList {
         Ok(Kept::Yes)
     }
 
+    /// The claims on `name`; an empty list (the source off) costs no hashing on the hot path.
+    fn claims(&self, name: &str) -> Option<&Vec<Claim>> {
+        if self.packages.is_empty() {
+            return None;
+        }
+        self.packages.get(name)
+    }
+
     /// Advisories kept.
     pub(crate) fn len(&self) -> usize {
         self.advisories
@@ -175,13 +183,13 @@ impl OsvList {
 
     /// The advisory that lists every version of `name`.
     pub(crate) fn whole_package(&self, name: &str) -> Option<&Advisory> {
-        let claims = self.packages.get(name)?;
+        let claims = self.claims(name)?;
         claims.iter().find(|c| c.every).map(|c| &*c.advisory)
     }
 
     /// The advisory that lists `name@version` (exactly, by a range, or as a whole package).
     pub(crate) fn version(&self, name: &str, version: &str) -> Option<&Advisory> {
-        let claims = self.packages.get(name)?;
+        let claims = self.claims(name)?;
         let parsed = Version::parse(version).ok();
         claims
             .iter()
