@@ -1,6 +1,7 @@
 //! The OSV malware source (OpenSSF malicious-packages): kept current like the malware feed.
 //!
-//! - `OSV_FEED_URL` (a JSON list of records): the feed's own refresher (`feed::spawn_source`),
+//! - `OSV_FEED_URL` (a JSON list of records, or a zip of one record per file like OSV's
+//!   per-ecosystem `all.zip`): the feed's own refresher (`feed::spawn_source`),
 //!   with its own lock `osv-feed`, Redis copy `malware:osv` and kept copy under
 //!   `<MALWARE_LIST_DIR>/osv/<host>/<file>`, so it is fetched once per interval for the cluster
 //!   and a restart without network still guards.
@@ -26,6 +27,8 @@ use crate::guard::status::{FeedStatus, ListOrigin, State};
 
 /// Far above any real record (a few KB): a larger file is skipped, not held in memory.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// How a zip archive (OSV's per-ecosystem `all.zip`) starts; a JSON list cannot.
+const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 /// Never spin, whatever UPDATE_INTERVAL says.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -43,6 +46,9 @@ impl Source for OsvFeed {
     };
 
     fn parse(&self, body: &[u8]) -> anyhow::Result<OsvList> {
+        if body.starts_with(ZIP_MAGIC) {
+            return from_zip(body);
+        }
         Ok(OsvList::parse_list(body, now_ms())?)
     }
 
@@ -84,7 +90,9 @@ pub(crate) fn load_offline(policy: &PolicySources) -> anyhow::Result<OsvList> {
     };
     let files = kept(policy, url);
     match files.load().context("MALWARE_LIST_DIR")? {
-        Some(copy) => OsvList::parse_list(&copy.body, now_ms()).with_context(|| files.body.display().to_string()),
+        Some(copy) => OsvFeed
+            .parse(&copy.body)
+            .with_context(|| files.body.display().to_string()),
         None => Ok(OsvList::default()),
     }
 }
@@ -256,6 +264,42 @@ fn read_all(files: &[RecordFile]) -> anyhow::Result<OsvList> {
     Ok(list)
 }
 
+/// The records of a zip archive of `*.json` files, one record each (OSV's `all.zip`). An entry
+/// that is not a record, or larger than a record can be, is logged and skipped; what the
+/// entries unpack to is bounded like a download (no zip bomb is held in memory).
+fn from_zip(body: &[u8]) -> anyhow::Result<OsvList> {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).context("not a zip archive of OSV records")?;
+    let now = now_ms();
+    let mut list = OsvList::default();
+    let mut total = 0u64;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).context("not a zip archive of OSV records")?;
+        let Some(name) = entry.name().ok().map(|n| n.into_owned()) else {
+            continue;
+        };
+        if !entry.is_file() || !name.ends_with(".json") {
+            continue;
+        }
+        // The declared size may lie: the read is bounded too.
+        let mut record = Vec::new();
+        let read = (&mut entry).take(MAX_RECORD_BYTES + 1).read_to_end(&mut record);
+        total += record.len() as u64;
+        if total > MAX_FEED_BYTES as u64 {
+            return Err(anyhow!("the zip archive unpacks to more than {MAX_FEED_BYTES} bytes"));
+        }
+        let added = match read {
+            Err(e) => Err(anyhow!(e)),
+            Ok(_) if record.len() as u64 > MAX_RECORD_BYTES => Err(anyhow!("larger than {MAX_RECORD_BYTES} bytes")),
+            Ok(_) => list.add(&record, now).map_err(anyhow::Error::from),
+        };
+        if let Err(error) = added {
+            tracing::warn!(entry = name, error = format!("{error:#}"), "OSV record skipped");
+        }
+    }
+    Ok(list)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +315,54 @@ mod tests {
             guard: Arc::new(guard),
             fingerprint: None,
         }
+    }
+
+    /// A zip of these (name, body) entries, deflated.
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        for (name, body) in entries {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(body).unwrap();
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_zip_of_records_is_read_like_a_list() {
+        let other = RECORD.replace("MAL-2025-1", "MAL-2025-2").replace("1.0.1", "2.0.0");
+        let archive = zip_of(&[
+            ("MAL-2025-1.json", RECORD.as_bytes()),
+            ("GHSA-x.json", br#"{"id":"GHSA-x","affected":[]}"#),
+            ("broken.json", b"{"),
+            ("README", b"not a record"),
+            ("MAL-2025-2.json", other.as_bytes()),
+        ]);
+        let list = OsvFeed.parse(&archive).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.version("evil", "1.0.1").unwrap().id, "MAL-2025-1");
+        assert_eq!(list.version("evil", "2.0.0").unwrap().id, "MAL-2025-2");
+        let err = OsvFeed.parse(b"PK\x03\x04 cut short").unwrap_err();
+        assert!(format!("{err:#}").contains("zip"), "{err:#}");
+        // A list still parses as one.
+        assert_eq!(OsvFeed.parse(format!("[{RECORD}]").as_bytes()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_zip_bomb_entry_is_skipped() {
+        // A valid record, only too large: without the bound it would be kept.
+        let padding = "x".repeat(MAX_RECORD_BYTES as usize);
+        let huge = RECORD
+            .replace("MAL-2025-1", "MAL-2025-9")
+            .replace("\"evil\"", "\"bomb\"")
+            .replace("Malicious", &padding);
+        let huge = huge.as_bytes();
+        let archive = zip_of(&[("huge.json", huge), ("MAL-2025-1.json", RECORD.as_bytes())]);
+        assert!(archive.len() < 100_000, "deflated: {}", archive.len());
+        let list = OsvFeed.parse(&archive).unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list.whole_package("bomb").is_none() && list.version("bomb", "1.0.1").is_none());
     }
 
     #[test]

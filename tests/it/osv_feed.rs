@@ -375,3 +375,33 @@ async fn a_url_is_fetched_once_per_interval_for_the_cluster() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("npg-fixture-a@1.1.0: malware, MAL-2025-2002"), "{text}");
 }
+
+/// OSV's per-ecosystem form: a zip of one record per file, served at the URL.
+#[tokio::test]
+async fn a_zip_of_records_from_a_url() {
+    use std::io::Write;
+    let (up, feed, dir) = (FakeRegistry::start(), FakeFeed::start(), tempfile::tempdir().unwrap());
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    let records = [
+        record("MAL-2025-3001", "npg-fixture-b", json!({"versions": ["1.0.1"]})),
+        record("GHSA-dddd-eeee-ffff", "npg-fixture-a", json!({})),
+    ];
+    for r in &records {
+        zip.start_file(format!("{}.json", r["id"].as_str().unwrap()), options)
+            .unwrap();
+        zip.write_all(&serde_json::to_vec(r).unwrap()).unwrap();
+    }
+    feed.set_raw(zip.finish().unwrap().into_inner());
+    let npg = start(&up, &feed.url(), dir.path(), &[]);
+    wait_osv(&npg, "ok with 1 advisory", ok_with(1)).await;
+    let tarball = get(
+        &format!("{}/npg-fixture-b/-/npg-fixture-b-1.0.1.tgz", npg.proxy_url),
+        &[],
+    )
+    .await;
+    assert_eq!(tarball.status, 403);
+    assert!(String::from_utf8_lossy(&tarball.body).contains("MAL-2025-3001"));
+    let a = get(&format!("{}/npg-fixture-a", npg.proxy_url), &[]).await;
+    assert_eq!(a.status, 200, "a GHSA advisory is not malware");
+}
