@@ -127,7 +127,18 @@ pub(crate) fn spawn(jobs: &super::Jobs, refresher: FeedRefresher, settings: &Set
             loop {
                 tick.tick().await;
                 let old = reader.guard.policy().osv.clone();
-                if let Some(list) = reader.reload() {
+                // Off the async threads: the real tree holds hundreds of thousands of files.
+                let reread = tokio::task::spawn_blocking(move || {
+                    let list = reader.reload();
+                    (reader, list)
+                })
+                .await;
+                let Ok((back, list)) = reread else {
+                    tracing::error!("the OSV directory reader failed; the list in use stays");
+                    return;
+                };
+                reader = back;
+                if let Some(list) = list {
                     let (added, files) = purge_added::<OsvFeed>(&tarballs, &list, &old).await;
                     tracing::info!(added, purged_files = files, "OSV advisories re-read");
                 }
