@@ -97,7 +97,7 @@ impl Judge {
             version: 0,
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
-            age: None,
+            ..Policy::default()
         };
         Ok(Judge::Offline {
             policy,
