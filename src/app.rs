@@ -75,7 +75,12 @@ impl App {
             install_scripts = ?settings.install_script_policy,
             "guard ready"
         );
-        let guard = Arc::new(Guard::new(checked.blocklist, checked.age, checked.scripts, metrics.clone()));
+        let guard = Arc::new(Guard::new(
+            checked.blocklist,
+            checked.age,
+            checked.scripts,
+            metrics.clone(),
+        ));
         let packuments = Arc::new(Packuments::new(
             packuments::Settings {
                 public_base: settings.public_base(),

@@ -127,7 +127,10 @@ impl Block {
                 None => format!("held by the release-age gate ({reason})"),
             },
             Rule::InstallScript => match self.until {
-                Some(until) => format!("held by the install-script policy until {} ({reason})", format_ms(until)),
+                Some(until) => format!(
+                    "held by the install-script policy until {} ({reason})",
+                    format_ms(until)
+                ),
                 None => format!("held by the install-script policy ({reason})"),
             },
         }

@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
+use crate::npm::packument::VersionFacts;
 use age::AgeGate;
 pub(crate) use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
-use crate::npm::packument::VersionFacts;
 use malware::MalwareList;
 use scripts::ScriptGate;
 use status::{BlocklistStatus, FeedStatus, State};

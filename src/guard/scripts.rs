@@ -71,7 +71,10 @@ impl ScriptGate {
                 _ => None,
             };
             let hold = reason.and_then(|reason| {
-                let until = self.lift_after_ms.zip(facts.published).map(|(d, p)| p.saturating_add(d));
+                let until = self
+                    .lift_after_ms
+                    .zip(facts.published)
+                    .map(|(d, p)| p.saturating_add(d));
                 let lifted = until.is_some_and(|until| until <= now_ms);
                 (!lifted).then(|| Block {
                     until,
@@ -103,7 +106,11 @@ mod tests {
     }
 
     fn held(gate: &ScriptGate, versions: &[VersionFacts], now: u64) -> Vec<String> {
-        let mut v: Vec<String> = gate.held(versions, now).into_iter().map(|(v, _)| v.to_string()).collect();
+        let mut v: Vec<String> = gate
+            .held(versions, now)
+            .into_iter()
+            .map(|(v, _)| v.to_string())
+            .collect();
         v.sort();
         v
     }
