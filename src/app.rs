@@ -69,8 +69,18 @@ impl App {
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");
         }
-        tracing::info!(rules = checked.blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
-        let guard = Arc::new(Guard::new(checked.blocklist, checked.age, metrics.clone()));
+        tracing::info!(
+            rules = checked.blocklist.len(),
+            min_release_age = ?settings.min_release_age,
+            install_scripts = ?settings.install_script_policy,
+            "guard ready"
+        );
+        let guard = Arc::new(Guard::new(
+            checked.blocklist,
+            checked.age,
+            checked.scripts,
+            metrics.clone(),
+        ));
         let packuments = Arc::new(Packuments::new(
             packuments::Settings {
                 public_base: settings.public_base(),

@@ -6,6 +6,8 @@ use crate::auth::Tokens;
 use crate::config::Settings;
 use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
+use crate::guard::names::NameSet;
+use crate::guard::scripts::ScriptGate;
 use crate::tls::TlsFiles;
 use crate::upstream;
 use anyhow::Context;
@@ -16,6 +18,8 @@ pub(crate) struct Preflight {
     pub(crate) blocklist: Blocklist,
     /// `Some` when MIN_RELEASE_AGE is set.
     pub(crate) age: Option<AgeGate>,
+    /// `Some` unless INSTALL_SCRIPT_POLICY is off.
+    pub(crate) scripts: Option<ScriptGate>,
     /// `Some` when AUTH_TOKENS_FILE is set.
     pub(crate) tokens: Option<Tokens>,
     /// `Some` when TLS is on.
@@ -37,6 +41,11 @@ impl Preflight {
             // Later a vanished directory keeps the list in use; at start it is a mistake.
             std::fs::read_dir(dir).with_context(|| format!("OSV_FEED_DIR: cannot read {}", dir.display()))?;
         }
+        let scripts = ScriptGate::new(
+            settings.install_script_policy,
+            NameSet::parse(&settings.install_script_allow, "INSTALL_SCRIPT_ALLOW")?,
+            settings.install_script_quarantine,
+        );
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,
@@ -45,6 +54,7 @@ impl Preflight {
             upstream,
             blocklist,
             age: settings.min_release_age.map(|_| gate),
+            scripts,
             tokens,
             tls: TlsFiles::load(settings)?,
         })

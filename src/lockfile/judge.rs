@@ -98,7 +98,7 @@ impl Judge {
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
             osv: Arc::new(crate::jobs::osv::load_offline(sources)?),
-            age: None,
+            ..Policy::default()
         };
         Ok(Judge::Offline {
             policy,
