@@ -166,7 +166,11 @@ async fn a_directory_of_advisories_hides_refuses_and_explains() {
     .await
     .unwrap();
 
-    // A new advisory in the tree applies without a restart.
+    // A new advisory in the tree applies without a restart, and drops the cached tarball.
+    let cached = format!("{}/npg-fixture-b/-/npg-fixture-b-1.0.1.tgz", npg.proxy_url);
+    assert_eq!(get(&cached, &[]).await.status, 200);
+    let on_disk = npg.storage.join("np/npg-fixture-b/npg-fixture-b-1.0.1.tgz");
+    assert!(on_disk.is_file());
     put(
         root.path(),
         &record("MAL-2025-1005", "npg-fixture-b", json!({"versions": ["1.0.1"]})),
@@ -185,6 +189,14 @@ async fn a_directory_of_advisories_hides_refuses_and_explains() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    while on_disk.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the newly listed tarball stayed on disk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&cached, &[]).await.status, 403);
 }
 
 #[tokio::test]
