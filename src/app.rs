@@ -70,7 +70,15 @@ impl App {
             tracing::info!(removed, "removed temp files left by an earlier run");
         }
         tracing::info!(rules = checked.blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
-        let guard = Arc::new(Guard::new(checked.blocklist, checked.age, metrics.clone()));
+        if let Some(rule) = &checked.typosquat {
+            tracing::info!(action = rule.action.as_str(), names = rule.list.len(), list = rule.list.source(), "typosquat rule on");
+        }
+        let guard = Arc::new(Guard::new(
+            checked.blocklist,
+            checked.age,
+            checked.typosquat,
+            metrics.clone(),
+        ));
         let packuments = Arc::new(Packuments::new(
             packuments::Settings {
                 public_base: settings.public_base(),

@@ -327,6 +327,25 @@ pub(crate) struct PolicySources {
     /// Where the last good feed is kept, so a restart without network still guards.
     #[arg(long, env = "MALWARE_LIST_DIR", default_value = "./var/malware-list")]
     pub(crate) malware_list_dir: PathBuf,
+
+    /// Names that look like a popular one: off, warn (served with a notice) or block.
+    #[arg(long, env = "TYPOSQUAT_POLICY", value_enum, default_value_t = TyposquatPolicy::Warn)]
+    pub(crate) typosquat_policy: TyposquatPolicy,
+
+    /// Packages exempt from TYPOSQUAT_POLICY: names, or /regex/ patterns, comma-separated.
+    #[arg(long, env = "TYPOSQUAT_ALLOW", value_delimiter = ',')]
+    pub(crate) typosquat_allow: Vec<String>,
+
+    /// The popular names to compare with, one per line (default: the list npg ships).
+    #[arg(long, env = "TYPOSQUAT_LIST")]
+    pub(crate) typosquat_list: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TyposquatPolicy {
+    Off,
+    Warn,
+    Block,
 }
 
 impl Settings {

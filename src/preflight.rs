@@ -3,9 +3,10 @@
 //! check that could drift).
 
 use crate::auth::Tokens;
-use crate::config::Settings;
+use crate::config::{PolicySources, Settings, TyposquatPolicy};
 use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
+use crate::guard::typosquat::{Action, TyposquatRule, Typosquats};
 use crate::tls::TlsFiles;
 use crate::upstream;
 use anyhow::Context;
@@ -16,6 +17,8 @@ pub(crate) struct Preflight {
     pub(crate) blocklist: Blocklist,
     /// `Some` when MIN_RELEASE_AGE is set.
     pub(crate) age: Option<AgeGate>,
+    /// `None` when TYPOSQUAT_POLICY is off.
+    pub(crate) typosquat: Option<TyposquatRule>,
     /// `Some` when AUTH_TOKENS_FILE is set.
     pub(crate) tokens: Option<Tokens>,
     /// `Some` when TLS is on.
@@ -33,6 +36,7 @@ impl Preflight {
             settings.min_release_age.unwrap_or_default(),
             &settings.min_release_age_exclude,
         )?;
+        let typosquat = typosquat(&settings.policy)?;
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,
@@ -41,8 +45,24 @@ impl Preflight {
             upstream,
             blocklist,
             age: settings.min_release_age.map(|_| gate),
+            typosquat,
             tokens,
             tls: TlsFiles::load(settings)?,
         })
     }
+}
+
+/// The typosquat rule TYPOSQUAT_POLICY, TYPOSQUAT_LIST and TYPOSQUAT_ALLOW make; off reads
+/// nothing.
+pub(crate) fn typosquat(sources: &PolicySources) -> anyhow::Result<Option<TyposquatRule>> {
+    let action = match sources.typosquat_policy {
+        TyposquatPolicy::Off => return Ok(None),
+        TyposquatPolicy::Warn => Action::Warn,
+        TyposquatPolicy::Block => Action::Block,
+    };
+    let list = match &sources.typosquat_list {
+        Some(path) => Typosquats::load(path).context("TYPOSQUAT_LIST")?,
+        None => Typosquats::built_in(),
+    };
+    Ok(Some(TyposquatRule::new(action, list, &sources.typosquat_allow)?))
 }

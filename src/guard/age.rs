@@ -1,43 +1,24 @@
 //! Minimum release age: versions published more recently than `MIN_RELEASE_AGE` (by the
 //! packument's `time`) are hidden, except for the packages `MIN_RELEASE_AGE_EXCLUDE` names.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::anyhow;
-use regex::RegexSet;
+use super::names::NameSet;
 
 #[derive(Debug)]
 pub struct AgeGate {
     min_age_ms: u64,
     min_age: Duration,
-    exempt_names: HashSet<String>,
-    exempt_patterns: Option<RegexSet>,
+    exempt: NameSet,
 }
 
 impl AgeGate {
     /// `exclude` holds names, or patterns written as `/regex/`.
     pub fn new(min_age: Duration, exclude: &[String]) -> anyhow::Result<AgeGate> {
-        let mut exempt_names = HashSet::new();
-        let mut patterns = Vec::new();
-        for item in exclude.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-            match item.strip_prefix('/').and_then(|p| p.strip_suffix('/')) {
-                Some(pattern) => patterns.push(pattern.to_string()),
-                None => {
-                    exempt_names.insert(item.to_string());
-                }
-            }
-        }
-        let exempt_patterns = if patterns.is_empty() {
-            None
-        } else {
-            Some(RegexSet::new(&patterns).map_err(|e| anyhow!("MIN_RELEASE_AGE_EXCLUDE: {e}"))?)
-        };
         Ok(AgeGate {
             min_age_ms: min_age.as_millis() as u64,
             min_age,
-            exempt_names,
-            exempt_patterns,
+            exempt: NameSet::parse(exclude, "MIN_RELEASE_AGE_EXCLUDE")?,
         })
     }
 
@@ -46,7 +27,7 @@ impl AgeGate {
     }
 
     pub(crate) fn exempt(&self, name: &str) -> bool {
-        self.exempt_names.contains(name) || self.exempt_patterns.as_ref().is_some_and(|s| s.is_match(name))
+        self.exempt.contains(name)
     }
 
     /// When a version published at `published_ms` may be shown: `None` if it already may.

@@ -1,10 +1,13 @@
 //! Why the guard refuses or hides something, and how that is told to people: one sentence
 //! naming the rule ("blocked by the blocklist (reason)", "listed as malware by <feed>",
-//! "held by the release-age gate until <date>") and a short form for the HTTP status line.
+//! "held by the release-age gate until <date>", "a possible typosquat (looks like react, one
+//! edit away)") and a short form for the HTTP status line.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
+
+use super::typosquat::Suspect;
 
 /// The rule that hid a version; serialized as the Node NPG's `type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -20,6 +23,8 @@ pub(crate) enum Rule {
     Version,
     /// The release-age gate holds the version.
     Age,
+    /// The name looks like a popular one (TYPOSQUAT_POLICY=block).
+    Typosquat,
 }
 
 impl Rule {
@@ -30,6 +35,7 @@ impl Rule {
             Rule::Malware => "malware",
             Rule::Version => "version",
             Rule::Age => "age",
+            Rule::Typosquat => "typosquat",
         }
     }
 }
@@ -75,6 +81,9 @@ pub struct Block {
     /// its publication time is unknown.
     #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
     pub(crate) until: Option<u64>,
+    /// The popular name a suspected typosquat looks like.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) like: Option<String>,
 }
 
 impl Block {
@@ -86,6 +95,7 @@ impl Block {
             version_spec: None,
             source: None,
             until: None,
+            like: None,
         }
     }
 
@@ -102,6 +112,14 @@ impl Block {
                 Rule::Age,
                 format!("{published}, minimum age {}", human_duration(min_age)),
             )
+        }
+    }
+
+    /// A name refused as a suspected typosquat of `suspect.like`.
+    pub(crate) fn typosquat(suspect: &Suspect) -> Block {
+        Block {
+            like: Some(suspect.like.clone()),
+            ..Block::new(Rule::Typosquat, suspect.reason())
         }
     }
 
@@ -122,6 +140,7 @@ impl Block {
                 Some(until) => format!("held by the release-age gate until {} ({reason})", format_ms(until)),
                 None => format!("held by the release-age gate ({reason})"),
             },
+            Rule::Typosquat => format!("a possible typosquat ({reason})"),
         }
     }
 
@@ -142,6 +161,7 @@ impl Block {
                 Some(until) => format!("Held: {subject} (release-age gate until {})", format_ms(until)),
                 None => format!("Held: {subject} (release-age gate, publication time unknown)"),
             },
+            Rule::Typosquat => format!("Blocked: {subject} (possible typosquat: {reason})"),
         }
     }
 }
@@ -178,6 +198,7 @@ pub(crate) fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::typosquat::Similarity;
 
     #[test]
     fn durations_as_people_write_them() {
@@ -223,5 +244,17 @@ mod tests {
             unknown.message(),
             "held by the release-age gate (publication time unknown, minimum age 1 hour)"
         );
+        let squat = Block::typosquat(&Suspect {
+            like: "react".into(),
+            how: Similarity::Edit,
+        });
+        assert_eq!(squat.message(), "a possible typosquat (looks like react, one edit away)");
+        assert_eq!(
+            squat.phrase("reactt"),
+            "Blocked: reactt (possible typosquat: looks like react, one edit away)"
+        );
+        let json = serde_json::to_value(&squat).unwrap();
+        assert_eq!(json["type"], "typosquat");
+        assert_eq!(json["like"], "react");
     }
 }

@@ -98,6 +98,7 @@ impl Judge {
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
             age: None,
+            typosquat: crate::preflight::typosquat(sources)?.map(Arc::new),
         };
         Ok(Judge::Offline {
             policy,

@@ -248,6 +248,7 @@ mod tests {
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
             malware: Arc::default(),
             age: None,
+            typosquat: None,
         }
     }
 
