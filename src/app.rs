@@ -71,7 +71,12 @@ impl App {
         }
         tracing::info!(rules = checked.blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
         if let Some(rule) = &checked.typosquat {
-            tracing::info!(action = rule.action.as_str(), names = rule.list.len(), list = rule.list.source(), "typosquat rule on");
+            tracing::info!(
+                action = rule.action.as_str(),
+                names = rule.list.len(),
+                list = rule.list.source(),
+                "typosquat rule on"
+            );
         }
         let guard = Arc::new(Guard::new(
             checked.blocklist,

@@ -248,7 +248,10 @@ mod tests {
             like: "react".into(),
             how: Similarity::Edit,
         });
-        assert_eq!(squat.message(), "a possible typosquat (looks like react, one edit away)");
+        assert_eq!(
+            squat.message(),
+            "a possible typosquat (looks like react, one edit away)"
+        );
         assert_eq!(
             squat.phrase("reactt"),
             "Blocked: reactt (possible typosquat: looks like react, one edit away)"

@@ -10,9 +10,9 @@ pub mod age;
 pub(crate) mod block;
 pub mod blocklist;
 pub(crate) mod malware;
+pub(crate) mod names;
 pub(crate) mod restrictions;
 pub(crate) mod status;
-pub(crate) mod names;
 pub mod typosquat;
 
 use std::collections::{HashMap, HashSet};
@@ -382,9 +382,14 @@ mod tests {
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 1, "{log}");
-        assert!(log.contains(r#"possible typosquat served package="reactt" like=react how="one edit away""#), "{log}");
         assert!(
-            g.metrics.render().contains(r#"npg_typosquat_suspects_total{action="warn"} 2"#),
+            log.contains(r#"possible typosquat served package="reactt" like=react how="one edit away""#),
+            "{log}"
+        );
+        assert!(
+            g.metrics
+                .render()
+                .contains(r#"npg_typosquat_suspects_total{action="warn"} 2"#),
             "{}",
             g.metrics.render()
         );

@@ -10,7 +10,8 @@
 //! - scope confusion: a name equal to a popular scoped one with the scope folded in
 //!   (`babelcore`, `babel-core` for `@babel/core`) or the other way round (`@lodash/merge`
 //!   for `lodash.merge`), or a scope one edit away from a popular one with the same bare
-//!   name (`@tpyes/node`);
+//!   name (`@tpyes/node`). A name in the popular name's own scope is never a suspect
+//!   (`@types/reac`, `@aws-sdk/client-sqs`): only the scope's owner can publish there;
 //! - Damerau–Levenshtein distance 1 (a character added, removed, changed, or two neighbours
 //!   swapped), when the part that differs has at least `MIN_EDIT_LEN` characters (most short
 //!   names are one edit from a popular one: `ms`, `qs`, `jest`/`just`/`test`), and not
@@ -21,6 +22,7 @@
 //! lookup hashes the name and its deletions and checks the few candidates for real.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use serde::Serialize;
@@ -79,10 +81,7 @@ impl Suspect {
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("line {line}: `{name}` is not a package name ({why})")]
     BadName {
         line: usize,
@@ -108,7 +107,7 @@ pub struct Typosquats {
     popular: HashSet<String>,
     lookalikes: HashMap<Vec<u8>, Lookalike>,
     /// Hash of a name or of a name with one character deleted → the names it came from.
-    deletions: HashMap<u64, Vec<u32>>,
+    deletions: HashMap<u64, Vec<u32>, BuildHasherDefault<Prehashed>>,
     source: String,
 }
 
@@ -138,7 +137,7 @@ impl Typosquats {
             names: Vec::new(),
             popular: HashSet::new(),
             lookalikes: HashMap::new(),
-            deletions: HashMap::new(),
+            deletions: HashMap::default(),
             source: source.to_string(),
         };
         for (n, line) in text.lines().enumerate() {
@@ -211,6 +210,9 @@ impl Typosquats {
             (Some(l), _) if l.folded => (Similarity::Scope, l.index),
             (Some(l), _) => {
                 let popular = self.names[l.index as usize].as_bytes();
+                if same_owner(name, popular) {
+                    return None;
+                }
                 let how = match without_separators(name) == without_separators(popular) {
                     true => Similarity::Separators,
                     false => Similarity::Homoglyph,
@@ -259,6 +261,13 @@ fn parts(name: &[u8]) -> (Option<&[u8]>, &[u8]) {
     }
 }
 
+/// Whether both names are in the same scope: a scope has one owner, so a name in a popular
+/// name's own scope (`@aws-sdk/client-sqs` next to `@aws-sdk/client-sts`) is no one else's
+/// squat.
+fn same_owner(name: &[u8], popular: &[u8]) -> bool {
+    matches!((parts(name).0, parts(popular).0), (Some(a), Some(b)) if a == b)
+}
+
 fn is_separator(b: u8) -> bool {
     matches!(b, b'-' | b'_' | b'.')
 }
@@ -303,6 +312,24 @@ fn hash(prefix: &[u8], suffix: &[u8]) -> u64 {
     h
 }
 
+/// The deletion index's keys are hashes already: hashing them again would only cost time.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash(&self.0.to_le_bytes(), bytes);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The deletion index's keys of a name: itself and each of its one-character deletions.
 fn keys(name: &[u8]) -> impl Iterator<Item = u64> + '_ {
     let deletions = (0..name.len()).map(|i| hash(&name[..i], &name[i + 1..]));
@@ -344,6 +371,9 @@ fn edit_similarity(name: &[u8], popular: &[u8]) -> Option<Similarity> {
         && x.is_ascii_digit()
         && y.is_ascii_digit()
     {
+        return None;
+    }
+    if same_owner(name, popular) {
         return None;
     }
     let ((scope, bare), (popular_scope, popular_bare)) = (parts(name), parts(popular));
@@ -426,7 +456,6 @@ mod tests {
         assert_eq!(check("raect"), like("react", Edit), "swapped");
         assert_eq!(check("expresz"), like("express", Edit), "changed");
         assert_eq!(check("lodahs"), like("lodash", Edit));
-        assert_eq!(check("@types/reac"), like("@types/react", Edit));
         assert_eq!(check("react-dmo"), like("react-dom", Edit));
     }
 
@@ -438,7 +467,6 @@ mod tests {
         assert_eq!(check("react.dom"), like("react-dom", Separators));
         assert_eq!(check("lodash-merge"), like("lodash.merge", Separators));
         assert_eq!(check("lo-dash"), like("lodash", Separators));
-        assert_eq!(check("@types/re-act"), like("@types/react", Separators));
     }
 
     #[test]
@@ -450,8 +478,11 @@ mod tests {
         assert_eq!(check("@lodash/merge"), like("lodash.merge", Scope), "scope taken out");
         assert_eq!(check("@typse/node"), like("@types/node", Scope), "scope misspelt");
         assert_eq!(check("@tyes/react"), like("@types/react", Scope));
-        assert_eq!(check("@babel/cor"), None, "a bare name under five letters");
         assert_eq!(check("@evil/react"), None, "a popular bare name in another scope");
+        // Only the scope's owner publishes in it: their own neighbours are not squats.
+        assert_eq!(check("@types/reac"), None);
+        assert_eq!(check("@types/re-act"), None);
+        assert_eq!(check("@babel/cor"), None);
     }
 
     #[test]
@@ -459,7 +490,11 @@ mod tests {
         use Similarity::Homoglyph;
         assert_eq!(check("l0dash"), like("lodash", Homoglyph));
         assert_eq!(check("1odash"), like("lodash", Homoglyph));
-        assert_eq!(check("rnime"), like("mime", Homoglyph), "rn for m, even on a short name");
+        assert_eq!(
+            check("rnime"),
+            like("mime", Homoglyph),
+            "rn for m, even on a short name"
+        );
         assert_eq!(check("expre55"), like("express", Homoglyph));
         assert_eq!(check("r3act"), like("react", Homoglyph));
         assert_eq!(check("co1ors"), like("colors", Homoglyph));
@@ -474,7 +509,13 @@ mod tests {
         for popular in ["react", "react-dom", "@babel/core", "color", "colors", "ms", "jest"] {
             assert_eq!(check(popular), None, "{popular} is on the list");
         }
-        for far in ["left-pad", "vue", "@myorg/react-widgets", "reactive-forms", "totally-unrelated"] {
+        for far in [
+            "left-pad",
+            "vue",
+            "@myorg/react-widgets",
+            "reactive-forms",
+            "totally-unrelated",
+        ] {
             assert_eq!(check(far), None, "{far}");
         }
         for short in ["mss", "m", "q", "qs1", "jset", "just", "hes", "h3", "m5"] {
@@ -511,10 +552,20 @@ mod tests {
     #[test]
     fn bad_lists_say_where() {
         let err = Typosquats::parse("react\nNot A Name\n", "t").unwrap_err();
-        assert!(err.to_string().starts_with("line 2: `Not A Name` is not a package name"), "{err}");
-        assert!(matches!(Typosquats::parse("# only comments\n\n", "t"), Err(ListError::Empty)));
+        assert!(
+            err.to_string()
+                .starts_with("line 2: `Not A Name` is not a package name"),
+            "{err}"
+        );
+        assert!(matches!(
+            Typosquats::parse("# only comments\n\n", "t"),
+            Err(ListError::Empty)
+        ));
         let missing = Typosquats::load(Path::new("/nonexistent/list.txt")).unwrap_err();
-        assert!(missing.to_string().starts_with("cannot read /nonexistent/list.txt"), "{missing}");
+        assert!(
+            missing.to_string().starts_with("cannot read /nonexistent/list.txt"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -522,7 +573,10 @@ mod tests {
         let list = Typosquats::built_in();
         assert!(list.len() >= 1000, "{}", list.len());
         assert_eq!(list.source(), "built-in");
-        assert!(BUILT_IN.starts_with("# Popular npm package names"), "the header names the source");
+        assert!(
+            BUILT_IN.starts_with("# Popular npm package names"),
+            "the header names the source"
+        );
         for popular in ["react", "lodash", "express", "@babel/core", "@types/node"] {
             assert_eq!(list.suspect(popular), None, "{popular} is on the shipped list");
         }

@@ -118,6 +118,10 @@ fn guidance(name: &str, version: Option<&str>, block: &Block) -> String {
             "It is served once old enough; until then use an older version, or ask your npg \
              administrator to exempt it (MIN_RELEASE_AGE_EXCLUDE)."
         }
+        (Rule::Typosquat, _) => {
+            "Check the name; if it is the package you want, ask your npg administrator to \
+             exempt it (TYPOSQUAT_ALLOW)."
+        }
         (_, Some(_)) => "Use another version, or ask your npg administrator.",
         (_, None) => "Use another package, or ask your npg administrator.",
     };

@@ -105,6 +105,10 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "min_release_age": policy.age.as_ref().map(|g| human_duration(g.min_age())),
             "feed": app.guard.feed_status(),
             "blocklist": app.guard.blocklist_status(),
+            "typosquat": policy.typosquat.as_ref().map_or_else(
+                || serde_json::json!({"policy": "off"}),
+                |t| serde_json::json!({"policy": t.action, "names": t.list.len(), "list": t.list.source()}),
+            ),
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": TlsMode::Off}), |t| serde_json::json!(t.status())),
