@@ -69,7 +69,12 @@ impl App {
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");
         }
-        tracing::info!(rules = checked.blocklist.len(), min_release_age = ?settings.min_release_age, "guard ready");
+        tracing::info!(
+            rules = checked.blocklist.len(),
+            min_release_age = ?settings.min_release_age,
+            install_scripts = ?settings.install_script_policy,
+            "guard ready"
+        );
         if let Some(rule) = &checked.typosquat {
             tracing::info!(
                 action = rule.action.as_str(),
@@ -81,6 +86,7 @@ impl App {
         let guard = Arc::new(Guard::new(
             checked.blocklist,
             checked.age,
+            checked.scripts,
             checked.typosquat,
             metrics.clone(),
         ));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::guard::scripts::ScriptPolicy;
 use crate::upstream::origins::Origin;
 use crate::upstream::redact::redact_url;
 use crate::upstream::{self, UpstreamAuth};
@@ -236,6 +237,19 @@ pub(crate) struct Settings {
     /// Packages exempt from MIN_RELEASE_AGE: names, or /regex/ patterns, comma-separated.
     #[arg(long, env = "MIN_RELEASE_AGE_EXCLUDE", value_delimiter = ',')]
     pub(crate) min_release_age_exclude: Vec<String>,
+
+    /// Versions with install scripts: `quarantine` hides a version that adds them (the release
+    /// before it by semver had none), `block-all` hides every one, `off`.
+    #[arg(long, env = "INSTALL_SCRIPT_POLICY", value_enum, default_value_t = ScriptPolicy::Off)]
+    pub(crate) install_script_policy: ScriptPolicy,
+
+    /// Packages exempt from INSTALL_SCRIPT_POLICY: names, or /regex/ patterns, comma-separated.
+    #[arg(long, env = "INSTALL_SCRIPT_ALLOW", value_delimiter = ',')]
+    pub(crate) install_script_allow: Vec<String>,
+
+    /// Lift an install-script hold once the version is this old (e.g. 14d); never when unset.
+    #[arg(long, env = "INSTALL_SCRIPT_QUARANTINE", value_parser = parse_duration)]
+    pub(crate) install_script_quarantine: Option<Duration>,
 
     /// Follow the registry's changes feed to invalidate changed packages at once.
     #[arg(long, env = "ENABLE_NPM_CHANGES_POLLER", default_value = "false", value_parser = parse_bool)]

@@ -6,6 +6,8 @@ use crate::auth::Tokens;
 use crate::config::{PolicySources, Settings, TyposquatPolicy};
 use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
+use crate::guard::names::NameSet;
+use crate::guard::scripts::ScriptGate;
 use crate::guard::typosquat::{Action, TyposquatRule, Typosquats};
 use crate::tls::TlsFiles;
 use crate::upstream;
@@ -17,6 +19,8 @@ pub(crate) struct Preflight {
     pub(crate) blocklist: Blocklist,
     /// `Some` when MIN_RELEASE_AGE is set.
     pub(crate) age: Option<AgeGate>,
+    /// `Some` unless INSTALL_SCRIPT_POLICY is off.
+    pub(crate) scripts: Option<ScriptGate>,
     /// `None` when TYPOSQUAT_POLICY is off.
     pub(crate) typosquat: Option<TyposquatRule>,
     /// `Some` when AUTH_TOKENS_FILE is set.
@@ -36,6 +40,11 @@ impl Preflight {
             settings.min_release_age.unwrap_or_default(),
             &settings.min_release_age_exclude,
         )?;
+        let scripts = ScriptGate::new(
+            settings.install_script_policy,
+            NameSet::parse(&settings.install_script_allow, "INSTALL_SCRIPT_ALLOW")?,
+            settings.install_script_quarantine,
+        );
         let typosquat = typosquat(&settings.policy)?;
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
@@ -45,6 +54,7 @@ impl Preflight {
             upstream,
             blocklist,
             age: settings.min_release_age.map(|_| gate),
+            scripts,
             typosquat,
             tokens,
             tls: TlsFiles::load(settings)?,

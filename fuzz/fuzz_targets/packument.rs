@@ -13,6 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use npg::guard::Policy;
 use npg::guard::age::AgeGate;
 use npg::guard::blocklist::Blocklist;
+use npg::guard::names::NameSet;
+use npg::guard::scripts::{ScriptGate, ScriptPolicy};
 use npg::npm::name::PackageName;
 use npg::proxy::rendered::{DocMeta, Package, Raw, render};
 use serde::Deserialize;
@@ -30,16 +32,17 @@ packages:
     versions: ["*"]
 "#;
 
-/// With and without the release-age gate.
+/// With and without the release-age gate and the install-script quarantine.
 static POLICIES: LazyLock<[Policy; 2]> = LazyLock::new(|| {
     let blocklist = Arc::new(Blocklist::parse(RULES).expect("rules parse"));
     let gate = AgeGate::new(Duration::from_secs(86_400), &[]).expect("gate");
-    [None, Some(Arc::new(gate))].map(|age| Policy {
+    let scripts = ScriptGate::new(ScriptPolicy::Quarantine, NameSet::default(), Some(Duration::from_secs(86_400)));
+    [None, Some((Arc::new(gate), Arc::new(scripts.expect("on"))))].map(|gates| Policy {
         version: 1,
         blocklist: blocklist.clone(),
-        malware: Arc::default(),
-        age,
-        typosquat: None,
+        age: gates.clone().map(|g| g.0),
+        scripts: gates.map(|g| g.1),
+        ..Policy::default()
     })
 });
 

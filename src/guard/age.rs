@@ -15,10 +15,11 @@ pub struct AgeGate {
 impl AgeGate {
     /// `exclude` holds names, or patterns written as `/regex/`.
     pub fn new(min_age: Duration, exclude: &[String]) -> anyhow::Result<AgeGate> {
+        let exempt = NameSet::parse(exclude, "MIN_RELEASE_AGE_EXCLUDE")?;
         Ok(AgeGate {
             min_age_ms: min_age.as_millis() as u64,
             min_age,
-            exempt: NameSet::parse(exclude, "MIN_RELEASE_AGE_EXCLUDE")?,
+            exempt,
         })
     }
 

@@ -23,6 +23,9 @@ pub(crate) enum Rule {
     Version,
     /// The release-age gate holds the version.
     Age,
+    /// The install-script policy holds the version.
+    #[serde(rename = "install-script")]
+    InstallScript,
     /// The name looks like a popular one (TYPOSQUAT_POLICY=block).
     Typosquat,
 }
@@ -35,6 +38,7 @@ impl Rule {
             Rule::Malware => "malware",
             Rule::Version => "version",
             Rule::Age => "age",
+            Rule::InstallScript => "install-script",
             Rule::Typosquat => "typosquat",
         }
     }
@@ -140,6 +144,13 @@ impl Block {
                 Some(until) => format!("held by the release-age gate until {} ({reason})", format_ms(until)),
                 None => format!("held by the release-age gate ({reason})"),
             },
+            Rule::InstallScript => match self.until {
+                Some(until) => format!(
+                    "held by the install-script policy until {} ({reason})",
+                    format_ms(until)
+                ),
+                None => format!("held by the install-script policy ({reason})"),
+            },
             Rule::Typosquat => format!("a possible typosquat ({reason})"),
         }
     }
@@ -161,6 +172,7 @@ impl Block {
                 Some(until) => format!("Held: {subject} (release-age gate until {})", format_ms(until)),
                 None => format!("Held: {subject} (release-age gate, publication time unknown)"),
             },
+            Rule::InstallScript => format!("Held: {subject} (install-script policy: {reason})"),
             Rule::Typosquat => format!("Blocked: {subject} (possible typosquat: {reason})"),
         }
     }
@@ -239,6 +251,16 @@ mod tests {
         let json = serde_json::to_value(&age).unwrap();
         assert_eq!(json["type"], "age");
         assert_eq!(json["until"], "1970-01-04T00:00:00Z");
+        let script = Block::new(Rule::InstallScript, "adds install scripts that 1.0.0 did not run");
+        assert_eq!(
+            script.message(),
+            "held by the install-script policy (adds install scripts that 1.0.0 did not run)"
+        );
+        assert_eq!(
+            script.phrase("p@1.0.1"),
+            "Held: p@1.0.1 (install-script policy: adds install scripts that 1.0.0 did not run)"
+        );
+        assert_eq!(serde_json::to_value(&script).unwrap()["type"], "install-script");
         let unknown = Block::age(None, None, Duration::from_secs(3600));
         assert_eq!(
             unknown.message(),

@@ -2,16 +2,17 @@
 //!
 //! Decision order: blocklist pattern / whole package → malware feed (`*`, then exact
 //! version) → typosquat (whole package, when set to block) → version rules of the blocklist →
-//! minimum release age. The current rules are one
-//! immutable `Policy` behind an `ArcSwap`: a reload or a feed update swaps it and bumps its
-//! version, so rendered responses cached under an older version are never served.
+//! minimum release age. The current rules are one immutable `Policy` behind an `ArcSwap`: a
+//! reload or a feed update swaps it and bumps its version, so rendered responses cached under
+//! an older version are never served.
 
 pub mod age;
 pub(crate) mod block;
 pub mod blocklist;
 pub(crate) mod malware;
-pub(crate) mod names;
+pub mod names;
 pub(crate) mod restrictions;
+pub mod scripts;
 pub(crate) mod status;
 pub mod typosquat;
 
@@ -22,10 +23,12 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::metrics::Metrics;
+use crate::npm::packument::VersionFacts;
 use age::AgeGate;
 pub(crate) use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
+use scripts::ScriptGate;
 use status::{BlocklistStatus, FeedStatus, State};
 use typosquat::{Action, Suspect, TyposquatRule};
 
@@ -62,11 +65,13 @@ pub(crate) struct Verdict {
 }
 
 /// The rules in force, immutable.
+#[derive(Clone, Default)]
 pub struct Policy {
     pub version: u64,
     pub blocklist: Arc<Blocklist>,
     pub malware: Arc<MalwareList>,
     pub age: Option<Arc<AgeGate>>,
+    pub scripts: Option<Arc<ScriptGate>>,
     /// `None` when TYPOSQUAT_POLICY is off.
     pub typosquat: Option<Arc<TyposquatRule>>,
 }
@@ -105,32 +110,47 @@ impl Policy {
         self.age.as_deref().filter(|g| !g.exempt(name))
     }
 
-    /// Which of `versions` (with their publication times) to hide at `now_ms`.
-    pub(crate) fn judge<'a>(
-        &self,
-        name: &str,
-        versions: impl Iterator<Item = (&'a str, Option<u64>)>,
-        now_ms: u64,
-    ) -> Verdict {
-        let gate = self.age_gate(name);
+    /// Whether the install-script rule applies to `name`.
+    pub(crate) fn script_gate(&self, name: &str) -> Option<&ScriptGate> {
+        self.scripts.as_deref().filter(|g| !g.exempt(name))
+    }
+
+    /// Whether a version of `name` can only be judged with its packument (publication time,
+    /// install scripts), not by its name and number alone.
+    pub(crate) fn needs_document(&self, name: &str) -> bool {
+        self.age_gate(name).is_some() || self.script_gate(name).is_some()
+    }
+
+    /// Which of `versions` to hide at `now_ms`: the lists first, then the install-script rule,
+    /// then the release-age gate.
+    pub(crate) fn judge(&self, name: &str, versions: &[VersionFacts], now_ms: u64) -> Verdict {
         let mut verdict = Verdict::default();
-        for (version, published) in versions {
-            if let Some(block) = self.version(name, version) {
-                verdict.hidden.insert(version.to_string(), block);
-                continue;
+        let mut hold = |version: &str, block: Block| {
+            if let Some(until) = block.until {
+                verdict.valid_until_ms = Some(verdict.valid_until_ms.map_or(until, |v| v.min(until)));
             }
-            let Some(gate) = gate else { continue };
-            // No publication time: npg cannot tell the age, so the version stays hidden.
-            let until = match published {
-                Some(p) => gate.hidden_until(p, now_ms),
-                None => Some(u64::MAX),
-            };
-            if let Some(until) = until {
-                let known = (until != u64::MAX).then_some(until);
-                let block = Block::age(published, known, gate.min_age());
-                verdict.hidden.insert(version.to_string(), block);
-                if let Some(until) = known {
-                    verdict.valid_until_ms = Some(verdict.valid_until_ms.map_or(until, |v| v.min(until)));
+            verdict.hidden.entry(version.to_string()).or_insert(block);
+        };
+        for facts in versions {
+            if let Some(block) = self.version(name, &facts.version) {
+                hold(&facts.version, block);
+            }
+        }
+        if let Some(gate) = self.script_gate(name) {
+            for (version, block) in gate.held(versions, now_ms) {
+                hold(version, block);
+            }
+        }
+        if let Some(gate) = self.age_gate(name) {
+            for facts in versions {
+                // No publication time: npg cannot tell the age, so the version stays hidden.
+                let until = match facts.published {
+                    Some(p) => gate.hidden_until(p, now_ms),
+                    None => Some(u64::MAX),
+                };
+                if let Some(until) = until {
+                    let known = (until != u64::MAX).then_some(until);
+                    hold(&facts.version, Block::age(facts.published, known, gate.min_age()));
                 }
             }
         }
@@ -154,6 +174,7 @@ impl Guard {
     pub(crate) fn new(
         blocklist: Blocklist,
         age: Option<AgeGate>,
+        scripts: Option<ScriptGate>,
         typosquat: Option<TyposquatRule>,
         metrics: Arc<Metrics>,
     ) -> Guard {
@@ -162,6 +183,7 @@ impl Guard {
             blocklist: Arc::new(blocklist),
             malware: Arc::default(),
             age: age.map(Arc::new),
+            scripts: scripts.map(Arc::new),
             typosquat: typosquat.map(Arc::new),
         };
         Guard {
@@ -196,19 +218,15 @@ impl Guard {
         self.swap(|old| Policy {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
             blocklist: blocklist.clone(),
-            malware: old.malware.clone(),
-            age: old.age.clone(),
-            typosquat: old.typosquat.clone(),
+            ..old.clone()
         });
     }
 
     pub(crate) fn set_malware(&self, malware: Arc<MalwareList>) {
         self.swap(|old| Policy {
             version: self.next_version.fetch_add(1, Ordering::Relaxed),
-            blocklist: old.blocklist.clone(),
             malware: malware.clone(),
-            age: old.age.clone(),
-            typosquat: old.typosquat.clone(),
+            ..old.clone()
         });
     }
 
@@ -265,11 +283,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn facts(list: &[(&str, Option<u64>)]) -> Vec<VersionFacts> {
+        let facts = |&(version, published): &(&str, Option<u64>)| VersionFacts {
+            version: version.to_string(),
+            published,
+            install_script: false,
+        };
+        list.iter().map(facts).collect()
+    }
+
     fn guard() -> Guard {
         let blocklist =
             Blocklist::parse("packages:\n  - name: p\n    versions: ['>=2.0.0']\n    reason: bad major\n").unwrap();
         let age = AgeGate::new(Duration::from_secs(3600), &["trusted".into()]).unwrap();
-        Guard::new(blocklist, Some(age), None, Arc::new(Metrics::default()))
+        Guard::new(blocklist, Some(age), None, None, Arc::new(Metrics::default()))
     }
 
     #[test]
@@ -284,14 +311,14 @@ mod tests {
         g.set_malware(Arc::new(malware));
         assert!(g.version() > before);
         let now = 10 * 3_600_000;
-        let versions = [
+        let versions = facts(&[
             ("1.0.0", Some(0)),
             ("1.0.1", Some(0)),
             ("2.0.0", Some(0)),
             ("1.1.0", Some(now - 60_000)),
             ("1.2.0", None),
-        ];
-        let verdict = g.policy().judge("p", versions.into_iter(), now);
+        ]);
+        let verdict = g.policy().judge("p", &versions, now);
         assert_eq!(verdict.hidden.len(), 4);
         assert_eq!(verdict.hidden["1.0.1"].kind, Rule::Malware);
         assert_eq!(verdict.hidden["2.0.0"].kind, Rule::Version);
@@ -299,7 +326,7 @@ mod tests {
         assert_eq!(verdict.hidden["1.1.0"].kind, Rule::Age);
         assert_eq!(verdict.hidden["1.2.0"].kind, Rule::Age, "unknown age stays hidden");
         assert_eq!(verdict.valid_until_ms, Some(now - 60_000 + 3_600_000));
-        let exempt = g.policy().judge("trusted", [("1.0.0", Some(now))].into_iter(), now);
+        let exempt = g.policy().judge("trusted", &facts(&[("1.0.0", Some(now))]), now);
         assert!(exempt.hidden.is_empty());
     }
 
@@ -345,7 +372,13 @@ mod tests {
     fn with_typosquats(action: Action) -> Guard {
         let list = typosquat::Typosquats::parse("react\nlodash\n", "test").unwrap();
         let rule = TyposquatRule::new(action, list, &["lodahs".into()]).unwrap();
-        Guard::new(Blocklist::default(), None, Some(rule), Arc::new(Metrics::default()))
+        Guard::new(
+            Blocklist::default(),
+            None,
+            None,
+            Some(rule),
+            Arc::new(Metrics::default()),
+        )
     }
 
     #[test]
@@ -362,7 +395,7 @@ mod tests {
         assert!(warning.policy().package("reactt").is_none());
         let (suspect, action) = warning.policy().typosquat("reactt").unwrap();
         assert_eq!((suspect.like.as_str(), action), ("react", Action::Warn));
-        let off = Guard::new(Blocklist::default(), None, None, Arc::new(Metrics::default()));
+        let off = Guard::new(Blocklist::default(), None, None, None, Arc::new(Metrics::default()));
         assert!(off.policy().typosquat("reactt").is_none());
     }
 

@@ -118,6 +118,10 @@ fn guidance(name: &str, version: Option<&str>, block: &Block) -> String {
             "It is served once old enough; until then use an older version, or ask your npg \
              administrator to exempt it (MIN_RELEASE_AGE_EXCLUDE)."
         }
+        (Rule::InstallScript, _) => {
+            "Use an older version without the new install script, or ask your npg administrator \
+             to allow the package (INSTALL_SCRIPT_ALLOW)."
+        }
         (Rule::Typosquat, _) => {
             "Check the name; if it is the package you want, ask your npg administrator to \
              exempt it (TYPOSQUAT_ALLOW)."
@@ -264,10 +268,7 @@ mod tests {
         };
         let policy = crate::guard::Policy {
             version: 1,
-            blocklist: Default::default(),
-            malware: Default::default(),
-            age: None,
-            typosquat: None,
+            ..Default::default()
         };
         let Err(err) = render(&name, raw, &meta, &policy, "http://127.0.0.1:1", 0) else {
             panic!("rendered a document that is not JSON")

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::errors::ApiError;
 use super::observe::RouteLabel;
 use crate::app::App;
+use crate::guard::scripts::ScriptGate;
 use crate::npm::name::PackageName;
 
 pub(crate) async fn explain(State(app): State<App>, req: Request) -> Response {
@@ -55,6 +56,7 @@ async fn report(app: &App, name: &PackageName) -> Result<Json<serde_json::Value>
         "hidden": hidden,
         "dist_tags": tags,
         "min_release_age_applies": policy.age_gate(name.as_str()).is_some(),
+        "install_script_policy": policy.script_gate(name.as_str()).map(ScriptGate::policy),
         "typosquat": typosquat,
     })))
 }

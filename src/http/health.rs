@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
 use crate::guard::block::human_duration;
+use crate::guard::scripts::ScriptPolicy;
 use crate::tls::TlsMode;
 use crate::upstream::breaker::State as Breaker;
 
@@ -103,6 +104,7 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "blocklist_rules": policy.blocklist.len(),
             "malware_entries": policy.malware.len(),
             "min_release_age": policy.age.as_ref().map(|g| human_duration(g.min_age())),
+            "install_script_policy": policy.scripts.as_ref().map_or(ScriptPolicy::Off, |g| g.policy()),
             "feed": app.guard.feed_status(),
             "blocklist": app.guard.blocklist_status(),
             "typosquat": policy.typosquat.as_ref().map_or_else(

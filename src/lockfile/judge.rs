@@ -97,8 +97,8 @@ impl Judge {
             version: 0,
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
-            age: None,
             typosquat: crate::preflight::typosquat(sources)?.map(Arc::new),
+            ..Policy::default()
         };
         Ok(Judge::Offline {
             policy,

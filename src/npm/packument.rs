@@ -58,6 +58,16 @@ pub(crate) struct TarballInfo {
     pub(crate) shasum: Option<String>,
 }
 
+/// What a version's manifest says that the guard judges it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VersionFacts {
+    pub(crate) version: String,
+    /// From the packument's `time` (unix ms).
+    pub(crate) published: Option<u64>,
+    /// It runs code when installed (see `Document::index`).
+    pub(crate) install_script: bool,
+}
+
 /// Versions, tags and tarballs of one packument.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
@@ -140,22 +150,37 @@ impl<'a> Document<'a> {
         })
     }
 
-    /// Indexes the tarballs by file name, from the original (upstream) URLs.
-    pub(crate) fn index(&self, name: &PackageName) -> Index {
+    /// Indexes the tarballs by file name, from the original (upstream) URLs, and tells what
+    /// the guard judges each version by (one parse of each manifest for both).
+    pub(crate) fn index(&self, name: &PackageName) -> (Index, Vec<VersionFacts>) {
         #[derive(serde::Deserialize)]
-        struct DistOnly {
+        #[serde(rename_all = "camelCase")]
+        struct Head {
             #[serde(default)]
             dist: Option<Value>,
+            #[serde(default)]
+            scripts: Option<Value>,
+            #[serde(default)]
+            has_install_script: Option<Value>,
+            #[serde(default)]
+            gypfile: Option<Value>,
+        }
+        impl Head {
+            /// npm's `hasInstallScript` rule: an install hook, or a `binding.gyp` (npm runs
+            /// `node-gyp rebuild` for it; the registry records it as `gypfile`).
+            fn install_script(&self) -> bool {
+                let scripts = self.scripts.as_ref().and_then(Value::as_object);
+                let hook = scripts.is_some_and(|s| INSTALL_SCRIPTS.iter().any(|k| s.contains_key(*k)));
+                let truthy = |v: &Option<Value>| matches!(v, Some(Value::Bool(true)));
+                hook || truthy(&self.has_install_script) || truthy(&self.gypfile)
+            }
         }
         let mut index = Index::default();
+        let mut facts = Vec::with_capacity(self.versions.len());
         for (version, raw) in &self.versions {
-            let dist = serde_json::from_str::<DistOnly>(raw.get()).ok().and_then(|d| d.dist);
-            let field = |k: &str| {
-                dist.as_ref()
-                    .and_then(|d| d.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
+            let head = serde_json::from_str::<Head>(raw.get()).ok();
+            let dist = head.as_ref().and_then(|h| h.dist.as_ref());
+            let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str).map(str::to_string);
             let upstream_url = field("tarball");
             let file = tarball_file(name, version, upstream_url.as_deref());
             let info = TarballInfo {
@@ -166,9 +191,14 @@ impl<'a> Document<'a> {
             };
             index.files.insert(file, info);
             index.versions.push(version.clone());
+            facts.push(VersionFacts {
+                version: version.clone(),
+                published: self.published(version),
+                install_script: head.as_ref().is_some_and(Head::install_script),
+            });
         }
         index.dist_tags = self.index_tags();
-        index
+        (index, facts)
     }
 
     /// The dist-tags as a map.
@@ -178,16 +208,10 @@ impl<'a> Document<'a> {
             .collect()
     }
 
-    /// Each version with its publication time from `time` (unix ms), if it has one.
-    pub(crate) fn publication_times(&self) -> Vec<(String, Option<u64>)> {
-        let when = |v: &str| {
-            self.time
-                .as_ref()
-                .and_then(|t| t.get(v))
-                .and_then(Value::as_str)
-                .and_then(parse_time_ms)
-        };
-        self.versions.keys().map(|v| (v.clone(), when(v))).collect()
+    /// A version's publication time from `time` (unix ms), if it has one.
+    fn published(&self, version: &str) -> Option<u64> {
+        let time = self.time.as_ref()?.get(version)?;
+        parse_time_ms(time.as_str()?)
     }
 
     /// Removes the versions `hide` selects from `versions` and `time`, and moves each dist-tag
@@ -494,7 +518,7 @@ mod tests {
 
     #[test]
     fn indexes_tarballs_by_original_file() {
-        let idx = doc().index(&name("@s/pkg"));
+        let (idx, _) = doc().index(&name("@s/pkg"));
         assert_eq!(idx.files["pkg-1.0.0.tgz"].version, "1.0.0");
         assert_eq!(idx.files["pkg-1.0.0.tgz"].shasum.as_deref(), Some("ab"));
         assert_eq!(
@@ -600,10 +624,21 @@ mod tests {
     }
 
     #[test]
-    fn publication_times() {
-        let d = doc();
-        let times: HashMap<String, Option<u64>> = d.publication_times().into_iter().collect();
-        assert_eq!(times["1.0.0"], Some(1_704_067_200_000));
+    fn version_facts() {
+        let (_, facts) = doc().index(&name("@s/pkg"));
+        assert_eq!(facts[0].published, Some(1_704_067_200_000));
+        let scripts = |manifest: Value| {
+            let doc = json!({"name": "p", "versions": {"1.0.0": manifest}});
+            let (_, facts) = Document::parse(leak(&doc), &name("p")).unwrap().index(&name("p"));
+            facts[0].install_script
+        };
+        assert!(scripts(json!({"scripts": {"postinstall": "node x"}})));
+        assert!(scripts(json!({"scripts": {"preinstall": "x"}})));
+        assert!(scripts(json!({"hasInstallScript": true})));
+        assert!(scripts(json!({"gypfile": true})), "binding.gyp");
+        assert!(!scripts(json!({"scripts": {"test": "x", "prepare": "x"}})));
+        assert!(!scripts(json!({"scripts": "postinstall"})));
+        assert!(!scripts(json!({"gypfile": "yes"})));
         assert_eq!(parse_time_ms("nonsense"), None);
     }
 

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::budget::BudgetError;
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
-use crate::npm::packument::{DocError, Document, Index, Manifests};
+use crate::npm::packument::{DocError, Document, Index, Manifests, VersionFacts};
 
 /// One rendered form, identity and gzip, with its strong ETags.
 #[derive(Clone)]
@@ -77,9 +77,9 @@ pub struct Package {
     pub index: Arc<Index>,
     /// Versions the policy hides, and why.
     pub hidden: Arc<HashMap<String, Block>>,
-    /// Every upstream version with its publication time: enough to judge a new policy
+    /// What the guard judges every upstream version by: enough to judge a new policy
     /// without parsing the document again.
-    pub(crate) times: Arc<Vec<(String, Option<u64>)>>,
+    pub(crate) facts: Arc<Vec<VersionFacts>>,
     /// Told to npm users in an `npm-notice` header when versions are hidden.
     pub(crate) notice: Option<String>,
     /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
@@ -117,8 +117,7 @@ impl Package {
     /// Under a new policy: the same rendering when the policy hides the same versions for the
     /// same reasons (most policy changes concern other packages), else `None`.
     pub(crate) fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
-        let times = self.times.iter().map(|(v, t)| (v.as_str(), *t));
-        let verdict = policy.judge(self.name.as_str(), times, now_ms);
+        let verdict = policy.judge(self.name.as_str(), &self.facts, now_ms);
         (verdict.hidden == *self.hidden).then(|| {
             Arc::new(Package {
                 policy_version: policy.version,
@@ -186,17 +185,15 @@ pub fn render(
         (None, _) => return Err(RenderError::NotDecoded),
     };
     let mut doc = Document::parse(&plain, name)?;
-    let mut index = doc.index(name);
-    let times = doc.publication_times();
-    let verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);
+    let (mut index, facts) = doc.index(name);
+    let verdict = policy.judge(name.as_str(), &facts, now_ms);
     if !verdict.hidden.is_empty() {
         doc.hide(|v| verdict.hidden.contains_key(v));
         index.versions.retain(|v| !verdict.hidden.contains_key(v));
         index.dist_tags = doc.index_tags();
     }
     doc.rewrite_tarballs(name, public_base);
-    let notice = notice(name, &verdict.hidden, times.len());
-    let times = Arc::new(times);
+    let notice = notice(name, &verdict.hidden, facts.len());
     let full = doc.to_full();
     let full_body = restrictions::append(full.body, name.as_str(), &verdict.hidden);
     let abbreviated = restrictions::append(doc.to_abbreviated(meta.fetched_ms), name.as_str(), &verdict.hidden);
@@ -207,7 +204,7 @@ pub fn render(
         abbreviated: Variant::new(abbreviated),
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
-        times,
+        facts: Arc::new(facts),
         notice,
         raw_gz,
         upstream_etag: meta.etag.clone(),
@@ -246,9 +243,7 @@ mod tests {
         Policy {
             version,
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
-            malware: Arc::default(),
-            age: None,
-            typosquat: None,
+            ..Policy::default()
         }
     }
 

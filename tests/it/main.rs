@@ -19,6 +19,7 @@ mod clients;
 mod cluster;
 mod fake_upstream;
 mod guard;
+mod install_scripts;
 mod limits;
 mod lockfile_check;
 mod malware_feed;

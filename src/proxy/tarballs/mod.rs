@@ -142,7 +142,7 @@ impl Tarballs {
     /// yarn 4 builds tarball URLs itself), by the version the packument gives the file: a
     /// file name need not be `<name>-<version>.tgz`. Returns the packument when there is one;
     /// without any (upstream down, nothing cached) a hit is judged by its file name, unless
-    /// the release-age gate applies.
+    /// a rule that needs the packument applies (release age, install scripts).
     async fn judge(&self, name: &PackageName, file: &str) -> Result<Option<Arc<Package>>, TarballError> {
         let policy = self.guard.policy();
         if let Some(block) = policy.package(name.as_str()) {
@@ -150,7 +150,7 @@ impl Tarballs {
         }
         match self.find(name, file).await {
             Ok(pkg) => Ok(Some(pkg)),
-            Err(TarballError::Fetch(e @ FetchError::Upstream(_))) if policy.age_gate(name.as_str()).is_none() => {
+            Err(TarballError::Fetch(e @ FetchError::Upstream(_))) if !policy.needs_document(name.as_str()) => {
                 tracing::warn!(package = %name, error = %e, "no packument to judge a tarball by; judged by its file name");
                 match version_from_file(name, file).and_then(|v| Some((v, policy.version(name.as_str(), v)?))) {
                     Some((v, block)) => Err(self.refuse(name, v, block).await),

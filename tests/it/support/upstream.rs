@@ -336,6 +336,21 @@ impl FakeRegistry {
         s.set_tag(name, "latest", version);
     }
 
+    /// Like `publish_at`, the version having a `postinstall` script (in its manifest and in the
+    /// tarball's package.json).
+    pub fn publish_with_script(&self, name: &str, version: &str, unix_secs: i64) {
+        let mut s = self.lock();
+        let spec = VersionSpec {
+            postinstall: true,
+            ..VersionSpec::plain(version, unix_secs)
+        };
+        if !s.packages.contains_key(name) {
+            s.create_package(name, &format!("Test package {name}"), unix_secs);
+        }
+        s.add_version(name, &spec);
+        s.set_tag(name, "latest", version);
+    }
+
     /// Adds a package with these versions (in this order, dated one day apart in 2024, `latest`
     /// on the last one). Panics if the package exists.
     pub fn add_package(&self, name: &str, versions: &[&str]) {
