@@ -85,9 +85,9 @@ impl Policy {
         if let Some(reason) = self.malware.whole_package(name) {
             return Some(malware(reason, self.malware.source()));
         }
-        self.typosquat(name)
-            .filter(|(_, action)| *action == Action::Block)
-            .map(|(suspect, _)| Block::typosquat(&suspect))
+        // Only looked up when it blocks: with `warn` the routes ask `typosquat` themselves.
+        let rule = self.typosquat.as_deref().filter(|r| r.action == Action::Block)?;
+        rule.suspect(name).map(|suspect| Block::typosquat(&suspect))
     }
 
     /// The popular name `name` looks like, and what the policy does about it.

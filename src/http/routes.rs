@@ -233,7 +233,11 @@ async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Respon
 /// (before any other), counted and logged once. `no-store`, because npm prints a notice only
 /// from responses it did not keep in its cache (and it keeps every storable one).
 fn warn_typosquat(app: &App, name: &PackageName, resp: &mut Response<Body>) {
-    let Some((suspect, Action::Warn)) = app.guard.policy().typosquat(name.as_str()) else {
+    let policy = app.guard.policy();
+    let Some(rule) = policy.typosquat.as_deref().filter(|r| r.action == Action::Warn) else {
+        return;
+    };
+    let Some(suspect) = rule.suspect(name.as_str()) else {
         return;
     };
     app.guard.warn_typosquat(name.as_str(), &suspect);
