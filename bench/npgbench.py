@@ -267,13 +267,18 @@ def guard_feed():
                         "reason": "MALWARE"} for i in range(100000)]).encode()
 
 
+# Every rule that judges versions by what they are, on (the lists are the blocklist and feed).
+GUARD_RULES = {"INSTALL_SCRIPT_POLICY": "quarantine", "INSTALL_SCRIPT_QUARANTINE": "14d"}
+
+
 def start_guarded_npg(procs, work, name, registry_base):
-    """npg with the 10k-entry blocklist and the 100k-entry feed, once both are loaded."""
+    """npg with the 10k-entry blocklist, the 100k-entry feed and GUARD_RULES, once the lists
+    are loaded."""
     path = os.path.join(work, "blacklist.yml")
     if not os.path.exists(path):
         with open(path, "w") as f:
             f.write(guard_blacklist())
-    npg = Npg(procs, work, name, registry_base, registry_base + "/feed-guard.json", blacklist=path)
+    npg = Npg(procs, work, name, registry_base, registry_base + "/feed-guard.json", blacklist=path, env=GUARD_RULES)
     wait_until(lambda: npg.health()["guard"]["malware_entries"] >= 100000 // 3, 60, "guard-on npg feed", npg.proc, procs)
     return npg
 

@@ -24,10 +24,11 @@
 //!   the breaker that takes a sick upstream as down for the whole cluster.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `guard`: the rules, pure (no cluster, cache or config inside): the blocklist, the malware
-//!   list, the release-age gate, the install-script rule (`scripts`) and the typosquat rule
+//!   list, the install-script policy (`scripts`), the release-age gate and the typosquat rule
 //!   (`typosquat`: names that look like a popular one, from the list in `data/`) as one
-//!   policy; name sets written as settings (`names`); how a refusal is told (`block`: the rule
-//!   and its words; `restrictions`: npm's `policyRestrictions`); the inputs' states (`status`).
+//!   policy, judged from each version's facts (`npm::packument::VersionFacts`); exemption
+//!   lists (`names`); how a refusal is told (`block`: the rule and its words; `restrictions`:
+//!   npm's `policyRestrictions`); the inputs' states (`status`).
 //! - `jobs`: the background work and its one owner, stopped on SIGTERM with its Redis leases
 //!   released: the changes follower (`changes`, and the listener that drops what other
 //!   replicas report as changed), the malware feed refresher and its kept copy (`feed`), the
@@ -39,7 +40,7 @@
 //!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`).
 //! - `auth`: access control: the token table (hashes, names, permissions).
 //! - `npm`: npm knowledge, pure: package names, request paths, packument rewriting and
-//!   abbreviation, integrity.
+//!   abbreviation, integrity, what a tarball runs at install (`tarball`, read on the stream).
 //! - `lockfile`: `npg lockfile check`: lockfiles (npm, pnpm, yarn 1, yarn berry) judged against
 //!   the policy through a running npg or offline, and their URLs pointed at npg.
 //! - `probe`: `npg health`, the probe for container health checks.

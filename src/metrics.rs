@@ -88,6 +88,7 @@ pub struct Metrics {
     connections_cut: Family<Deadline, Counter>,
     tarball_downloads: Family<Role, Counter>,
     tarball_store_errors: Counter,
+    tarball_refused: Family<Reason, Counter>,
     auth_denied: Family<Reason, Counter>,
     auth_reload_errors: Counter,
     breaker_state: Gauge,
@@ -179,6 +180,12 @@ impl Default for Metrics {
             "Tarball downloads that could not be written to STORAGE_DIR (still verified, not cached)",
             tarball_store_errors.clone(),
         );
+        let tarball_refused = Family::default();
+        registry.register(
+            "tarball_refused",
+            "Tarballs from upstream refused whole, never cached (integrity: not the bytes dist.integrity names; undeclared_script: runs install scripts its manifest does not declare)",
+            tarball_refused.clone(),
+        );
         let auth_denied = Family::default();
         registry.register(
             "auth_denied",
@@ -232,6 +239,7 @@ impl Default for Metrics {
             auth_reload_errors,
             tarball_downloads,
             tarball_store_errors,
+            tarball_refused,
             connections_open,
             connections_cut,
             requests,
@@ -294,6 +302,10 @@ impl Metrics {
 
     pub(crate) fn tarball_store_error(&self) {
         self.tarball_store_errors.inc();
+    }
+
+    pub(crate) fn tarball_refused(&self, reason: &'static str) {
+        self.tarball_refused.get_or_create(&Reason { reason }).inc();
     }
 
     pub(crate) fn auth_denied(&self, reason: &'static str) {

@@ -56,6 +56,8 @@ pub(crate) struct TarballInfo {
     pub(crate) upstream_url: Option<String>,
     pub(crate) integrity: Option<String>,
     pub(crate) shasum: Option<String>,
+    /// The manifest declares an install script (see `Document::index`).
+    pub(crate) install_script: bool,
 }
 
 /// What a version's manifest says that the guard judges it by.
@@ -183,18 +185,20 @@ impl<'a> Document<'a> {
             let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str).map(str::to_string);
             let upstream_url = field("tarball");
             let file = tarball_file(name, version, upstream_url.as_deref());
+            let install_script = head.as_ref().is_some_and(Head::install_script);
             let info = TarballInfo {
                 version: version.clone(),
                 upstream_url,
                 integrity: field("integrity"),
                 shasum: field("shasum"),
+                install_script,
             };
             index.files.insert(file, info);
             index.versions.push(version.clone());
             facts.push(VersionFacts {
                 version: version.clone(),
                 published: self.published(version),
-                install_script: head.as_ref().is_some_and(Head::install_script),
+                install_script,
             });
         }
         index.dist_tags = self.index_tags();

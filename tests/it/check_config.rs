@@ -51,6 +51,16 @@ fn bad_cases(dir: &Path) -> Vec<Case> {
             None,
             vec![("MIN_RELEASE_AGE_EXCLUDE", "/[/".into())],
         ),
+        (
+            "INSTALL_SCRIPT_ALLOW",
+            None,
+            vec![("INSTALL_SCRIPT_ALLOW", "esbuild,/[/".into())],
+        ),
+        (
+            "INSTALL_SCRIPT_POLICY",
+            None,
+            vec![("INSTALL_SCRIPT_POLICY", "maybe".into())],
+        ),
         ("AUTH_TOKENS_FILE", None, vec![("AUTH_TOKENS_FILE", path("tokens"))]),
         (
             "TLS_CERT_FILE",

@@ -1,13 +1,15 @@
 //! The install-script policy through a real npg and real npm: a version that adds an install
 //! script is held like a young one (on every path: packument, tarball, guard API, a tarball
-//! on disk with upstream down), exemptions and lifting by age, and `block-all`.
+//! on disk with upstream down), exemptions and lifting by age, `block-all`, and a tarball
+//! whose package.json runs a script its manifest does not declare (refused whole, whatever
+//! the policy: the manifest is what the guard judged).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::support;
 use crate::support::clients::{Client, Project};
 use crate::support::npg::NpgProcess;
-use crate::support::upstream::{Failure, FakeRegistry};
+use crate::support::upstream::{Failure, FakeRegistry, Postinstall};
 
 async fn get(url: &str) -> support::http::Reply {
     support::http::get(url, &[]).await
@@ -27,7 +29,7 @@ fn quarantine(up: &FakeRegistry, extra: &[(&str, &str)]) -> NpgProcess {
 #[tokio::test]
 async fn quarantine_holds_the_script_adder_and_its_followers_on_every_path() {
     let up = FakeRegistry::start();
-    up.publish_with_script("npg-fixture-b", "1.0.2", now_secs() - 86_400);
+    up.publish_with_script("npg-fixture-b", "1.0.2", now_secs() - 86_400, Postinstall::Declared);
     let npg = quarantine(&up, &[]);
 
     let guard = get(&format!("{}/api/guard/npg-fixture-b", npg.base)).await.json();
@@ -95,9 +97,9 @@ async fn allowed_packages_and_old_enough_versions_are_served() {
     // A script-adder published an hour ago: held for 14 days from its publication.
     let published = now_secs() - 3600;
     up.add_package("npg-new-adder", &["1.0.0"]);
-    up.publish_with_script("npg-new-adder", "1.1.0", published);
+    up.publish_with_script("npg-new-adder", "1.1.0", published, Postinstall::Declared);
     up.add_package("npg-allowed", &["1.0.0"]);
-    up.publish_with_script("npg-allowed", "1.1.0", published);
+    up.publish_with_script("npg-allowed", "1.1.0", published, Postinstall::Declared);
     let npg = quarantine(
         &up,
         &[
@@ -141,7 +143,12 @@ async fn allowed_packages_and_old_enough_versions_are_served() {
 #[tokio::test]
 async fn block_all_holds_every_version_with_scripts() {
     let up = FakeRegistry::start();
-    up.publish_with_script("npg-always-scripts", "1.0.0", now_secs() - 30 * 86_400);
+    up.publish_with_script(
+        "npg-always-scripts",
+        "1.0.0",
+        now_secs() - 30 * 86_400,
+        Postinstall::Declared,
+    );
     let npg = NpgProcess::start(&up.url(), &[("INSTALL_SCRIPT_POLICY", "block-all")]);
     let guard = get(&format!("{}/api/guard/npg-fixture-b", npg.base)).await.json();
     assert_eq!(guard["hidden"]["1.0.1"]["reason"], "has install scripts", "{guard}");
@@ -174,4 +181,49 @@ async fn a_cached_tarball_is_not_judged_by_its_name_alone() {
     );
     let reply = get(&format!("{}/{file}", on.proxy_url)).await;
     assert_ne!(reply.status, 200, "served a tarball the policy may hold");
+}
+
+#[tokio::test]
+async fn a_tarball_running_an_undeclared_script_is_refused_and_never_cached() {
+    let up = FakeRegistry::start();
+    up.add_package("npg-confused", &["1.0.0"]);
+    up.publish_with_script(
+        "npg-confused",
+        "1.0.1",
+        now_secs() - 30 * 86_400,
+        Postinstall::Undeclared,
+    );
+    // The policy is off: the refusal does not depend on it (a cached file outlives a policy).
+    let npg = NpgProcess::start(&up.url(), &[]);
+    let file = "npg-confused/-/npg-confused-1.0.1.tgz";
+    for _ in 0..2 {
+        let reply = get(&format!("{}/{file}", npg.proxy_url)).await;
+        assert!(
+            reply.status != 200 || reply.body != up.tarball_bytes("npg-confused", "1.0.1"),
+            "served it whole"
+        );
+    }
+    assert_eq!(
+        up.tarball_requests("npg-confused", "npg-confused-1.0.1.tgz"),
+        2,
+        "never cached"
+    );
+    assert!(!npg.storage.join("np/npg-confused/npg-confused-1.0.1.tgz").exists());
+    let metrics = String::from_utf8(get(&format!("{}/metrics", npg.base)).await.body).unwrap();
+    assert!(
+        metrics.contains(r#"npg_tarball_refused_total{reason="undeclared_script"} 2"#),
+        "{metrics}"
+    );
+    // Its clean sibling is served.
+    let clean = get(&format!("{}/npg-confused/-/npg-confused-1.0.0.tgz", npg.proxy_url)).await;
+    assert_eq!(clean.status, 200);
+
+    let registry = npg.proxy_url.clone();
+    tokio::task::spawn_blocking(move || {
+        let project = Project::new(Client::Npm, &registry, &[("npg-confused", "1.0.1")]);
+        project.install().assert_failure();
+        assert_eq!(project.installed_version("npg-confused"), None);
+    })
+    .await
+    .unwrap();
 }

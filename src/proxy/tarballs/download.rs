@@ -1,7 +1,9 @@
 //! One download from upstream, run in its own task so it completes (and fills the cache) even
 //! when its clients go away. Every chunk is hashed whether or not the temp file takes it: a
 //! full disk costs the cache, never the integrity check. The last chunk is held back until
-//! the hash matched, so no client ever receives a complete bad tarball.
+//! the hash matched, so no client ever receives a complete bad tarball. The same holds for a
+//! tarball whose own package.json runs install scripts its manifest does not declare
+//! (`npm::tarball`): what the guard judged must be what npm runs.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +17,7 @@ use super::flight::{Failure, Landing, State};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
+use crate::npm::tarball::ScriptProbe;
 use crate::proxy::cache::disk::{Pending, TarballStore};
 use crate::upstream::UpstreamError;
 
@@ -25,6 +28,8 @@ pub(crate) struct Download {
     pub(crate) name: PackageName,
     pub(crate) file: String,
     pub(crate) version: String,
+    /// Whether the version's manifest declares an install script.
+    pub(crate) declares_script: bool,
     pub(crate) expected: Expected,
     /// Where a verified download is kept; `None` for a private package (never cached).
     pub(crate) store: Option<Arc<TarballStore>>,
@@ -56,6 +61,7 @@ impl Download {
         let length = resp.content_length();
         out.state.send_replace(State::Streaming { length, relayable: 0 });
         let mut verifier = self.expected.verifier();
+        let mut probe = ScriptProbe::default();
         let mut held: Option<Bytes> = None;
         let mut total = 0u64;
         let mut resp = resp;
@@ -70,6 +76,7 @@ impl Download {
                 }
             };
             verifier.update(&chunk);
+            probe.update(&chunk);
             // The chunk held until now is already in the file: release it before writing this
             // one, so no client waits for the disk.
             if let Some(prev) = held.take() {
@@ -85,7 +92,15 @@ impl Download {
         if !verifier.matches() {
             tracing::error!(package = %self.name, version = %self.version, file = %self.file,
                 "tarball from upstream does not match dist.integrity; not cached, client aborted");
+            self.metrics.tarball_refused("integrity");
             return fail(&out, Failure::Integrity).await;
+        }
+        let probed = probe.finish();
+        if !probed.agrees(self.declares_script) {
+            tracing::error!(package = %self.name, version = %self.version, file = %self.file, ?probed,
+                "tarball runs install scripts its manifest does not declare (or cannot be read); not cached, client aborted");
+            self.metrics.tarball_refused("undeclared_script");
+            return fail(&out, Failure::UndeclaredScript).await;
         }
         let on_disk = out.pending.is_some();
         self.keep(out.pending.take()).await;

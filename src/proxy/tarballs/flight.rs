@@ -44,6 +44,8 @@ pub(crate) enum Failure {
     Upstream(#[from] UpstreamError),
     #[error("the tarball from upstream does not match its integrity")]
     Integrity,
+    #[error("the tarball from upstream runs install scripts its manifest does not declare")]
+    UndeclaredScript,
     #[error("the temp file could not be written")]
     Disk,
 }

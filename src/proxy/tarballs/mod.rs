@@ -257,6 +257,7 @@ impl Tarballs {
             name: name.clone(),
             file: file.to_string(),
             version: info.version.clone(),
+            declares_script: info.install_script,
             expected,
             store,
             metrics: self.metrics.clone(),

@@ -46,6 +46,15 @@ use sha1::Sha1;
 use sha2::{Digest, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Where a version's `postinstall` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Postinstall {
+    /// In the manifest and in the tarball's package.json.
+    Declared,
+    /// Only in the tarball's package.json ("manifest confusion": npm runs it all the same).
+    Undeclared,
+}
+
 /// What the fake does wrong, for every request, until set back to `Failure::None`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -157,6 +166,8 @@ struct VersionSpec<'a> {
     deps: &'a [(&'a str, &'a str)],
     bin: bool,
     postinstall: bool,
+    /// A postinstall in the tarball only.
+    undeclared_script: bool,
     corrupt: bool,
     legacy: bool,
     time_secs: i64,
@@ -169,6 +180,7 @@ impl<'a> VersionSpec<'a> {
             deps: &[],
             bin: false,
             postinstall: false,
+            undeclared_script: false,
             corrupt: false,
             legacy: false,
             time_secs,
@@ -336,12 +348,13 @@ impl FakeRegistry {
         s.set_tag(name, "latest", version);
     }
 
-    /// Like `publish_at`, the version having a `postinstall` script (in its manifest and in the
-    /// tarball's package.json).
-    pub fn publish_with_script(&self, name: &str, version: &str, unix_secs: i64) {
+    /// Like `publish_at`, the version having a `postinstall` script in its tarball's
+    /// package.json, and in its manifest as `postinstall` says.
+    pub fn publish_with_script(&self, name: &str, version: &str, unix_secs: i64, postinstall: Postinstall) {
         let mut s = self.lock();
         let spec = VersionSpec {
-            postinstall: true,
+            postinstall: postinstall == Postinstall::Declared,
+            undeclared_script: postinstall == Postinstall::Undeclared,
             ..VersionSpec::plain(version, unix_secs)
         };
         if !s.packages.contains_key(name) {
@@ -595,7 +608,11 @@ impl RegistryState {
         if spec.bin {
             pj.insert("bin".into(), json!({ basename: "bin/cli.js" }));
         }
-        pj.insert("scripts".into(), Value::Object(scripts.clone()));
+        let mut packed_scripts = scripts.clone();
+        if spec.undeclared_script {
+            packed_scripts.insert("postinstall".into(), json!("node -e \"0\""));
+        }
+        pj.insert("scripts".into(), Value::Object(packed_scripts));
         if !deps.is_empty() {
             pj.insert("dependencies".into(), Value::Object(deps.clone()));
         }
