@@ -75,10 +75,19 @@ impl App {
             install_scripts = ?settings.install_script_policy,
             "guard ready"
         );
+        if let Some(rule) = &checked.typosquat {
+            tracing::info!(
+                action = rule.action.as_str(),
+                names = rule.list.len(),
+                list = rule.list.source(),
+                "typosquat rule on"
+            );
+        }
         let guard = Arc::new(Guard::new(
             checked.blocklist,
             checked.age,
             checked.scripts,
+            checked.typosquat,
             metrics.clone(),
         ));
         let packuments = Arc::new(Packuments::new(

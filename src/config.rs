@@ -350,6 +350,25 @@ pub(crate) struct PolicySources {
     /// The same from a directory tree of `*.json` OSV records, re-read every UPDATE_INTERVAL.
     #[arg(long, env = "OSV_FEED_DIR")]
     pub(crate) osv_feed_dir: Option<PathBuf>,
+
+    /// Names that look like a popular one: off, warn (served with a notice) or block.
+    #[arg(long, env = "TYPOSQUAT_POLICY", value_enum, default_value_t = TyposquatPolicy::Warn)]
+    pub(crate) typosquat_policy: TyposquatPolicy,
+
+    /// Packages exempt from TYPOSQUAT_POLICY: names, or /regex/ patterns, comma-separated.
+    #[arg(long, env = "TYPOSQUAT_ALLOW", value_delimiter = ',')]
+    pub(crate) typosquat_allow: Vec<String>,
+
+    /// The popular names to compare with, one per line (default: the list npg ships).
+    #[arg(long, env = "TYPOSQUAT_LIST")]
+    pub(crate) typosquat_list: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TyposquatPolicy {
+    Off,
+    Warn,
+    Block,
 }
 
 impl Settings {

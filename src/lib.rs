@@ -24,8 +24,9 @@
 //!   the breaker that takes a sick upstream as down for the whole cluster.
 //! - `budget`: the memory budget that documents being read and rendered hold.
 //! - `guard`: the rules, pure (no cluster, cache or config inside): the blocklist, the malware
-//!   list, the OSV malware advisories (`osv`), the install-script policy (`scripts`) and the
-//!   release-age gate as one policy, judged from each version's facts
+//!   list, the OSV malware advisories (`osv`), the install-script policy (`scripts`), the
+//!   release-age gate and the typosquat rule (`typosquat`: names that look like a popular
+//!   one, from the list in `data/`) as one policy, judged from each version's facts
 //!   (`npm::packument::VersionFacts`); exemption lists (`names`); how a refusal is told
 //!   (`block`: the rule and its words; `restrictions`: npm's `policyRestrictions`); the inputs'
 //!   states (`status`).

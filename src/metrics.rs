@@ -39,6 +39,11 @@ struct Kind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Action {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     result: &'static str,
 }
@@ -90,6 +95,7 @@ pub struct Metrics {
     breaker_trips: Counter,
     stale_served: Family<Why, Counter>,
     negative_hits: Counter,
+    typosquat_suspects: Family<Action, Counter>,
 }
 
 /// An open client connection, counted until dropped.
@@ -216,7 +222,14 @@ impl Default for Metrics {
             "Upstream fetches saved by remembering a miss (unknown package, version or file)",
             negative_hits.clone(),
         );
+        let typosquat_suspects = Family::default();
+        registry.register(
+            "typosquat_suspects",
+            "Requests for names that look like a popular one, by action (warn: served with a notice; block: refused)",
+            typosquat_suspects.clone(),
+        );
         Metrics {
+            typosquat_suspects,
             registry,
             breaker_state,
             breaker_trips,
@@ -321,6 +334,10 @@ impl Metrics {
 
     pub(crate) fn negative_hit(&self) {
         self.negative_hits.inc();
+    }
+
+    pub(crate) fn typosquat_suspect(&self, action: &'static str) {
+        self.typosquat_suspects.get_or_create(&Action { action }).inc();
     }
 
     /// Prometheus text exposition.

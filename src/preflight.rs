@@ -3,11 +3,12 @@
 //! check that could drift).
 
 use crate::auth::Tokens;
-use crate::config::Settings;
+use crate::config::{PolicySources, Settings, TyposquatPolicy};
 use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
 use crate::guard::names::NameSet;
 use crate::guard::scripts::ScriptGate;
+use crate::guard::typosquat::{Action, TyposquatRule, Typosquats};
 use crate::tls::TlsFiles;
 use crate::upstream;
 use anyhow::Context;
@@ -20,6 +21,8 @@ pub(crate) struct Preflight {
     pub(crate) age: Option<AgeGate>,
     /// `Some` unless INSTALL_SCRIPT_POLICY is off.
     pub(crate) scripts: Option<ScriptGate>,
+    /// `None` when TYPOSQUAT_POLICY is off.
+    pub(crate) typosquat: Option<TyposquatRule>,
     /// `Some` when AUTH_TOKENS_FILE is set.
     pub(crate) tokens: Option<Tokens>,
     /// `Some` when TLS is on.
@@ -46,6 +49,7 @@ impl Preflight {
             NameSet::parse(&settings.install_script_allow, "INSTALL_SCRIPT_ALLOW")?,
             settings.install_script_quarantine,
         );
+        let typosquat = typosquat(&settings.policy)?;
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,
@@ -55,8 +59,24 @@ impl Preflight {
             blocklist,
             age: settings.min_release_age.map(|_| gate),
             scripts,
+            typosquat,
             tokens,
             tls: TlsFiles::load(settings)?,
         })
     }
+}
+
+/// The typosquat rule TYPOSQUAT_POLICY, TYPOSQUAT_LIST and TYPOSQUAT_ALLOW make; off reads
+/// nothing.
+pub(crate) fn typosquat(sources: &PolicySources) -> anyhow::Result<Option<TyposquatRule>> {
+    let action = match sources.typosquat_policy {
+        TyposquatPolicy::Off => return Ok(None),
+        TyposquatPolicy::Warn => Action::Warn,
+        TyposquatPolicy::Block => Action::Block,
+    };
+    let list = match &sources.typosquat_list {
+        Some(path) => Typosquats::load(path).context("TYPOSQUAT_LIST")?,
+        None => Typosquats::built_in(),
+    };
+    Ok(Some(TyposquatRule::new(action, list, &sources.typosquat_allow)?))
 }

@@ -1,10 +1,13 @@
 //! Why the guard refuses or hides something, and how that is told to people: one sentence
 //! naming the rule ("blocked by the blocklist (reason)", "listed as malware by <feed>",
-//! "held by the release-age gate until <date>") and a short form for the HTTP status line.
+//! "held by the release-age gate until <date>", "a possible typosquat (looks like react, one
+//! edit away)") and a short form for the HTTP status line.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
+
+use super::typosquat::Suspect;
 
 /// The rule that hid a version; serialized as the Node NPG's `type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -23,6 +26,8 @@ pub(crate) enum Rule {
     /// The install-script policy holds the version.
     #[serde(rename = "install-script")]
     InstallScript,
+    /// The name looks like a popular one (TYPOSQUAT_POLICY=block).
+    Typosquat,
 }
 
 impl Rule {
@@ -34,6 +39,7 @@ impl Rule {
             Rule::Version => "version",
             Rule::Age => "age",
             Rule::InstallScript => "install-script",
+            Rule::Typosquat => "typosquat",
         }
     }
 }
@@ -90,6 +96,9 @@ pub struct Block {
     /// its publication time is unknown.
     #[serde(serialize_with = "rfc3339", skip_serializing_if = "Option::is_none")]
     pub(crate) until: Option<u64>,
+    /// The popular name a suspected typosquat looks like.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) like: Option<String>,
 }
 
 impl Block {
@@ -102,6 +111,7 @@ impl Block {
             source: None,
             advisory: None,
             until: None,
+            like: None,
         }
     }
 
@@ -118,6 +128,14 @@ impl Block {
                 Rule::Age,
                 format!("{published}, minimum age {}", human_duration(min_age)),
             )
+        }
+    }
+
+    /// A name refused as a suspected typosquat of `suspect.like`.
+    pub(crate) fn typosquat(suspect: &Suspect) -> Block {
+        Block {
+            like: Some(suspect.like.clone()),
+            ..Block::new(Rule::Typosquat, suspect.reason())
         }
     }
 
@@ -145,6 +163,7 @@ impl Block {
                 ),
                 None => format!("held by the install-script policy ({reason})"),
             },
+            Rule::Typosquat => format!("a possible typosquat ({reason})"),
         }
     }
 
@@ -166,6 +185,7 @@ impl Block {
                 None => format!("Held: {subject} (release-age gate, publication time unknown)"),
             },
             Rule::InstallScript => format!("Held: {subject} (install-script policy: {reason})"),
+            Rule::Typosquat => format!("Blocked: {subject} (possible typosquat: {reason})"),
         }
     }
 }
@@ -202,6 +222,7 @@ pub(crate) fn human_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guard::typosquat::Similarity;
 
     #[test]
     fn durations_as_people_write_them() {
@@ -257,5 +278,20 @@ mod tests {
             unknown.message(),
             "held by the release-age gate (publication time unknown, minimum age 1 hour)"
         );
+        let squat = Block::typosquat(&Suspect {
+            like: "react".into(),
+            how: Similarity::Edit,
+        });
+        assert_eq!(
+            squat.message(),
+            "a possible typosquat (looks like react, one edit away)"
+        );
+        assert_eq!(
+            squat.phrase("reactt"),
+            "Blocked: reactt (possible typosquat: looks like react, one edit away)"
+        );
+        let json = serde_json::to_value(&squat).unwrap();
+        assert_eq!(json["type"], "typosquat");
+        assert_eq!(json["like"], "react");
     }
 }

@@ -2,8 +2,9 @@
 //! advisories) and the release-age gate.
 //!
 //! Decision order: blocklist pattern / whole package → malware feed (`*`, then exact
-//! version) → OSV advisories → version rules of the blocklist → install-script policy →
-//! minimum release age. The current rules are one immutable `Policy` behind an `ArcSwap`: a reload or a feed update swaps it and bumps its
+//! version) → OSV advisories → typosquat (whole package, when set to block) → version rules
+//! of the blocklist → install-script policy → minimum release age. The current rules are one
+//! immutable `Policy` behind an `ArcSwap`: a reload or a feed update swaps it and bumps its
 //! version, so rendered responses cached under an older version are never served.
 
 pub mod age;
@@ -15,6 +16,7 @@ pub(crate) mod osv;
 pub(crate) mod restrictions;
 pub mod scripts;
 pub(crate) mod status;
+pub mod typosquat;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,7 @@ use malware::MalwareList;
 use osv::{Advisory, OsvList};
 use scripts::ScriptGate;
 use status::{BlocklistStatus, FeedStatus, State};
+use typosquat::{Action, Suspect, TyposquatRule};
 
 /// The block a blocklist rule makes.
 fn from_hit(hit: Hit) -> Block {
@@ -83,6 +86,8 @@ pub struct Policy {
     pub osv: Arc<OsvList>,
     pub age: Option<Arc<AgeGate>>,
     pub scripts: Option<Arc<ScriptGate>>,
+    /// `None` when TYPOSQUAT_POLICY is off.
+    pub typosquat: Option<Arc<TyposquatRule>>,
 }
 
 impl Policy {
@@ -94,7 +99,18 @@ impl Policy {
         if let Some(reason) = self.malware.whole_package(name) {
             return Some(malware(reason, self.malware.source()));
         }
-        self.osv.whole_package(name).map(advisory)
+        if let Some(found) = self.osv.whole_package(name) {
+            return Some(advisory(found));
+        }
+        // Only looked up when it blocks: with `warn` the routes ask `typosquat` themselves.
+        let rule = self.typosquat.as_deref().filter(|r| r.action == Action::Block)?;
+        rule.suspect(name).map(|suspect| Block::typosquat(&suspect))
+    }
+
+    /// The popular name `name` looks like, and what the policy does about it.
+    pub(crate) fn typosquat(&self, name: &str) -> Option<(Suspect, Action)> {
+        let rule = self.typosquat.as_deref()?;
+        Some((rule.suspect(name)?, rule.action))
     }
 
     /// A block of `name@version` by the feed or a version rule (not by age: that needs the
@@ -180,6 +196,7 @@ impl Guard {
         blocklist: Blocklist,
         age: Option<AgeGate>,
         scripts: Option<ScriptGate>,
+        typosquat: Option<TyposquatRule>,
         metrics: Arc<Metrics>,
     ) -> Guard {
         let policy = Policy {
@@ -189,6 +206,7 @@ impl Guard {
             osv: Arc::default(),
             age: age.map(Arc::new),
             scripts: scripts.map(Arc::new),
+            typosquat: typosquat.map(Arc::new),
         };
         Guard {
             policy: ArcSwap::from_pointee(policy),
@@ -271,18 +289,33 @@ impl Guard {
         update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 
-    /// Counts a block in the metrics and logs it the first time it is seen under this policy.
-    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block) {
-        self.metrics.guard_block(block.kind.as_str());
-        let key = format!("{name}@{}", version.unwrap_or("*"));
+    /// Whether `key` is logged for the first time under this policy.
+    fn first_time(&self, key: String) -> bool {
         let mut logged = self.logged.lock().expect("guard log set poisoned");
         if logged.len() >= LOGGED_MAX {
             logged.clear();
         }
-        if logged.insert(key) {
+        logged.insert(key)
+    }
+
+    /// Counts a block in the metrics and logs it the first time it is seen under this policy.
+    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block) {
+        self.metrics.guard_block(block.kind.as_str());
+        if block.kind == Rule::Typosquat {
+            self.metrics.typosquat_suspect(Action::Block.as_str());
+        }
+        if self.first_time(format!("{name}@{}", version.unwrap_or("*"))) {
             let version = version.unwrap_or("*");
             let rule = block.kind.as_str();
             tracing::warn!(package = name, version, rule, why = ?block.message(), "blocked");
+        }
+    }
+
+    /// Counts a suspected typosquat served with a warning, and logs it once under this policy.
+    pub(crate) fn warn_typosquat(&self, name: &str, suspect: &Suspect) {
+        self.metrics.typosquat_suspect(Action::Warn.as_str());
+        if self.first_time(format!("{name} typosquat")) {
+            tracing::warn!(package = name, like = %suspect.like, how = suspect.how.words(), "possible typosquat served");
         }
     }
 }
@@ -305,7 +338,7 @@ mod tests {
         let blocklist =
             Blocklist::parse("packages:\n  - name: p\n    versions: ['>=2.0.0']\n    reason: bad major\n").unwrap();
         let age = AgeGate::new(Duration::from_secs(3600), &["trusted".into()]).unwrap();
-        Guard::new(blocklist, Some(age), None, Arc::new(Metrics::default()))
+        Guard::new(blocklist, Some(age), None, None, Arc::new(Metrics::default()))
     }
 
     #[test]
@@ -376,6 +409,65 @@ mod tests {
             "{log}"
         );
         assert!(!log.contains(r#""""#), "no empty fields: {log}");
+    }
+
+    fn with_typosquats(action: Action) -> Guard {
+        let list = typosquat::Typosquats::parse("react\nlodash\n", "test").unwrap();
+        let rule = TyposquatRule::new(action, list, &["lodahs".into()]).unwrap();
+        Guard::new(
+            Blocklist::default(),
+            None,
+            None,
+            Some(rule),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn typosquats_block_as_a_whole_package_only_when_set_to_block() {
+        let blocking = with_typosquats(Action::Block);
+        let block = blocking.policy().package("reactt").unwrap();
+        assert_eq!(block.kind, Rule::Typosquat);
+        assert_eq!(block.like.as_deref(), Some("react"));
+        assert!(blocking.policy().package("react").is_none(), "the popular name itself");
+        assert!(blocking.policy().package("lodahs").is_none(), "exempt");
+        blocking.set_blocklist(Blocklist::default());
+        assert!(blocking.policy().package("reactt").is_some(), "kept across a reload");
+        let warning = with_typosquats(Action::Warn);
+        assert!(warning.policy().package("reactt").is_none());
+        let (suspect, action) = warning.policy().typosquat("reactt").unwrap();
+        assert_eq!((suspect.like.as_str(), action), ("react", Action::Warn));
+        let off = Guard::new(Blocklist::default(), None, None, None, Arc::new(Metrics::default()));
+        assert!(off.policy().typosquat("reactt").is_none());
+    }
+
+    #[test]
+    fn a_warned_typosquat_is_counted_each_time_and_logged_once() {
+        let g = with_typosquats(Action::Warn);
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let (suspect, _) = g.policy().typosquat("reactt").unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            g.warn_typosquat("reactt", &suspect);
+            g.warn_typosquat("reactt", &suspect);
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(
+            log.contains(r#"possible typosquat served package="reactt" like=react how="one edit away""#),
+            "{log}"
+        );
+        assert!(
+            g.metrics
+                .render()
+                .contains(r#"npg_typosquat_suspects_total{action="warn"} 2"#),
+            "{}",
+            g.metrics.render()
+        );
     }
 
     #[test]

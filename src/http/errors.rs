@@ -122,6 +122,10 @@ fn guidance(name: &str, version: Option<&str>, block: &Block) -> String {
             "Use an older version without the new install script, or ask your npg administrator \
              to allow the package (INSTALL_SCRIPT_ALLOW)."
         }
+        (Rule::Typosquat, _) => {
+            "Check the name; if it is the package you want, ask your npg administrator to \
+             exempt it (TYPOSQUAT_ALLOW)."
+        }
         (_, Some(_)) => "Use another version, or ask your npg administrator.",
         (_, None) => "Use another package, or ask your npg administrator.",
     };

@@ -1,5 +1,5 @@
 //! `GET /api/guard/<name>`: what the guard does with a package and why — blocked as a whole,
-//! or which versions it hides by which rule.
+//! or which versions it hides by which rule, and the popular name it looks like.
 
 use std::collections::BTreeMap;
 
@@ -34,11 +34,15 @@ pub(crate) async fn explain(State(app): State<App>, req: Request) -> Response {
 
 async fn report(app: &App, name: &PackageName) -> Result<Json<serde_json::Value>, ApiError> {
     let policy = app.guard.policy();
+    let typosquat = policy
+        .typosquat(name.as_str())
+        .map(|(suspect, action)| serde_json::json!({"like": suspect.like, "how": suspect.how, "policy": action}));
     if let Some(block) = policy.package(name.as_str()) {
         return Ok(Json(serde_json::json!({
             "package": name.as_str(),
             "policy_version": policy.version,
             "blocked": block,
+            "typosquat": typosquat,
         })));
     }
     let (pkg, _) = app.packuments.get(name).await?;
@@ -53,5 +57,6 @@ async fn report(app: &App, name: &PackageName) -> Result<Json<serde_json::Value>
         "dist_tags": tags,
         "min_release_age_applies": policy.age_gate(name.as_str()).is_some(),
         "install_script_policy": policy.script_gate(name.as_str()).map(ScriptGate::policy),
+        "typosquat": typosquat,
     })))
 }

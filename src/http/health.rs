@@ -109,6 +109,10 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "osv_entries": policy.osv.len(),
             "osv": app.guard.osv_status(),
             "blocklist": app.guard.blocklist_status(),
+            "typosquat": policy.typosquat.as_ref().map_or_else(
+                || serde_json::json!({"policy": "off"}),
+                |t| serde_json::json!({"policy": t.action, "names": t.list.len(), "list": t.list.source()}),
+            ),
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": TlsMode::Off}), |t| serde_json::json!(t.status())),

@@ -19,6 +19,7 @@ use super::{health, packument, passthrough, tarball};
 use crate::app::App;
 use crate::cluster::bus::Event;
 use crate::guard::Block;
+use crate::guard::typosquat::Action;
 use crate::npm::name::PackageName;
 use crate::npm::path::{Route, check_traversal, classify, written_package};
 use crate::proxy::packuments::{Lookup, Source};
@@ -223,12 +224,33 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
 
 async fn packument(app: &App, req: Request, name: &PackageName) -> Result<Response<Body>, ApiError> {
     let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
-    Ok(packument::packument(
-        req.headers(),
-        &pkg,
-        source,
-        &ClientCaching::new(app.client_max_age),
-    ))
+    let mut resp = packument::packument(req.headers(), &pkg, source, &ClientCaching::new(app.client_max_age));
+    warn_typosquat(app, name, &mut resp);
+    Ok(resp)
+}
+
+/// With TYPOSQUAT_POLICY=warn, a name that looks like a popular one is served with a notice
+/// (before any other), counted and logged once. `no-store`, because npm prints a notice only
+/// from responses it did not keep in its cache (and it keeps every storable one).
+fn warn_typosquat(app: &App, name: &PackageName, resp: &mut Response<Body>) {
+    let policy = app.guard.policy();
+    let Some(rule) = policy.typosquat.as_deref().filter(|r| r.action == Action::Warn) else {
+        return;
+    };
+    let Some(suspect) = rule.suspect(name.as_str()) else {
+        return;
+    };
+    app.guard.warn_typosquat(name.as_str(), &suspect);
+    let warning = format!("npg: {name} {}: possible typosquat", suspect.reason());
+    let notice = match resp.headers().get("npm-notice").and_then(|v| v.to_str().ok()) {
+        Some(other) => format!("{warning}; {other}"),
+        None => warning,
+    };
+    if let Ok(notice) = HeaderValue::from_str(&notice) {
+        resp.headers_mut().insert("npm-notice", notice);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
@@ -246,14 +268,16 @@ async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Res
     } else {
         (pkg, source)
     };
-    packument::version(
+    let mut resp = packument::version(
         req.headers(),
         &pkg,
         source,
         &ClientCaching::new(app.client_max_age),
         name,
         spec,
-    )
+    )?;
+    warn_typosquat(app, name, &mut resp);
+    Ok(resp)
 }
 
 /// `GET /-/package/<name>/dist-tags`, from the filtered packument, so tags are no bypass.

@@ -54,7 +54,7 @@ mod tests {
     fn a_vanished_file_keeps_the_rules_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blacklist.yml");
-        let guard = Guard::new(Blocklist::default(), None, None, Arc::new(Metrics::default()));
+        let guard = Guard::new(Blocklist::default(), None, None, None, Arc::new(Metrics::default()));
         let had_file = AtomicBool::new(false);
         reload(&guard, &path, "test", &had_file);
         assert_eq!(

@@ -320,7 +320,7 @@ mod tests {
         "affected":[{"package":{"ecosystem":"npm","name":"evil"},"versions":["1.0.1"]}]}"#;
 
     fn reader(dir: &Path) -> DirReader {
-        let guard = Guard::new(Default::default(), None, None, Arc::new(Metrics::default()));
+        let guard = Guard::new(Default::default(), None, None, None, Arc::new(Metrics::default()));
         DirReader {
             dir: dir.to_path_buf(),
             guard: Arc::new(guard),

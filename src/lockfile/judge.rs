@@ -98,6 +98,7 @@ impl Judge {
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
             osv: Arc::new(crate::jobs::osv::load_offline(sources)?),
+            typosquat: crate::preflight::typosquat(sources)?.map(Arc::new),
             ..Policy::default()
         };
         Ok(Judge::Offline {

@@ -30,6 +30,7 @@ fn bad_cases(dir: &Path) -> Vec<Case> {
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
     std::fs::write(dir.join("tokens"), "not a token line\n").unwrap();
+    std::fs::write(dir.join("popular.txt"), "react\nNot A Name\n").unwrap();
     vec![
         (
             "BLACKLIST_PATH",
@@ -82,6 +83,8 @@ fn bad_cases(dir: &Path) -> Vec<Case> {
             None,
             vec![("UPSTREAM_AUTH_FILE", path("missing"))],
         ),
+        ("TYPOSQUAT_LIST", None, vec![("TYPOSQUAT_LIST", path("popular.txt"))]),
+        ("TYPOSQUAT_ALLOW", None, vec![("TYPOSQUAT_ALLOW", "/(/".into())]),
     ]
 }
 

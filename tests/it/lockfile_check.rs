@@ -15,7 +15,7 @@ const RULES: &str = "packages:\n  - name: npg-fixture-b\n    versions: ['1.0.1']
 const DEPENDENCIES: &[(&str, &str)] = &[("npg-fixture-a", "^2.0.0")];
 const BLOCKED_LINE: &str = "npg-fixture-b@1.0.1: version, compromised release";
 
-fn lockfile_check(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn lockfile_check(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_npg"));
     cmd.env_clear().arg("lockfile").arg("check").args(args);
     for (k, v) in env {

@@ -29,4 +29,5 @@ mod redis_eviction;
 mod redis_shared;
 mod sick_upstream;
 mod tarball_hardening;
+mod typosquat;
 mod upstream_hardening;
