@@ -39,6 +39,7 @@ static POLICIES: LazyLock<[Policy; 2]> = LazyLock::new(|| {
         blocklist: blocklist.clone(),
         malware: Arc::default(),
         age,
+        signatures: Arc::default(),
     })
 });
 

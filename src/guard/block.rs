@@ -20,6 +20,8 @@ pub(crate) enum Rule {
     Version,
     /// The release-age gate holds the version.
     Age,
+    /// SIGNATURE_POLICY refuses its registry signature.
+    Signature,
 }
 
 impl Rule {
@@ -30,6 +32,7 @@ impl Rule {
             Rule::Malware => "malware",
             Rule::Version => "version",
             Rule::Age => "age",
+            Rule::Signature => "signature",
         }
     }
 }
@@ -122,6 +125,7 @@ impl Block {
                 Some(until) => format!("held by the release-age gate until {} ({reason})", format_ms(until)),
                 None => format!("held by the release-age gate ({reason})"),
             },
+            Rule::Signature => format!("refused by the signature policy ({reason})"),
         }
     }
 
@@ -142,6 +146,7 @@ impl Block {
                 Some(until) => format!("Held: {subject} (release-age gate until {})", format_ms(until)),
                 None => format!("Held: {subject} (release-age gate, publication time unknown)"),
             },
+            Rule::Signature => format!("Blocked: {subject} ({reason})"),
         }
     }
 }
@@ -218,6 +223,12 @@ mod tests {
         let json = serde_json::to_value(&age).unwrap();
         assert_eq!(json["type"], "age");
         assert_eq!(json["until"], "1970-01-04T00:00:00Z");
+        let signature = Block::new(Rule::Signature, "no registry signature");
+        assert_eq!(
+            signature.message(),
+            "refused by the signature policy (no registry signature)"
+        );
+        assert_eq!(signature.phrase("p@1.0.0"), "Blocked: p@1.0.0 (no registry signature)");
         let unknown = Block::age(None, None, Duration::from_secs(3600));
         assert_eq!(
             unknown.message(),

@@ -10,6 +10,7 @@ pub(crate) mod block;
 pub mod blocklist;
 pub(crate) mod malware;
 pub(crate) mod restrictions;
+pub mod signatures;
 pub(crate) mod status;
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +24,8 @@ use age::AgeGate;
 pub(crate) use block::{Block, FeedSource, Rule};
 use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
-use status::{BlocklistStatus, FeedStatus, State};
+use signatures::{SigStates, Signatures};
+use status::{BlocklistStatus, FeedStatus, KeysStatus, State};
 
 /// The block a blocklist rule makes.
 fn from_hit(hit: Hit) -> Block {
@@ -63,6 +65,8 @@ pub struct Policy {
     pub blocklist: Arc<Blocklist>,
     pub malware: Arc<MalwareList>,
     pub age: Option<Arc<AgeGate>>,
+    /// SIGNATURE_POLICY and the upstream's signing keys.
+    pub signatures: Arc<Signatures>,
 }
 
 impl Policy {
@@ -121,6 +125,16 @@ impl Policy {
         }
         verdict
     }
+
+    /// Hides what the signature policy refuses among `states` (after `judge`: a version
+    /// another rule hides keeps that rule's block).
+    pub(crate) fn judge_signatures(&self, states: &SigStates, verdict: &mut Verdict) {
+        for (version, state) in states {
+            if let Some(block) = self.signatures.block(state) {
+                verdict.hidden.entry(version.clone()).or_insert(block);
+            }
+        }
+    }
 }
 
 /// Remembered blocks, so each is logged once (cleared when it grows past this).
@@ -133,6 +147,7 @@ pub(crate) struct Guard {
     blocklist_status: Mutex<BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
+    keys_status: Mutex<KeysStatus>,
 }
 
 impl Guard {
@@ -142,6 +157,7 @@ impl Guard {
             blocklist: Arc::new(blocklist),
             malware: Arc::default(),
             age: age.map(Arc::new),
+            signatures: Arc::default(),
         };
         Guard {
             policy: ArcSwap::from_pointee(policy),
@@ -153,6 +169,7 @@ impl Guard {
             blocklist_status: Mutex::new(BlocklistStatus::ok()),
             logged: Mutex::default(),
             metrics,
+            keys_status: Mutex::default(),
         }
     }
 
@@ -177,6 +194,7 @@ impl Guard {
             blocklist: blocklist.clone(),
             malware: old.malware.clone(),
             age: old.age.clone(),
+            signatures: old.signatures.clone(),
         });
     }
 
@@ -186,7 +204,28 @@ impl Guard {
             blocklist: old.blocklist.clone(),
             malware: malware.clone(),
             age: old.age.clone(),
+            signatures: old.signatures.clone(),
         });
+    }
+
+    /// New signature rules (the mode at start, new keys from the keys job).
+    pub(crate) fn set_signatures(&self, signatures: Signatures) {
+        let signatures = Arc::new(signatures);
+        self.swap(|old| Policy {
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            blocklist: old.blocklist.clone(),
+            malware: old.malware.clone(),
+            age: old.age.clone(),
+            signatures: signatures.clone(),
+        });
+    }
+
+    pub(crate) fn keys_status(&self) -> KeysStatus {
+        self.keys_status.lock().expect("keys status poisoned").clone()
+    }
+
+    pub(crate) fn update_keys_status(&self, update: impl FnOnce(&mut KeysStatus)) {
+        update(&mut self.keys_status.lock().expect("keys status poisoned"));
     }
 
     pub(crate) fn feed_status(&self) -> FeedStatus {

@@ -263,6 +263,7 @@ mod tests {
             blocklist: Default::default(),
             malware: Default::default(),
             age: None,
+            signatures: Default::default(),
         };
         let Err(err) = render(&name, raw, &meta, &policy, "http://127.0.0.1:1", 0) else {
             panic!("rendered a document that is not JSON")

@@ -98,6 +98,7 @@ impl Judge {
             blocklist: Arc::new(blocklist),
             malware: Arc::new(malware),
             age: None,
+            signatures: Arc::default(),
         };
         Ok(Judge::Offline {
             policy,

@@ -171,6 +171,17 @@ impl<'a> Document<'a> {
         index
     }
 
+    /// Each version's `dist` (what its registry signatures cover), none where it has none.
+    pub(crate) fn dists(&self) -> Vec<(&str, Option<Value>)> {
+        #[derive(serde::Deserialize)]
+        struct DistOnly {
+            #[serde(default)]
+            dist: Option<Value>,
+        }
+        let dist = |raw: &RawValue| serde_json::from_str::<DistOnly>(raw.get()).ok().and_then(|d| d.dist);
+        self.versions.iter().map(|(v, raw)| (v.as_str(), dist(raw))).collect()
+    }
+
     /// The dist-tags as a map.
     pub(crate) fn index_tags(&self) -> HashMap<String, String> {
         let tags = self.tags.iter().flatten();

@@ -13,6 +13,7 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::budget::BudgetError;
+use crate::guard::signatures::{SigState, SigStates, Signatures};
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
 use crate::npm::packument::{DocError, Document, Index, Manifests};
@@ -80,6 +81,10 @@ pub struct Package {
     /// Every upstream version with its publication time: enough to judge a new policy
     /// without parsing the document again.
     pub(crate) times: Arc<Vec<(String, Option<u64>)>>,
+    /// Each upstream version's registry signature (none when SIGNATURE_POLICY is off), and
+    /// the rules and keys they were checked under.
+    pub(crate) signatures: Arc<SigStates>,
+    pub(crate) signed_under: Arc<Signatures>,
     /// Told to npm users in an `npm-notice` header when versions are hidden.
     pub(crate) notice: Option<String>,
     /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
@@ -115,10 +120,15 @@ impl Package {
     }
 
     /// Under a new policy: the same rendering when the policy hides the same versions for the
-    /// same reasons (most policy changes concern other packages), else `None`.
+    /// same reasons (most policy changes concern other packages), else `None`. New signature
+    /// rules (new keys) need the document again.
     pub(crate) fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
+        if !Arc::ptr_eq(&policy.signatures, &self.signed_under) {
+            return None;
+        }
         let times = self.times.iter().map(|(v, t)| (v.as_str(), *t));
-        let verdict = policy.judge(self.name.as_str(), times, now_ms);
+        let mut verdict = policy.judge(self.name.as_str(), times, now_ms);
+        policy.judge_signatures(&self.signatures, &mut verdict);
         (verdict.hidden == *self.hidden).then(|| {
             Arc::new(Package {
                 policy_version: policy.version,
@@ -188,7 +198,9 @@ pub fn render(
     let mut doc = Document::parse(&plain, name)?;
     let mut index = doc.index(name);
     let times = doc.publication_times();
-    let verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);
+    let mut verdict = policy.judge(name.as_str(), times.iter().map(|(v, t)| (v.as_str(), *t)), now_ms);
+    let signatures = check_signatures(name, &doc, &times, policy);
+    policy.judge_signatures(&signatures, &mut verdict);
     if !verdict.hidden.is_empty() {
         doc.hide(|v| verdict.hidden.contains_key(v));
         index.versions.retain(|v| !verdict.hidden.contains_key(v));
@@ -208,6 +220,8 @@ pub fn render(
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
         times,
+        signatures: Arc::new(signatures),
+        signed_under: policy.signatures.clone(),
         notice,
         raw_gz,
         upstream_etag: meta.etag.clone(),
@@ -217,6 +231,26 @@ pub fn render(
         policy_version: policy.version,
         valid_until_ms: verdict.valid_until_ms,
     })
+}
+
+/// Each version's registry signature state, when the signature policy is on; the bad ones
+/// logged (once per rendering, which follows a new document or new rules).
+fn check_signatures(name: &PackageName, doc: &Document, times: &[(String, Option<u64>)], policy: &Policy) -> SigStates {
+    let rules = &policy.signatures;
+    if !rules.on() {
+        return SigStates::new();
+    }
+    let published: HashMap<&str, Option<u64>> = times.iter().map(|(v, t)| (v.as_str(), *t)).collect();
+    let mut states = SigStates::with_capacity(times.len());
+    for (version, dist) in doc.dists() {
+        let at = published.get(version).copied().flatten();
+        let state = rules.keys.check(name.as_str(), version, dist.as_ref(), at);
+        if matches!(state, SigState::Invalid { .. } | SigState::UnknownKey { .. }) && !rules.keys.is_empty() {
+            tracing::warn!(package = %name, version, signature = ?state, "registry signature not valid");
+        }
+        states.insert(version.to_string(), state);
+    }
+    states
 }
 
 /// `npg: 2 of 9 versions of foo hidden (malware: 1, age: 1)`; ASCII, fit for a header.
@@ -248,6 +282,7 @@ mod tests {
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
             malware: Arc::default(),
             age: None,
+            signatures: Arc::default(),
         }
     }
 
