@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::guard::signatures::SignatureMode;
 use crate::upstream::origins::Origin;
 use crate::upstream::redact::redact_url;
 use crate::upstream::{self, UpstreamAuth};
@@ -306,6 +307,16 @@ pub(crate) struct Settings {
     /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
     pub(crate) auth_tokens_file: Option<PathBuf>,
+
+    /// What a bad npm registry signature does: off, warn (count and log), hide-invalid
+    /// (also signatures by keys the registry does not publish), hide-unsigned (also unsigned).
+    #[arg(long, env = "SIGNATURE_POLICY", value_enum, default_value_t = SignatureMode::Warn)]
+    pub(crate) signature_policy: SignatureMode,
+
+    /// How often the registry's signing keys (`<REGISTRY_URL>-/npm/v1/keys`) are fetched
+    /// again; the last good copy is kept under MALWARE_LIST_DIR/registry-keys/.
+    #[arg(long, env = "SIGNATURE_KEYS_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) signature_keys_interval: Duration,
 }
 
 /// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile

@@ -64,6 +64,11 @@ struct Why {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SigLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Deadline {
     deadline: &'static str,
 }
@@ -89,6 +94,7 @@ pub struct Metrics {
     breaker_trips: Counter,
     stale_served: Family<Why, Counter>,
     negative_hits: Counter,
+    signature_checks: Family<SigLabel, Counter>,
 }
 
 /// An open client connection, counted until dropped.
@@ -209,7 +215,14 @@ impl Default for Metrics {
             "Upstream fetches saved by remembering a miss (unknown package, version or file)",
             negative_hits.clone(),
         );
+        let signature_checks = Family::default();
+        registry.register(
+            "signature_checks",
+            "Registry signatures checked at rendering, by state (valid, invalid, unsigned, unknown_key)",
+            signature_checks.clone(),
+        );
         Metrics {
+            signature_checks,
             registry,
             breaker_state,
             breaker_trips,
@@ -309,6 +322,14 @@ impl Metrics {
 
     pub(crate) fn negative_hit(&self) {
         self.negative_hits.inc();
+    }
+
+    /// Counts the signature states of one rendering.
+    pub(crate) fn signatures(&self, states: &crate::guard::signatures::SigStates) {
+        for state in states.values() {
+            let label = SigLabel { state: state.as_str() };
+            self.signature_checks.get_or_create(&label).inc();
+        }
     }
 
     /// Prometheus text exposition.
