@@ -26,5 +26,6 @@ mod proxy;
 mod redis_eviction;
 mod redis_shared;
 mod sick_upstream;
+mod signatures;
 mod tarball_hardening;
 mod upstream_hardening;
