@@ -324,11 +324,10 @@ impl Metrics {
         self.negative_hits.inc();
     }
 
-    /// Counts the signature states of one rendering.
-    pub(crate) fn signatures(&self, states: &crate::guard::signatures::SigStates) {
-        for state in states.values() {
-            let label = SigLabel { state: state.as_str() };
-            self.signature_checks.get_or_create(&label).inc();
+    /// Counts the registry signature states of one rendering (`SigState::as_str`).
+    pub(crate) fn signatures(&self, states: impl Iterator<Item = &'static str>) {
+        for state in states {
+            self.signature_checks.get_or_create(&SigLabel { state }).inc();
         }
     }
 

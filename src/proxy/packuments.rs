@@ -525,7 +525,7 @@ impl Inner {
         let rendered = rendered.await?;
         drop(reservation);
         if let Ok(pkg) = &rendered {
-            self.metrics.signatures(&pkg.signatures);
+            self.metrics.signatures(pkg.signatures.values().map(|s| s.as_str()));
         }
         rendered
     }
