@@ -276,13 +276,16 @@ mod tests {
     use super::*;
     use crate::guard::blocklist::Blocklist;
 
+    static SIGNATURES: std::sync::LazyLock<Arc<Signatures>> = std::sync::LazyLock::new(Arc::default);
+
     fn policy(version: u64, rules: &str) -> Policy {
         Policy {
             version,
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
             malware: Arc::default(),
             age: None,
-            signatures: Arc::default(),
+            // One set of signature rules for every policy, as a running npg carries it over.
+            signatures: SIGNATURES.clone(),
         }
     }
 
@@ -345,5 +348,10 @@ mod tests {
             p.rejudged(&policy(3, "packages:\n  - name: a\n    versions: ['1.0.0']\n"), 0)
                 .is_none()
         );
+        let new_keys = Policy {
+            signatures: Arc::default(),
+            ..policy(4, "")
+        };
+        assert!(p.rejudged(&new_keys, 0).is_none(), "new keys: signatures checked again");
     }
 }

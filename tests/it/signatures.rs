@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::clients::{Client, Project};
+use crate::support::http::ABBREVIATED;
 use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
 use crate::support::upstream::{Failure, FakeRegistry};
@@ -62,6 +63,13 @@ async fn npm_audit_signatures_verifies_through_npg() {
     let keys = support::http::get(&format!("{}/-/npm/v1/keys", npg.proxy_url), &[]).await;
     assert_eq!(keys.status.as_u16(), 200);
     assert_eq!(keys.json()["keys"][0]["keyid"], up.keyid().as_str());
+    for accept in ["application/json", ABBREVIATED] {
+        let doc = support::http::get(&format!("{}/npg-fixture-a", npg.proxy_url), &[("accept", accept)]).await;
+        let signatures = &doc.json()["versions"]["2.0.0"]["dist"]["signatures"];
+        let upstream = &up.packument_json("npg-fixture-a")["versions"]["2.0.0"]["dist"]["signatures"];
+        assert!(upstream.is_array());
+        assert_eq!(signatures, upstream, "dist.signatures served intact ({accept})");
+    }
     let asked = up.requests(KEYS_PATH);
     let registry = npg.proxy_url.clone();
     let text = tokio::task::spawn_blocking(move || {
