@@ -4,13 +4,15 @@
 //! signature of `<name>@<version>:<integrity>`; a keyid the upstream does not publish, or a key
 //! that expired before the version was published (`time[version]`), does not count.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use ring::signature::{ECDSA_P256_SHA256_ASN1, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, SubjectPublicKeyInfo};
 
@@ -21,6 +23,9 @@ use super::block::{Block, Rule};
 const MISSING_TIME_MS: u64 = 1_420_070_400_000;
 /// The only scheme npm signs with.
 const SCHEME: &str = "ecdsa-sha2-nistp256";
+/// Signatures remembered as verified (32 bytes each; cleared when full): a packument rendered
+/// again (a new version, the cached rendering evicted) verifies only what it did not before.
+const VERIFIED_MAX: usize = 100_000;
 
 /// Why the keys document is unusable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,12 +47,14 @@ struct RegistryKey {
 }
 
 /// The upstream's signing keys, with the document they came in (served to clients as is).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RegistryKeys {
     keys: Vec<RegistryKey>,
     /// The document as fetched; none when the upstream publishes no keys (404) or none were
     /// loaded yet.
     body: Option<Bytes>,
+    /// SHA-256 of (keyid, message, signature) of the signatures these keys verified.
+    verified: Mutex<HashSet<[u8; 32]>>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +117,11 @@ impl RegistryKeys {
                 point,
             });
         }
-        Ok(RegistryKeys { keys, body: Some(body) })
+        Ok(RegistryKeys {
+            keys,
+            body: Some(body),
+            verified: Mutex::default(),
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -155,6 +166,17 @@ impl RegistryKeys {
                 Ok(point) => point,
                 Err(why) => return SigState::invalid(format!("key {keyid}: {why}")),
             };
+            let seen: [u8; 32] = Sha256::new()
+                .chain_update(keyid)
+                .chain_update([0])
+                .chain_update(&message)
+                .chain_update([0])
+                .chain_update(sig)
+                .finalize()
+                .into();
+            if self.verified().contains(&seen) {
+                continue;
+            }
             let Ok(der) = base64::engine::general_purpose::STANDARD.decode(sig) else {
                 return SigState::invalid(format!("signature by {keyid} is not base64"));
             };
@@ -162,8 +184,17 @@ impl RegistryKeys {
             if public.verify(message.as_bytes(), &der).is_err() {
                 return SigState::invalid(format!("signature by {keyid} does not match {name}@{version}"));
             }
+            let mut verified = self.verified();
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+            verified.insert(seen);
         }
         SigState::Valid
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.verified.lock().expect("verified signatures poisoned")
     }
 }
 
@@ -314,8 +345,21 @@ pub(crate) mod tests {
     fn a_valid_signature_verifies() {
         let key = TestKey::new();
         let sig = key.sign(&format!("p@1.0.0:{INTEGRITY}"));
-        let state = keys(&key, None).check("p", "1.0.0", Some(&dist("SHA256:test", &sig)), Some(0));
+        let keys = keys(&key, None);
+        let state = keys.check("p", "1.0.0", Some(&dist("SHA256:test", &sig)), Some(0));
         assert_eq!(state, SigState::Valid);
+        assert_eq!(keys.verified().len(), 1, "remembered");
+        assert_eq!(
+            keys.check("p", "1.0.0", Some(&dist("SHA256:test", &sig)), Some(0)),
+            SigState::Valid
+        );
+        let other = key.sign("p@1.0.0:sha512-other");
+        let state = keys.check("p", "1.0.0", Some(&dist("SHA256:test", &other)), Some(0));
+        assert_eq!(
+            state.as_str(),
+            "invalid",
+            "only the very signature verified is remembered"
+        );
     }
 
     #[test]
