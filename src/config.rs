@@ -657,6 +657,27 @@ mod tests {
     }
 
     #[test]
+    fn signature_settings() {
+        let defaults = parse(&[]).unwrap().settings;
+        assert_eq!(defaults.signature_policy, SignatureMode::Warn);
+        assert_eq!(defaults.signature_keys_interval, Duration::from_secs(3600));
+        let cli = parse(&[
+            "--signature-policy",
+            "hide-unsigned",
+            "--signature-keys-interval",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.signature_policy, SignatureMode::HideUnsigned);
+        assert_eq!(cli.settings.signature_keys_interval, Duration::from_secs(600));
+        let err = parse(&["--signature-policy", "strict"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--signature-policy") && err.contains("hide-invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn redis_settings_as_the_node_npg() {
         let cli = parse(&["--redis-host", "cache", "--redis-password", "p@ss", "--redis-db", "2"]).unwrap();
         assert!(!cli.settings.redis_enabled());
