@@ -259,7 +259,8 @@ impl Upstream {
         let fetch = async {
             let url = self.url(KEYS_PATH);
             let req = self.decoding.get(&url).header(header::ACCEPT, "application/json");
-            let resp = self.send("keys", req, self.settings.timeout, Watch::Own).await?;
+            // Not a health signal: a registry failing only its keys still serves packages.
+            let resp = self.send("keys", req, self.settings.timeout, Watch::Relayed).await?;
             match resp.status() {
                 StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
                 s if !s.is_success() => return Err(UpstreamError::Status(s.as_u16())),
