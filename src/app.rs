@@ -161,6 +161,8 @@ impl App {
         };
         crate::jobs::feed::spawn(&jobs, refresher.clone(), settings);
         crate::jobs::osv::spawn(&jobs, refresher, settings);
+        let (guard, upstream) = (self.guard.clone(), self.upstream.clone());
+        crate::jobs::keys::spawn(&jobs, guard, upstream, self.redis.clone(), settings);
         if let (Some(auth), Some(path)) = (&self.auth, &settings.auth_tokens_file) {
             crate::jobs::tokens::spawn(&jobs, auth.clone(), self.metrics.clone(), path.clone());
         }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::guard::scripts::ScriptPolicy;
+use crate::guard::signatures::SignatureMode;
 use crate::upstream::origins::Origin;
 use crate::upstream::redact::redact_url;
 use crate::upstream::{self, UpstreamAuth};
@@ -320,6 +321,16 @@ pub(crate) struct Settings {
     /// from `npg hash-token`), reloaded on change; unset = no tokens needed.
     #[arg(long, env = "AUTH_TOKENS_FILE")]
     pub(crate) auth_tokens_file: Option<PathBuf>,
+
+    /// What a bad npm registry signature does: off, warn (count and log), hide-invalid
+    /// (also signatures by keys the registry does not publish), hide-unsigned (also unsigned).
+    #[arg(long, env = "SIGNATURE_POLICY", value_enum, default_value_t = SignatureMode::Warn)]
+    pub(crate) signature_policy: SignatureMode,
+
+    /// How often the registry's signing keys (`<REGISTRY_URL>-/npm/v1/keys`) are fetched
+    /// again; the last good copy is kept under MALWARE_LIST_DIR/registry-keys/.
+    #[arg(long, env = "SIGNATURE_KEYS_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) signature_keys_interval: Duration,
 }
 
 /// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile
@@ -713,6 +724,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--osv-feed-url"), "{err}");
+    }
+
+    #[test]
+    fn signature_settings() {
+        let defaults = parse(&[]).unwrap().settings;
+        assert_eq!(defaults.signature_policy, SignatureMode::Warn);
+        assert_eq!(defaults.signature_keys_interval, Duration::from_secs(3600));
+        let cli = parse(&[
+            "--signature-policy",
+            "hide-unsigned",
+            "--signature-keys-interval",
+            "10m",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.signature_policy, SignatureMode::HideUnsigned);
+        assert_eq!(cli.settings.signature_keys_interval, Duration::from_secs(600));
+        let err = parse(&["--signature-policy", "strict"]).unwrap_err().to_string();
+        assert!(
+            err.contains("--signature-policy") && err.contains("hide-invalid"),
+            "{err}"
+        );
     }
 
     #[test]

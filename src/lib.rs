@@ -29,12 +29,14 @@
 //!   one, from the list in `data/`) as one policy, judged from each version's facts
 //!   (`npm::packument::VersionFacts`); exemption lists (`names`); how a refusal is told
 //!   (`block`: the rule and its words; `restrictions`: npm's `policyRestrictions`); the inputs'
-//!   states (`status`).
+//!   states (`status`); npm registry signatures checked against the registry's keys
+//!   (`signatures`).
 //! - `jobs`: the background work and its one owner, stopped on SIGTERM with its Redis leases
 //!   released: the changes follower (`changes`, and the listener that drops what other
 //!   replicas report as changed), the malware feed refresher and its kept copy (`feed`, generic
 //!   over a `Source`), the OSV advisories from a URL through it or from a directory (`osv`), the
-//!   blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`).
+//!   blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`), the registry's
+//!   signing keys (`keys`: fetched, shared in the cluster, kept on disk).
 //! - `cluster`: the one place that speaks Redis: the connection and its health, leases
 //!   (`Locker`, `hold_while`), shared documents and values, certificate `Storage`, the event bus.
 //! - `tls`: rustls, the certificate resolver, ACME (`acme`: orders under a lease, renewal in the

@@ -69,6 +69,11 @@ struct Why {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SigLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Deadline {
     deadline: &'static str,
 }
@@ -96,6 +101,7 @@ pub struct Metrics {
     stale_served: Family<Why, Counter>,
     negative_hits: Counter,
     typosquat_suspects: Family<Action, Counter>,
+    signature_checks: Family<SigLabel, Counter>,
 }
 
 /// An open client connection, counted until dropped.
@@ -228,7 +234,14 @@ impl Default for Metrics {
             "Requests for names that look like a popular one, by action (warn: served with a notice; block: refused)",
             typosquat_suspects.clone(),
         );
+        let signature_checks = Family::default();
+        registry.register(
+            "signature_checks",
+            "Registry signatures checked at rendering, by state (valid, invalid, unsigned, unknown_key)",
+            signature_checks.clone(),
+        );
         Metrics {
+            signature_checks,
             typosquat_suspects,
             registry,
             breaker_state,
@@ -338,6 +351,13 @@ impl Metrics {
 
     pub(crate) fn typosquat_suspect(&self, action: &'static str) {
         self.typosquat_suspects.get_or_create(&Action { action }).inc();
+    }
+
+    /// Counts the registry signature states of one rendering (`SigState::as_str`).
+    pub(crate) fn signatures(&self, states: impl Iterator<Item = &'static str>) {
+        for state in states {
+            self.signature_checks.get_or_create(&SigLabel { state }).inc();
+        }
     }
 
     /// Prometheus text exposition.

@@ -28,6 +28,8 @@ pub(crate) enum Rule {
     InstallScript,
     /// The name looks like a popular one (TYPOSQUAT_POLICY=block).
     Typosquat,
+    /// SIGNATURE_POLICY refuses its registry signature.
+    Signature,
 }
 
 impl Rule {
@@ -40,6 +42,7 @@ impl Rule {
             Rule::Age => "age",
             Rule::InstallScript => "install-script",
             Rule::Typosquat => "typosquat",
+            Rule::Signature => "signature",
         }
     }
 }
@@ -164,6 +167,7 @@ impl Block {
                 None => format!("held by the install-script policy ({reason})"),
             },
             Rule::Typosquat => format!("a possible typosquat ({reason})"),
+            Rule::Signature => format!("refused by the signature policy ({reason})"),
         }
     }
 
@@ -186,6 +190,7 @@ impl Block {
             },
             Rule::InstallScript => format!("Held: {subject} (install-script policy: {reason})"),
             Rule::Typosquat => format!("Blocked: {subject} (possible typosquat: {reason})"),
+            Rule::Signature => format!("Blocked: {subject} ({reason})"),
         }
     }
 }
@@ -273,6 +278,12 @@ mod tests {
             "Held: p@1.0.1 (install-script policy: adds install scripts that 1.0.0 did not run)"
         );
         assert_eq!(serde_json::to_value(&script).unwrap()["type"], "install-script");
+        let signature = Block::new(Rule::Signature, "no registry signature");
+        assert_eq!(
+            signature.message(),
+            "refused by the signature policy (no registry signature)"
+        );
+        assert_eq!(signature.phrase("p@1.0.0"), "Blocked: p@1.0.0 (no registry signature)");
         let unknown = Block::age(None, None, Duration::from_secs(3600));
         assert_eq!(
             unknown.message(),

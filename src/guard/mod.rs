@@ -15,6 +15,7 @@ pub mod names;
 pub(crate) mod osv;
 pub(crate) mod restrictions;
 pub mod scripts;
+pub mod signatures;
 pub(crate) mod status;
 pub mod typosquat;
 
@@ -32,7 +33,8 @@ use blocklist::{Blocklist, Hit};
 use malware::MalwareList;
 use osv::{Advisory, OsvList};
 use scripts::ScriptGate;
-use status::{BlocklistStatus, FeedStatus, State};
+use signatures::{SigStates, Signatures};
+use status::{BlocklistStatus, FeedStatus, KeysStatus, State};
 use typosquat::{Action, Suspect, TyposquatRule};
 
 /// The block a blocklist rule makes.
@@ -88,6 +90,8 @@ pub struct Policy {
     pub scripts: Option<Arc<ScriptGate>>,
     /// `None` when TYPOSQUAT_POLICY is off.
     pub typosquat: Option<Arc<TyposquatRule>>,
+    /// SIGNATURE_POLICY and the upstream's signing keys.
+    pub signatures: Arc<Signatures>,
 }
 
 impl Policy {
@@ -176,6 +180,16 @@ impl Policy {
         }
         verdict
     }
+
+    /// Hides what the signature policy refuses among `states` (after `judge`: a version
+    /// another rule hides keeps that rule's block).
+    pub(crate) fn judge_signatures(&self, states: &SigStates, verdict: &mut Verdict) {
+        for (version, state) in states {
+            if let Some(block) = self.signatures.block(state) {
+                verdict.hidden.entry(version.clone()).or_insert(block);
+            }
+        }
+    }
 }
 
 /// Remembered blocks, so each is logged once (cleared when it grows past this).
@@ -189,6 +203,7 @@ pub(crate) struct Guard {
     blocklist_status: Mutex<BlocklistStatus>,
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
+    keys_status: Mutex<KeysStatus>,
 }
 
 impl Guard {
@@ -207,6 +222,7 @@ impl Guard {
             age: age.map(Arc::new),
             scripts: scripts.map(Arc::new),
             typosquat: typosquat.map(Arc::new),
+            signatures: Arc::default(),
         };
         Guard {
             policy: ArcSwap::from_pointee(policy),
@@ -222,6 +238,7 @@ impl Guard {
             blocklist_status: Mutex::new(BlocklistStatus::ok()),
             logged: Mutex::default(),
             metrics,
+            keys_status: Mutex::default(),
         }
     }
 
@@ -262,6 +279,24 @@ impl Guard {
             osv: osv.clone(),
             ..old.clone()
         });
+    }
+
+    /// New signature rules (the mode at start, new keys from the keys job).
+    pub(crate) fn set_signatures(&self, signatures: Signatures) {
+        let signatures = Arc::new(signatures);
+        self.swap(|old| Policy {
+            version: self.next_version.fetch_add(1, Ordering::Relaxed),
+            signatures: signatures.clone(),
+            ..old.clone()
+        });
+    }
+
+    pub(crate) fn keys_status(&self) -> KeysStatus {
+        self.keys_status.lock().expect("keys status poisoned").clone()
+    }
+
+    pub(crate) fn update_keys_status(&self, update: impl FnOnce(&mut KeysStatus)) {
+        update(&mut self.keys_status.lock().expect("keys status poisoned"));
     }
 
     pub(crate) fn feed_status(&self) -> FeedStatus {

@@ -94,3 +94,20 @@ pub(crate) struct FeedStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) last_error: Option<String>,
 }
+
+/// The registry signing keys' state, for `/api/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct KeysStatus {
+    pub(crate) state: State,
+    /// How many keys are in force.
+    pub(crate) count: usize,
+    /// The upstream's keys endpoint answered 404: it publishes none.
+    pub(crate) none_published: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<ListOrigin>,
+    /// When the keys in force were fetched from upstream (unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fetched_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_error: Option<String>,
+}

@@ -48,6 +48,11 @@ async fn report(app: &App, name: &PackageName) -> Result<Json<serde_json::Value>
     let (pkg, _) = app.packuments.get(name).await?;
     let hidden: BTreeMap<_, _> = pkg.hidden.iter().collect();
     let tags: BTreeMap<_, _> = pkg.index.dist_tags.iter().collect();
+    let signed: BTreeMap<_, _> = pkg.signatures.iter().collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for state in pkg.signatures.values() {
+        *counts.entry(state.as_str()).or_default() += 1;
+    }
     Ok(Json(serde_json::json!({
         "package": name.as_str(),
         "policy_version": pkg.policy_version,
@@ -58,5 +63,6 @@ async fn report(app: &App, name: &PackageName) -> Result<Json<serde_json::Value>
         "min_release_age_applies": policy.age_gate(name.as_str()).is_some(),
         "install_script_policy": policy.script_gate(name.as_str()).map(ScriptGate::policy),
         "typosquat": typosquat,
+        "signatures": {"policy": pkg.signed_under.mode, "counts": counts, "versions": signed},
     })))
 }

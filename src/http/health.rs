@@ -11,8 +11,10 @@ use super::observe::RouteLabel;
 use crate::app::App;
 use crate::auth::Permission;
 use crate::cluster::redis::RedisState;
+use crate::guard::Policy;
 use crate::guard::block::human_duration;
 use crate::guard::scripts::ScriptPolicy;
+use crate::guard::signatures::SignatureMode;
 use crate::tls::TlsMode;
 use crate::upstream::breaker::State as Breaker;
 
@@ -85,6 +87,14 @@ fn problems(app: &App) -> Vec<String> {
     if let Some(error) = app.guard.blocklist_status().error {
         problems.push(format!("blocklist: {error} (the last good rules apply)"));
     }
+    let signatures = app.guard.policy().signatures.clone();
+    if matches!(
+        signatures.mode,
+        SignatureMode::HideInvalid | SignatureMode::HideUnsigned
+    ) && signatures.keys.is_empty()
+    {
+        problems.push("registry signatures: no keys, nothing is verified nor hidden by SIGNATURE_POLICY".into());
+    }
     problems
 }
 
@@ -113,9 +123,29 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
                 || serde_json::json!({"policy": "off"}),
                 |t| serde_json::json!({"policy": t.action, "names": t.list.len(), "list": t.list.source()}),
             ),
+            "signatures": signatures(app, &policy),
         },
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": TlsMode::Off}), |t| serde_json::json!(t.status())),
+    })
+}
+
+/// SIGNATURE_POLICY and the keys in force: how many, from where, how old, the last error.
+fn signatures(app: &App, policy: &Policy) -> serde_json::Value {
+    let status = app.guard.keys_status();
+    let age = status
+        .fetched_at_ms
+        .map(|at| crate::clock::now_ms().saturating_sub(at) / 1000);
+    let summary = match (policy.signatures.keys.len(), status.none_published) {
+        (0, true) => "no keys (the registry publishes none)".to_string(),
+        (0, false) => "no keys".to_string(),
+        (n, _) => format!("{n} keys"),
+    };
+    serde_json::json!({
+        "policy": policy.signatures.mode,
+        "keys": status,
+        "keys_age_seconds": age,
+        "summary": summary,
     })
 }
 

@@ -120,6 +120,12 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
     if let Some(resp) = (rest == "/-/whoami").then(|| super::auth::whoami(&req)).flatten() {
         return labelled("whoami", Ok(resp));
     }
+    if let Some(resp) = (rest == KEYS_ROUTE && req.method() == Method::GET)
+        .then(|| keys(&app))
+        .flatten()
+    {
+        return labelled("keys", Ok(resp));
+    }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         // npm's writes only: no TRACE reflecting credentials, no CONNECT or WebDAV relayed.
         if !matches!(*req.method(), Method::PUT | Method::POST | Method::DELETE) {
@@ -144,6 +150,20 @@ async fn npm(State(app): State<App>, req: Request) -> Response<Body> {
         Ok(Route::Tarball(name, file)) => labelled("tarball", tarball(&app, req, &name, &file).await),
         Ok(Route::DistTags(name)) => labelled("dist-tags", dist_tags(&app, req, &name).await),
     }
+}
+
+/// `npm audit signatures` asks here for the keys to verify with.
+const KEYS_ROUTE: &str = "/-/npm/v1/keys";
+
+/// The registry's signing keys npg verifies with (the copy it keeps: served when upstream is
+/// away too); none yet, or none published: the request goes through to upstream.
+fn keys(app: &App) -> Option<Response<Body>> {
+    let body = app.guard.policy().signatures.keys.body()?.clone();
+    let mut resp = Response::new(Body::from(body));
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Some(resp)
 }
 
 /// Passes a write through; when the client's own body breaks (bad chunking, cut off) the

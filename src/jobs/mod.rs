@@ -8,6 +8,7 @@
 pub(crate) mod blocklist;
 pub(crate) mod changes;
 pub(crate) mod feed;
+pub(crate) mod keys;
 pub(crate) mod osv;
 pub(crate) mod tokens;
 pub(crate) mod watch;

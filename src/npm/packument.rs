@@ -70,6 +70,9 @@ pub(crate) struct VersionFacts {
     pub(crate) install_script: bool,
 }
 
+/// Each version's `dist`, in the order of `VersionFacts`, none where it has none.
+pub(crate) type Dists = Vec<Option<Value>>;
+
 /// Versions, tags and tarballs of one packument.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
@@ -153,8 +156,9 @@ impl<'a> Document<'a> {
     }
 
     /// Indexes the tarballs by file name, from the original (upstream) URLs, and tells what
-    /// the guard judges each version by (one parse of each manifest for both).
-    pub(crate) fn index(&self, name: &PackageName) -> (Index, Vec<VersionFacts>) {
+    /// the guard judges each version by, and each version's `dist` (what its registry
+    /// signatures cover): one parse of each manifest for all three.
+    pub(crate) fn index(&self, name: &PackageName) -> (Index, Vec<VersionFacts>, Dists) {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Head {
@@ -179,10 +183,14 @@ impl<'a> Document<'a> {
         }
         let mut index = Index::default();
         let mut facts = Vec::with_capacity(self.versions.len());
+        let mut dists = Vec::with_capacity(self.versions.len());
         for (version, raw) in &self.versions {
-            let head = serde_json::from_str::<Head>(raw.get()).ok();
-            let dist = head.as_ref().and_then(|h| h.dist.as_ref());
-            let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(Value::as_str).map(str::to_string);
+            let mut head = serde_json::from_str::<Head>(raw.get()).ok();
+            let dist = head.as_mut().and_then(|h| h.dist.take());
+            let field = |k: &str| {
+                let value = dist.as_ref().and_then(|d| d.get(k));
+                value.and_then(Value::as_str).map(str::to_string)
+            };
             let upstream_url = field("tarball");
             let file = tarball_file(name, version, upstream_url.as_deref());
             let install_script = head.as_ref().is_some_and(Head::install_script);
@@ -200,9 +208,10 @@ impl<'a> Document<'a> {
                 published: self.published(version),
                 install_script,
             });
+            dists.push(dist);
         }
         index.dist_tags = self.index_tags();
-        (index, facts)
+        (index, facts, dists)
     }
 
     /// The dist-tags as a map.
@@ -522,7 +531,7 @@ mod tests {
 
     #[test]
     fn indexes_tarballs_by_original_file() {
-        let (idx, _) = doc().index(&name("@s/pkg"));
+        let (idx, _, _) = doc().index(&name("@s/pkg"));
         assert_eq!(idx.files["pkg-1.0.0.tgz"].version, "1.0.0");
         assert_eq!(idx.files["pkg-1.0.0.tgz"].shasum.as_deref(), Some("ab"));
         assert_eq!(
@@ -629,11 +638,11 @@ mod tests {
 
     #[test]
     fn version_facts() {
-        let (_, facts) = doc().index(&name("@s/pkg"));
+        let (_, facts, _) = doc().index(&name("@s/pkg"));
         assert_eq!(facts[0].published, Some(1_704_067_200_000));
         let scripts = |manifest: Value| {
             let doc = json!({"name": "p", "versions": {"1.0.0": manifest}});
-            let (_, facts) = Document::parse(leak(&doc), &name("p")).unwrap().index(&name("p"));
+            let (_, facts, _) = Document::parse(leak(&doc), &name("p")).unwrap().index(&name("p"));
             facts[0].install_script
         };
         assert!(scripts(json!({"scripts": {"postinstall": "node x"}})));

@@ -524,6 +524,9 @@ impl Inner {
             tokio::task::spawn_blocking(move || render(&n, raw, &meta, &policy, &base, now_ms()).map(Arc::new));
         let rendered = rendered.await?;
         drop(reservation);
+        if let Ok(pkg) = &rendered {
+            self.metrics.signatures(pkg.signatures.values().map(|s| s.as_str()));
+        }
         rendered
     }
 }

@@ -13,9 +13,10 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 
 use crate::budget::BudgetError;
+use crate::guard::signatures::{SigState, SigStates, Signatures};
 use crate::guard::{Block, Policy, restrictions};
 use crate::npm::name::PackageName;
-use crate::npm::packument::{DocError, Document, Index, Manifests, VersionFacts};
+use crate::npm::packument::{Dists, DocError, Document, Index, Manifests, VersionFacts};
 
 /// One rendered form, identity and gzip, with its strong ETags.
 #[derive(Clone)]
@@ -80,6 +81,10 @@ pub struct Package {
     /// What the guard judges every upstream version by: enough to judge a new policy
     /// without parsing the document again.
     pub(crate) facts: Arc<Vec<VersionFacts>>,
+    /// Each upstream version's registry signature (none when SIGNATURE_POLICY is off), and
+    /// the rules and keys they were checked under.
+    pub(crate) signatures: Arc<SigStates>,
+    pub(crate) signed_under: Arc<Signatures>,
     /// Told to npm users in an `npm-notice` header when versions are hidden.
     pub(crate) notice: Option<String>,
     /// The upstream document, gzip-compressed: re-rendered from here when the policy changes.
@@ -115,9 +120,14 @@ impl Package {
     }
 
     /// Under a new policy: the same rendering when the policy hides the same versions for the
-    /// same reasons (most policy changes concern other packages), else `None`.
+    /// same reasons (most policy changes concern other packages), else `None`. New signature
+    /// rules (new keys) need the document again.
     pub(crate) fn rejudged(&self, policy: &Policy, now_ms: u64) -> Option<Arc<Package>> {
-        let verdict = policy.judge(self.name.as_str(), &self.facts, now_ms);
+        if !Arc::ptr_eq(&policy.signatures, &self.signed_under) {
+            return None;
+        }
+        let mut verdict = policy.judge(self.name.as_str(), &self.facts, now_ms);
+        policy.judge_signatures(&self.signatures, &mut verdict);
         (verdict.hidden == *self.hidden).then(|| {
             Arc::new(Package {
                 policy_version: policy.version,
@@ -185,8 +195,10 @@ pub fn render(
         (None, _) => return Err(RenderError::NotDecoded),
     };
     let mut doc = Document::parse(&plain, name)?;
-    let (mut index, facts) = doc.index(name);
-    let verdict = policy.judge(name.as_str(), &facts, now_ms);
+    let (mut index, facts, dists) = doc.index(name);
+    let mut verdict = policy.judge(name.as_str(), &facts, now_ms);
+    let signatures = check_signatures(name, &facts, dists, policy);
+    policy.judge_signatures(&signatures, &mut verdict);
     if !verdict.hidden.is_empty() {
         doc.hide(|v| verdict.hidden.contains_key(v));
         index.versions.retain(|v| !verdict.hidden.contains_key(v));
@@ -205,6 +217,8 @@ pub fn render(
         index: Arc::new(index),
         hidden: Arc::new(verdict.hidden),
         facts: Arc::new(facts),
+        signatures: Arc::new(signatures),
+        signed_under: policy.signatures.clone(),
         notice,
         raw_gz,
         upstream_etag: meta.etag.clone(),
@@ -214,6 +228,25 @@ pub fn render(
         policy_version: policy.version,
         valid_until_ms: verdict.valid_until_ms,
     })
+}
+
+/// Each version's registry signature state, when the signature policy is on; the bad ones
+/// logged (once per rendering, which follows a new document or new rules).
+fn check_signatures(name: &PackageName, facts: &[VersionFacts], dists: Dists, policy: &Policy) -> SigStates {
+    let rules = &policy.signatures;
+    if !rules.on() {
+        return SigStates::new();
+    }
+    let mut states = SigStates::with_capacity(facts.len());
+    for (facts, dist) in facts.iter().zip(dists) {
+        let version = facts.version.as_str();
+        let state = rules.keys.check(name.as_str(), version, dist.as_ref(), facts.published);
+        if matches!(state, SigState::Invalid { .. } | SigState::UnknownKey { .. }) && !rules.keys.is_empty() {
+            tracing::warn!(package = %name, version, signature = ?state, "registry signature not valid");
+        }
+        states.insert(version.to_string(), state);
+    }
+    states
 }
 
 /// `npg: 2 of 9 versions of foo hidden (malware: 1, age: 1)`; ASCII, fit for a header.
@@ -239,10 +272,14 @@ mod tests {
     use super::*;
     use crate::guard::blocklist::Blocklist;
 
+    static SIGNATURES: std::sync::LazyLock<Arc<Signatures>> = std::sync::LazyLock::new(Arc::default);
+
     fn policy(version: u64, rules: &str) -> Policy {
         Policy {
             version,
             blocklist: Arc::new(Blocklist::parse(rules).unwrap()),
+            // One set of signature rules for every policy, as a running npg carries it over.
+            signatures: SIGNATURES.clone(),
             ..Policy::default()
         }
     }
@@ -306,5 +343,10 @@ mod tests {
             p.rejudged(&policy(3, "packages:\n  - name: a\n    versions: ['1.0.0']\n"), 0)
                 .is_none()
         );
+        let new_keys = Policy {
+            signatures: Arc::default(),
+            ..policy(4, "")
+        };
+        assert!(p.rejudged(&new_keys, 0).is_none(), "new keys: signatures checked again");
     }
 }

@@ -27,6 +27,9 @@ use crate::budget::Reservation;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
 
+/// Where a registry publishes its signing keys, relative to its base.
+pub(crate) const KEYS_PATH: &str = "-/npm/v1/keys";
+
 /// How npg talks to upstream, from the validated settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -248,6 +251,28 @@ impl Upstream {
             s if s.is_success() => Ok(resp),
             s => Err(UpstreamError::Status(s.as_u16())),
         }
+    }
+
+    /// The registry's signing keys (`<REGISTRY_URL>-/npm/v1/keys`), up to `max` bytes, within
+    /// UPSTREAM_FETCH_DEADLINE; `NotFound` when the registry publishes none.
+    pub(crate) async fn keys(&self, max: usize) -> Result<Fetched, UpstreamError> {
+        let fetch = async {
+            let url = self.url(KEYS_PATH);
+            let req = self.decoding.get(&url).header(header::ACCEPT, "application/json");
+            // Not a health signal: a registry failing only its keys still serves packages.
+            let resp = self.send("keys", req, self.settings.timeout, Watch::Relayed).await?;
+            match resp.status() {
+                StatusCode::NOT_FOUND => return Ok(Fetched::NotFound),
+                s if !s.is_success() => return Err(UpstreamError::Status(s.as_u16())),
+                _ => {}
+            }
+            let etag = etag_of(&resp);
+            let body = body::read_within(resp, max, None).await?;
+            Ok(Fetched::Modified { body, etag })
+        };
+        tokio::time::timeout(self.settings.fetch_deadline, fetch)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
     }
 
     /// A client's request relayed to `<REGISTRY_URL><relative>` with the client's headers

@@ -28,6 +28,7 @@ mod proxy;
 mod redis_eviction;
 mod redis_shared;
 mod sick_upstream;
+mod signatures;
 mod tarball_hardening;
 mod typosquat;
 mod upstream_hardening;

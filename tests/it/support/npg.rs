@@ -69,6 +69,8 @@ impl NpgProcess {
             .env("MALWARE_FEED_URL", "http://127.0.0.1:9/malware_predictions.json")
             .env("MALWARE_LIST_DIR", storage.join(".malware-list"))
             .env("ENABLE_SCHEDULED_UPDATES", "false")
+            // Nor the registry keys: the signature tests turn the policy on themselves.
+            .env("SIGNATURE_POLICY", "off")
             .env("LOG_LEVEL", log_level("warn"))
             .stdin(Stdio::null());
         cmd

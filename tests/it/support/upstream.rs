@@ -25,6 +25,11 @@
 //! - `npg-corrupt`: 1.0.0, whose served tarball is a valid `.tgz` that does NOT match its
 //!   `dist.integrity`/`dist.shasum` (`tarball_bytes` returns the genuine bytes);
 //! - `npg-legacy`: 1.0.0 with only `dist.shasum` (no `integrity`).
+//!
+//! Registry signatures: every version with an integrity carries `dist.signatures`, npm's
+//! ECDSA P-256 signature of `<name>@<version>:<integrity>` by a key generated at start, which
+//! `/registry/-/npm/v1/keys` publishes (`set_keys_published(false)`: 404, as an upstream
+//! without keys); `alter_signature` and `remove_signature` spoil one version's.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,6 +46,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use base64::Engine as _;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use serde_json::{Map, Value, json};
 use sha1::Sha1;
 use sha2::{Digest, Sha512};
@@ -125,6 +132,54 @@ struct RegistryState {
     /// Packuments served exactly as given (hostile or broken documents), by name, with
     /// whether the bytes are gzip (sent with `Content-Encoding: gzip` whatever was accepted).
     raw: HashMap<String, (Vec<u8>, bool)>,
+    signer: Signer,
+    /// Whether `-/npm/v1/keys` answers (else 404).
+    keys_published: bool,
+}
+
+/// The registry's signing key (npm's scheme: ECDSA P-256 over SHA-256, DER signatures).
+struct Signer {
+    pair: EcdsaKeyPair,
+    rng: SystemRandom,
+    keyid: String,
+    /// SubjectPublicKeyInfo DER, base64: the `key` of the keys document.
+    spki: String,
+}
+
+impl Signer {
+    fn generate() -> Signer {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).expect("P-256 key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).expect("P-256 key");
+        // The SPKI DER prefix of an uncompressed P-256 point.
+        let mut der = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").unwrap();
+        der.extend_from_slice(pair.public_key().as_ref());
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let keyid = format!("SHA256:{}", b64(&sha2::Sha256::digest(&der)));
+        Signer {
+            keyid,
+            spki: b64(&der),
+            pair,
+            rng,
+        }
+    }
+
+    /// `dist.signatures` of `<name>@<version>:<integrity>`.
+    fn signatures(&self, message: &str) -> Value {
+        let sig = self.pair.sign(&self.rng, message.as_bytes()).expect("sign");
+        let sig = base64::engine::general_purpose::STANDARD.encode(sig.as_ref());
+        json!([{ "keyid": self.keyid, "sig": sig }])
+    }
+
+    fn keys_document(&self) -> Value {
+        json!({ "keys": [{
+            "expires": null,
+            "keyid": self.keyid,
+            "keytype": "ecdsa-sha2-nistp256",
+            "scheme": "ecdsa-sha2-nistp256",
+            "key": self.spki,
+        }]})
+    }
 }
 
 struct Package {
@@ -213,6 +268,8 @@ impl FakeRegistry {
             log: Vec::new(),
             private: HashMap::new(),
             raw: HashMap::new(),
+            signer: Signer::generate(),
+            keys_published: true,
         };
         state.add_default_packages();
         let shared = Arc::new(Shared {
@@ -399,6 +456,46 @@ impl FakeRegistry {
         self.lock().raw.insert(name.to_string(), (gz, true));
     }
 
+    /// The keyid the fake signs with (`SHA256:<base64>` of its public key).
+    pub fn keyid(&self) -> String {
+        self.lock().signer.keyid.clone()
+    }
+
+    /// Whether `-/npm/v1/keys` answers (true at start) or is 404.
+    pub fn set_keys_published(&self, published: bool) {
+        self.lock().keys_published = published;
+    }
+
+    /// Replaces the signature of `name@version` by a well-formed one of another message: what
+    /// a version altered after signing (or a forged signature) looks like.
+    pub fn alter_signature(&self, name: &str, version: &str) {
+        self.set_signatures(name, version, |signer| {
+            signer.signatures(&format!("{name}@{version}:altered"))
+        });
+    }
+
+    /// Removes `dist.signatures` from `name@version`.
+    pub fn remove_signature(&self, name: &str, version: &str) {
+        self.set_signatures(name, version, |_| Value::Null);
+    }
+
+    fn set_signatures(&self, name: &str, version: &str, make: impl FnOnce(&Signer) -> Value) {
+        let mut s = self.lock();
+        let signatures = make(&s.signer);
+        let pkg = s.packages.get_mut(name).expect("fake registry: no such package");
+        let v = pkg
+            .versions
+            .iter_mut()
+            .find(|v| v.version == version)
+            .expect("no such version");
+        let dist = v.manifest["dist"].as_object_mut().expect("dist");
+        match signatures {
+            Value::Null => dist.remove("signatures"),
+            s => dist.insert("signatures".into(), s),
+        };
+        pkg.rendered = None;
+    }
+
     /// The genuine tarball bytes (the ones matching `dist.integrity` and `dist.shasum`).
     pub fn tarball_bytes(&self, name: &str, version: &str) -> Vec<u8> {
         self.with_version(name, version, |v| v.tgz.clone())
@@ -578,6 +675,7 @@ impl RegistryState {
 
     fn add_version(&mut self, name: &str, spec: &VersionSpec<'_>) {
         let origin = self.origin.clone();
+        let signer = &self.signer;
         let pkg = self
             .packages
             .get_mut(name)
@@ -654,6 +752,9 @@ impl RegistryState {
         }
         dist.insert("shasum".into(), json!(shasum));
         dist.insert("tarball".into(), json!(format!("{origin}/files/{name}/-/{file}")));
+        if let Some(i) = &integrity {
+            dist.insert("signatures".into(), signer.signatures(&format!("{name}@{version}:{i}")));
+        }
         if !spec.legacy {
             dist.insert("fileCount".into(), json!(file_count));
             dist.insert("unpackedSize".into(), json!(unpacked_size));
@@ -898,6 +999,7 @@ enum Route {
     Whoami,
     Search,
     AuditBulk,
+    Keys,
     DistTags(String),
     Publish(String),
     NotFound,
@@ -950,6 +1052,7 @@ fn parse_route(method: &Method, raw_path: &str) -> Route {
             (_, "whoami") if get => Route::Whoami,
             (_, "v1/search") if get => Route::Search,
             (Method::POST, "npm/v1/security/advisories/bulk") => Route::AuditBulk,
+            (_, "npm/v1/keys") if get => Route::Keys,
             (_, s) if get && s.starts_with("package/") && s.ends_with("/dist-tags") => {
                 let inner = &s["package/".len()..s.len() - "/dist-tags".len()];
                 Route::DistTags(decode(inner))
@@ -1142,6 +1245,8 @@ fn respond(s: &mut RegistryState, route: Route, headers: &HeaderMap, uri: &axum:
             )
         }
         Route::AuditBulk => json_response(StatusCode::OK, &json!({})),
+        Route::Keys if s.keys_published => json_response(StatusCode::OK, &s.signer.keys_document()),
+        Route::Keys => not_found(),
         Route::DistTags(name) => match s.packages.get(&name) {
             Some(p) => {
                 let tags: Map<String, Value> = p.dist_tags.iter().map(|(t, v)| (t.clone(), json!(v))).collect();
