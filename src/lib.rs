@@ -40,6 +40,10 @@
 //!   abbreviation, integrity.
 //! - `lockfile`: `npg lockfile check`: lockfiles (npm, pnpm, yarn 1, yarn berry) judged against
 //!   the policy through a running npg or offline, and their URLs pointed at npg.
+//! - `warm`: `npg warm`: a running npg's caches filled with what lockfiles name, through the
+//!   guard (`client`: asking npg as a client would, tarballs checked as they stream).
+//! - `bundle`: `npg export` and `npg import`: a signed `.tar.zst` of what lockfiles name, for
+//!   an air-gapped npg (`manifest`, `signing`), checked whole before anything is stored.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically
@@ -52,6 +56,7 @@
 pub(crate) mod app;
 pub(crate) mod auth;
 pub(crate) mod budget;
+pub(crate) mod bundle;
 pub mod cli;
 pub(crate) mod clock;
 pub mod cluster;
@@ -69,3 +74,4 @@ pub mod proxy;
 pub(crate) mod retry;
 pub(crate) mod tls;
 pub mod upstream;
+pub(crate) mod warm;

@@ -28,3 +28,4 @@ mod redis_shared;
 mod sick_upstream;
 mod tarball_hardening;
 mod upstream_hardening;
+mod warm;
