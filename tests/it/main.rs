@@ -11,6 +11,7 @@ mod bad_input;
 mod block_messages;
 mod blocklist_prerelease;
 mod blocklist_vanish;
+mod bundle;
 mod bypass;
 mod changes;
 mod check_config;
