@@ -190,3 +190,59 @@ fn check_tarball(f: &FileRecord, document: &[u8], local: &Path) -> Result<(), Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sri(bytes: &[u8]) -> String {
+        sri_sha512(Sha512::new_with_prefix(bytes))
+    }
+
+    fn record(lockfile_integrity: Option<String>) -> FileRecord {
+        FileRecord {
+            path: "tarballs/a/a-1.0.0.tgz".into(),
+            kind: Kind::Tarball,
+            package: "a".into(),
+            version: Some("1.0.0".into()),
+            size: 3,
+            integrity: sri(b"tgz"),
+            lockfile_integrity,
+        }
+    }
+
+    fn document(integrity: &str, file: &str) -> Vec<u8> {
+        let doc = serde_json::json!({"name": "a", "versions": {"1.0.0": {"dist": {
+            "tarball": format!("http://127.0.0.1:3000/npm/a/-/{file}"), "integrity": integrity}}}});
+        doc.to_string().into_bytes()
+    }
+
+    #[test]
+    fn tarballs_must_match_their_packument_and_lockfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("0");
+        std::fs::write(&local, b"tgz").unwrap();
+        let good = document(&sri(b"tgz"), "a-1.0.0.tgz");
+        assert!(check_tarball(&record(None), &good, &local).is_ok());
+        assert!(check_tarball(&record(Some(sri(b"tgz"))), &good, &local).is_ok());
+        assert!(matches!(
+            check_tarball(&record(Some(sri(b"other"))), &good, &local),
+            Err(Refused::LockfileIntegrity(_))
+        ));
+        let other = document(&sri(b"other"), "a-1.0.0.tgz");
+        assert!(matches!(
+            check_tarball(&record(None), &other, &local),
+            Err(Refused::Integrity(_))
+        ));
+        let elsewhere = document(&sri(b"tgz"), "a-9.tgz");
+        assert!(matches!(
+            check_tarball(&record(None), &elsewhere, &local),
+            Err(Refused::NotInPackument(_))
+        ));
+        let no_hash = br#"{"name": "a", "versions": {"1.0.0": {"dist": {"tarball": "x/a-1.0.0.tgz"}}}}"#;
+        assert!(matches!(
+            check_tarball(&record(None), no_hash, &local),
+            Err(Refused::Integrity(_))
+        ));
+    }
+}

@@ -55,10 +55,9 @@ impl SigningKey {
     pub(crate) fn generate(path: &Path) -> Result<(), KeyError> {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("the system's randomness");
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("a key ring just made");
-        let public = path.with_extension(match path.extension() {
-            Some(ext) => format!("{}.pub", ext.to_string_lossy()),
-            None => "pub".into(),
-        });
+        let mut public = path.as_os_str().to_owned();
+        public.push(".pub");
+        let public = std::path::PathBuf::from(public);
         let write = |p: &Path, bytes: &[u8], private: bool| {
             let text = format!("{}\n", STANDARD.encode(bytes));
             let written = match private {

@@ -80,6 +80,12 @@ async fn exported_bundle_serves_npm_ci_without_upstream() {
     let packument = support::http::get(&format!("{}/npm/npg-fixture-a", airgapped.base), &[]).await;
     assert_eq!(packument.status, 200);
     assert_eq!(packument.header("x-cache"), "STALE");
+    let metrics = support::http::get(&format!("{}/metrics", airgapped.base), &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        metrics.contains("npg_stale_served_total{why=\"imported\"}"),
+        "{metrics}"
+    );
     drop(airgapped);
 
     // The air-gapped site's own blocklist applies to what it imported.
