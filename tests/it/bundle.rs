@@ -1,7 +1,8 @@
 //! `npg export` + `npg import`: a bundle of what a real npm lockfile names, exported from one
 //! npg and imported into a fresh STORAGE_DIR, serves `npm ci` from an npg whose upstream is a
 //! dead port, under that npg's own guard; a bundle with one altered byte (in a tarball, in the
-//! manifest) or signed by another key is refused whole and nothing enters the store.
+//! manifest) or signed by another key is refused whole and nothing enters the store; an export
+//! with a blocked entry writes no bundle.
 
 use std::path::{Path, PathBuf};
 
@@ -166,4 +167,33 @@ fn altered_or_foreign_bundles_are_refused_whole() {
             .is_file()
     );
     assert!(storage.path().join(".imported/npg-fixture-a.json.gz").is_file());
+}
+
+#[test]
+fn blocked_entries_are_not_exported() {
+    let rules = "packages:\n  - name: npg-fixture-b\n    versions: ['1.0.1']\n    reason: compromised release\n";
+    let (up, exporter, dir) = crate::support::guarded::start_with(rules, &[]);
+    let (key, _public) = key_pair(dir.path(), "site.key");
+    // A lockfile written before the block, straight from the upstream.
+    let project = crate::support::clients::Project::new(Client::Npm, &up.url(), &[("npg-fixture-a", "^2.0.0")]);
+    project.install().assert_success();
+    let bundle = dir.path().join("bundle.tar.zst");
+    let out = npg(&[
+        "export",
+        project.lockfile_path().to_str().unwrap(),
+        "--npg",
+        &exporter.base,
+        "-o",
+        bundle.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("npg-fixture-b@1.0.1: blocked: version, compromised release"),
+        "{}",
+        text(&out)
+    );
+    assert!(!bundle.exists(), "no bundle is written");
 }
