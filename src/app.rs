@@ -99,6 +99,7 @@ impl App {
                 max_document_bytes: (settings.max_packument_mb as usize) << 20,
                 render_memory_bytes: settings.render_memory_mb << 20,
                 miss_ttl: settings.metadata_miss_ttl,
+                storage_dir: settings.storage_dir.clone(),
             },
             upstream.clone(),
             guard.clone(),

@@ -1,6 +1,6 @@
 //! The command line: one dispatcher for the subcommands (`serve`, the default; `check-config`,
-//! `gen-key`, `health`, `hash-token`, `lockfile`), and `serve`'s life: listeners, jobs, the
-//! drain on SIGTERM.
+//! `gen-key`, `health`, `hash-token`, `lockfile`, `warm`, `export`, `import`), and `serve`'s
+//! life: listeners, jobs, the drain on SIGTERM.
 
 use std::process::ExitCode;
 
@@ -45,6 +45,9 @@ fn run(command: Command) -> ExitCode {
         Command::Health => health(),
         Command::HashToken => hash_token(),
         Command::Lockfile => crate::lockfile::main(std::env::args().skip(1)),
+        Command::Warm => crate::warm::main(std::env::args().skip(1)),
+        Command::Export => crate::bundle::export_main(std::env::args().skip(1)),
+        Command::Import => crate::bundle::import_main(std::env::args().skip(1)),
         Command::Serve | Command::CheckConfig => with_settings(Cli::parse()),
     }
 }

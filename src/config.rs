@@ -42,6 +42,12 @@ pub(crate) enum Command {
     HashToken,
     /// Check lockfiles against the policy before installing: `npg lockfile check --help`.
     Lockfile,
+    /// Fill a running npg's caches with what lockfiles name: `npg warm --help`.
+    Warm,
+    /// Write what lockfiles name to a signed bundle: `npg export --help`.
+    Export,
+    /// Check a signed bundle and put it into STORAGE_DIR: `npg import --help`.
+    Import,
 }
 
 impl Command {
@@ -53,6 +59,9 @@ impl Command {
             "health" => Some(Command::Health),
             "hash-token" => Some(Command::HashToken),
             "lockfile" => Some(Command::Lockfile),
+            "warm" => Some(Command::Warm),
+            "export" => Some(Command::Export),
+            "import" => Some(Command::Import),
             _ => None,
         }
     }

@@ -18,7 +18,8 @@
 //!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
 //!   the policy, in both forms, and `DocMeta`); `tarballs` (one download per file, joined by
 //!   concurrent misses, verified on the stream); `singleflight`; `cache` (L1 rendered
-//!   responses in process, L2 raw documents in Redis, tarballs on disk, remembered misses).
+//!   responses in process, L2 raw documents in Redis, tarballs on disk, remembered misses,
+//!   packuments imported from a bundle).
 //! - `upstream`: the HTTP client to the registry and the one builder of every HTTP client npg
 //!   makes: deadlines, allowed origins, npg's own credentials (by scope), URL redaction, and
 //!   the breaker that takes a sick upstream as down for the whole cluster.
@@ -47,6 +48,10 @@
 //!   abbreviation, integrity, what a tarball runs at install (`tarball`, read on the stream).
 //! - `lockfile`: `npg lockfile check`: lockfiles (npm, pnpm, yarn 1, yarn berry) judged against
 //!   the policy through a running npg or offline, and their URLs pointed at npg.
+//! - `warm`: `npg warm`: a running npg's caches filled with what lockfiles name, through the
+//!   guard (`client`: asking npg as a client would, tarballs checked as they stream).
+//! - `bundle`: `npg export` and `npg import`: a signed `.tar.zst` of what lockfiles name, for
+//!   an air-gapped npg (`manifest`, `signing`), checked whole before anything is stored.
 //! - `probe`: `npg health`, the probe for container health checks.
 //! - `metrics`: Prometheus counters shared by every part.
 //! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically
@@ -59,6 +64,7 @@
 pub(crate) mod app;
 pub(crate) mod auth;
 pub(crate) mod budget;
+pub(crate) mod bundle;
 pub mod cli;
 pub(crate) mod clock;
 pub mod cluster;
@@ -76,3 +82,4 @@ pub mod proxy;
 pub(crate) mod retry;
 pub(crate) mod tls;
 pub mod upstream;
+pub(crate) mod warm;

@@ -83,6 +83,9 @@ pub(crate) struct Entry {
     pub(crate) version: String,
     /// Where the client downloads it, when the lockfile says (no `#fragment`).
     pub(crate) resolved: Option<String>,
+    /// The tarball's SRI hash, when the lockfile records one (npm, pnpm, yarn 1; yarn berry's
+    /// checksum is of its own archive, not of the tarball).
+    pub(crate) integrity: Option<String>,
 }
 
 impl Entry {
@@ -94,7 +97,16 @@ impl Entry {
             name: name.to_string(),
             version: version.to_string(),
             resolved,
+            integrity: None,
         })
+    }
+
+    /// The same entry with the lockfile's integrity.
+    fn with_integrity(self, integrity: Option<&str>) -> Entry {
+        Entry {
+            integrity: integrity.map(str::to_string),
+            ..self
+        }
     }
 }
 
@@ -159,6 +171,25 @@ fn read(path: &Path) -> anyhow::Result<Lockfile> {
         text,
         entries,
     })
+}
+
+/// Every registry entry of the lockfiles, deduplicated (for `npg warm` and `npg export`);
+/// `None`, each reason told on stderr, when one cannot be read.
+pub(crate) fn entries_of(paths: &[PathBuf]) -> Option<Vec<Entry>> {
+    let mut entries = Vec::new();
+    let mut unreadable = false;
+    for path in paths {
+        match read(path) {
+            Ok(file) => entries.extend(file.entries),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                unreadable = true;
+            }
+        }
+    }
+    entries.sort();
+    entries.dedup();
+    (!unreadable).then_some(entries)
 }
 
 /// Runs `npg lockfile ...` with the arguments after `npg`.

@@ -36,6 +36,7 @@ fn package(path: &str, meta: &Value) -> Option<Entry> {
     // An alias (`"x": "npm:real@1"`) is installed as `x` and names the real package.
     let name = str_of(meta, "name").unwrap_or(installed_as);
     Entry::new(name, str_of(meta, "version")?, str_of(meta, "resolved"))
+        .map(|e| e.with_integrity(str_of(meta, "integrity")))
 }
 
 /// v1's nested `dependencies`: `{name: {version, resolved, dependencies}}`; an alias's version
@@ -47,7 +48,8 @@ fn walk_v1(deps: &Value, out: &mut Vec<Entry>) {
             Some((real, version)) => (real, version),
             None => (name.as_str(), version),
         };
-        out.extend(Entry::new(name, version, str_of(meta, "resolved")));
+        let entry = Entry::new(name, version, str_of(meta, "resolved"));
+        out.extend(entry.map(|e| e.with_integrity(str_of(meta, "integrity"))));
         if let Some(nested) = meta.get("dependencies") {
             walk_v1(nested, out);
         }
@@ -62,7 +64,7 @@ mod tests {
     fn v3_packages() {
         let text = r#"{"name": "p", "lockfileVersion": 3, "packages": {
             "": {"name": "p", "dependencies": {"a": "^1"}},
-            "node_modules/a": {"version": "1.0.0", "resolved": "http://127.0.0.1:9/a/-/a-1.0.0.tgz"},
+            "node_modules/a": {"version": "1.0.0", "resolved": "http://127.0.0.1:9/a/-/a-1.0.0.tgz", "integrity": "sha512-a"},
             "node_modules/a/node_modules/@s/b": {"version": "2.0.0-beta.1"},
             "node_modules/alias": {"name": "real", "version": "3.0.0"},
             "node_modules/ws": {"resolved": "packages/ws", "link": true},
@@ -75,6 +77,8 @@ mod tests {
             entries[0].resolved.as_deref(),
             Some("http://127.0.0.1:9/a/-/a-1.0.0.tgz")
         );
+        assert_eq!(entries[0].integrity.as_deref(), Some("sha512-a"));
+        assert_eq!(entries[1].integrity, None);
     }
 
     #[test]

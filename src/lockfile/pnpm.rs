@@ -33,16 +33,14 @@ fn entry(key: &str, meta: &Value, v5: bool) -> Option<Entry> {
     } else {
         split_spec(key)?
     };
-    let tarball = meta
-        .get("resolution")
-        .and_then(|r| r.get("tarball"))
-        .and_then(Value::as_str);
+    let resolution = |k: &str| meta.get("resolution").and_then(|r| r.get(k)).and_then(Value::as_str);
     // Tarball and git dependencies carry their real name and version as fields.
     Entry::new(
         field("name").unwrap_or(name),
         field("version").unwrap_or(version),
-        tarball,
+        resolution("tarball"),
     )
+    .map(|e| e.with_integrity(resolution("integrity")))
 }
 
 #[cfg(test)]
@@ -62,6 +60,7 @@ mod tests {
             parse(v9).unwrap()[1].resolved.as_deref(),
             Some("http://127.0.0.1:9/b/-/b-2.0.0.tgz")
         );
+        assert_eq!(parse(v9).unwrap()[1].integrity.as_deref(), Some("sha512-y"));
         let v6 = "lockfileVersion: '6.0'\npackages:\n  /@s/a@1.2.0(b@2.0.0):\n    resolution: {integrity: sha512-x}\n  /c@1.0.0:\n    resolution: {integrity: sha512-z}\n";
         assert_eq!(names(v6), ["@s/a@1.2.0", "c@1.0.0"]);
         let v5 = "lockfileVersion: 5.4\npackages:\n  /@s/a/1.2.0_b@2.0.0:\n    resolution: {integrity: sha512-x}\n";

@@ -4,12 +4,28 @@
 
 use super::{Entry, split_spec};
 
+/// One block's fields, as read so far.
+#[derive(Default)]
+struct Block {
+    name: String,
+    version: Option<String>,
+    resolved: Option<String>,
+    integrity: Option<String>,
+}
+
 pub(crate) fn parse(text: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
-    let mut block: Option<(String, Option<String>, Option<String>)> = None;
-    let mut finish = |block: Option<(String, Option<String>, Option<String>)>| {
-        if let Some((name, Some(version), resolved)) = block {
-            entries.extend(Entry::new(&name, &version, resolved.as_deref()));
+    let mut block: Option<Block> = None;
+    let mut finish = |block: Option<Block>| {
+        if let Some(Block {
+            name,
+            version: Some(version),
+            resolved,
+            integrity,
+        }) = block
+        {
+            let entry = Entry::new(&name, &version, resolved.as_deref());
+            entries.extend(entry.map(|e| e.with_integrity(integrity.as_deref())));
         }
     };
     for line in text.lines() {
@@ -18,12 +34,17 @@ pub(crate) fn parse(text: &str) -> Vec<Entry> {
         }
         if !line.starts_with(' ') {
             finish(block.take());
-            block = name_of(line).map(|name| (name, None, None));
-        } else if let Some((_, version, resolved)) = block.as_mut() {
+            block = name_of(line).map(|name| Block {
+                name,
+                ..Block::default()
+            });
+        } else if let Some(block) = block.as_mut() {
             if let Some(v) = line.strip_prefix("  version ") {
-                *version = Some(unquote(v).to_string());
+                block.version = Some(unquote(v).to_string());
             } else if let Some(r) = line.strip_prefix("  resolved ") {
-                *resolved = Some(unquote(r).to_string());
+                block.resolved = Some(unquote(r).to_string());
+            } else if let Some(i) = line.strip_prefix("  integrity ") {
+                block.integrity = Some(unquote(i).to_string());
             }
         }
     }
@@ -80,5 +101,7 @@ local@file:./local:
             entries[0].resolved.as_deref(),
             Some("http://127.0.0.1:9/@s/a/-/a-1.2.0.tgz")
         );
+        assert_eq!(entries[0].integrity.as_deref(), Some("sha512-x"));
+        assert_eq!(entries[1].integrity, None);
     }
 }

@@ -2,7 +2,9 @@
 //! with one upstream fetch per name at a time, ETag revalidation after the TTL, and the
 //! stale copy served when upstream fails, is down (the breaker) or is slower to revalidate
 //! than `REVALIDATE_GRACE` (stale-while-revalidate: the revalidation goes on in the
-//! background). Packages upstream does not have are remembered (`cache::misses`).
+//! background). Packages upstream does not have are remembered (`cache::misses`). When
+//! upstream fails and no copy is left, a document imported from a bundle (`npg import`) is
+//! the last resort, served stale.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use crate::cluster::redis::SharedRedis;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
+use crate::proxy::cache::imported::ImportedDocs;
 use crate::proxy::cache::memory::MemoryCache;
 use crate::proxy::cache::misses::{Miss, Misses};
 use crate::proxy::cache::redis::SharedMeta;
@@ -79,6 +82,8 @@ pub(crate) struct Settings {
     pub(crate) render_memory_bytes: u64,
     /// How long a miss is remembered (METADATA_MISS_TTL).
     pub(crate) miss_ttl: Duration,
+    /// STORAGE_DIR, where `npg import` keeps the packuments of a bundle.
+    pub(crate) storage_dir: std::path::PathBuf,
 }
 
 pub(crate) struct Packuments {
@@ -90,6 +95,7 @@ struct Inner {
     l1: MemoryCache,
     l2: SharedMeta,
     misses: Misses,
+    imported: ImportedDocs,
     redis: Arc<SharedRedis>,
     upstream: Arc<Upstream>,
     guard: Arc<Guard>,
@@ -120,6 +126,7 @@ impl Packuments {
             l1: MemoryCache::new(settings.memory_bytes),
             l2: SharedMeta::new(redis.clone()),
             misses: Misses::new(redis.clone(), settings.miss_ttl),
+            imported: ImportedDocs::new(&settings.storage_dir),
             redis,
             upstream,
             guard,
@@ -367,8 +374,41 @@ impl Inner {
                 }
                 Ok((p, Source::Stale))
             }
-            None => Err(err),
+            None => match self.imported_copy(name).await {
+                Some(p) => {
+                    self.metrics.stale_served("imported");
+                    tracing::debug!(package = %name, error = %err, "upstream failed; serving the imported copy");
+                    Ok((p, Source::Stale))
+                }
+                None => Err(err),
+            },
         }
+    }
+
+    /// The document `npg import` left for `name`, rendered under the policy in force, marked
+    /// stale and made to look fresh for `STALE_RETRY` like any stale copy.
+    async fn imported_copy(&self, name: &PackageName) -> Option<Arc<Package>> {
+        let (gz, imported_ms) = self.imported.get(name, self.settings.max_document_bytes).await?;
+        let meta = DocMeta {
+            etag: None,
+            fetched_ms: imported_ms,
+            checked_ms: imported_ms,
+        };
+        let raw = Raw {
+            gz: Some(gz),
+            plain: None,
+        };
+        let p = match self.render(name, raw, &meta, self.budget.reserve()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(package = %name, error = %e, "unusable imported packument; ignoring it");
+                return None;
+            }
+        };
+        let retry_at = now_ms().saturating_sub(self.settings.ttl.saturating_sub(STALE_RETRY).as_millis() as u64);
+        let p = p.checked_at(retry_at, true);
+        self.l1.insert(p.clone()).await;
+        Some(p)
     }
 
     /// The old copy if it is within METADATA_MAX_STALE, marked stale and made to look fresh

@@ -1,8 +1,10 @@
 //! The caches: rendered packuments in memory (L1), raw upstream documents in the shared
-//! Redis (L2), tarballs on disk with the small, hot ones also in memory.
+//! Redis (L2), tarballs on disk with the small, hot ones also in memory, packuments imported
+//! from a bundle on disk (the last resort).
 
 pub(crate) mod disk;
 pub(crate) mod hot;
+pub(crate) mod imported;
 pub(crate) mod memory;
 pub(crate) mod misses;
 pub(crate) mod redis;
