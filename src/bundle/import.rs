@@ -16,6 +16,7 @@ use super::signing::VerifyingKey;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::Document;
+use crate::npm::tarball::ScriptProbe;
 use crate::proxy::cache::disk::TarballStore;
 use crate::proxy::cache::imported::ImportedDocs;
 
@@ -47,6 +48,8 @@ pub(crate) enum Refused {
     LockfileIntegrity(String),
     #[error("{0}: the packument gives this version no such tarball")]
     NotInPackument(String),
+    #[error("{0}: runs install scripts its manifest does not declare (or they cannot be read)")]
+    UndeclaredScript(String),
     /// Every check passed; writing into the store failed part way (re-running is safe).
     #[error("writing into STORAGE_DIR failed after every check passed: {0}")]
     Store(std::io::Error),
@@ -154,24 +157,23 @@ fn copy_hashing(from: &mut impl Read, to: &Path, max: u64) -> std::io::Result<(u
     Ok((size, sri_sha512(hasher)))
 }
 
-/// A staged tarball against its version's `dist` in the packument, and the lockfile's
-/// integrity when the manifest carries it.
+/// A staged tarball against its version's `dist` in the packument (and the lockfile's
+/// integrity when the manifest carries it), and what it runs at install against what its
+/// manifest declares, as npg checks every tarball it caches (`npm::tarball`).
 fn check_tarball(f: &FileRecord, document: &[u8], local: &Path) -> Result<(), Refused> {
-    let doc: serde_json::Value = serde_json::from_slice(document).map_err(|e| Refused::Packument {
+    let bad = |why: String| Refused::Packument {
         path: f.path.clone(),
-        why: e.to_string(),
-    })?;
-    let version = f.version.as_deref().unwrap_or_default();
-    let dist = doc
-        .get("versions")
-        .and_then(|v| v.get(version))
-        .and_then(|v| v.get("dist"));
-    let field = |k: &str| dist.and_then(|d| d.get(k)).and_then(serde_json::Value::as_str);
-    let named = field("tarball").and_then(|url| url.rsplit('/').next());
-    if named != Some(f.file()) {
-        return Err(Refused::NotInPackument(f.path.clone()));
-    }
-    let expected = Expected::from_dist(field("integrity"), field("shasum"));
+        why,
+    };
+    let name = PackageName::parse(&f.package).map_err(|e| bad(e.to_string()))?;
+    let doc = Document::parse(document, &name).map_err(|e| bad(e.to_string()))?;
+    let (index, _, _) = doc.index(&name);
+    let info = index
+        .files
+        .get(f.file())
+        .filter(|info| f.version.as_ref() == Some(&info.version))
+        .ok_or_else(|| Refused::NotInPackument(f.path.clone()))?;
+    let expected = Expected::from_dist(info.integrity.as_deref(), info.shasum.as_deref());
     let bytes = std::fs::read(local)?;
     let matches = |e: &Expected| {
         let mut verifier = e.verifier();
@@ -187,6 +189,11 @@ fn check_tarball(f: &FileRecord, document: &[u8], local: &Path) -> Result<(), Re
         .map(|i| Expected::from_dist(Some(i), None));
     if locked.is_some_and(|e| !e.as_ref().is_some_and(matches)) {
         return Err(Refused::LockfileIntegrity(f.path.clone()));
+    }
+    let mut probe = ScriptProbe::default();
+    probe.update(&bytes);
+    if !probe.finish().agrees(info.install_script) {
+        return Err(Refused::UndeclaredScript(f.path.clone()));
     }
     Ok(())
 }
@@ -244,5 +251,35 @@ mod tests {
             check_tarball(&record(None), no_hash, &local),
             Err(Refused::Integrity(_))
         ));
+    }
+
+    #[test]
+    fn a_tarball_running_an_undeclared_script_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = dir.path().join("0");
+        let mut tar = tar::Builder::new(Vec::new());
+        let pj = br#"{"name":"a","scripts":{"postinstall":"node evil.js"}}"#;
+        let mut h = tar::Header::new_ustar();
+        h.set_size(pj.len() as u64);
+        tar.append_data(&mut h, "package/package.json", &pj[..]).unwrap();
+        let tgz = crate::proxy::rendered::gzip(&tar.into_inner().unwrap(), flate2::Compression::fast());
+        std::fs::write(&local, &tgz).unwrap();
+        let record = FileRecord {
+            size: tgz.len() as u64,
+            integrity: sri(&tgz),
+            ..record(None)
+        };
+        let undeclared = document(&sri(&tgz), "a-1.0.0.tgz");
+        assert!(matches!(
+            check_tarball(&record, &undeclared, &local),
+            Err(Refused::UndeclaredScript(_))
+        ));
+        let doc = serde_json::json!({"name": "a", "versions": {"1.0.0": {
+            "scripts": {"postinstall": "node evil.js"},
+            "dist": {"tarball": "http://127.0.0.1:3000/npm/a/-/a-1.0.0.tgz", "integrity": sri(&tgz)}}}});
+        assert!(
+            check_tarball(&record, doc.to_string().as_bytes(), &local).is_ok(),
+            "declared"
+        );
     }
 }
