@@ -267,19 +267,43 @@ def guard_feed():
                         "reason": "MALWARE"} for i in range(100000)]).encode()
 
 
-# Every rule that judges versions by what they are, on (the lists are the blocklist and feed).
-GUARD_RULES = {"INSTALL_SCRIPT_POLICY": "quarantine", "INSTALL_SCRIPT_QUARANTINE": "14d"}
+# Every other rule on, at its strictest (the bench registry publishes no signing keys, so
+# signatures are checked against none: the cost of looking is still paid).
+GUARD_RULES = {"INSTALL_SCRIPT_POLICY": "quarantine", "INSTALL_SCRIPT_QUARANTINE": "14d",
+               "TYPOSQUAT_POLICY": "block", "SIGNATURE_POLICY": "hide-invalid"}
+
+
+def guard_osv(path, count=10000):
+    """`count` OSV MAL- advisories as a directory of records: ranges, exact versions, and a
+    third whole packages."""
+    os.makedirs(path, exist_ok=True)
+    for i in range(count):
+        affected = {"package": {"ecosystem": "npm", "name": f"osv-listed-{i}"}}
+        if i % 3 == 0:
+            affected["ranges"] = [{"type": "SEMVER", "events": [{"introduced": "0"}]}]
+        elif i % 3 == 1:
+            affected["versions"] = [f"1.0.{i % 10}"]
+        else:
+            affected["ranges"] = [{"type": "SEMVER", "events": [{"introduced": "1.0.0"}, {"fixed": "1.2.0"}]}]
+        record = {"id": f"MAL-2025-{i}", "summary": "Malicious code", "affected": [affected]}
+        with open(os.path.join(path, f"MAL-2025-{i}.json"), "w") as f:
+            json.dump(record, f)
 
 
 def start_guarded_npg(procs, work, name, registry_base):
-    """npg with the 10k-entry blocklist, the 100k-entry feed and GUARD_RULES, once the lists
-    are loaded."""
+    """npg with the 10k-entry blocklist, the 100k-entry feed, 10k OSV advisories and
+    GUARD_RULES, once the lists are loaded."""
     path = os.path.join(work, "blacklist.yml")
     if not os.path.exists(path):
         with open(path, "w") as f:
             f.write(guard_blacklist())
-    npg = Npg(procs, work, name, registry_base, registry_base + "/feed-guard.json", blacklist=path, env=GUARD_RULES)
+    osv = os.path.join(work, "osv")
+    if not os.path.exists(osv):
+        guard_osv(osv)
+    env = {**GUARD_RULES, "OSV_FEED_DIR": osv}
+    npg = Npg(procs, work, name, registry_base, registry_base + "/feed-guard.json", blacklist=path, env=env)
     wait_until(lambda: npg.health()["guard"]["malware_entries"] >= 100000 // 3, 60, "guard-on npg feed", npg.proc, procs)
+    wait_until(lambda: npg.health()["guard"]["osv_entries"] >= 10000, 60, "guard-on npg OSV", npg.proc, procs)
     return npg
 
 
