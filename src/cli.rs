@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::App;
@@ -89,23 +90,11 @@ async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
     let (app, jobs) = App::new(&settings, checked)?;
     let http_addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
     let http = bind(http_addr, "HTTP_PORT").await?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
+    // Every server stops on it.
+    let stop = CancellationToken::new();
+    let stopped = || stop.clone().cancelled_owned();
     let drain = settings.shutdown_timeout;
-    let limits = crate::http::server::Limits {
-        deadlines: crate::http::connection::Deadlines {
-            head: settings.header_read_timeout,
-            idle: settings.keepalive_timeout,
-            send: settings.send_timeout,
-        },
-        max_connections: settings.max_connections as usize,
-        metrics: app.metrics.clone(),
-    };
+    let limits = crate::http::server::Limits::new(&settings, app.metrics.clone());
     let mut servers = tokio::task::JoinSet::new();
     match app.tls.clone() {
         None => {
@@ -160,7 +149,7 @@ async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
         );
         tokio::time::sleep(settings.shutdown_delay).await;
     }
-    let _ = stop_tx.send(true);
+    stop.cancel();
     while servers.join_next().await.is_some() {}
     if !jobs.stopped(settings.shutdown_timeout).await {
         tracing::warn!(bound = ?settings.shutdown_timeout, "background jobs still running at exit");

@@ -443,6 +443,19 @@ impl Settings {
     }
 
     /// Whether npg serves HTTPS (ACME or a static certificate).
+    /// These settings for an npg that only this process asks (`npg warm --direct`): plain
+    /// HTTP on an ephemeral loopback port, no TLS or ACME, no changes follower; the caches,
+    /// Redis and the policy as configured.
+    pub(crate) fn local_only(mut self) -> Settings {
+        self.http_bind = IpAddr::from([127, 0, 0, 1]);
+        self.http_port = 0;
+        self.npg_domain.clear();
+        self.tls_cert_file = None;
+        self.tls_key_file = None;
+        self.enable_npm_changes_poller = false;
+        self
+    }
+
     pub(crate) fn tls_enabled(&self) -> bool {
         !self.npg_domain.is_empty() || self.tls_cert_file.is_some()
     }

@@ -48,8 +48,9 @@
 //!   abbreviation, integrity, what a tarball runs at install (`tarball`, read on the stream).
 //! - `lockfile`: `npg lockfile check`: lockfiles (npm, pnpm, yarn 1, yarn berry) judged against
 //!   the policy through a running npg or offline, and their URLs pointed at npg.
-//! - `warm`: `npg warm`: a running npg's caches filled with what lockfiles name, through the
-//!   guard (`client`: asking npg as a client would, tarballs checked as they stream).
+//! - `warm`: `npg warm`: npg's caches filled with what lockfiles name, through the guard
+//!   (`client`: asking npg as a client would, tarballs checked as they stream), of a running
+//!   npg or of one started in process from the environment's settings (`local`: `--direct`).
 //! - `bundle`: `npg export` and `npg import`: a signed `.tar.zst` of what lockfiles name, for
 //!   an air-gapped npg (`manifest`, `signing`), checked whole before anything is stored.
 //! - `probe`: `npg health`, the probe for container health checks.

@@ -21,6 +21,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::connection::{Activity, Deadlines, hold_until_sent, run_within};
+use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
 use crate::tls::challenge::{ALPN_ACME, alpn_config};
@@ -80,6 +81,21 @@ pub(crate) struct Limits {
     /// Beyond this many open connections, new ones wait in the kernel's backlog.
     pub(crate) max_connections: usize,
     pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Limits {
+    /// What the settings allow.
+    pub(crate) fn new(settings: &Settings, metrics: Arc<Metrics>) -> Limits {
+        Limits {
+            deadlines: Deadlines {
+                head: settings.header_read_timeout,
+                idle: settings.keepalive_timeout,
+                send: settings.send_timeout,
+            },
+            max_connections: settings.max_connections as usize,
+            metrics,
+        }
+    }
 }
 
 /// Serves one accepted connection: its requests go to `router`, its deadlines are watched.

@@ -1,12 +1,15 @@
-//! `npg warm <lockfile>...`: fills a running npg's caches with every package a lockfile
-//! names, as a client would ask for them (npm's abbreviated packument, then the tarball,
-//! checked against the lockfile's integrity), through the guard, a few packages at a time;
-//! safe to re-run. What a team runs before a release or a CI fleet's cold start.
+//! `npg warm <lockfile>...`: fills npg's caches with every package a lockfile names, as a
+//! client would ask for them (npm's abbreviated packument, then the tarball, checked against
+//! the lockfile's integrity), through the guard, a few packages at a time; safe to re-run.
+//! What a team runs before a release or a CI fleet's cold start. Either a running npg
+//! (`--npg`), or `--direct`: npg started in this process from the environment's settings, so
+//! its STORAGE_DIR and Redis are filled before any replica runs (`local`).
 //!
 //! Exit codes: 0 all cached, 1 blocked entries (listed), 2 unreadable input or entries that
 //! could not be fetched (listed).
 
 pub(crate) mod client;
+mod local;
 mod progress;
 
 use std::collections::BTreeMap;
@@ -23,7 +26,8 @@ use client::{Form, Npg, Packument, Refusal};
 use progress::Progress;
 
 #[derive(Parser, Debug)]
-#[command(name = "npg warm", about = "Fill a running npg's caches with what lockfiles name")]
+#[command(name = "npg warm", about = "Fill npg's caches with what lockfiles name")]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["npg", "direct"]))]
 pub(crate) struct Cli {
     /// The lockfiles (package-lock.json, npm-shrinkwrap.json, pnpm-lock.yaml, yarn.lock).
     #[arg(required = true)]
@@ -31,7 +35,12 @@ pub(crate) struct Cli {
 
     /// The running npg (e.g. `https://npg.example.com`); packages are asked of `<npg>/npm`.
     #[arg(long, env = "NPG_URL")]
-    npg: Url,
+    npg: Option<Url>,
+
+    /// No running npg: fill STORAGE_DIR and Redis (REDIS_URL...) directly, through npg's own
+    /// code started in this process with the settings `npg serve` reads from the environment.
+    #[arg(long)]
+    direct: bool,
 
     /// Token for npg's access control (the `read` permission is enough).
     #[arg(long, env = "NPM_TOKEN", hide_env_values = true)]
@@ -56,14 +65,25 @@ pub(crate) fn main(args: impl Iterator<Item = String>) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    ExitCode::from(runtime.block_on(warm(cli)))
+    let code = runtime.block_on(async {
+        match cli.npg.clone() {
+            Some(npg) => warm(&cli, &npg).await,
+            None => local::with_local_npg(async |npg| warm(&cli, &npg).await)
+                .await
+                .unwrap_or_else(|e| {
+                    eprintln!("npg warm --direct: {e:#}");
+                    2
+                }),
+        }
+    });
+    ExitCode::from(code)
 }
 
-async fn warm(cli: Cli) -> u8 {
+async fn warm(cli: &Cli, npg: &Url) -> u8 {
     let Some(entries) = crate::lockfile::entries_of(&cli.lockfiles) else {
         return 2;
     };
-    let npg = match Npg::new(&cli.npg, cli.token.clone(), "warm") {
+    let npg = match Npg::new(npg, cli.token.clone(), "warm") {
         Ok(npg) => npg,
         Err(e) => {
             eprintln!("npg warm: HTTP client: {e}");

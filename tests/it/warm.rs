@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use crate::support::clients::{Client, FIXTURE_RESOLUTION, Project};
 use crate::support::guarded::start_with;
 use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
 use crate::support::upstream::{Failure, FakeRegistry};
 
 /// Runs `npg <args>` with nothing of the test's environment.
@@ -85,6 +86,60 @@ async fn npm_lockfile_warmed() {
 #[tokio::test]
 async fn pnpm_lockfile_warmed() {
     warm_then_upstream_fails(Client::Pnpm).await;
+}
+
+/// No npg running: `--direct` fills STORAGE_DIR and Redis through npg's own code, and the
+/// replica started afterwards installs from them with the upstream failing.
+#[tokio::test]
+async fn direct_warm_fills_storage_and_redis_before_any_npg_runs() {
+    let up = FakeRegistry::start();
+    let redis = RedisServer::start();
+    let storage = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let placeholder = NpgProcess::start(&up.url(), &[]);
+    let lockfile = fixture_lockfile(Client::Npm, &up, &placeholder, dir.path());
+    drop(placeholder);
+    up.reset_counts();
+
+    let redis_url = redis.url();
+    let cluster = [("ENABLE_REDIS_CACHE", "true"), ("REDIS_URL", redis_url.as_str())];
+    let addr = crate::support::loopback(crate::support::free_port());
+    let mut cmd = NpgProcess::command(&up.url(), addr, storage.path());
+    cmd.envs(cluster).args(["warm", "--direct", lockfile.to_str().unwrap()]);
+    let out = cmd.output().unwrap();
+    let entries = FIXTURE_RESOLUTION.len();
+    let summary = format!("{entries} entries: {entries} fetched, 0 already cached, 0 blocked, 0 failed");
+    assert!(text(&out).contains(&summary), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        storage
+            .path()
+            .join("np/npg-fixture-a/npg-fixture-a-2.0.0.tgz")
+            .is_file()
+    );
+    assert!(
+        redis.command(&["EXISTS", "npg:meta:npg-fixture-a"]).starts_with(":1"),
+        "the packument in Redis"
+    );
+
+    up.set_failure(Failure::Status(503));
+    let npg_ = NpgProcess::start_with_storage(&up.url(), &cluster, storage.path().to_path_buf(), None);
+    let text = std::fs::read_to_string(&lockfile)
+        .unwrap()
+        .replace(&placeholder_url(&lockfile), &npg_.proxy_url);
+    std::fs::write(&lockfile, text).unwrap();
+    let registry = npg_.proxy_url.clone();
+    tokio::task::spawn_blocking(move || install_from(Client::Npm, &registry, &lockfile))
+        .await
+        .unwrap();
+}
+
+/// The npg URL a fixture lockfile names (the part of a `resolved` URL before `/npg-fixture-a/`).
+fn placeholder_url(lockfile: &Path) -> String {
+    let text = std::fs::read_to_string(lockfile).unwrap();
+    let at = text.find("/npg-fixture-a/-/").expect("a resolved URL");
+    let start = text[..at].rfind("\"http").expect("its start") + 1;
+    text[start..at].to_string()
 }
 
 #[tokio::test]
