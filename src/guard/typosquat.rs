@@ -10,8 +10,10 @@
 //! - scope confusion: a name equal to a popular scoped one with the scope folded in
 //!   (`babelcore`, `babel-core` for `@babel/core`) or the other way round (`@lodash/merge`
 //!   for `lodash.merge`), or a scope one edit away from a popular one with the same bare
-//!   name (`@tpyes/node`). A name in the popular name's own scope is never a suspect
-//!   (`@types/reac`, `@aws-sdk/client-sqs`): only the scope's owner can publish there;
+//!   name (`@tpyes/node`), or a bare name one edit from a popular unscoped one that the scope
+//!   mirrors (`@types/reac`: `react` and `@types/react` are popular). Otherwise a name one
+//!   edit from a popular name in that name's own scope is not a suspect (`@babel/cor`,
+//!   `@aws-sdk/client-sqs`): only the scope's owner can publish there;
 //! - Damerau–Levenshtein distance 1 (a character added, removed, changed, or two neighbours
 //!   swapped), when the part that differs has at least `MIN_EDIT_LEN` characters (most short
 //!   names are one edit from a popular one: `ms`, `qs`, `jest`/`just`/`test`), and not
@@ -202,7 +204,23 @@ impl Typosquats {
             return None;
         }
         let bytes = name.as_bytes();
-        self.lookalike(bytes).or_else(|| self.edit(bytes))
+        self.lookalike(bytes)
+            .or_else(|| self.edit(bytes))
+            .or_else(|| self.scoped_edit(bytes))
+    }
+
+    /// A scoped name whose bare name is one edit from a popular unscoped one whose scope
+    /// mirrors it (`@types/reac`: `react` and `@types/react` are both popular): the types or
+    /// plugin of a popular package, misspelt. Other scopes choose their own bare names
+    /// (`@antfu/utils` is not `utila`).
+    fn scoped_edit(&self, name: &[u8]) -> Option<Suspect> {
+        let (Some(scope), bare) = parts(name) else { return None };
+        let found = self.edit(bare)?;
+        let mirrored = format!("@{}/{}", String::from_utf8_lossy(scope), found.like);
+        self.popular.contains(&mirrored).then_some(Suspect {
+            how: Similarity::Scope,
+            ..found
+        })
     }
 
     fn lookalike(&self, name: &[u8]) -> Option<Suspect> {
@@ -503,9 +521,10 @@ mod tests {
         assert_eq!(check("@typse/node"), like("@types/node", Scope), "scope misspelt");
         assert_eq!(check("@tyes/react"), like("@types/react", Scope));
         assert_eq!(check("@evil/react"), None, "a popular bare name in another scope");
+        // The bare name one edit from a popular unscoped one, in any scope.
+        assert_eq!(check("@types/reac"), like("react", Scope), "the issue's example");
+        assert_eq!(check("@evil/expresss"), None, "a scope that does not mirror express");
         // Only the scope's owner publishes in it: their own neighbours are not squats.
-        assert_eq!(check("@types/reac"), None);
-        assert_eq!(check("@types/re-act"), None);
         assert_eq!(check("@babel/cor"), None);
     }
 
