@@ -119,9 +119,13 @@ impl Judge {
     pub(crate) fn caveat(&self) -> &'static str {
         match self {
             Judge::Offline { age_unjudged: true, .. } => {
-                "; offline: MIN_RELEASE_AGE not judged (it needs publication times: use --npg)"
+                "; offline: MIN_RELEASE_AGE, install scripts and signatures not judged (they need \
+                 the packuments: use --npg)"
             }
-            Judge::Offline { .. } => "; offline: the blocklist and the malware feed kept on disk",
+            Judge::Offline { .. } => {
+                "; offline: the blocklist, the malware lists kept on disk and typosquats (install \
+                 scripts and signatures need the packuments: use --npg)"
+            }
             Judge::Online { .. } => "",
         }
     }

@@ -85,7 +85,7 @@ async fn check_and_rewrite(client: Client) {
         text(&out)
     );
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("MIN_RELEASE_AGE not judged"),
+        String::from_utf8_lossy(&out.stderr).contains("MIN_RELEASE_AGE, install scripts and signatures not judged"),
         "{}",
         text(&out)
     );
