@@ -340,6 +340,11 @@ pub(crate) struct Settings {
     /// again; the last good copy is kept under MALWARE_LIST_DIR/registry-keys/.
     #[arg(long, env = "SIGNATURE_KEYS_INTERVAL", default_value = "1h", value_parser = parse_duration)]
     pub(crate) signature_keys_interval: Duration,
+
+    /// The registry's keys document (`-/npm/v1/keys` JSON) pinned by the operator: signatures
+    /// are checked against these keys only, and upstream's keys endpoint is never asked.
+    #[arg(long, env = "SIGNATURE_KEYS_FILE")]
+    pub(crate) signature_keys_file: Option<PathBuf>,
 }
 
 /// Where the guard's rules come from: the files and the feed, as `serve` and `npg lockfile

@@ -8,6 +8,7 @@ use crate::guard::age::AgeGate;
 use crate::guard::blocklist::Blocklist;
 use crate::guard::names::NameSet;
 use crate::guard::scripts::ScriptGate;
+use crate::guard::signatures::RegistryKeys;
 use crate::guard::typosquat::{Action, TyposquatRule, Typosquats};
 use crate::tls::TlsFiles;
 use crate::upstream;
@@ -50,6 +51,9 @@ impl Preflight {
             settings.install_script_quarantine,
         );
         let typosquat = typosquat(&settings.policy)?;
+        if let Some(path) = &settings.signature_keys_file {
+            RegistryKeys::load(path).context("SIGNATURE_KEYS_FILE")?;
+        }
         let tokens = match &settings.auth_tokens_file {
             Some(path) => Some(Tokens::load(path).context("AUTH_TOKENS_FILE")?),
             None => None,

@@ -124,6 +124,16 @@ impl RegistryKeys {
         })
     }
 
+    /// A keys document pinned in a file (SIGNATURE_KEYS_FILE); one with no key is refused
+    /// (it would turn verification off).
+    pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<RegistryKeys> {
+        use anyhow::Context;
+        let body = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let keys = RegistryKeys::parse(body.into()).with_context(|| format!("{}", path.display()))?;
+        anyhow::ensure!(!keys.is_empty(), "{}: no keys in it", path.display());
+        Ok(keys)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }

@@ -60,6 +60,8 @@ pub(crate) enum ListOrigin {
     Redis,
     /// Read from a directory of records (OSV_FEED_DIR).
     Directory,
+    /// Pinned by the operator in a file (SIGNATURE_KEYS_FILE).
+    File,
 }
 
 impl ListOrigin {
@@ -70,6 +72,7 @@ impl ListOrigin {
             ListOrigin::Disk => "disk",
             ListOrigin::Redis => "redis",
             ListOrigin::Directory => "directory",
+            ListOrigin::File => "file",
         }
     }
 }

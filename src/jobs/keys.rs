@@ -12,7 +12,12 @@
 //!   document `registry:keys` says when; an empty body there is "no keys"). The others load
 //!   the cluster's copy when they look (every few seconds) and find it newer than theirs.
 //! - New keys replace the guard's signature rules (a new policy version: packuments are
-//!   rendered again, with their signatures checked against the new keys).
+//!   rendered again, with their signatures checked against the new keys). Keys never go away
+//!   silently: a registry that had keys and now publishes none (a 404, an empty list) is an
+//!   error, and the keys in force stay (what a hostile upstream turning verification off
+//!   looks like).
+//! - SIGNATURE_KEYS_FILE pins the keys: they come from that file only, and upstream is never
+//!   asked (an upstream that can replace the signatures can replace its keys too).
 
 use std::io;
 use std::sync::Arc;
@@ -90,6 +95,9 @@ pub(crate) fn spawn(
         guard.update_keys_status(|s| s.state = State::Disabled);
         return;
     }
+    if let Some(path) = &settings.signature_keys_file {
+        return pin(&guard, mode, path);
+    }
     let url = settings
         .registry_url
         .join(KEYS_PATH)
@@ -109,6 +117,33 @@ pub(crate) fn spawn(
     };
     refresher.load_disk();
     jobs.spawn_leased("registry keys", lock, refresher.run());
+}
+
+/// The operator's keys, in force for the life of the process (checked by the preflight).
+fn pin(guard: &Guard, mode: SignatureMode, path: &std::path::Path) {
+    match RegistryKeys::load(path) {
+        Ok(keys) => {
+            let count = keys.len();
+            guard.set_signatures(Signatures {
+                mode,
+                keys: Arc::new(keys),
+            });
+            tracing::info!(keys = count, path = %path.display(), "registry signing keys pinned");
+            guard.update_keys_status(|s| {
+                s.state = State::Ok;
+                s.count = count;
+                s.source = Some(ListOrigin::File);
+            });
+        }
+        Err(e) => {
+            let error = format!("{e:#}");
+            tracing::error!(%error, "SIGNATURE_KEYS_FILE not loaded: nothing verified");
+            guard.update_keys_status(|s| {
+                s.state = State::Error;
+                s.last_error = Some(error);
+            });
+        }
+    }
 }
 
 impl Refresher {
@@ -251,6 +286,12 @@ impl Refresher {
             true => RegistryKeys::default(),
             false => RegistryKeys::parse(body.clone())?,
         };
+        let in_force = self.guard.policy().signatures.keys.len();
+        if keys.is_empty() && in_force > 0 {
+            return Err(anyhow!(
+                "the registry stopped publishing signing keys; keeping the {in_force} in force"
+            ));
+        }
         self.updated_ms = updated_ms;
         if self.body.as_ref() != Some(&body) {
             let count = keys.len();

@@ -61,6 +61,11 @@ fn bad_cases(dir: &Path) -> Vec<Case> {
             None,
             vec![("INSTALL_SCRIPT_POLICY", "maybe".into())],
         ),
+        (
+            "SIGNATURE_KEYS_FILE",
+            None,
+            vec![("SIGNATURE_KEYS_FILE", path("garbage.pem"))],
+        ),
         ("AUTH_TOKENS_FILE", None, vec![("AUTH_TOKENS_FILE", path("tokens"))]),
         (
             "TLS_CERT_FILE",

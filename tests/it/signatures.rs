@@ -257,3 +257,77 @@ async fn two_replicas_fetch_the_keys_once_per_interval() {
     }
     assert!(sources.contains(&Value::from("redis")), "{sources:?}");
 }
+
+/// An upstream that re-signs with its own key and publishes that key: with SIGNATURE_KEYS_FILE
+/// npg verifies against the pinned key only (every version now has an unknown key: hidden),
+/// and never asks upstream for keys.
+#[tokio::test]
+async fn pinned_keys_are_the_only_keys() {
+    let up = FakeRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pinned = dir.path().join("keys.json");
+    let genuine = support::http::get(&format!("{}-/npm/v1/keys", up.url()), &[]).await;
+    std::fs::write(&pinned, &genuine.body).unwrap();
+    let pinned_env = [("SIGNATURE_KEYS_FILE", pinned.to_str().unwrap())];
+    let npg = NpgProcess::start(
+        &up.url(),
+        &[&[("SIGNATURE_POLICY", "hide-invalid")][..], &pinned_env].concat(),
+    );
+    let signatures = keys_in_force(&npg, 1).await;
+    assert_eq!(signatures["keys"]["source"], "file", "{signatures}");
+    let report = json(&format!("{}/api/guard/npg-fixture-a", npg.base)).await;
+    assert_eq!(report["signatures"]["counts"]["valid"], 3, "{report}");
+
+    let genuine_keyid = up.keyid();
+    let forged = up.rotate_signer();
+    assert_ne!(forged, genuine_keyid, "a new key");
+    let fresh = NpgProcess::start(
+        &up.url(),
+        &[&[("SIGNATURE_POLICY", "hide-invalid")][..], &pinned_env].concat(),
+    );
+    keys_in_force(&fresh, 1).await;
+    let report = json(&format!("{}/api/guard/npg-fixture-a", fresh.base)).await;
+    assert_eq!(report["signatures"]["counts"]["unknown_key"], 3, "{report}");
+    assert_eq!(report["hidden"]["2.0.0"]["type"], "signature", "{report}");
+    assert_eq!(up.requests(KEYS_PATH), 1, "only the test asked upstream for keys");
+    let keys = json(&format!("{}/-/npm/v1/keys", fresh.proxy_url)).await;
+    assert_eq!(
+        keys["keys"][0]["keyid"],
+        genuine_keyid.as_str(),
+        "npg serves the pinned keys"
+    );
+
+    // Unpinned, the same npg takes the upstream's word (the control).
+    let unpinned = start(&up, "hide-invalid", &[]).await;
+    let report = json(&format!("{}/api/guard/npg-fixture-a", unpinned.base)).await;
+    assert_eq!(report["signatures"]["counts"]["valid"], 3, "{report}");
+}
+
+/// Keys in force do not go away because upstream stops publishing them.
+#[tokio::test]
+async fn keys_are_not_dropped_when_upstream_stops_publishing_them() {
+    let up = FakeRegistry::start();
+    up.alter_signature("npg-fixture-a", "2.0.0");
+    let npg = start(&up, "hide-invalid", &[("SIGNATURE_KEYS_INTERVAL", "300ms")]).await;
+    up.set_keys_published(false);
+    let started = Instant::now();
+    let health = loop {
+        let health = json(&format!("{}/api/health", npg.base)).await;
+        if health["guard"]["signatures"]["keys"]["state"] == "error" {
+            break health;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let keys = &health["guard"]["signatures"]["keys"];
+    assert_eq!(keys["count"], 1, "{health}");
+    assert!(
+        keys["last_error"].as_str().unwrap().contains("stopped publishing"),
+        "{health}"
+    );
+    let report = json(&format!("{}/api/guard/npg-fixture-a", npg.base)).await;
+    assert_eq!(
+        report["hidden"]["2.0.0"]["type"], "signature",
+        "still verified: {report}"
+    );
+}

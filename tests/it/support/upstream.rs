@@ -474,6 +474,26 @@ impl FakeRegistry {
         });
     }
 
+    /// A new signing key: every version signed again with it, and only it published (what an
+    /// upstream that re-signs what it alters looks like). Returns the new keyid.
+    pub fn rotate_signer(&self) -> String {
+        let mut s = self.lock();
+        s.signer = Signer::generate();
+        let state = &mut *s;
+        for (name, pkg) in state.packages.iter_mut() {
+            for v in pkg.versions.iter_mut() {
+                let dist = v.manifest["dist"].as_object_mut().expect("dist");
+                let Some(integrity) = dist.get("integrity").and_then(Value::as_str) else {
+                    continue;
+                };
+                let signatures = state.signer.signatures(&format!("{name}@{}:{integrity}", v.version));
+                dist.insert("signatures".into(), signatures);
+            }
+            pkg.rendered = None;
+        }
+        state.signer.keyid.clone()
+    }
+
     /// Removes `dist.signatures` from `name@version`.
     pub fn remove_signature(&self, name: &str, version: &str) {
         self.set_signatures(name, version, |_| Value::Null);
