@@ -5,4 +5,4 @@ pub(crate) mod integrity;
 pub mod name;
 pub(crate) mod packument;
 pub mod path;
-pub(crate) mod tarball;
+pub mod tarball;

@@ -23,7 +23,7 @@ const BLOCK: usize = 512;
 
 /// What the probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Probe {
+pub enum Probe {
     /// Whether the tarball runs code at install (npm's rule, as `VersionFacts`).
     Read { install_script: bool },
     /// A tar without a root `package.json`: npm has no scripts to run from it.
@@ -36,13 +36,13 @@ impl Probe {
     /// Whether a version whose manifest declares `declared` can be trusted to run no more
     /// than that: not when the tarball has an install script its manifest does not declare,
     /// or when its scripts cannot be told.
-    pub(crate) fn agrees(self, declared: bool) -> bool {
+    pub fn agrees(self, declared: bool) -> bool {
         declared || matches!(self, Probe::Read { install_script: false } | Probe::NoManifest)
     }
 }
 
 /// Feed it the tarball's bytes in order, then `finish`.
-pub(crate) struct ScriptProbe {
+pub struct ScriptProbe {
     input: Input,
 }
 
@@ -63,7 +63,7 @@ impl Default for ScriptProbe {
 }
 
 impl ScriptProbe {
-    pub(crate) fn update(&mut self, chunk: &[u8]) {
+    pub fn update(&mut self, chunk: &[u8]) {
         if let Input::Sniffing(start) = &mut self.input {
             start.extend_from_slice(chunk);
             if start.len() < 2 {
@@ -90,7 +90,7 @@ impl ScriptProbe {
         }
     }
 
-    pub(crate) fn finish(self) -> Probe {
+    pub fn finish(self) -> Probe {
         let walker = match self.input {
             Input::Gzip(gz) => gz.finish().ok(),
             Input::Plain(walker) => Some(walker),
