@@ -140,9 +140,9 @@ impl Policy {
     }
 
     /// Whether a version of `name` can only be judged with its packument (publication time,
-    /// install scripts), not by its name and number alone.
+    /// install scripts, registry signature), not by its name and number alone.
     pub(crate) fn needs_document(&self, name: &str) -> bool {
-        self.age_gate(name).is_some() || self.script_gate(name).is_some()
+        self.age_gate(name).is_some() || self.script_gate(name).is_some() || self.signatures.hides()
     }
 
     /// Which of `versions` to hide at `now_ms`: the lists first, then the install-script rule,

@@ -288,6 +288,11 @@ impl Signatures {
         self.mode != SignatureMode::Off
     }
 
+    /// Whether this mode can hide a version (so a version needs its packument to be judged).
+    pub(crate) fn hides(&self) -> bool {
+        matches!(self.mode, SignatureMode::HideInvalid | SignatureMode::HideUnsigned) && !self.keys.is_empty()
+    }
+
     /// The block a state makes under this mode. Without keys nothing can be verified, so
     /// nothing is hidden (health says so): an upstream without keys must not go dark.
     pub(crate) fn block(&self, state: &SigState) -> Option<Block> {

@@ -331,3 +331,34 @@ async fn keys_are_not_dropped_when_upstream_stops_publishing_them() {
         "still verified: {report}"
     );
 }
+
+/// A tarball cached under `warn` is not served by its file name alone once `hide-invalid`
+/// is in force and upstream is down (no packument to tell its signature).
+#[tokio::test]
+async fn a_cached_tarball_is_not_judged_by_its_name_alone() {
+    let up = FakeRegistry::start();
+    up.alter_signature("npg-fixture-a", "2.0.0");
+    let storage = tempfile::tempdir().unwrap();
+    let file = "npg-fixture-a/-/npg-fixture-a-2.0.0.tgz";
+    {
+        let warn = NpgProcess::start_with_storage(
+            &up.url(),
+            &[("SIGNATURE_POLICY", "warn")],
+            storage.path().to_path_buf(),
+            None,
+        );
+        keys_in_force(&warn, 1).await;
+        let reply = support::http::get(&format!("{}/{file}", warn.proxy_url), &[]).await;
+        assert_eq!(reply.status.as_u16(), 200);
+    }
+    up.set_failure(Failure::Status(503));
+    let hide = NpgProcess::start_with_storage(
+        &up.url(),
+        &[("SIGNATURE_POLICY", "hide-invalid")],
+        storage.path().to_path_buf(),
+        None,
+    );
+    assert_eq!(keys_in_force(&hide, 1).await["keys"]["source"], "disk");
+    let reply = support::http::get(&format!("{}/{file}", hide.proxy_url), &[]).await;
+    assert_ne!(reply.status.as_u16(), 200, "served a tarball the policy may hide");
+}
