@@ -149,11 +149,15 @@ impl Policy {
     /// then the release-age gate.
     pub(crate) fn judge(&self, name: &str, versions: &[VersionFacts], now_ms: u64) -> Verdict {
         let mut verdict = Verdict::default();
+        // The first rule to hide a version tells why; only its end of hold bounds the rendering.
         let mut hold = |version: &str, block: Block| {
+            if verdict.hidden.contains_key(version) {
+                return;
+            }
             if let Some(until) = block.until {
                 verdict.valid_until_ms = Some(verdict.valid_until_ms.map_or(until, |v| v.min(until)));
             }
-            verdict.hidden.entry(version.to_string()).or_insert(block);
+            verdict.hidden.insert(version.to_string(), block);
         };
         for facts in versions {
             if let Some(block) = self.version(name, &facts.version) {
@@ -503,6 +507,16 @@ mod tests {
             "{}",
             g.metrics.render()
         );
+    }
+
+    #[test]
+    fn a_version_hidden_by_a_list_does_not_bound_the_rendering_by_its_age() {
+        let g = guard();
+        let now = 10 * 3_600_000;
+        // 2.0.0 is blocked by the blocklist and young: the rendering holds, whatever its age.
+        let verdict = g.policy().judge("p", &facts(&[("2.0.0", Some(now - 60_000))]), now);
+        assert_eq!(verdict.hidden["2.0.0"].kind, Rule::Version);
+        assert_eq!(verdict.valid_until_ms, None);
     }
 
     #[test]
