@@ -52,12 +52,12 @@ impl App {
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
             SharedRedis::connect(
-                &settings.redis_connection_url()?,
+                &settings.redis_target()?,
                 &settings.redis_prefix,
                 &instance,
                 metrics.clone(),
             )
-            .context("REDIS_URL")?
+            .context("REDIS_URL / REDIS_SENTINELS")?
         } else {
             SharedRedis::disabled(metrics.clone())
         };

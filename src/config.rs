@@ -3,11 +3,13 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use url::Url;
 
+use crate::cluster::sentinel::{HostPort, SentinelTarget, Target};
 use crate::guard::scripts::ScriptPolicy;
 use crate::guard::signatures::SignatureMode;
 use crate::upstream::origins::Origin;
@@ -122,6 +124,24 @@ pub(crate) struct Settings {
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "REDIS_PREFIX", default_value = "npg:")]
     pub(crate) redis_prefix: String,
+
+    /// Redis Sentinel addresses (`host:port,...`): the master is looked up through them and
+    /// followed across failovers. Excludes REDIS_URL; the master's password and database are
+    /// REDIS_PASSWORD(_FILE) and REDIS_DB.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', value_parser = HostPort::from_str)]
+    pub(crate) redis_sentinels: Vec<HostPort>,
+
+    /// The name the sentinels monitor the master under (required with REDIS_SENTINELS).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub(crate) redis_sentinel_master: Option<String>,
+
+    /// Password of the sentinels themselves, when they require one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub(crate) redis_sentinel_password: Option<String>,
+
+    /// File holding REDIS_SENTINEL_PASSWORD (a compose or systemd secret).
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD_FILE")]
+    pub(crate) redis_sentinel_password_file: Option<PathBuf>,
 
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
@@ -397,22 +417,56 @@ pub(crate) enum TyposquatPolicy {
 }
 
 impl Settings {
-    /// Whether Redis is used: explicit ENABLE_REDIS_CACHE wins, else REDIS_URL turns it on.
+    /// Whether Redis is used: explicit ENABLE_REDIS_CACHE wins, else REDIS_URL or
+    /// REDIS_SENTINELS turns it on.
     pub(crate) fn redis_enabled(&self) -> bool {
-        self.enable_redis_cache.unwrap_or(self.redis_url.is_some())
+        self.enable_redis_cache
+            .unwrap_or(self.redis_url.is_some() || !self.redis_sentinels.is_empty())
+    }
+
+    /// How to reach the Redis master: one fixed node, or the one the sentinels name.
+    pub(crate) fn redis_target(&self) -> anyhow::Result<Target> {
+        if self.redis_sentinels.is_empty() {
+            if self.redis_sentinel_master.is_some() {
+                return Err(anyhow!("REDIS_SENTINEL_MASTER: set without REDIS_SENTINELS"));
+            }
+            return Ok(Target::Url(self.redis_connection_url()?));
+        }
+        if self.redis_url.is_some() {
+            return Err(anyhow!(
+                "REDIS_URL and REDIS_SENTINELS exclude each other: with sentinels the master is \
+                 looked up (set its password and database with REDIS_PASSWORD(_FILE) and REDIS_DB)"
+            ));
+        }
+        let master_name = match self.redis_sentinel_master.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_string(),
+            _ => {
+                return Err(anyhow!(
+                    "REDIS_SENTINEL_MASTER: required with REDIS_SENTINELS (the name the sentinels monitor the master under)"
+                ));
+            }
+        };
+        Ok(Target::Sentinels(SentinelTarget {
+            sentinels: self.redis_sentinels.clone(),
+            master_name,
+            sentinel_password: secret(
+                "REDIS_SENTINEL_PASSWORD_FILE",
+                self.redis_sentinel_password_file.as_deref(),
+                self.redis_sentinel_password.as_ref(),
+            )?,
+            master_password: secret(
+                "REDIS_PASSWORD_FILE",
+                self.redis_password_file.as_deref(),
+                self.redis_password.as_ref(),
+            )?,
+            db: self.redis_db,
+        }))
     }
 
     /// The Redis connection URL from REDIS_URL or the Node NPG's REDIS_* settings, with the
     /// password of REDIS_PASSWORD_FILE when one is set.
     pub(crate) fn redis_connection_url(&self) -> anyhow::Result<String> {
-        let from_file = match &self.redis_password_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map(|p| p.trim().to_string())
-                    .map_err(|e| anyhow!("REDIS_PASSWORD_FILE: cannot read {} ({e})", path.display()))?,
-            ),
-            None => None,
-        };
+        let from_file = secret("REDIS_PASSWORD_FILE", self.redis_password_file.as_deref(), None)?;
         if let Some(url) = &self.redis_url {
             let mut parsed = Url::parse(url).map_err(|e| anyhow!("REDIS_URL: not a valid Redis URL ({e})"))?;
             if let Some(p) = from_file.filter(|_| parsed.password().is_none()) {
@@ -503,6 +557,9 @@ impl Settings {
         if shown.redis_password.is_some() {
             shown.redis_password = Some("<redacted>".into());
         }
+        if shown.redis_sentinel_password.is_some() {
+            shown.redis_sentinel_password = Some("<redacted>".into());
+        }
         if let Some(mut url) = shown.redis_url.as_deref().and_then(|u| Url::parse(u).ok()) {
             if url.password().is_some() {
                 let _ = url.set_password(Some("redacted"));
@@ -540,9 +597,16 @@ impl Settings {
         if let Some((name, _)) = deadlines.iter().find(|(_, d)| d.is_zero()) {
             return Err(anyhow!("{name}: must be more than 0"));
         }
-        if self.redis_enabled() {
-            redis::Client::open(self.redis_connection_url()?)
-                .map_err(|e| anyhow!("REDIS_URL: not a valid Redis URL ({e})"))?;
+        // Sentinels set beside REDIS_URL are an error even with the cache switched off.
+        if self.redis_enabled() || !self.redis_sentinels.is_empty() {
+            match self.redis_target()? {
+                Target::Url(url) => {
+                    redis::Client::open(url).map_err(|e| anyhow!("REDIS_URL: not a valid Redis URL ({e})"))?;
+                }
+                Target::Sentinels(target) => {
+                    crate::cluster::sentinel::Sentinels::new(&target).map_err(|e| anyhow!("REDIS_SENTINELS: {e}"))?;
+                }
+            }
         }
         check_storage_dir(&self.storage_dir)?;
         if !self.npg_domain.is_empty() && self.tls_cert_file.is_some() {
@@ -571,6 +635,20 @@ impl Settings {
 
 /// STORAGE_DIR checked without writing anything (`check-config` must leave the disk as it
 /// found it): a directory npg may write in, or one it may create (`serve` does).
+/// A password from its `_FILE` setting (trimmed) or else its plain setting.
+fn secret(
+    file_setting: &str,
+    file: Option<&std::path::Path>,
+    plain: Option<&String>,
+) -> anyhow::Result<Option<String>> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|p| Some(p.trim().to_string()))
+            .map_err(|e| anyhow!("{file_setting}: cannot read {} ({e})", path.display())),
+        None => Ok(plain.cloned()),
+    }
+}
+
 fn check_storage_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let shown = dir.display();
     let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {

@@ -86,6 +86,8 @@ pub struct Metrics {
     upstream_seconds: Family<Kind, Histogram>,
     bytes_served: Family<Route, Counter>,
     redis_up: Gauge,
+    redis_failovers: Counter,
+    redis_unreplicated: Counter,
     guard_blocks: Family<BlockType, Counter>,
     acme_orders: Family<Outcome, Counter>,
     changes_invalidations: Counter,
@@ -148,6 +150,18 @@ impl Default for Metrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when the shared Redis answers", redis_up.clone());
+        let redis_failovers = Counter::default();
+        registry.register(
+            "redis_failovers",
+            "Times the Redis master changed under this replica (Sentinel failovers followed)",
+            redis_failovers.clone(),
+        );
+        let redis_unreplicated = Counter::default();
+        registry.register(
+            "redis_unreplicated",
+            "Leases and fenced writes no Redis replica acknowledged in time (WAIT)",
+            redis_unreplicated.clone(),
+        );
         let guard_blocks = Family::default();
         registry.register(
             "guard_blocks",
@@ -261,6 +275,8 @@ impl Default for Metrics {
             upstream_seconds,
             bytes_served,
             redis_up,
+            redis_failovers,
+            redis_unreplicated,
             guard_blocks,
             changes_invalidations,
             acme_orders,
@@ -299,6 +315,14 @@ impl Metrics {
 
     pub(crate) fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    pub(crate) fn redis_failover(&self) {
+        self.redis_failovers.inc();
+    }
+
+    pub(crate) fn redis_unreplicated(&self) {
+        self.redis_unreplicated.inc();
     }
 
     pub(crate) fn acme_order(&self, result: &'static str) {
@@ -361,7 +385,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

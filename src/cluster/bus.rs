@@ -124,22 +124,32 @@ impl Bus {
     }
 }
 
-/// Subscribes, forwards messages, and on any trouble opens a new connection, with a backoff
-/// capped at a few seconds so a restarted Redis is picked up quickly. Ends with the bus.
+/// Subscribes, forwards messages, and on any trouble (or a failover) opens a new connection,
+/// with a backoff capped at a few seconds so a restarted Redis is picked up quickly. Ends
+/// with the bus.
 async fn subscriber(bus: std::sync::Weak<Bus>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(3));
     loop {
         let Some(b) = bus.upgrade() else { return };
-        let Some(client) = b.redis.client().cloned() else {
+        if !b.redis.clustered() {
             return;
-        };
+        }
+        // Taken before the client: a master swapped in meanwhile still ends this subscription.
+        let mut node_changes = b.redis.node_changes();
+        node_changes.mark_unchanged();
+        let client = b.redis.client();
         let channel = b.channel.clone();
         drop(b);
+        let Some(client) = client else {
+            // With Sentinel, no master is known until the monitor finds one.
+            tokio::time::sleep(backoff.after_failure()).await;
+            continue;
+        };
         match subscribe(&client, &channel).await {
             Ok(pubsub) => {
                 tracing::debug!(%channel, "subscribed to cluster events");
                 backoff.reset();
-                if !listen(&bus, pubsub).await {
+                if !listen(&bus, pubsub, &mut node_changes).await {
                     return;
                 }
                 tracing::info!("cluster event subscription lost; resubscribing");
@@ -156,8 +166,13 @@ async fn subscribe(client: &redis::Client, channel: &str) -> anyhow::Result<redi
     Ok(pubsub)
 }
 
-/// Forwards messages until the connection fails; false when the bus is gone.
-async fn listen(bus: &std::sync::Weak<Bus>, pubsub: redis::aio::PubSub) -> bool {
+/// Forwards messages until the connection fails or another master is swapped in (events are
+/// published there now); false when the bus is gone.
+async fn listen(
+    bus: &std::sync::Weak<Bus>,
+    pubsub: redis::aio::PubSub,
+    node_changes: &mut tokio::sync::watch::Receiver<u64>,
+) -> bool {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -168,6 +183,7 @@ async fn listen(bus: &std::sync::Weak<Bus>, pubsub: redis::aio::PubSub) -> bool 
                 let Some(b) = bus.upgrade() else { return false };
                 b.deliver(msg.get_payload_bytes());
             }
+            _ = node_changes.changed() => return true,
             _ = ping.tick() => {
                 if bus.strong_count() == 0 {
                     return false;

@@ -6,6 +6,27 @@
 //! holder must extend well within the TTL (`hold_while` does, around long work); if it dies
 //! the lease expires and another replica takes over. Without Redis there is no cluster: the
 //! single node always holds the lock.
+//!
+//! What a lease guarantees across a failover (Sentinel). Replication is asynchronous: a lease
+//! granted by the old master and not yet on a replica is unknown to the replica promoted in
+//! its place, which may grant it again, and then two replicas act as holder. So a new lease is
+//! acted on only once a replica has it (`WAIT 1`, when the master has replicas; else it is
+//! given back and `try_acquire` says no): the promoted replica then has it too and refuses it
+//! to others until it expires, and the holder, following the failover, extends it there.
+//! This is not a proof: with several replicas the one promoted may not be the one that
+//! acknowledged, and a master cut off with its holder keeps granting until the sentinels'
+//! view reaches it (writes there are dropped when it rejoins as a replica).
+//!
+//! Fencing. The holder's writes that matter (the changes position, `set_if_held`; the ACME
+//! certificate, `storage`) are scripts that check the lease token on the node they write to,
+//! atomically: a holder whose lease ran out or was granted to another is refused. Replication
+//! is in order, so no node ever has a successor's write without that successor's lease: the
+//! token is the fencing token for data kept in the same Redis, and a separate counter would
+//! add nothing. What a write cannot undo is an action outside Redis (an ACME order): that is
+//! what the replicated lease above limits. After a fenced write npg also waits for a replica
+//! (`WAIT 1`), so a failover right after it does not lose the certificate (and order again)
+//! or move the position back; a write no replica acknowledged stays written and is counted
+//! (`redis_unreplicated`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,7 +104,13 @@ impl RedisLock {
             .set_options::<_, _, Option<String>>(&self.key, &self.token, opts)
             .await
         {
-            Ok(Some(_)) => self.set_held(true),
+            // Acted on only once a replica has it: a lease only on the master would be
+            // granted again by the replica promoted in a failover.
+            Ok(Some(_)) if self.redis.replicated(&mut conn, "lease").await => self.set_held(true),
+            Ok(Some(_)) => {
+                self.release().await;
+                false
+            }
             // Taken: by us (then extend it) or by someone else (then extend fails).
             Ok(None) => self.extend().await,
             Err(e) => {
@@ -143,11 +170,14 @@ impl RedisLock {
             .invoke_async::<i64>(&mut conn)
             .await;
         match result {
-            Ok(n) => {
-                if n != 1 {
-                    self.held.store(false, Ordering::Relaxed);
-                }
-                n == 1
+            Ok(1) => {
+                // Written either way; a write no replica has may be lost by a failover.
+                self.redis.replicated(&mut conn, "fenced write").await;
+                true
+            }
+            Ok(_) => {
+                self.held.store(false, Ordering::Relaxed);
+                false
             }
             Err(e) => {
                 self.redis.report_error("lock fenced write", &e);

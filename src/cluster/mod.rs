@@ -11,5 +11,6 @@ pub mod bus;
 pub mod documents;
 pub mod lock;
 pub mod redis;
+pub mod sentinel;
 pub(crate) mod storage;
 pub(crate) mod values;

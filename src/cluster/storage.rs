@@ -158,6 +158,10 @@ impl RedisStorage {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.redis.failed(what, e))?;
+        if written == 1 {
+            // A certificate a failover loses would be ordered again: see it on a replica.
+            self.redis.replicated(&mut conn, what).await;
+        }
         Ok(written == 1)
     }
 }

@@ -106,6 +106,8 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
         "problems": problems,
         "upstream": { "breaker": app.upstream.breaker().status() },
         "redis": redis.as_str(),
+        // The node in use: with Sentinel, the master last found (it moves with a failover).
+        "redis_master": app.redis.master(),
         "version": env!("CARGO_PKG_VERSION"),
         "instance": app.instance,
         "uptime_seconds": app.started.elapsed().as_secs(),

@@ -90,6 +90,42 @@ fn bad_cases(dir: &Path) -> Vec<Case> {
         ),
         ("TYPOSQUAT_LIST", None, vec![("TYPOSQUAT_LIST", path("popular.txt"))]),
         ("TYPOSQUAT_ALLOW", None, vec![("TYPOSQUAT_ALLOW", "/(/".into())]),
+        (
+            "REDIS_URL and REDIS_SENTINELS exclude each other",
+            None,
+            vec![
+                ("REDIS_URL", "redis://127.0.0.1:6379/0".into()),
+                ("REDIS_SENTINELS", "127.0.0.1:26379".into()),
+                ("REDIS_SENTINEL_MASTER", "main".into()),
+            ],
+        ),
+        (
+            "REDIS_SENTINEL_MASTER: required",
+            None,
+            vec![("REDIS_SENTINELS", "127.0.0.1:26379,127.0.0.1:26380".into())],
+        ),
+        (
+            "REDIS_SENTINEL_MASTER: set without REDIS_SENTINELS",
+            None,
+            vec![
+                ("ENABLE_REDIS_CACHE", "true".into()),
+                ("REDIS_SENTINEL_MASTER", "main".into()),
+            ],
+        ),
+        (
+            "REDIS_SENTINELS",
+            None,
+            vec![("REDIS_SENTINELS", "sentinel-without-port".into())],
+        ),
+        (
+            "REDIS_SENTINEL_PASSWORD_FILE",
+            None,
+            vec![
+                ("REDIS_SENTINELS", "127.0.0.1:26379".into()),
+                ("REDIS_SENTINEL_MASTER", "main".into()),
+                ("REDIS_SENTINEL_PASSWORD_FILE", path("missing")),
+            ],
+        ),
     ]
 }
 
@@ -137,6 +173,30 @@ fn check_config_accepts_a_good_configuration() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("configuration is valid"), "{stdout}");
+}
+
+#[test]
+fn check_config_accepts_sentinels() {
+    let dir = with_empty_blocklist();
+    std::fs::write(dir.path().join("sentinel-pw"), "s3cret\n").unwrap();
+    let pw = dir.path().join("sentinel-pw");
+    let env = [
+        ("REDIS_SENTINELS", "127.0.0.1:26379, 127.0.0.1:26380,[::1]:26381"),
+        ("REDIS_SENTINEL_MASTER", "main"),
+        ("REDIS_SENTINEL_PASSWORD_FILE", pw.to_str().unwrap()),
+        ("REDIS_PASSWORD", "master-secret"),
+        ("REDIS_DB", "2"),
+    ];
+    let out = npg(&["check-config"], dir.path(), &env);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    for secret in ["s3cret", "master-secret"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{stdout}{stderr}");
+    }
 }
 
 /// What the disk looked like: every path under `dir`.

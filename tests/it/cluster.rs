@@ -8,13 +8,20 @@ use npg::cluster::bus::{Bus, Event};
 use npg::cluster::documents::{BodyError, DocKind, DocStamps, SharedDocuments};
 use npg::cluster::lock::RedisLock;
 use npg::cluster::redis::{RedisState, SharedRedis};
+use npg::cluster::sentinel::Target;
 use npg::metrics::Metrics;
 
 use crate::support::redis::RedisServer;
 
 /// A replica's connection, once its monitor has seen Redis answer.
 async fn connected(redis: &RedisServer, instance: &str) -> Arc<SharedRedis> {
-    let shared = SharedRedis::connect(&redis.url(), "npg:", instance, Arc::new(Metrics::default())).unwrap();
+    let shared = SharedRedis::connect(
+        &Target::Url(redis.url()),
+        "npg:",
+        instance,
+        Arc::new(Metrics::default()),
+    )
+    .unwrap();
     tokio::spawn(shared.monitor());
     wait_until(Duration::from_secs(10), || shared.state() == RedisState::Connected).await;
     shared

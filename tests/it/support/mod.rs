@@ -11,6 +11,7 @@ pub mod http;
 pub mod npg;
 pub mod pebble;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod tls;
 pub mod upstream;

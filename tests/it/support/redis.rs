@@ -89,27 +89,33 @@ impl RedisServer {
 
     /// `command`, None when nothing accepts connections on the port.
     fn try_command(&self, args: &[&str]) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
-        let mut out = Vec::new();
-        let mut buf = [0u8; 65536];
-        while let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-            if out.ends_with(b"\r\n") {
-                break;
-            }
-        }
-        Some(String::from_utf8_lossy(&out).into_owned())
+        resp(self.port, args)
     }
+}
+
+/// Runs a command on the Redis (or sentinel) at `127.0.0.1:<port>` with redis-cli-free RESP
+/// over a socket, returning the raw reply; None when nothing accepts connections there.
+pub fn resp(port: u16, args: &[&str]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl Drop for RedisServer {
