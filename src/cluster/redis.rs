@@ -271,33 +271,37 @@ impl SharedRedis {
             }
             Finder::Sentinels(sentinels) => {
                 let due = tick.is_multiple_of(ASK_SENTINELS_EVERY) || self.suspect.swap(false, Ordering::Relaxed);
+                let answers = matches!(answer, Some(Answer::Master(_)));
                 if let Some(Answer::Master(n)) = answer {
                     self.replicas.store(n, Ordering::Relaxed);
-                    if !due {
-                        return true;
-                    }
                 }
-                self.follow(sentinels, current.as_deref(), client_name).await
+                if answers && !due {
+                    return true;
+                }
+                self.follow(sentinels, current.as_deref(), answers, client_name).await
             }
         }
     }
 
     /// Asks the sentinels for the master and swaps it in when it is not the node in use.
-    async fn follow(&self, sentinels: &Sentinels, current: Option<&Node>, client_name: &str) -> bool {
+    /// `answers`: the node in use answered as a master at this check. Sentinels that cannot
+    /// be asked leave such a node in use (availability first: sentinels down or restarting
+    /// are no reason to stop sharing state).
+    async fn follow(&self, sentinels: &Sentinels, current: Option<&Node>, answers: bool, client_name: &str) -> bool {
         let found = match tokio::time::timeout(CHECK_TIMEOUT, sentinels.master()).await {
             Ok(Ok(master)) => master,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "no redis master from the sentinels");
-                return false;
+                return answers;
             }
             Err(_) => {
                 tracing::debug!("the sentinels did not name a master in time");
-                return false;
+                return answers;
             }
         };
         if let Some(node) = current.filter(|n| n.addr == found.addr) {
-            // The same master: it counts as up only if it answered as one just now.
-            return self.is_master(node, client_name).await;
+            // The same master: up if it answered as one, now or on a second try.
+            return answers || self.is_master(node, client_name).await;
         }
         self.swap_to(found, current, client_name).await
     }

@@ -18,9 +18,9 @@ use crate::support::redis::RedisServer;
 use crate::support::tls::{self, NodeOptions, TlsNode};
 use crate::support::upstream::FakeRegistry;
 
-const DOMAIN: &str = "npg.test";
+pub(crate) const DOMAIN: &str = "npg.test";
 
-fn loopback(last: u8) -> IpAddr {
+pub(crate) fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
 }
 
@@ -159,14 +159,14 @@ async fn harness_pebble_issues_to_a_loopback_alias() {
 // --- Scenarios against npg --------------------------------------------------------------------
 
 /// How long npg may take to have a certificate after start (pebble issues in well under 1 s).
-const ISSUE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ISSUE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Owned env pairs, borrowed as `&[(&str, &str)]` for `TlsNode`.
 #[derive(Clone, Default)]
-struct Env(Vec<(String, String)>);
+pub(crate) struct Env(Vec<(String, String)>);
 
 impl Env {
-    fn set(mut self, key: &str, value: impl ToString) -> Env {
+    pub(crate) fn set(mut self, key: &str, value: impl ToString) -> Env {
         self.0.retain(|(k, _)| k != key);
         self.0.push((key.to_string(), value.to_string()));
         self
@@ -179,14 +179,19 @@ impl Env {
 
 /// ACME against `pebble` for `npg.test`, sharing `redis`.
 fn acme_env(pebble: &Pebble, redis: &RedisServer) -> Env {
+    acme_only(pebble)
+        .set("ENABLE_REDIS_CACHE", "true")
+        .set("REDIS_URL", redis.url())
+}
+
+/// ACME against `pebble` for `npg.test`, Redis left to the caller.
+pub(crate) fn acme_only(pebble: &Pebble) -> Env {
     Env::default()
         .set("NPG_DOMAIN", DOMAIN)
         .set("ACME_EMAIL", "ops@npg.test")
         .set("ACME_DIRECTORY_URL", pebble.directory_url())
         .set("ACME_CA_FILE", pebble.ca_file().display())
         .set("ACME_CHECK_INTERVAL", "5s")
-        .set("ENABLE_REDIS_CACHE", "true")
-        .set("REDIS_URL", redis.url())
 }
 
 fn start_node(name: &str, up: &FakeRegistry, ip: IpAddr, ports: (u16, u16), env: &Env) -> TlsNode {
@@ -201,7 +206,7 @@ fn start_node(name: &str, up: &FakeRegistry, ip: IpAddr, ports: (u16, u16), env:
 }
 
 /// Replicas `127.0.0.<last>` started at the same moment (one thread each).
-fn start_nodes_at_once(up: &FakeRegistry, lasts: &[u8], ports: (u16, u16), env: &Env) -> Vec<TlsNode> {
+pub(crate) fn start_nodes_at_once(up: &FakeRegistry, lasts: &[u8], ports: (u16, u16), env: &Env) -> Vec<TlsNode> {
     std::thread::scope(|s| {
         let handles: Vec<_> = lasts
             .iter()
@@ -212,7 +217,7 @@ fn start_nodes_at_once(up: &FakeRegistry, lasts: &[u8], ports: (u16, u16), env: 
 }
 
 /// (HTTP port, HTTPS port), both free on every address in `ips`.
-fn ports_on(ips: &[IpAddr]) -> (u16, u16) {
+pub(crate) fn ports_on(ips: &[IpAddr]) -> (u16, u16) {
     let http = tls::free_port_on(ips);
     loop {
         let https = tls::free_port_on(ips);
@@ -237,7 +242,7 @@ async fn redis_hash(redis: &RedisServer, key: &str) -> HashMap<String, String> {
 
 /// pebble validating HTTP-01 and TLS-ALPN-01 on `ports` of 127.0.0.2, where its DNS mock
 /// sends every name (the first replica's address).
-fn pebble_at(ports: (u16, u16)) -> Pebble {
+pub(crate) fn pebble_at(ports: (u16, u16)) -> Pebble {
     Pebble::start(PebbleOptions {
         http_port: ports.0,
         tls_port: ports.1,

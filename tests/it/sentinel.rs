@@ -348,3 +348,50 @@ async fn a_holder_whose_lease_passed_on_across_a_failover_cannot_write() {
     assert!(!a.extend().await, "the stale holder extended b's lease");
     assert_eq!(get_key(&set, new, "npg:changes:seq").as_deref(), Some("200"));
 }
+
+#[tokio::test]
+async fn no_second_acme_order_across_a_failover() {
+    use crate::acme::{DOMAIN, ISSUE_TIMEOUT, acme_only, loopback, pebble_at, ports_on, start_nodes_at_once};
+    let mut set = SentinelSet::start();
+    let up = FakeRegistry::start();
+    let ports = ports_on(&[loopback(2), loopback(3)]);
+    let pebble = pebble_at(ports);
+    let env = acme_only(&pebble)
+        .set("ENABLE_REDIS_CACHE", "true")
+        .set("REDIS_SENTINELS", set.sentinels_setting())
+        .set("REDIS_SENTINEL_MASTER", MASTER_NAME);
+    let nodes = start_nodes_at_once(&up, &[2, 3], ports, &env);
+    for node in &nodes {
+        node.wait_certificate(DOMAIN, ISSUE_TIMEOUT, |_| true).await;
+    }
+    let issued = pebble.issued_serials();
+    assert_eq!(issued.len(), 1, "one order for the cluster");
+    let key = format!("npg:acme:cert:{DOMAIN}");
+
+    let old = set.kill_master();
+    let new = set.wait_new_master(old, RECOVERY_BOUND);
+    // Written with WAIT: the promoted replica has the certificate before npg even follows.
+    let reply = set.command(new, &["HGET", &key, "serial"]);
+    let serial = reply.split("\r\n").nth(1).filter(|_| !reply.starts_with("$-1"));
+    assert_eq!(
+        serial.map(crate::support::tls::normalize_serial).as_ref(),
+        Some(&issued[0]),
+        "the certificate is on the new master: {reply}"
+    );
+    for node in &nodes {
+        let name = &node.name;
+        let followed = wait_for_within(RECOVERY_BOUND, || async {
+            node.health().await["redis_master"] == format!("127.0.0.1:{new}")
+        })
+        .await;
+        assert!(followed, "{name} follows the failover: {}", node.health().await);
+    }
+    // Two certificate checks (ACME_CHECK_INTERVAL 5s) on the new master: nobody orders.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(pebble.issued_serials(), issued, "a second order across the failover");
+    let orders = set.command(new, &["GET", "npg:acme:orders"]);
+    assert!(
+        orders.ends_with("\r\n1\r\n"),
+        "orders counted on the new master: {orders}"
+    );
+}
