@@ -867,6 +867,70 @@ mod tests {
     }
 
     #[test]
+    fn redis_sentinels_name_the_master_and_exclude_redis_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("sentinel-pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let pw = pw.to_str().unwrap();
+        let base = [
+            "--redis-sentinels",
+            "10.0.0.1:26379, s2:26380",
+            "--redis-sentinel-master",
+            "main",
+        ];
+        let mut args = base.to_vec();
+        args.extend([
+            "--redis-sentinel-password-file",
+            pw,
+            "--redis-password",
+            "m",
+            "--redis-db",
+            "3",
+        ]);
+        let cli = parse(&args).unwrap();
+        assert!(cli.settings.redis_enabled(), "sentinels turn Redis on");
+        let Target::Sentinels(t) = cli.settings.redis_target().unwrap() else {
+            panic!("not sentinel mode")
+        };
+        let shown: Vec<String> = t.sentinels.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.1:26379", "s2:26380"]);
+        assert_eq!(t.master_name, "main");
+        assert_eq!(t.sentinel_password.as_deref(), Some("s3cret"));
+        assert_eq!((t.master_password.as_deref(), t.db), (Some("m"), 3));
+
+        let mut with_url = base.to_vec();
+        with_url.extend(["--redis-url", "redis://r:6379/0"]);
+        let err = parse(&with_url)
+            .unwrap()
+            .settings
+            .redis_target()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("REDIS_URL and REDIS_SENTINELS"), "{err}");
+        let err = parse(&base[..2])
+            .unwrap()
+            .settings
+            .redis_target()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("REDIS_SENTINEL_MASTER: required"), "{err}");
+        assert!(parse(&["--redis-sentinels", "no-port"]).is_err());
+        let shown = format!(
+            "{:?}",
+            parse(&["--redis-sentinel-password", "hunter2"])
+                .unwrap()
+                .settings
+                .redacted()
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        // Without sentinels: the fixed node, as before.
+        let cli = parse(&["--redis-url", "redis://r:6379/1"]).unwrap();
+        assert!(matches!(cli.settings.redis_target().unwrap(), Target::Url(u) if u == "redis://r:6379/1"));
+    }
+
+    #[test]
     fn redis_password_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");

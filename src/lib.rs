@@ -38,8 +38,10 @@
 //!   over a `Source`), the OSV advisories from a URL through it or from a directory (`osv`), the
 //!   blocklist and token-file reloads (`blocklist`, `tokens`, on `watch`), the registry's
 //!   signing keys (`keys`: fetched, shared in the cluster, kept on disk).
-//! - `cluster`: the one place that speaks Redis: the connection and its health, leases
-//!   (`Locker`, `hold_while`), shared documents and values, certificate `Storage`, the event bus.
+//! - `cluster`: the one place that speaks Redis: the connection and its health (`redis`, which
+//!   follows a Sentinel failover to the master `sentinel` looks up), leases (`Locker`,
+//!   `hold_while`, acted on once a replica has them), shared documents and values, certificate
+//!   `Storage`, the event bus.
 //! - `tls`: rustls, the certificate resolver, ACME (`acme`: orders under a lease, renewal in the
 //!   CA's ARI window), the certificate store over `cluster::storage` or disk (`store`), sealed
 //!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`).

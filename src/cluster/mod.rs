@@ -1,5 +1,6 @@
 //! What the replicas of a cluster share, and the one place that speaks Redis: the connection
-//! and its health (`redis`, with `clustered()`: is there a cluster at all), leases that let
+//! and its health (`redis`, with `clustered()`: is there a cluster at all; the master a fixed
+//! address or the one the sentinels name, `sentinel`, followed across failovers), leases that let
 //! one replica do a job and `hold_while` to keep one through long work (`lock`, certmagic's
 //! `Locker`), shared documents (`documents`: a gzip body with its ETag and stamps, for L2 and
 //! the malware feed), single shared values (`values`: misses, the changes position),

@@ -163,7 +163,7 @@ async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<Event>) -> Option<
 
 /// Publishes until the other side hears it: subscriptions start asynchronously, and pub/sub
 /// drops what nobody listens to.
-async fn publish_until_heard(from: &Bus, to: &mut tokio::sync::broadcast::Receiver<Event>, event: Event) {
+pub(crate) async fn publish_until_heard(from: &Bus, to: &mut tokio::sync::broadcast::Receiver<Event>, event: Event) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         from.publish(event.clone()).await;

@@ -350,6 +350,27 @@ async fn a_holder_whose_lease_passed_on_across_a_failover_cannot_write() {
 }
 
 #[tokio::test]
+async fn events_reach_the_other_replica_across_a_failover() {
+    use crate::cluster::publish_until_heard;
+    use npg::cluster::bus::{Bus, Event};
+    let mut set = SentinelSet::start();
+    let ra = connected(&set, "a", Arc::new(Metrics::default())).await;
+    let rb = connected(&set, "b", Arc::new(Metrics::default())).await;
+    let (a, b) = (Bus::new(ra.clone(), "a"), Bus::new(rb.clone(), "b"));
+    tokio::spawn(a.subscriber());
+    tokio::spawn(b.subscriber());
+    let mut rx_b = b.subscribe();
+    let before = Event::PackageChanged { name: "before".into() };
+    publish_until_heard(&a, &mut rx_b, before).await;
+
+    let old = set.kill_master();
+    let new = set.wait_new_master(old, RECOVERY_BOUND);
+    let after = Event::PackageChanged { name: "after".into() };
+    publish_until_heard(&a, &mut rx_b, after).await;
+    assert_eq!(ra.master(), Some(format!("127.0.0.1:{new}")));
+}
+
+#[tokio::test]
 async fn no_second_acme_order_across_a_failover() {
     use crate::acme::{DOMAIN, ISSUE_TIMEOUT, acme_only, loopback, pebble_at, ports_on, start_nodes_at_once};
     let mut set = SentinelSet::start();
