@@ -3,15 +3,16 @@
 //! monitor checks it every second to notice when it is back. The connection reconnects by
 //! itself and is named `npg-<instance>` so `CLIENT LIST` shows the cluster.
 //!
-//! With Sentinel the node behind the connection can change: the monitor looks the master up
-//! through the sentinels (`cluster::sentinel`) when the node stops answering, answers `ROLE`
-//! as a replica (an old master that came back), a command got `READONLY`, or every few
-//! seconds anyway (the sentinels may name another master while the old one still answers);
-//! it then swaps in a connection to the new master. Callers take the connection per command
-//! (`conn()`), so they follow; the bus resubscribes on `node_changes()`.
+//! With Sentinel the node behind the connection can change. At every check the monitor asks
+//! the sentinels for the master (`cluster::sentinel`): a node that stopped answering, answers
+//! `ROLE` as a replica (an old master that came back, or demoted by a manual failover) or is
+//! no longer the one the sentinels name is left, and a connection to the new master swapped
+//! in. A command refused with `READONLY` (or failing otherwise) marks Redis down at once, so
+//! nothing more is written to the old node until that check. Callers take the connection
+//! per command (`conn()`), so they follow; the bus resubscribes on `node_changes()`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -48,8 +49,6 @@ pub(crate) fn expiry_ms(d: Duration) -> u64 {
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a lease or a fenced write waits for a replica to acknowledge it.
 const REPLICATION_WAIT: Duration = Duration::from_millis(500);
-/// With Sentinel, the sentinels are asked every this many ticks even while the master answers.
-const ASK_SENTINELS_EVERY: u64 = 5;
 
 /// The node in use and its connection.
 struct Node {
@@ -85,11 +84,8 @@ pub struct SharedRedis {
     up: AtomicBool,
     /// Replicas the master reported at the last check (`ROLE`): whether `WAIT` means anything.
     replicas: AtomicUsize,
-    /// A command was refused as `READONLY`: the monitor asks the sentinels at its next tick.
-    suspect: AtomicBool,
     /// Bumped when another node is swapped in.
     generation: watch::Sender<u64>,
-    ticks: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -108,9 +104,7 @@ impl SharedRedis {
             instance: instance.to_string(),
             up: AtomicBool::new(false),
             replicas: AtomicUsize::new(0),
-            suspect: AtomicBool::new(false),
             generation: watch::Sender::new(0),
-            ticks: AtomicU64::new(0),
             metrics,
         })
     }
@@ -213,9 +207,6 @@ impl SharedRedis {
     /// Callers report failed commands here, so the next requests skip Redis until the
     /// monitor sees it answer again.
     pub(crate) fn report_error(&self, what: &str, err: &redis::RedisError) {
-        if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
-            self.suspect.store(true, Ordering::Relaxed);
-        }
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %err, "redis failed during {what}; serving without it until it answers again");
             self.metrics.set_redis_up(false);
@@ -253,7 +244,6 @@ impl SharedRedis {
     /// One check: true when the node in use answers as it should (with Sentinel: as the
     /// master the sentinels name), after swapping in another node if needed.
     async fn check(&self, client_name: &str) -> bool {
-        let tick = self.ticks.fetch_add(1, Ordering::Relaxed);
         let Some(finder) = &self.finder else { return false };
         let current = self.node.load_full();
         let answer = match &current {
@@ -270,13 +260,9 @@ impl SharedRedis {
                 answer.is_some()
             }
             Finder::Sentinels(sentinels) => {
-                let due = tick.is_multiple_of(ASK_SENTINELS_EVERY) || self.suspect.swap(false, Ordering::Relaxed);
                 let answers = matches!(answer, Some(Answer::Master(_)));
                 if let Some(Answer::Master(n)) = answer {
                     self.replicas.store(n, Ordering::Relaxed);
-                }
-                if answers && !due {
-                    return true;
                 }
                 self.follow(sentinels, current.as_deref(), answers, client_name).await
             }

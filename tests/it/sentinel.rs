@@ -350,6 +350,41 @@ async fn a_holder_whose_lease_passed_on_across_a_failover_cannot_write() {
 }
 
 #[tokio::test]
+async fn a_manual_failover_is_followed_while_the_old_master_still_answers() {
+    let set = SentinelSet::start();
+    let old = set.master_port();
+    let metrics = Arc::new(Metrics::default());
+    let redis = connected(&set, "a", metrics.clone()).await;
+    assert_eq!(redis.master(), Some(format!("127.0.0.1:{old}")));
+    let reply = crate::support::redis::resp(set.sentinel_ports()[0], &["SENTINEL", "FAILOVER", MASTER_NAME]);
+    assert_eq!(reply.as_deref(), Some("+OK\r\n"));
+    let new = set.wait_new_master(old, RECOVERY_BOUND);
+    // The old master answers on, as a replica: npg must leave it, not keep writing to it.
+    let took = wait_for(RECOVERY_BOUND, "npg follows the manual failover", || {
+        let ok = redis.state() == RedisState::Connected && redis.master() == Some(format!("127.0.0.1:{new}"));
+        async move { ok }
+    })
+    .await;
+    eprintln!("manual failover followed {took:?} after the new master was named");
+    wait_for(RECOVERY_BOUND, "the old master is made a replica", || async {
+        set.command(old, &["ROLE"]).contains("slave")
+    })
+    .await;
+    assert_eq!(
+        redis.master(),
+        Some(format!("127.0.0.1:{new}")),
+        "npg stays on the new master"
+    );
+    let lock = RedisLock::new(redis.clone(), "after", Duration::from_secs(30));
+    assert!(lock.try_acquire().await);
+    assert!(
+        get_key(&set, new, "npg:lock:after").is_some(),
+        "the lease is on the new master"
+    );
+    assert!(metrics.render().contains("npg_redis_failovers_total 1"));
+}
+
+#[tokio::test]
 async fn events_reach_the_other_replica_across_a_failover() {
     use crate::cluster::publish_until_heard;
     use npg::cluster::bus::{Bus, Event};
