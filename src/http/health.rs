@@ -105,9 +105,13 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
         "status": status,
         "problems": problems,
         "upstream": { "breaker": app.upstream.breaker().status() },
-        "redis": redis.as_str(),
-        // The node in use: with Sentinel, the master last found (it moves with a failover).
-        "redis_master": app.redis.master(),
+        // `master`: the node in use; with Sentinel, the master last found (it moves with a
+        // failover). `replicas`: what it reported at the last check.
+        "redis": {
+            "state": redis.as_str(),
+            "master": app.redis.master(),
+            "replicas": app.redis.replicas(),
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "instance": app.instance,
         "uptime_seconds": app.started.elapsed().as_secs(),
