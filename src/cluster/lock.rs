@@ -12,7 +12,9 @@
 //! its place, which may grant it again, and then two replicas act as holder. So a new lease is
 //! acted on only once a replica has it (`WAIT 1`, when the master has replicas; else it is
 //! given back and `try_acquire` says no): the promoted replica then has it too and refuses it
-//! to others until it expires, and the holder, following the failover, extends it there.
+//! to others until it expires, and the holder, following the failover, extends it there;
+//! `hold_while` keeps the work going while the extension gets no answer for up to half a TTL
+//! (a failover takes seconds, the leases' TTLs are 15 s to 3 min).
 //! This is not a proof: with several replicas the one promoted may not be the one that
 //! acknowledged, and a master cut off with its holder keeps granting until the sentinels'
 //! view reaches it (writes there are dropped when it rejoins as a replica).
@@ -28,9 +30,9 @@
 //! or move the position back; a write no replica acknowledged stays written and is counted
 //! (`redis_unreplicated`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -59,12 +61,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// How often `hold_while` asks again after an extension got no answer (Redis down, a failover).
+const RETRY: Duration = Duration::from_millis(500);
+
+/// What an extension attempt learnt.
+enum Extension {
+    Extended,
+    /// The lease is someone else's, or gone.
+    Lost,
+    /// Redis did not answer: the lease may well still be ours.
+    Unanswered,
+}
+
 pub struct RedisLock {
     redis: Arc<SharedRedis>,
     key: String,
     token: String,
     ttl: Duration,
     held: AtomicBool,
+    /// When the last acquisition or extension that succeeded was sent: the lease is valid
+    /// until a TTL after it on the master.
+    confirmed: Mutex<Option<Instant>>,
 }
 
 impl RedisLock {
@@ -78,6 +95,7 @@ impl RedisLock {
             token,
             ttl,
             held: AtomicBool::new(false),
+            confirmed: Mutex::new(None),
         }
     }
 
@@ -100,13 +118,17 @@ impl RedisLock {
         let opts = SetOptions::default()
             .conditional_set(ExistenceCheck::NX)
             .with_expiration(SetExpiry::PX(expiry_ms(self.ttl)));
+        let sent = Instant::now();
         match conn
             .set_options::<_, _, Option<String>>(&self.key, &self.token, opts)
             .await
         {
             // Acted on only once a replica has it: a lease only on the master would be
             // granted again by the replica promoted in a failover.
-            Ok(Some(_)) if self.redis.replicated(&mut conn, "lease").await => self.set_held(true),
+            Ok(Some(_)) if self.redis.replicated(&mut conn, "lease").await => {
+                self.confirm(sent);
+                self.set_held(true)
+            }
             Ok(Some(_)) => {
                 self.release().await;
                 false
@@ -120,23 +142,42 @@ impl RedisLock {
         }
     }
 
-    /// Pushes the expiry out by the TTL; false if the lock is no longer ours.
+    /// Pushes the expiry out by the TTL; false if the lock is no longer ours (or Redis did
+    /// not answer).
     pub async fn extend(&self) -> bool {
+        matches!(self.extension().await, Extension::Extended)
+    }
+
+    async fn extension(&self) -> Extension {
         let Some(mut conn) = self.conn() else {
-            return self.set_held(!self.redis.clustered());
+            if !self.redis.clustered() {
+                self.set_held(true);
+                return Extension::Extended;
+            }
+            self.set_held(false);
+            return Extension::Unanswered;
         };
-        let script = Script::new(EXTEND);
-        let result = script
+        let sent = Instant::now();
+        let result = Script::new(EXTEND)
             .key(&self.key)
             .arg(&self.token)
             .arg(expiry_ms(self.ttl))
             .invoke_async::<i64>(&mut conn)
             .await;
         match result {
-            Ok(n) => self.set_held(n == 1),
+            Ok(1) => {
+                self.confirm(sent);
+                self.set_held(true);
+                Extension::Extended
+            }
+            Ok(_) => {
+                self.set_held(false);
+                Extension::Lost
+            }
             Err(e) => {
                 self.redis.report_error("lock extend", &e);
-                self.set_held(false)
+                self.set_held(false);
+                Extension::Unanswered
             }
         }
     }
@@ -186,23 +227,41 @@ impl RedisLock {
         }
     }
 
-    /// Runs `work` while extending the lease every third of its TTL (one failed extension
-    /// still leaves time for the next). `None` when an extension fails: the lease is lost,
-    /// so `work` is dropped at its next await, before it can act as the holder any longer.
+    /// Runs `work` while extending the lease every third of its TTL. `None` when the lease
+    /// is lost: `work` is dropped at its next await, before it can act as the holder any
+    /// longer. An extension Redis does not answer (down, or a failover under way) is asked
+    /// again every half second for up to half a TTL after the last confirmed one: the lease
+    /// is valid until a TTL after it on the master, and two thirds of a TTL on a replica that
+    /// missed that extension but has the one before, so a failover does not cut the work off.
     pub async fn hold_while<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        let mut extend = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(1)));
-        extend.reset();
+        let every = (self.ttl / 3).max(Duration::from_millis(1));
+        let mut next = Instant::now() + every;
         tokio::pin!(work);
         loop {
             tokio::select! {
                 out = &mut work => return Some(out),
-                _ = extend.tick() => {
-                    if !self.extend().await {
-                        return None;
+                _ = tokio::time::sleep_until(next.into()) => match self.extension().await {
+                    Extension::Extended => next = Instant::now() + every,
+                    Extension::Lost => return None,
+                    Extension::Unanswered => {
+                        let since = self.confirmed().unwrap_or_else(Instant::now);
+                        if Instant::now() + RETRY >= since + self.ttl / 2 {
+                            tracing::warn!(lease = %self.key, "redis did not answer in time to extend the lease: giving it up");
+                            return None;
+                        }
+                        next = Instant::now() + RETRY;
                     }
-                }
+                },
             }
         }
+    }
+
+    fn confirm(&self, at: Instant) {
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    fn confirmed(&self) -> Option<Instant> {
+        *self.confirmed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The state seen by the last acquire, extend or release.

@@ -350,6 +350,50 @@ async fn a_holder_whose_lease_passed_on_across_a_failover_cannot_write() {
     assert_eq!(get_key(&set, new, "npg:changes:seq").as_deref(), Some("200"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_under_a_lease_rides_out_a_failover() {
+    let mut set = SentinelSet::start();
+    let old = set.master_port();
+    let ra = connected(&set, "a", Arc::new(Metrics::default())).await;
+    let rb = connected(&set, "b", Arc::new(Metrics::default())).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let ttl = Duration::from_secs(30);
+    let (a, b) = (
+        RedisLock::new(ra.clone(), "order", ttl),
+        RedisLock::new(rb.clone(), "order", ttl),
+    );
+    assert!(a.try_acquire().await);
+    let started = Instant::now();
+    let set_ref = &mut set;
+    // The master dies a second before the first extension (a third of the TTL), so that
+    // extension gets no answer; the work (an ACME order polling its CA) must go on.
+    let work = async {
+        tokio::time::sleep_until((started + ttl / 3 - Duration::from_secs(1)).into()).await;
+        set_ref.kill_master();
+        let followed = wait_for_within(RECOVERY_BOUND, || {
+            let ok = ra.state() == RedisState::Connected && ra.master() != Some(format!("127.0.0.1:{old}"));
+            async move { ok }
+        })
+        .await;
+        assert!(followed, "a follows the failover");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        7
+    };
+    assert_eq!(
+        a.hold_while(work).await,
+        Some(7),
+        "the work was cut off by the failover"
+    );
+    eprintln!(
+        "work under a lease went on through a failover ({:?})",
+        started.elapsed()
+    );
+    assert!(a.held());
+    let new = set.master_port();
+    assert_eq!(get_key(&set, new, "npg:lock:order").as_deref(), Some(a.token()));
+    assert!(!b.try_acquire().await, "b took the lease a works under");
+}
+
 #[tokio::test]
 async fn a_manual_failover_is_followed_while_the_old_master_still_answers() {
     let set = SentinelSet::start();
