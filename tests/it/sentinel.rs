@@ -21,7 +21,7 @@ use crate::support;
 use crate::support::changes_feed::{FakeChanges, START_SEQ};
 use crate::support::clients::{Client, Project};
 use crate::support::npg::NpgProcess;
-use crate::support::sentinel::{MASTER_NAME, SentinelSet};
+use crate::support::sentinel::{Auth, MASTER_NAME, SentinelSet};
 use crate::support::upstream::FakeRegistry;
 
 /// Health must be back on the new master within this long after the kill (sentinels: down
@@ -248,10 +248,9 @@ async fn a_master_killed_during_installs_fails_none_and_npg_follows_the_failover
     }
 }
 
-/// An in-process replica's connection through the sentinels, once its monitor found the
-/// master.
-async fn connected(set: &SentinelSet, instance: &str, metrics: Arc<Metrics>) -> Arc<SharedRedis> {
-    let target = Target::Sentinels(SentinelTarget {
+/// How an in-process replica finds the master of `set`, with these passwords.
+fn target(set: &SentinelSet, master_password: Option<&str>, sentinel_password: Option<&str>) -> Target {
+    Target::Sentinels(SentinelTarget {
         sentinels: set
             .sentinel_ports()
             .into_iter()
@@ -261,18 +260,53 @@ async fn connected(set: &SentinelSet, instance: &str, metrics: Arc<Metrics>) -> 
             })
             .collect(),
         master_name: MASTER_NAME.into(),
-        sentinel_password: None,
-        master_password: None,
+        sentinel_password: sentinel_password.map(str::to_string),
+        master_password: master_password.map(str::to_string),
         db: 0,
-    });
-    let shared = SharedRedis::connect(&target, "npg:", instance, metrics).unwrap();
+    })
+}
+
+/// A connection to `target` with its monitor running; whether it connected within `within`.
+async fn connect(target: &Target, instance: &str, metrics: Arc<Metrics>, within: Duration) -> (Arc<SharedRedis>, bool) {
+    let shared = SharedRedis::connect(target, "npg:", instance, metrics).unwrap();
     tokio::spawn(shared.monitor());
-    wait_for(Duration::from_secs(10), "connected through the sentinels", || {
+    let up = wait_for_within(within, || {
         let up = shared.state() == RedisState::Connected;
         async move { up }
     })
     .await;
+    (shared, up)
+}
+
+/// An in-process replica's connection through the sentinels, once its monitor found the
+/// master.
+async fn connected(set: &SentinelSet, instance: &str, metrics: Arc<Metrics>) -> Arc<SharedRedis> {
+    let (shared, up) = connect(&target(set, None, None), instance, metrics, Duration::from_secs(10)).await;
+    assert!(up, "connected through the sentinels");
     shared
+}
+
+#[tokio::test]
+async fn the_master_and_the_sentinels_with_passwords() {
+    let set = SentinelSet::start_with(Auth {
+        master: Some("m-secret"),
+        sentinel: Some("s-secret"),
+    });
+    let metrics = || Arc::new(Metrics::default());
+    let good = target(&set, Some("m-secret"), Some("s-secret"));
+    let (redis, up) = connect(&good, "a", metrics(), Duration::from_secs(10)).await;
+    assert!(up, "both passwords given: connected");
+    assert_eq!(redis.master(), Some(format!("127.0.0.1:{}", set.master_port())));
+    let lock = RedisLock::new(redis, "job", Duration::from_secs(5));
+    assert!(lock.try_acquire().await);
+    for (master, sentinel, what) in [
+        (Some("m-secret"), None, "without the sentinels' password"),
+        (Some("wrong"), Some("s-secret"), "with a wrong master password"),
+        (None, Some("s-secret"), "without the master password"),
+    ] {
+        let (_, up) = connect(&target(&set, master, sentinel), "b", metrics(), Duration::from_secs(3)).await;
+        assert!(!up, "connected {what}");
+    }
 }
 
 #[tokio::test]

@@ -96,14 +96,26 @@ impl RedisServer {
 /// Runs a command on the Redis (or sentinel) at `127.0.0.1:<port>` with redis-cli-free RESP
 /// over a socket, returning the raw reply; None when nothing accepts connections there.
 pub fn resp(port: u16, args: &[&str]) -> Option<String> {
-    use std::io::{Read, Write};
+    resp_as(port, None, args)
+}
+
+/// `resp`, after `AUTH <password>` when there is one.
+pub fn resp_as(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    if let Some(password) = password {
+        exchange(&mut s, &["AUTH", password])?;
+    }
+    exchange(&mut s, args)
+}
+
+fn exchange(s: &mut std::net::TcpStream, args: &[&str]) -> Option<String> {
+    use std::io::{Read, Write};
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
     }
     s.write_all(req.as_bytes()).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
     while let Ok(n) = s.read(&mut buf) {

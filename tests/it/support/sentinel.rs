@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::resp;
+use super::redis::resp_as;
 
 /// The name the sentinels monitor the master under.
 pub const MASTER_NAME: &str = "npgmaster";
@@ -17,11 +17,12 @@ const FAILOVER_TIMEOUT_MS: u64 = 3000;
 struct Process {
     child: Option<Child>,
     port: u16,
+    password: Option<&'static str>,
 }
 
 impl Process {
     /// Starts `redis-server <args>` on `port` and waits until it answers `PING` as our child.
-    fn start(port: u16, args: &[String]) -> Result<Process, String> {
+    fn start(port: u16, password: Option<&'static str>, args: &[String]) -> Result<Process, String> {
         let bin = super::require_binary("redis-server");
         let child = Command::new(bin)
             .args(args)
@@ -33,6 +34,7 @@ impl Process {
         let mut p = Process {
             child: Some(child),
             port,
+            password,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -40,13 +42,17 @@ impl Process {
                 return Err(format!("port {port}: it exited ({status})"));
             }
             // Ours, not another test's server that took the port first.
-            let info = resp(port, &["INFO", "server"]).unwrap_or_default();
+            let info = p.command(&["INFO", "server"]).unwrap_or_default();
             if info.contains(&format!("process_id:{pid}\r\n")) {
                 return Ok(p);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Err(format!("port {port}: no answer within 10 s"))
+    }
+
+    fn command(&self, args: &[&str]) -> Option<String> {
+        resp_as(self.port, self.password, args)
     }
 
     fn kill(&mut self) {
@@ -73,27 +79,42 @@ impl Drop for Process {
     }
 }
 
+/// Passwords: of the data nodes (`requirepass`, `masterauth`, the sentinels' `auth-pass`) and
+/// of the sentinels themselves.
+#[derive(Clone, Copy, Default)]
+pub struct Auth {
+    pub master: Option<&'static str>,
+    pub sentinel: Option<&'static str>,
+}
+
 pub struct SentinelSet {
     /// The two data nodes; either may be the master.
     nodes: Vec<Process>,
     sentinels: Vec<Process>,
     dir: tempfile::TempDir,
+    auth: Auth,
 }
 
 impl SentinelSet {
     /// Starts the master, its replica (synced) and three sentinels that all see both.
     pub fn start() -> SentinelSet {
+        SentinelSet::start_with(Auth::default())
+    }
+
+    /// `start`, with passwords.
+    pub fn start_with(auth: Auth) -> SentinelSet {
         let dir = tempfile::tempdir().expect("sentinel temp dir");
-        let master = start_node(dir.path(), None);
-        let replica = start_node(dir.path(), Some(master.port));
+        let master = start_node(dir.path(), None, auth);
+        let replica = start_node(dir.path(), Some(master.port), auth);
         let mut set = SentinelSet {
             nodes: vec![master, replica],
             sentinels: Vec::new(),
             dir,
+            auth,
         };
         set.wait_synced(Duration::from_secs(10));
         for i in 0..3 {
-            let sentinel = start_sentinel(set.dir.path(), i, set.nodes[0].port);
+            let sentinel = start_sentinel(set.dir.path(), i, set.nodes[0].port, auth);
             set.sentinels.push(sentinel);
         }
         set.wait_discovered(Duration::from_secs(15));
@@ -114,7 +135,9 @@ impl SentinelSet {
     pub fn master_port(&self) -> u16 {
         for _ in 0..20 {
             for s in &self.sentinels {
-                let reply = resp(s.port, &["SENTINEL", "get-master-addr-by-name", MASTER_NAME]).unwrap_or_default();
+                let reply = s
+                    .command(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME])
+                    .unwrap_or_default();
                 // `*2\r\n$9\r\n127.0.0.1\r\n$<n>\r\n<port>\r\n`
                 if let Some(port) = reply.split("\r\n").nth(4).and_then(|p| p.parse().ok()) {
                     return port;
@@ -137,7 +160,7 @@ impl SentinelSet {
 
     /// Runs a command on the data node at `port`.
     pub fn command(&self, port: u16, args: &[&str]) -> String {
-        resp(port, args).unwrap_or_else(|| panic!("redis on port {port} does not answer"))
+        resp_as(port, self.auth.master, args).unwrap_or_else(|| panic!("redis on port {port} does not answer"))
     }
 
     /// SIGKILLs the master (its data is gone, as with a crash); returns its port.
@@ -157,8 +180,8 @@ impl SentinelSet {
     pub fn restart_node(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).expect("our node");
         assert!(node.child.is_none(), "node {port} still runs");
-        let args = node_args(self.dir.path(), port, None);
-        *node = Process::start(port, &args).unwrap_or_else(|e| panic!("restart redis {port}: {e}"));
+        let args = node_args(self.dir.path(), port, None, self.auth);
+        *node = Process::start(port, self.auth.master, &args).unwrap_or_else(|e| panic!("restart redis {port}: {e}"));
     }
 
     /// SIGSTOP / SIGCONT the replica: it stays connected for the master but acknowledges
@@ -211,7 +234,7 @@ impl SentinelSet {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let ready = self.sentinels.iter().all(|s| {
-                let info = resp(s.port, &["SENTINEL", "master", MASTER_NAME]).unwrap_or_default();
+                let info = s.command(&["SENTINEL", "master", MASTER_NAME]).unwrap_or_default();
                 field(&info, "num-slaves") == Some(1) && field(&info, "num-other-sentinels") == Some(2)
             });
             if ready {
@@ -230,7 +253,7 @@ fn field(reply: &str, name: &str) -> Option<i64> {
     lines.get(at + 2)?.parse().ok()
 }
 
-fn node_args(dir: &std::path::Path, port: u16, replica_of: Option<u16>) -> Vec<String> {
+fn node_args(dir: &std::path::Path, port: u16, replica_of: Option<u16>, auth: Auth) -> Vec<String> {
     let node_dir = dir.join(format!("node-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
     let mut args: Vec<String> = [
@@ -252,17 +275,21 @@ fn node_args(dir: &std::path::Path, port: u16, replica_of: Option<u16>) -> Vec<S
     .map(|s| s.to_string())
     .collect();
     args.push(node_dir.display().to_string());
+    if let Some(pw) = auth.master {
+        // Every node may become the master, or a replica of the other.
+        args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
+    }
     if let Some(master) = replica_of {
         args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
     }
     args
 }
 
-fn start_node(dir: &std::path::Path, replica_of: Option<u16>) -> Process {
+fn start_node(dir: &std::path::Path, replica_of: Option<u16>, auth: Auth) -> Process {
     let mut last = String::new();
     for _ in 0..3 {
         let port = super::free_port();
-        match Process::start(port, &node_args(dir, port, replica_of)) {
+        match Process::start(port, auth.master, &node_args(dir, port, replica_of, auth)) {
             Ok(p) => return p,
             Err(e) => last = e,
         }
@@ -271,12 +298,12 @@ fn start_node(dir: &std::path::Path, replica_of: Option<u16>) -> Process {
 }
 
 /// A sentinel: its config file must be writable (sentinels record what they learn in it).
-fn start_sentinel(dir: &std::path::Path, i: usize, master: u16) -> Process {
+fn start_sentinel(dir: &std::path::Path, i: usize, master: u16, auth: Auth) -> Process {
     let mut last = String::new();
     for _ in 0..3 {
         let port = super::free_port();
         let conf = dir.join(format!("sentinel-{i}.conf"));
-        let text = format!(
+        let mut text = format!(
             "port {port}\nbind 127.0.0.1\ndir {dir}\n\
              sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
@@ -284,8 +311,15 @@ fn start_sentinel(dir: &std::path::Path, i: usize, master: u16) -> Process {
              sentinel parallel-syncs {MASTER_NAME} 1\n",
             dir = dir.display()
         );
+        if let Some(pw) = auth.master {
+            text.push_str(&format!("sentinel auth-pass {MASTER_NAME} {pw}\n"));
+        }
+        if let Some(pw) = auth.sentinel {
+            // The sentinels' own password, which they also use to talk to each other.
+            text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+        }
         std::fs::write(&conf, text).unwrap();
-        match Process::start(port, &[conf.display().to_string(), "--sentinel".into()]) {
+        match Process::start(port, auth.sentinel, &[conf.display().to_string(), "--sentinel".into()]) {
             Ok(p) => return p,
             Err(e) => last = e,
         }
