@@ -633,8 +633,6 @@ impl Settings {
     }
 }
 
-/// STORAGE_DIR checked without writing anything (`check-config` must leave the disk as it
-/// found it): a directory npg may write in, or one it may create (`serve` does).
 /// A password from its `_FILE` setting (trimmed) or else its plain setting.
 fn secret(
     file_setting: &str,
@@ -649,6 +647,8 @@ fn secret(
     }
 }
 
+/// STORAGE_DIR checked without writing anything (`check-config` must leave the disk as it
+/// found it): a directory npg may write in, or one it may create (`serve` does).
 fn check_storage_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     let shown = dir.display();
     let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
