@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use rustls::pki_types::pem::PemObject;
@@ -33,6 +34,29 @@ impl Challenge {
         match self {
             Challenge::Http01 => "http01",
             Challenge::TlsAlpn01 => "alpn",
+        }
+    }
+}
+
+/// How long a new certificate's write waits for Redis to answer again (a failover takes
+/// seconds), asking every `SAVE_RETRY`.
+const SAVE_PATIENCE: Duration = Duration::from_secs(30);
+const SAVE_RETRY: Duration = Duration::from_millis(500);
+
+/// Runs `write` again while Redis does not answer (down, or a command failed), for up to
+/// `patience`; any other outcome is returned at once.
+async fn while_unanswered<T, F, Fut>(patience: Duration, mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        match write().await {
+            Err(StoreError::Unavailable | StoreError::Redis { .. }) if Instant::now() + SAVE_RETRY < deadline => {
+                tokio::time::sleep(SAVE_RETRY).await;
+            }
+            other => return other,
         }
     }
 }
@@ -157,13 +181,16 @@ impl TlsStore {
     }
 
     /// Stores a new certificate; in a cluster only while `lock` is ours. True when stored.
+    /// Waits out a Redis that does not answer (a failover) for a while: the certificate is
+    /// issued already, and not storing it means ordering another.
     pub(crate) async fn save_cert(
         &self,
         name: &str,
         bundle: &CertBundle,
         lock: &RedisLock,
     ) -> Result<bool, StoreError> {
-        self.storage.save_cert(name, &self.record(name, bundle), lock).await
+        let record = self.record(name, bundle);
+        while_unanswered(SAVE_PATIENCE, || self.storage.save_cert(name, &record, lock)).await
     }
 
     /// Puts back a certificate Redis lost, unless another replica already did.
@@ -355,6 +382,43 @@ mod tests {
 
     use super::*;
     use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_certificate_write_waits_out_a_redis_that_does_not_answer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = AtomicUsize::new(0);
+        // Two failures (a failover), then stored.
+        let stored = while_unanswered(Duration::from_secs(5), || async {
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0 => Err(StoreError::Unavailable),
+                1 => Err(StoreError::Redis {
+                    what: "certificate write",
+                    source: redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                }),
+                _ => Ok(true),
+            }
+        })
+        .await;
+        assert!(stored.unwrap());
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+        // Anything else at once.
+        calls.store(0, Ordering::Relaxed);
+        let corrupt = while_unanswered(Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<bool, _>(StoreError::Corrupt("bad".into()))
+        })
+        .await;
+        assert!(matches!(corrupt, Err(StoreError::Corrupt(_))));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        // Not forever.
+        let started = Instant::now();
+        let gone = while_unanswered(Duration::from_millis(1200), || async {
+            Err::<bool, _>(StoreError::Unavailable)
+        })
+        .await;
+        assert!(matches!(gone, Err(StoreError::Unavailable)));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
 
     fn bundle() -> CertBundle {
         let key = rcgen::KeyPair::generate().unwrap();
