@@ -159,6 +159,7 @@ impl App {
             tarballs: self.tarballs.clone(),
             redis: self.redis.clone(),
             bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
         };
         crate::jobs::feed::spawn(&jobs, refresher.clone(), settings);
         crate::jobs::osv::spawn(&jobs, refresher, settings);
