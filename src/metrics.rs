@@ -106,6 +106,7 @@ struct Deadline {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
+    request_seconds: Family<Route, Histogram>,
     cache: Family<TierResult, Counter>,
     upstream: Family<KindOutcome, Counter>,
     upstream_seconds: Family<Kind, Histogram>,
@@ -151,6 +152,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("npg");
         let requests = Family::default();
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let request_seconds = Family::<Route, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to response headers by route (a streamed body's transfer not included)",
+            request_seconds.clone(),
+        );
         let cache = Family::default();
         registry.register(
             "cache_lookups",
@@ -309,6 +316,7 @@ impl Default for Metrics {
             connections_open,
             connections_cut,
             requests,
+            request_seconds,
             cache,
             upstream,
             upstream_seconds,
@@ -335,8 +343,9 @@ impl Metrics {
         self.connections_cut.get_or_create(&Deadline { deadline: which }).inc();
     }
 
-    pub(crate) fn request(&self, route: &'static str, status: u16) {
+    pub(crate) fn request(&self, route: &'static str, status: u16, seconds: f64) {
         self.requests.get_or_create(&RouteStatus { route, status }).inc();
+        self.request_seconds.get_or_create(&Route { route }).observe(seconds);
     }
 
     pub(crate) fn cache(&self, tier: &'static str, hit: bool) {
@@ -452,12 +461,14 @@ mod tests {
     #[test]
     fn labels_are_named_as_before() {
         let m = Metrics::default();
-        m.request("packument", 200);
+        m.request("packument", 200, 0.03);
         m.guard_block("malware");
         m.upstream("tarball", "not_found", 0.01);
         let text = m.render();
         for line in [
             r#"npg_http_requests_total{route="packument",status="200"} 1"#,
+            r#"npg_http_request_duration_seconds_bucket{le="0.02",route="packument"} 0"#,
+            r#"npg_http_request_duration_seconds_bucket{le="0.04",route="packument"} 1"#,
             r#"npg_guard_blocks_total{type="malware"} 1"#,
             r#"npg_upstream_requests_total{kind="tarball",outcome="not_found"} 1"#,
             r#"npg_upstream_request_duration_seconds_count{kind="tarball"} 1"#,
