@@ -112,6 +112,7 @@ pub struct Metrics {
     upstream_seconds: Family<Kind, Histogram>,
     bytes_served: Family<Route, Counter>,
     redis_up: Gauge,
+    redis_enabled: Gauge,
     guard_blocks: Family<BlockType, Counter>,
     acme_orders: Family<Outcome, Counter>,
     acme_failing: Gauge,
@@ -184,6 +185,12 @@ impl Default for Metrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when the shared Redis answers", redis_up.clone());
+        let redis_enabled = Gauge::default();
+        registry.register(
+            "redis_enabled",
+            "1 when this replica is configured with a shared Redis (npg_redis_up is 0 without one)",
+            redis_enabled.clone(),
+        );
         let guard_blocks = Family::default();
         registry.register(
             "guard_blocks",
@@ -322,6 +329,7 @@ impl Default for Metrics {
             upstream_seconds,
             bytes_served,
             redis_up,
+            redis_enabled,
             guard_blocks,
             changes_invalidations,
             acme_orders,
@@ -365,6 +373,11 @@ impl Metrics {
 
     pub(crate) fn set_redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    /// Whether Redis is configured at all, so that "Redis down" can be told from "no Redis".
+    pub(crate) fn set_redis_enabled(&self, enabled: bool) {
+        self.redis_enabled.set(i64::from(enabled));
     }
 
     pub(crate) fn acme_order(&self, ok: bool) {
@@ -484,8 +497,10 @@ mod tests {
         // before anything happened: no certificate, no failed order, no feed series
         assert!(text.contains("npg_certificate_expiry_timestamp_seconds 0\n"), "{text}");
         assert!(text.contains("npg_acme_last_order_failed 0\n"), "{text}");
+        assert!(text.contains("npg_redis_enabled 0\n"), "{text}");
         assert!(!text.contains("npg_feed_updated_timestamp_seconds{"), "{text}");
         m.acme_order(false);
+        m.set_redis_enabled(true);
         m.certificate_served(1_900_000_000);
         m.feed_updated(Feed::Malware, None);
         m.feed_updated(Feed::Osv, Some(1_800_000_123_456));
@@ -493,6 +508,7 @@ mod tests {
         let text = m.render();
         for line in [
             "npg_acme_last_order_failed 1\n",
+            "npg_redis_enabled 1\n",
             r#"npg_acme_orders_total{result="error"} 1"#,
             "npg_certificate_expiry_timestamp_seconds 1900000000\n",
             r#"npg_feed_updated_timestamp_seconds{feed="malware"} 0"#,
