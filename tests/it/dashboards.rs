@@ -1,0 +1,360 @@
+//! The monitoring files against a running npg: every metric the Grafana dashboard's panels
+//! (`deploy/grafana/npg-dashboard.json`), the alerting rules (`deploy/prometheus/npg-rules.yml`)
+//! and their unit tests' series query is one npg exports at `/metrics`. `deploy/check` checks
+//! the rest in the real promtool (the rules' logic, the panels' PromQL).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support;
+use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::guarded::start_with;
+use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
+use crate::support::upstream::Failure;
+
+/// PromQL words that are not metric names: aggregations, keywords, and `up`, which
+/// Prometheus writes itself. Functions are known by the `(` that follows them.
+const NOT_METRICS: &[&str] = &[
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "up",
+];
+
+/// Keywords followed by a list of label names, not metrics.
+const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+
+/// The metric names one PromQL expression (or series selector) reads: outside label
+/// matchers, ranges and strings, not functions, keywords nor Grafana's `$variables`.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let (mut braces, mut brackets) = (0usize, 0usize);
+    let mut i = 0;
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' | '\'' | '`' => {
+                i += 1;
+                while i < chars.len() && chars[i] != c {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            '{' => (braces, i) = (braces + 1, i + 1),
+            '}' => (braces, i) = (braces.saturating_sub(1), i + 1),
+            '[' => (brackets, i) = (brackets + 1, i + 1),
+            ']' => (brackets, i) = (brackets.saturating_sub(1), i + 1),
+            // numbers and durations (0.95, 1e3, 5m), Grafana's $variables
+            '$' | '0'..='9' | '.' => {
+                i += 1;
+                while i < chars.len() && (word(chars[i]) || chars[i] == '.' || chars[i] == '{' && c == '$') {
+                    if chars[i] == '{' {
+                        while i < chars.len() && chars[i] != '}' {
+                            i += 1;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            c if word(c) => {
+                let start = i;
+                while i < chars.len() && word(chars[i]) {
+                    i += 1;
+                }
+                let ident: String = chars[start..i].iter().collect();
+                let mut next = i;
+                while next < chars.len() && chars[next].is_whitespace() {
+                    next += 1;
+                }
+                let call = chars.get(next) == Some(&'(');
+                if call && LABEL_LISTS.contains(&ident.as_str()) {
+                    // by (le, route): label names up to the closing parenthesis
+                    while next < chars.len() && chars[next] != ')' {
+                        next += 1;
+                    }
+                    i = next + 1;
+                } else if braces == 0 && brackets == 0 && !call && !NOT_METRICS.contains(&ident.as_str()) {
+                    names.insert(ident);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    names
+}
+
+/// Every metric name the dashboard's queries read: the panels' expressions (rows' panels
+/// too) and the variables' `label_values(metric, label)`.
+fn dashboard_names(dashboard: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", Value::String(expr)) => out.extend(metric_names(expr)),
+                        ("query" | "definition", Value::String(q)) => {
+                            if let Some(inner) = q.strip_prefix("label_values(").and_then(|q| q.rsplit_once(',')) {
+                                out.extend(metric_names(inner.0));
+                            }
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(dashboard, &mut out);
+    out
+}
+
+/// Every metric name in the rules' expressions and in their unit tests' input series.
+fn rules_names(rules: &serde_yaml_ng::Value, tests: &serde_yaml_ng::Value) -> BTreeSet<String> {
+    let seq = |v: &serde_yaml_ng::Value, key: &str| v[key].as_sequence().cloned().unwrap_or_default();
+    let mut out = BTreeSet::new();
+    for group in seq(rules, "groups") {
+        for rule in seq(&group, "rules") {
+            out.extend(metric_names(rule["expr"].as_str().expect("every rule has an expr")));
+        }
+    }
+    for test in seq(tests, "tests") {
+        for series in seq(&test, "input_series") {
+            out.extend(metric_names(
+                series["series"].as_str().expect("every input has a series"),
+            ));
+        }
+    }
+    out
+}
+
+/// The sample names a Prometheus text exposition offers: each declared family's (a counter's
+/// `_total`; a histogram's `_bucket`, `_sum`, `_count`), whether or not it has a series yet.
+fn exported(scrape: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in scrape.lines() {
+        if let Some(decl) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = decl.split_once(' ').expect("# TYPE <family> <kind>");
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            names.insert(line[..end].to_string());
+        }
+    }
+    names
+}
+
+/// The names `used` reads that `scrape` does not offer.
+fn missing(used: &BTreeSet<String>, scrape: &str) -> Vec<String> {
+    let offered = exported(scrape);
+    used.iter().filter(|n| !offered.contains(*n)).cloned().collect()
+}
+
+fn deploy(path: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const BLOCKLIST: &str = "packages:\n  - name: npg-legacy\n    reason: unmaintained\n";
+
+async fn get_ok(url: &str, status: u16) {
+    let reply = support::http::get(url, &[]).await;
+    assert_eq!(
+        reply.status.as_u16(),
+        status,
+        "{url}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
+/// Polls `url` until its body says `what`; returns the body.
+async fn wait_for(url: &str, what: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let body = String::from_utf8(support::http::get(url, &[]).await.body).unwrap();
+        if body.contains(what) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{url} never said {what}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// npg with Redis and each rule the dashboard charts, after the traffic that makes each
+/// labelled family exist: a packument, a tarball, a blocked package, a typosquat warning, a
+/// signature check, a silent connection cut, a packument served stale while upstream fails.
+async fn busy_npg_scrape() -> String {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (osv, popular) = (dir.path().join("osv"), dir.path().join("popular.txt"));
+    std::fs::create_dir(&osv).unwrap();
+    std::fs::write(&popular, "npg-widgets\n").unwrap();
+    let (redis_url, osv, popular) = (redis.url(), osv.to_str().unwrap(), popular.to_str().unwrap());
+    let (up, npg, _dir) = start_with(
+        BLOCKLIST,
+        &[
+            ("REDIS_URL", &redis_url),
+            ("ENABLE_REDIS_CACHE", "true"),
+            ("OSV_FEED_DIR", osv),
+            ("TYPOSQUAT_LIST", popular),
+            ("TYPOSQUAT_POLICY", "warn"),
+            ("SIGNATURE_POLICY", "warn"),
+            ("METADATA_TTL", "1s"),
+            ("HEADER_READ_TIMEOUT", "1s"),
+        ],
+    );
+    up.add_package("npg-wigdets", &["1.0.0"]);
+    // signatures are checked once the registry's keys are in force
+    wait_for(&format!("{}/api/health", npg.base), r#""count":1"#).await;
+    let proxy = &npg.proxy_url;
+    get_ok(&format!("{proxy}/npg-fixture-a"), 200).await;
+    get_ok(&format!("{proxy}/npg-fixture-a/-/npg-fixture-a-1.0.0.tgz"), 200).await;
+    get_ok(&format!("{proxy}/npg-legacy"), 403).await;
+    get_ok(&format!("{proxy}/npg-wigdets"), 200).await;
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", npg.port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = std::io::Read::read(&mut silent, &mut [0u8; 16]);
+    up.set_failure(Failure::Status(500));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    get_ok(&format!("{proxy}/npg-fixture-a"), 200).await;
+    // the Redis monitor pings once a second
+    wait_for(&format!("{}/metrics", npg.base), "npg_redis_up 1").await
+}
+
+/// npg whose upstream serves a tarball that is not the bytes its integrity names.
+async fn refusing_npg_scrape() -> String {
+    let up = BlobRegistry::start();
+    up.set_package(
+        "npg-forged",
+        vec![Blob {
+            version: "1.0.0",
+            file: "npg-forged-1.0.0.tgz",
+            bytes: b"not the bytes the integrity names".to_vec(),
+            integrity: Some(sri(b"the bytes it names")),
+        }],
+    );
+    let npg = NpgProcess::start(&up.url(), &[]);
+    // headers go out before the last byte is checked: the body breaks off, whatever the status
+    let url = format!("{}/npg-forged/-/npg-forged-1.0.0.tgz", npg.proxy_url);
+    if let Ok(reply) = support::http::client().get(url).send().await {
+        let _ = reply.bytes().await;
+    }
+    String::from_utf8(support::http::get(&format!("{}/metrics", npg.base), &[]).await.body).unwrap()
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_rules_query_is_exported() {
+    let scrape = busy_npg_scrape().await + &refusing_npg_scrape().await;
+    for series in [
+        "npg_redis_enabled 1",
+        r#"npg_guard_blocks_total{type="package"} 1"#,
+        r#"npg_tarball_downloads_total{role="lead"} 1"#,
+        r#"npg_cache_lookups_total{tier="l1",result="miss"}"#,
+        r#"npg_upstream_requests_total{kind="packument",outcome="ok"}"#,
+        r#"npg_http_request_duration_seconds_bucket{le="+Inf",route="packument"}"#,
+        r#"npg_feed_updated_timestamp_seconds{feed="malware"}"#,
+        r#"npg_feed_refresh_interval_seconds{feed="osv"}"#,
+        r#"npg_typosquat_suspects_total{action="warn"} 1"#,
+        r#"npg_connections_cut_total{deadline="head"}"#,
+        r#"npg_stale_served_total{why="upstream_error"}"#,
+        r#"npg_tarball_refused_total{reason="integrity"} 1"#,
+    ] {
+        assert!(scrape.contains(series), "{series} missing in\n{scrape}");
+    }
+
+    let dashboard: Value = serde_json::from_str(&deploy("grafana/npg-dashboard.json")).expect("dashboard JSON");
+    let used = dashboard_names(&dashboard);
+    assert!(used.len() > 20, "the extractor found too few names: {used:?}");
+    assert_eq!(
+        missing(&used, &scrape),
+        Vec::<String>::new(),
+        "dashboard panels name metrics npg does not export"
+    );
+
+    let rules = serde_yaml_ng::from_str(&deploy("prometheus/npg-rules.yml")).expect("rules YAML");
+    let tests = serde_yaml_ng::from_str(&deploy("prometheus/npg-rules.test.yml")).expect("rules tests YAML");
+    let used = rules_names(&rules, &tests);
+    assert!(used.len() > 8, "the extractor found too few names: {used:?}");
+    assert_eq!(
+        missing(&used, &scrape),
+        Vec::<String>::new(),
+        "alerting rules name metrics npg does not export"
+    );
+}
+
+/// The extractor on its own: a panel naming a metric that does not exist is reported, and so
+/// is a counter without `_total` or a histogram without its suffix; functions, keywords,
+/// label lists, matchers and Grafana variables are not names.
+#[test]
+fn a_panel_with_a_bogus_metric_is_reported() {
+    let scrape = "# HELP npg_http_requests HTTP requests.\n# TYPE npg_http_requests counter\n\
+        npg_http_requests_total{route=\"packument\",status=\"200\"} 1\n\
+        # TYPE npg_http_request_duration_seconds histogram\n# TYPE npg_redis_up gauge\nnpg_redis_up 1\n";
+    let dashboard = serde_json::json!({
+        "templating": {"list": [{"query": {"query": "label_values(npg_http_requests_total, instance)"}}]},
+        "panels": [
+            {"type": "row", "panels": [{"targets": [{"expr": "sum by (route, le) (rate(npg_bogus_total{route=~\"a|b\"}[$__rate_interval]))"}]}]},
+            {"targets": [
+                {"expr": "histogram_quantile(0.95, sum by (le) (rate(npg_http_request_duration_seconds_bucket{instance=~\"$instance\"}[5m])))"},
+                {"expr": "sum(rate(npg_http_requests_total{status=~\"5..\"}[${__range}])) / ignoring (x) group_left npg_http_requests"},
+                {"expr": "npg_redis_up == 0 and on (instance) up{job=\"npg\"} offset 1h > 1e3"},
+                {"expr": "npg_http_request_duration_seconds"},
+            ]},
+        ],
+    });
+    let used = dashboard_names(&dashboard);
+    let want = [
+        "npg_bogus_total",
+        "npg_http_request_duration_seconds",
+        "npg_http_request_duration_seconds_bucket",
+        "npg_http_requests",
+        "npg_http_requests_total",
+        "npg_redis_up",
+    ];
+    assert_eq!(used, want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+    assert_eq!(
+        missing(&used, scrape),
+        [
+            "npg_bogus_total",
+            "npg_http_request_duration_seconds",
+            "npg_http_requests"
+        ]
+    );
+}
