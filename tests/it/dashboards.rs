@@ -11,10 +11,12 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::feed_server::FakeFeed;
 use crate::support::guarded::start_with;
 use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
-use crate::support::upstream::Failure;
+use crate::support::tls;
+use crate::support::upstream::{FakeRegistry, Failure};
 
 /// PromQL words that are not metric names: aggregations, keywords, and `up`, which
 /// Prometheus writes itself. Functions are known by the `(` that follows them.
@@ -317,6 +319,69 @@ async fn every_metric_the_dashboard_and_rules_query_is_exported() {
         Vec::<String>::new(),
         "alerting rules name metrics npg does not export"
     );
+}
+
+/// The value of the sample `series` (name and labels as printed) in `scrape`.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The gauges the alerts watch follow npg's state: the expiry of the certificate served, the
+/// malware feed's last fetch and its refresh interval. (With TLS on, `/metrics` is served over
+/// HTTPS only, so this reads it as Prometheus does.)
+#[tokio::test]
+async fn the_alerting_gauges_follow_npg() {
+    let up = FakeRegistry::start();
+    let feed = FakeFeed::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tls::TestCa::new("npg dashboards test CA");
+    let issued = ca.issue(&["npg.test"]);
+    let cert = tls::write_file(dir.path(), "cert.pem", &issued.cert_pem);
+    let key = tls::write_file(dir.path(), "key.pem", &issued.key_pem);
+    let https_port = support::free_port();
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let _npg = NpgProcess::start(
+        &up.url(),
+        &[
+            ("TLS_CERT_FILE", cert.to_str().unwrap()),
+            ("TLS_KEY_FILE", key.to_str().unwrap()),
+            ("HTTPS_PORT", &https_port.to_string()),
+            ("MALWARE_FEED_URL", &feed.url()),
+            ("ENABLE_SCHEDULED_UPDATES", "true"),
+            ("UPDATE_INTERVAL", "1h"),
+        ],
+    );
+    let client = tls::https_client(&ca.cert_pem, "npg.test", support::loopback(https_port));
+    let url = format!("https://npg.test:{https_port}/metrics");
+    let updated = r#"npg_feed_updated_timestamp_seconds{feed="malware"}"#;
+    let started = Instant::now();
+    let scrape = loop {
+        let scrape = match client.get(&url).send().await {
+            Ok(reply) => reply.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if sample(&scrape, updated).is_some_and(|t| t > 0.0) {
+            break scrape;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the feed was never fetched:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let leaf = tls::parse_leaf(&tls::pem_certs(&issued.cert_pem)[0]);
+    assert_eq!(
+        sample(&scrape, "npg_certificate_expiry_timestamp_seconds"),
+        Some(leaf.not_after as f64),
+        "{scrape}"
+    );
+    assert!(sample(&scrape, updated).unwrap() >= before as f64, "{scrape}");
+    assert_eq!(
+        sample(&scrape, r#"npg_feed_refresh_interval_seconds{feed="malware"}"#),
+        Some(3600.0),
+        "{scrape}"
+    );
+    assert_eq!(sample(&scrape, "npg_acme_last_order_failed"), Some(0.0), "{scrape}");
+    assert_eq!(sample(&scrape, "npg_redis_enabled"), Some(0.0), "{scrape}");
 }
 
 /// The extractor on its own: a panel naming a metric that does not exist is reported, and so
