@@ -600,11 +600,28 @@ impl<S: Source> Refresher<S> {
 
     /// Loads the cluster's copy when it is newer than the list in use.
     async fn sync_from_cluster(&mut self) {
-        if let Some(copy) = self.shared.stamps(S::KEY).await
-            && copy.stamp_ms.is_some_and(|u| u > self.updated_ms)
-        {
+        let Some(copy) = self.shared.stamps(S::KEY).await else {
+            return;
+        };
+        if copy.stamp_ms.is_some_and(|u| u > self.updated_ms) {
             self.load_from_cluster(&copy).await;
         }
+        self.checked_by_cluster(&copy);
+    }
+
+    /// Another replica's look that found nothing new counts for this one while it holds the
+    /// cluster's list: otherwise the replicas that do not fetch would show (and alert on) the
+    /// age of the list's last change rather than of the last look.
+    fn checked_by_cluster(&self, copy: &DocStamps) {
+        let holds_copy = copy.stamp_ms.is_some_and(|u| u <= self.updated_ms);
+        let Some(at) = copy.checked_ms.filter(|_| holds_copy) else {
+            return;
+        };
+        S::update_status(&self.guard, |s| {
+            if s.updated_at_ms.is_none_or(|u| u < at) {
+                s.updated_at_ms = Some(at);
+            }
+        });
     }
 
     async fn load_from_cluster(&mut self, copy: &DocStamps) {

@@ -16,7 +16,7 @@ use crate::support::guarded::start_with;
 use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
 use crate::support::tls;
-use crate::support::upstream::{FakeRegistry, Failure};
+use crate::support::upstream::{Failure, FakeRegistry};
 
 /// PromQL words that are not metric names: aggregations, keywords, and `up`, which
 /// Prometheus writes itself. Functions are known by the `(` that follows them.
@@ -341,7 +341,10 @@ async fn the_alerting_gauges_follow_npg() {
     let cert = tls::write_file(dir.path(), "cert.pem", &issued.cert_pem);
     let key = tls::write_file(dir.path(), "key.pem", &issued.key_pem);
     let https_port = support::free_port();
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let _npg = NpgProcess::start(
         &up.url(),
         &[
@@ -365,7 +368,10 @@ async fn the_alerting_gauges_follow_npg() {
         if sample(&scrape, updated).is_some_and(|t| t > 0.0) {
             break scrape;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "the feed was never fetched:\n{scrape}");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the feed was never fetched:\n{scrape}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let leaf = tls::parse_leaf(&tls::pem_certs(&issued.cert_pem)[0]);
@@ -382,6 +388,83 @@ async fn the_alerting_gauges_follow_npg() {
     );
     assert_eq!(sample(&scrape, "npg_acme_last_order_failed"), Some(0.0), "{scrape}");
     assert_eq!(sample(&scrape, "npg_redis_enabled"), Some(0.0), "{scrape}");
+}
+
+/// In a cluster one replica looks at the feed per interval: the others' feed age follows its
+/// looks (found unchanged), not the last change of the list, or NpgMalwareFeedStale would fire
+/// on every replica but the one that fetches.
+#[tokio::test]
+async fn a_replica_that_does_not_fetch_ages_its_feed_with_the_cluster() {
+    let redis = RedisServer::start();
+    let (up, feed) = (FakeRegistry::start(), FakeFeed::start());
+    feed.set_entries(serde_json::json!([{"package_name": "npg-fixture-b", "version": "1.0.1", "reason": "MALWARE"}]));
+    let (redis_url, feed_url) = (redis.url(), feed.url());
+    let node = |name: &str, interval: &str| {
+        NpgProcess::start(
+            &up.url(),
+            &[
+                ("REDIS_URL", redis_url.as_str()),
+                ("ENABLE_REDIS_CACHE", "true"),
+                ("INSTANCE_NAME", name),
+                ("MALWARE_FEED_URL", feed_url.as_str()),
+                ("ENABLE_SCHEDULED_UPDATES", "true"),
+                ("UPDATE_INTERVAL", interval),
+            ],
+        )
+    };
+    let updated = r#"npg_feed_updated_timestamp_seconds{feed="malware"}"#;
+    let age_stamp = |npg: &NpgProcess| {
+        let url = format!("{}/metrics", npg.base);
+        async move {
+            let scrape = String::from_utf8(support::http::get(&url, &[]).await.body).unwrap();
+            sample(&scrape, updated).unwrap_or(0.0)
+        }
+    };
+    // `fetcher` looks every 2 s; `other` would only after an hour, the cluster having looked
+    let fetcher = node("fetcher", "2s");
+    let started = Instant::now();
+    while age_stamp(&fetcher).await == 0.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the feed was never fetched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = node("other", "1h");
+    let first = loop {
+        let at = age_stamp(&other).await;
+        if at > 0.0 {
+            break at;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the other replica never loaded the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // the feed does not change: only the looks move on (the other replica syncs every 10 s)
+    let started = Instant::now();
+    while age_stamp(&other).await < first + 3.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the other replica's feed still dates from {first} after {} looks of the cluster: {} {}",
+            feed.requests(),
+            redis.command(&["HMGET", "npg:malware:feed", "checked", "updated", "etag"]),
+            String::from_utf8(
+                support::http::get(&format!("{}/api/health", other.base), &[])
+                    .await
+                    .body
+            )
+            .unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        feed.log().iter().filter(|r| r.status == 200).count(),
+        1,
+        "the feed was downloaded once: {:?}",
+        feed.log()
+    );
 }
 
 /// The extractor on its own: a panel naming a metric that does not exist is reported, and so
