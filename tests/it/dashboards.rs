@@ -74,15 +74,17 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             '}' => (braces, i) = (braces.saturating_sub(1), i + 1),
             '[' => (brackets, i) = (brackets + 1, i + 1),
             ']' => (brackets, i) = (brackets.saturating_sub(1), i + 1),
-            // numbers and durations (0.95, 1e3, 5m), Grafana's $variables
+            // Grafana's variables: ${name} or $name
+            '$' if chars.get(i + 1) == Some(&'{') => {
+                while i < chars.len() && chars[i] != '}' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            // $name, numbers and durations (0.95, 1e3, 5m)
             '$' | '0'..='9' | '.' => {
                 i += 1;
-                while i < chars.len() && (word(chars[i]) || chars[i] == '.' || chars[i] == '{' && c == '$') {
-                    if chars[i] == '{' {
-                        while i < chars.len() && chars[i] != '}' {
-                            i += 1;
-                        }
-                    }
+                while i < chars.len() && (word(chars[i]) || chars[i] == '.') {
                     i += 1;
                 }
             }
@@ -159,8 +161,9 @@ fn rules_names(rules: &serde_yaml_ng::Value, tests: &serde_yaml_ng::Value) -> BT
     out
 }
 
-/// The sample names a Prometheus text exposition offers: each declared family's (a counter's
-/// `_total`; a histogram's `_bucket`, `_sum`, `_count`), whether or not it has a series yet.
+/// The sample names a Prometheus text exposition offers: each `# TYPE` family's (a counter's
+/// `_total`; a histogram's `_bucket`, `_sum`, `_count`: a histogram is never read bare) and
+/// each sample's. A family without a series yet is not printed at all: the tests make them.
 fn exported(scrape: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in scrape.lines() {
