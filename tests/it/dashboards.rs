@@ -1,9 +1,10 @@
 //! The monitoring files against a running npg: every metric the Grafana dashboard's panels
 //! (`deploy/grafana/npg-dashboard.json`), the alerting rules (`deploy/prometheus/npg-rules.yml`)
-//! and their unit tests' series query is one npg exports at `/metrics`. `deploy/check` checks
-//! the rest in the real promtool (the rules' logic, the panels' PromQL).
+//! and their unit tests' series query is one npg exports at `/metrics`, and every label their
+//! matchers name is one npg sets on it. `deploy/check` checks the rest in the real promtool
+//! (the rules' logic, the panels' PromQL).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,16 +53,31 @@ const NOT_METRICS: &[&str] = &[
 /// Keywords followed by a list of label names, not metrics.
 const LABEL_LISTS: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
 
-/// The metric names one PromQL expression (or series selector) reads: outside label
-/// matchers, ranges and strings, not functions, keywords nor Grafana's `$variables`.
-fn metric_names(expr: &str) -> BTreeSet<String> {
+/// Metric names, each with the label names its matchers use (`{route="tarball"}`).
+type Used = BTreeMap<String, BTreeSet<String>>;
+
+fn merge(into: &mut Used, more: Used) {
+    for (name, labels) in more {
+        into.entry(name).or_default().extend(labels);
+    }
+}
+
+/// The metric names one PromQL expression (or series selector) reads, with their matchers'
+/// label names: outside matchers, ranges and strings, not functions, keywords nor Grafana's
+/// `$variables`.
+fn metric_names(expr: &str) -> Used {
     let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
+    let mut names = Used::new();
     let (mut braces, mut brackets) = (0usize, 0usize);
+    // the metric just read, whose matchers a `{` would open; the one they are open for
+    let (mut pending, mut selector): (Option<String>, Option<String>) = (None, None);
     let mut i = 0;
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
     while i < chars.len() {
         let c = chars[i];
+        if !c.is_whitespace() && c != '{' {
+            pending = None;
+        }
         match c {
             '"' | '\'' | '`' => {
                 i += 1;
@@ -70,7 +86,12 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 }
                 i += 1;
             }
-            '{' => (braces, i) = (braces + 1, i + 1),
+            '{' => {
+                if braces == 0 {
+                    selector = pending.take();
+                }
+                (braces, i) = (braces + 1, i + 1);
+            }
             '}' => (braces, i) = (braces.saturating_sub(1), i + 1),
             '[' => (brackets, i) = (brackets + 1, i + 1),
             ']' => (brackets, i) = (brackets.saturating_sub(1), i + 1),
@@ -99,14 +120,20 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                     next += 1;
                 }
                 let call = chars.get(next) == Some(&'(');
-                if call && LABEL_LISTS.contains(&ident.as_str()) {
+                if braces > 0 {
+                    // a matcher's label name (values are strings)
+                    if let Some(metric) = &selector {
+                        names.entry(metric.clone()).or_default().insert(ident);
+                    }
+                } else if call && LABEL_LISTS.contains(&ident.as_str()) {
                     // by (le, route): label names up to the closing parenthesis
                     while next < chars.len() && chars[next] != ')' {
                         next += 1;
                     }
                     i = next + 1;
-                } else if braces == 0 && brackets == 0 && !call && !NOT_METRICS.contains(&ident.as_str()) {
-                    names.insert(ident);
+                } else if brackets == 0 && !call && !NOT_METRICS.contains(&ident.as_str()) {
+                    names.entry(ident.clone()).or_default();
+                    pending = Some(ident);
                 }
             }
             _ => i += 1,
@@ -117,16 +144,16 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 
 /// Every metric name the dashboard's queries read: the panels' expressions (rows' panels
 /// too) and the variables' `label_values(metric, label)`.
-fn dashboard_names(dashboard: &Value) -> BTreeSet<String> {
-    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+fn dashboard_names(dashboard: &Value) -> Used {
+    fn walk(v: &Value, out: &mut Used) {
         match v {
             Value::Object(map) => {
                 for (key, v) in map {
                     match (key.as_str(), v) {
-                        ("expr", Value::String(expr)) => out.extend(metric_names(expr)),
+                        ("expr", Value::String(expr)) => merge(out, metric_names(expr)),
                         ("query" | "definition", Value::String(q)) => {
                             if let Some(inner) = q.strip_prefix("label_values(").and_then(|q| q.rsplit_once(',')) {
-                                out.extend(metric_names(inner.0));
+                                merge(out, metric_names(inner.0));
                             }
                         }
                         _ => walk(v, out),
@@ -137,25 +164,29 @@ fn dashboard_names(dashboard: &Value) -> BTreeSet<String> {
             _ => {}
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = Used::new();
     walk(dashboard, &mut out);
     out
 }
 
 /// Every metric name in the rules' expressions and in their unit tests' input series.
-fn rules_names(rules: &serde_yaml_ng::Value, tests: &serde_yaml_ng::Value) -> BTreeSet<String> {
+fn rules_names(rules: &serde_yaml_ng::Value, tests: &serde_yaml_ng::Value) -> Used {
     let seq = |v: &serde_yaml_ng::Value, key: &str| v[key].as_sequence().cloned().unwrap_or_default();
-    let mut out = BTreeSet::new();
+    let mut out = Used::new();
     for group in seq(rules, "groups") {
         for rule in seq(&group, "rules") {
-            out.extend(metric_names(rule["expr"].as_str().expect("every rule has an expr")));
+            merge(
+                &mut out,
+                metric_names(rule["expr"].as_str().expect("every rule has an expr")),
+            );
         }
     }
     for test in seq(tests, "tests") {
         for series in seq(&test, "input_series") {
-            out.extend(metric_names(
-                series["series"].as_str().expect("every input has a series"),
-            ));
+            merge(
+                &mut out,
+                metric_names(series["series"].as_str().expect("every input has a series")),
+            );
         }
     }
     out
@@ -184,9 +215,51 @@ fn exported(scrape: &str) -> BTreeSet<String> {
 }
 
 /// The names `used` reads that `scrape` does not offer.
-fn missing(used: &BTreeSet<String>, scrape: &str) -> Vec<String> {
+fn missing(used: &Used, scrape: &str) -> Vec<String> {
     let offered = exported(scrape);
-    used.iter().filter(|n| !offered.contains(*n)).cloned().collect()
+    used.keys().filter(|n| !offered.contains(*n)).cloned().collect()
+}
+
+/// The label names of each sample name in `scrape`.
+fn sample_labels(scrape: &str) -> Used {
+    let mut out = Used::new();
+    for line in scrape.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, mut rest)) = line.split_once('{') else {
+            continue;
+        };
+        let labels = out.entry(name.to_string()).or_default();
+        // name="value",...}: a value ends at its first quote not escaped by a backslash
+        while let Some((label, value)) = rest.split_once("=\"") {
+            labels.insert(label.trim_start_matches(',').to_string());
+            let mut escaped = false;
+            let end = value
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closes = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closes
+                })
+                .map_or(value.len(), |(at, _)| at + 1);
+            rest = &value[end..];
+        }
+    }
+    out
+}
+
+/// `metric{label}` for each matcher of `used` on a label npg does not put on that metric
+/// (`instance` and `job` are Prometheus's own).
+fn unknown_labels(used: &Used, scrape: &str) -> Vec<String> {
+    let offered = sample_labels(scrape);
+    let mut unknown = Vec::new();
+    for (name, labels) in used {
+        let has = offered.get(name).cloned().unwrap_or_default();
+        for label in labels {
+            if !has.contains(label) && label != "instance" && label != "job" {
+                unknown.push(format!("{name}{{{label}}}"));
+            }
+        }
+    }
+    unknown
 }
 
 fn deploy(path: &str) -> String {
@@ -312,6 +385,11 @@ async fn every_metric_the_dashboard_and_rules_query_is_exported() {
         Vec::<String>::new(),
         "dashboard panels name metrics npg does not export"
     );
+    assert_eq!(
+        unknown_labels(&used, &scrape),
+        Vec::<String>::new(),
+        "dashboard panels match labels npg does not set"
+    );
 
     let rules = serde_yaml_ng::from_str(&deploy("prometheus/npg-rules.yml")).expect("rules YAML");
     let tests = serde_yaml_ng::from_str(&deploy("prometheus/npg-rules.test.yml")).expect("rules tests YAML");
@@ -321,6 +399,11 @@ async fn every_metric_the_dashboard_and_rules_query_is_exported() {
         missing(&used, &scrape),
         Vec::<String>::new(),
         "alerting rules name metrics npg does not export"
+    );
+    assert_eq!(
+        unknown_labels(&used, &scrape),
+        Vec::<String>::new(),
+        "alerting rules match labels npg does not set"
     );
 }
 
@@ -471,8 +554,9 @@ async fn a_replica_that_does_not_fetch_ages_its_feed_with_the_cluster() {
 }
 
 /// The extractor on its own: a panel naming a metric that does not exist is reported, and so
-/// is a counter without `_total` or a histogram without its suffix; functions, keywords,
-/// label lists, matchers and Grafana variables are not names.
+/// is a counter without `_total`, a histogram without its suffix, and a matcher on a label the
+/// metric does not have; functions, keywords, label lists, matchers and Grafana variables are
+/// not names.
 #[test]
 fn a_panel_with_a_bogus_metric_is_reported() {
     let scrape = "# HELP npg_http_requests HTTP requests.\n# TYPE npg_http_requests counter\n\
@@ -487,6 +571,7 @@ fn a_panel_with_a_bogus_metric_is_reported() {
                 {"expr": "sum(rate(npg_http_requests_total{status=~\"5..\"}[${__range}])) / ignoring (x) group_left npg_http_requests"},
                 {"expr": "npg_redis_up == 0 and on (instance) up{job=\"npg\"} offset 1h > 1e3"},
                 {"expr": "npg_http_request_duration_seconds"},
+                {"expr": "npg_http_requests_total {rule=\"malware\", route!=\"}\"} > 0"},
             ]},
         ],
     });
@@ -499,7 +584,7 @@ fn a_panel_with_a_bogus_metric_is_reported() {
         "npg_http_requests_total",
         "npg_redis_up",
     ];
-    assert_eq!(used, want.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+    assert_eq!(used.keys().collect::<Vec<_>>(), want);
     assert_eq!(
         missing(&used, scrape),
         [
@@ -508,4 +593,16 @@ fn a_panel_with_a_bogus_metric_is_reported() {
             "npg_http_requests"
         ]
     );
+    // matchers on labels the metric does not have: a label that npg never sets is as empty
+    // a panel as a metric that does not exist (instance and job are Prometheus's)
+    assert_eq!(
+        used["npg_http_requests_total"],
+        ["route", "rule", "status"].map(String::from).into()
+    );
+    assert_eq!(
+        unknown_labels(&used, scrape),
+        ["npg_bogus_total{route}", "npg_http_requests_total{rule}"]
+    );
+    let quoted = sample_labels("npg_x{a=\"q\\\"},b=\\\"c\",e=\"f\"} 1\n");
+    assert_eq!(quoted["npg_x"], ["a", "e"].map(String::from).into());
 }
