@@ -105,11 +105,12 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
         "status": status,
         "problems": problems,
         "upstream": { "breaker": app.upstream.breaker().status() },
-        // `master`: the node in use; with Sentinel, the master last found (it moves with a
-        // failover). `replicas`: what it reported at the last check.
-        "redis": {
-            "state": redis.as_str(),
-            "master": app.redis.master(),
+        // `redis` stays the state string it always was (scripts read it); `redis_master`: the
+        // node in use, with Sentinel the master last found (it moves with a failover), and the
+        // replicas it reported at the last check.
+        "redis": redis.as_str(),
+        "redis_master": {
+            "address": app.redis.master(),
             "replicas": app.redis.replicas(),
         },
         "version": env!("CARGO_PKG_VERSION"),

@@ -103,7 +103,7 @@ where
 /// Health is ok and Redis is the master at `port`.
 async fn on_master(npg: &NpgProcess, port: u16) -> bool {
     let h = health(npg).await;
-    h["status"] == "ok" && h["redis"]["state"] == "connected" && h["redis"]["master"] == format!("127.0.0.1:{port}")
+    h["status"] == "ok" && h["redis"] == "connected" && h["redis_master"]["address"] == format!("127.0.0.1:{port}")
 }
 
 /// `GET key` on the node at `port`: the value, if any.
@@ -126,7 +126,7 @@ async fn a_master_killed_during_installs_fails_none_and_npg_follows_the_failover
     for npg in [&a, &b] {
         let found = wait_for_within(Duration::from_secs(15), || on_master(npg, old)).await;
         assert!(found, "npg finds the master: {}", health(npg).await);
-        assert_eq!(health(npg).await["redis"]["replicas"], 1);
+        assert_eq!(health(npg).await["redis_master"]["replicas"], 1);
     }
     // The follower leads and stores its position on the master.
     wait_for(Duration::from_secs(15), "the changes position is stored", || async {
@@ -516,7 +516,7 @@ async fn no_second_acme_order_across_a_failover() {
     for node in &nodes {
         let name = &node.name;
         let followed = wait_for_within(RECOVERY_BOUND, || async {
-            node.health().await["redis"]["master"] == format!("127.0.0.1:{new}")
+            node.health().await["redis_master"]["address"] == format!("127.0.0.1:{new}")
         })
         .await;
         assert!(followed, "{name} follows the failover: {}", node.health().await);
