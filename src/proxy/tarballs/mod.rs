@@ -1,5 +1,6 @@
 //! The tarball service. Every request, hit or miss, is judged by the version the packument
-//! gives the file (never by the file's name alone). Disk hits stream from the file; a miss
+//! gives the file (never by the file's name alone). Hits come from the store (memory, disk,
+//! or bucket: `cache::store`); a miss
 //! joins the download of that file in flight or leads a new one (`flight`), which streams
 //! from upstream into a temp file while hashing (`download`); each client reads it as it is
 //! released (`relay`), and the file is renamed into the cache only when the hash matches the
@@ -23,7 +24,8 @@ use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::TarballInfo;
 use crate::npm::path::version_from_file;
-use crate::proxy::cache::disk::{Cached, Pending, TarballStore};
+use crate::proxy::cache::disk::{Cached, Pending};
+use crate::proxy::cache::store::{Found, Store};
 use crate::proxy::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
@@ -33,7 +35,7 @@ use flight::{Failure, Flights, Landing, Role, State};
 const CLIENT_BUFFER: usize = 16;
 
 pub(crate) enum TarballBody {
-    /// From the disk cache.
+    /// From the store (memory, disk).
     Cached(Cached),
     /// A download in progress: chunks, and the length upstream announced.
     Download(mpsc::Receiver<io::Result<Bytes>>, Option<u64>),
@@ -67,7 +69,7 @@ impl From<Failure> for TarballError {
 }
 
 pub(crate) struct Tarballs {
-    store: Arc<TarballStore>,
+    store: Arc<Store>,
     packuments: Arc<Packuments>,
     guard: Arc<Guard>,
     upstream: Arc<Upstream>,
@@ -77,7 +79,7 @@ pub(crate) struct Tarballs {
 
 impl Tarballs {
     pub(crate) fn new(
-        store: Arc<TarballStore>,
+        store: Arc<Store>,
         packuments: Arc<Packuments>,
         guard: Arc<Guard>,
         upstream: Arc<Upstream>,
@@ -95,11 +97,9 @@ impl Tarballs {
 
     pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
         let judged = self.judge(name, file).await?;
-        if let Some(cached) = self.store.open(name, file).await {
-            self.metrics.cache("disk", true);
-            return Ok((TarballBody::Cached(cached), true));
+        if let Some(found) = self.store.lookup(name, file).await {
+            return Ok((found.into(), true));
         }
-        self.metrics.cache("disk", false);
         let pkg = match judged {
             Some(pkg) => pkg,
             None => self.find(name, file).await?,
@@ -208,7 +208,7 @@ impl Tarballs {
                     Ok(f) => (None, Some(f), flight.state.clone()),
                     // Renamed into the cache just now, or failed: the cache, else lead anew.
                     Err(_) => match self.store.open(name, file).await {
-                        Some(cached) => return Ok((TarballBody::Cached(cached), true)),
+                        Some(found) => return Ok((found.into(), true)),
                         None => return Err(Failure::Disk),
                     },
                 }
@@ -251,7 +251,7 @@ impl Tarballs {
         file: &str,
         info: &TarballInfo,
         expected: Expected,
-        store: Option<Arc<TarballStore>>,
+        store: Option<Arc<Store>>,
     ) -> Download {
         Download {
             name: name.clone(),
@@ -294,9 +294,21 @@ impl Tarballs {
                 Some(files)
             }
         };
-        let (store, name) = (self.store.clone(), name.clone());
-        let purged = tokio::task::spawn_blocking(move || store.purge(&name, files.as_deref())).await;
-        purged.unwrap_or_default()
+        self.store.purge(name, files.as_deref()).await
+    }
+
+    /// Where tarballs are kept (for health).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl From<Found> for TarballBody {
+    fn from(found: Found) -> TarballBody {
+        match found {
+            Found::Cached(cached) => TarballBody::Cached(cached),
+            Found::Streamed(chunks, length) => TarballBody::Download(chunks, Some(length)),
+        }
     }
 }
 
