@@ -28,6 +28,7 @@ mod osv_feed;
 mod proxy;
 mod redis_eviction;
 mod redis_shared;
+mod s3_store;
 mod sick_upstream;
 mod signatures;
 mod tarball_hardening;

@@ -57,7 +57,8 @@ impl Store {
     pub(crate) fn s3(disk: TarballStore, bucket: Bucket, local_bytes: u64, metrics: Arc<Metrics>) -> Store {
         let disk = disk.touching_reads();
         let local = (local_bytes > 0).then(|| Arc::new(LocalBound::new(disk.root(), local_bytes)));
-        if let Some(local) = &local {
+        if let Some(local) = local.as_ref().filter(|l| l.used() > local_bytes) {
+            // Over the bound already (a smaller TARBALL_LOCAL_CACHE_MB, a disk store reused).
             local.sweep();
         }
         let bucket = Some(S3 {
