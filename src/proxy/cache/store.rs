@@ -100,7 +100,7 @@ impl Store {
         if !s3.bucket.is_up() {
             return None;
         }
-        let found = self.from_bucket(s3, name, file).await;
+        let found = self.read_bucket(s3, name, file).await;
         self.metrics.cache("bucket", found.is_some());
         found
     }
@@ -112,7 +112,7 @@ impl Store {
         };
         match self.local(s3, name, file).await {
             Some(cached) => Some(Found::Cached(cached)),
-            None => self.from_bucket(s3, name, file).await,
+            None => self.read_bucket(s3, name, file).await,
         }
     }
 
@@ -125,7 +125,7 @@ impl Store {
 
     /// From the bucket: a small tarball whole (then kept in memory and on the local disk), a
     /// large one streamed (and written to the local cache as it goes).
-    async fn from_bucket(&self, s3: &S3, name: &PackageName, file: &str) -> Option<Found> {
+    async fn read_bucket(&self, s3: &S3, name: &PackageName, file: &str) -> Option<Found> {
         let object = s3.bucket.get(name, file).await?;
         let keep = match &s3.local {
             Some(bound) => self.disk.pending().ok().map(|p| (p, bound.clone())),
