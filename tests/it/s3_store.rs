@@ -424,3 +424,31 @@ fn size(root: &Path) -> u64 {
     }
     total
 }
+
+#[tokio::test]
+async fn npg_import_puts_the_tarballs_in_the_bucket() {
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = crate::bundle::key_pair(dir.path(), "site.key");
+    let (up, _exporter, _lockfile, bundle) = crate::bundle::exported(dir.path(), &key);
+    let storage = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_npg"))
+        .env_clear()
+        .envs(s3.npg_env("site/"))
+        .args(["import", bundle.to_str().unwrap(), "--key", public.to_str().unwrap()])
+        .arg("--storage-dir")
+        .arg(storage.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", crate::warm::text(&out));
+    assert_eq!(s3.keys().await, fixture_keys("site/"));
+    let a = s3
+        .object("site/np/npg-fixture-a/npg-fixture-a-2.0.0.tgz")
+        .await
+        .unwrap();
+    assert_eq!(a, up.tarball_bytes("npg-fixture-a", "2.0.0"));
+    assert!(
+        !storage.path().join("np").exists(),
+        "the tarballs went to the bucket, not the disk"
+    );
+}

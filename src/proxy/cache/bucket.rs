@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
@@ -105,6 +106,28 @@ pub(crate) struct Bucket {
     metrics: Arc<Metrics>,
 }
 
+/// The bucket's HTTP client from npg's one builder (its rustls provider, its User-Agent):
+/// connections within the deadline; a request's own timeout covers a whole streamed body, so
+/// it is the long one (`call` and the stream bound each wait).
+#[derive(Debug)]
+struct Connector {
+    timeout: Duration,
+}
+
+impl HttpConnector for Connector {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
+        let client = crate::upstream::client::builder(Some("tarball store"))
+            .connect_timeout(self.timeout)
+            .timeout(BODY_DEADLINE)
+            .build()
+            .map_err(|e| object_store::Error::Generic {
+                store: "S3",
+                source: Box::new(e),
+            })?;
+        Ok(HttpClient::new(client))
+    }
+}
+
 /// Why a bucket call gave nothing: the object is not there, or the bucket failed.
 enum Fault {
     Absent,
@@ -114,12 +137,7 @@ enum Fault {
 impl Bucket {
     pub(crate) fn new(settings: &BucketSettings, metrics: Arc<Metrics>) -> anyhow::Result<Bucket> {
         let c = &settings.credentials;
-        // Short connect and retry bounds: a dead bucket must cost one deadline, not minutes of
-        // retries. The request timeout covers a whole streamed body, so it is the long one.
-        let options = ClientOptions::new()
-            .with_connect_timeout(settings.timeout)
-            .with_timeout(BODY_DEADLINE)
-            .with_allow_http(true);
+        // A short retry bound: a dead bucket must cost one deadline, not minutes of retries.
         let retry = RetryConfig {
             backoff: BackoffConfig::default(),
             max_retries: 1,
@@ -132,7 +150,10 @@ impl Bucket {
             .with_secret_access_key(&c.secret)
             .with_virtual_hosted_style_request(!settings.path_style)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
-            .with_client_options(options)
+            .with_client_options(ClientOptions::new().with_allow_http(true))
+            .with_http_connector(Connector {
+                timeout: settings.timeout,
+            })
             .with_retry(retry);
         if let Some(token) = &c.token {
             builder = builder.with_token(token);
