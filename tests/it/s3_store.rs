@@ -452,3 +452,31 @@ async fn npg_import_puts_the_tarballs_in_the_bucket() {
         "the tarballs went to the bucket, not the disk"
     );
 }
+
+#[test]
+fn check_config_reports_a_bad_bucket_setting_without_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |env: &[(&str, &str)]| {
+        let mut cmd = NpgProcess::command("http://127.0.0.1:9/r/", support::loopback(9), &dir.path().join("storage"));
+        cmd.arg("check-config").envs(env.iter().copied());
+        let out = cmd.output().unwrap();
+        let said = [out.stdout, out.stderr].concat();
+        (out.status.code(), String::from_utf8_lossy(&said).into_owned())
+    };
+    let keys = [("AWS_ACCESS_KEY_ID", "AKIDSECRET"), ("AWS_SECRET_ACCESS_KEY", "hunter2")];
+    let cases: [(&str, Vec<(&str, &str)>); 3] = [
+        ("S3_BUCKET", [&[("TARBALL_STORE", "s3")][..], &keys].concat()),
+        ("S3_CREDENTIALS_FILE", vec![("TARBALL_STORE", "s3"), ("S3_BUCKET", "npg"), ("S3_CREDENTIALS_FILE", "/nonexistent/creds")]),
+        ("AWS_ACCESS_KEY_ID", vec![("TARBALL_STORE", "s3"), ("S3_BUCKET", "npg")]),
+    ];
+    for (setting, env) in cases {
+        let (code, err) = check(&env);
+        assert_eq!(code, Some(2), "{setting}: {err}");
+        assert!(err.contains(setting), "{setting}: {err}");
+        assert!(!err.contains("hunter2") && !err.contains("AKIDSECRET"), "{err}");
+    }
+    let good = [&[("TARBALL_STORE", "s3"), ("S3_BUCKET", "npg")][..], &keys].concat();
+    let (code, err) = check(&good);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("hunter2") && !err.contains("AKIDSECRET"), "{err}");
+}
