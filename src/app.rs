@@ -130,6 +130,7 @@ impl App {
             packuments.clone(),
             guard.clone(),
             upstream.clone(),
+            redis.clone(),
             metrics.clone(),
         ));
         let auth = match checked.tokens {

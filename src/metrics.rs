@@ -184,7 +184,7 @@ impl Default for Metrics {
         let tarball_downloads = Family::default();
         registry.register(
             "tarball_downloads",
-            "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight)",
+            "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight; follow: stored in the bucket meanwhile by the replica that held the fill lease)",
             tarball_downloads.clone(),
         );
         let tarball_store_errors = Counter::default();

@@ -15,6 +15,7 @@ use crate::support::blob_registry::{Blob, BlobRegistry, sri};
 use crate::support::clients::{Client, Project};
 use crate::support::feed_server::FakeFeed;
 use crate::support::npg::NpgProcess;
+use crate::support::redis::RedisServer;
 use crate::support::s3::S3Server;
 use crate::support::upstream::FakeRegistry;
 
@@ -457,16 +458,30 @@ async fn npg_import_puts_the_tarballs_in_the_bucket() {
 fn check_config_reports_a_bad_bucket_setting_without_its_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let check = |env: &[(&str, &str)]| {
-        let mut cmd = NpgProcess::command("http://127.0.0.1:9/r/", support::loopback(9), &dir.path().join("storage"));
+        let mut cmd = NpgProcess::command(
+            "http://127.0.0.1:9/r/",
+            support::loopback(9),
+            &dir.path().join("storage"),
+        );
         cmd.arg("check-config").envs(env.iter().copied());
         let out = cmd.output().unwrap();
         let said = [out.stdout, out.stderr].concat();
         (out.status.code(), String::from_utf8_lossy(&said).into_owned())
     };
-    let keys = [("AWS_ACCESS_KEY_ID", "AKIDSECRET"), ("AWS_SECRET_ACCESS_KEY", "hunter2")];
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", "AKIDSECRET"),
+        ("AWS_SECRET_ACCESS_KEY", "hunter2"),
+    ];
     let cases: [(&str, Vec<(&str, &str)>); 3] = [
         ("S3_BUCKET", [&[("TARBALL_STORE", "s3")][..], &keys].concat()),
-        ("S3_CREDENTIALS_FILE", vec![("TARBALL_STORE", "s3"), ("S3_BUCKET", "npg"), ("S3_CREDENTIALS_FILE", "/nonexistent/creds")]),
+        (
+            "S3_CREDENTIALS_FILE",
+            vec![
+                ("TARBALL_STORE", "s3"),
+                ("S3_BUCKET", "npg"),
+                ("S3_CREDENTIALS_FILE", "/nonexistent/creds"),
+            ],
+        ),
         ("AWS_ACCESS_KEY_ID", vec![("TARBALL_STORE", "s3"), ("S3_BUCKET", "npg")]),
     ];
     for (setting, env) in cases {
@@ -479,4 +494,45 @@ fn check_config_reports_a_bad_bucket_setting_without_its_secrets() {
     let (code, err) = check(&good);
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("hunter2") && !err.contains("AKIDSECRET"), "{err}");
+}
+
+#[tokio::test]
+async fn a_cluster_on_one_bucket_fetches_each_file_from_upstream_once() {
+    let (up, s3, redis) = (BlobRegistry::start(), S3Server::start().await, RedisServer::start());
+    let bytes = noise(300 << 10, 4);
+    let blob = Blob {
+        version: "1.0.0",
+        file: "shared-1.0.0.tgz",
+        bytes: bytes.clone(),
+        integrity: Some(sri(&bytes)),
+    };
+    up.set_package("shared", vec![blob]);
+    // 64 KiB chunks 100 ms apart: every replica's miss comes while the first download runs.
+    up.set_pause(Duration::from_millis(100));
+    let url = redis.url();
+    let cluster = [("REDIS_URL", url.as_str()), ("ENABLE_REDIS_CACHE", "true")];
+    let replicas: Vec<NpgProcess> = (0..3).map(|_| start(&up.url(), &s3, "", &cluster)).collect();
+    let gets = replicas.iter().flat_map(|npg| {
+        let url = format!("{}/shared/-/shared-1.0.0.tgz", npg.proxy_url);
+        [0, 1].map(move |_| {
+            let url = url.clone();
+            async move { support::http::get(&url, &[]).await }
+        })
+    });
+    let replies = futures_util::future::join_all(gets).await;
+    for reply in &replies {
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == bytes, "every client gets the right bytes");
+    }
+    assert_eq!(
+        up.tarball_hits("shared", "shared-1.0.0.tgz"),
+        1,
+        "one upstream fetch for the cluster"
+    );
+    assert_eq!(s3.keys().await, ["sh/shared/shared-1.0.0.tgz"]);
+    let mut followed = 0.0;
+    for npg in &replicas {
+        followed += metric(npg, "npg_tarball_downloads_total{role=\"follow\"}").await;
+    }
+    assert!(followed >= 2.0, "the other replicas waited for the object: {followed}");
 }
