@@ -674,6 +674,7 @@ pub(crate) struct StoreSettings {
     #[arg(long, env = "S3_ENDPOINT", value_parser = parse_http_url)]
     pub(crate) s3_endpoint: Option<Url>,
 
+    /// The bucket's region.
     #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
     pub(crate) s3_region: String,
 
@@ -687,6 +688,7 @@ pub(crate) struct StoreSettings {
     #[arg(long, env = "S3_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub(crate) s3_timeout: Duration,
 
+    /// The bucket's credentials (never printed), unless S3_CREDENTIALS_FILE is set.
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
     pub(crate) aws_access_key_id: Option<String>,
 

@@ -85,7 +85,10 @@ fn problems(app: &App) -> Vec<String> {
         problems.push(format!("upstream is down ({why}): stale copies served, misses refused"));
     }
     if app.tarballs.store().bucket().is_some_and(|b| !b.is_up()) {
-        problems.push("the tarball bucket is down: misses are served from upstream, kept locally only".to_string());
+        problems.push(
+            "the tarball bucket is down: misses are served from upstream and not shared with the other replicas"
+                .to_string(),
+        );
     }
     if let Some(error) = app.guard.blocklist_status().error {
         problems.push(format!("blocklist: {error} (the last good rules apply)"));

@@ -270,15 +270,17 @@ impl Bucket {
         let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            match f.read(&mut buf).await {
+            let sent = match f.read(&mut buf).await {
                 Ok(0) => break,
-                Ok(n) => parts.write(&buf[..n]),
-                Err(_) => {
-                    let _ = self.call("put", parts.abort()).await;
-                    return false;
+                Ok(n) => {
+                    parts.write(&buf[..n]);
+                    self.call("put", parts.wait_for_capacity(2)).await.is_ok()
                 }
-            }
-            if self.call("put", parts.wait_for_capacity(2)).await.is_err() {
+                Err(_) => false,
+            };
+            if !sent {
+                // Never completed, so never visible; the parts sent are dropped.
+                let _ = tokio::time::timeout(self.timeout, parts.abort()).await;
                 return false;
             }
         }
