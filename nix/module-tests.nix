@@ -121,6 +121,39 @@ let
       expr = let c = cfgOf { redis.url = "redis://redis:6379/0"; }; in { url = c.systemd.services.npg.environment.REDIS_URL; local = c.services.redis.servers; inherit (c.systemd.services.npg) after; };
       expected = { url = "redis://redis:6379/0"; local = { }; after = [ "network-online.target" ]; };
     };
+    # several hosts: the bucket's settings, its credentials as a systemd credential
+    testTarballStoreS3 = {
+      expr = let c = cfgOf { tarballStore = { type = "s3"; bucket = "npg-tarballs"; endpoint = "http://minio:9000"; pathStyle = true; credentialsFile = "/run/secrets/s3"; localCacheMB = 512; }; }; in {
+        env = lib.filterAttrs (n: _: lib.hasPrefix "S3_" n || lib.hasPrefix "TARBALL_" n) c.systemd.services.npg.environment;
+        inherit (c.systemd.services.npg.serviceConfig) LoadCredential;
+      };
+      expected = {
+        env = { TARBALL_STORE = "s3"; S3_BUCKET = "npg-tarballs"; S3_ENDPOINT = "http://minio:9000"; S3_PATH_STYLE = "true"; S3_CREDENTIALS_FILE = "%d/s3-credentials"; TARBALL_LOCAL_CACHE_MB = "512"; };
+        LoadCredential = [ "s3-credentials:/run/secrets/s3" ];
+      };
+    };
+    testTarballStoreDiskByDefault = {
+      expr = { env = lib.filterAttrs (n: _: lib.hasPrefix "S3_" n || lib.hasPrefix "TARBALL_" n) (env { }); inherit (sc { }) LoadCredential; };
+      expected = { env = { }; LoadCredential = [ ]; };
+    };
+    testSentinels = {
+      expr = lib.filterAttrs (n: _: lib.hasPrefix "REDIS_" n) (env { redis = { sentinels = [ "10.0.1.1:26379" "10.0.2.1:26379" ]; sentinelMaster = "npg"; }; });
+      expected = { REDIS_SENTINELS = "10.0.1.1:26379,10.0.2.1:26379"; REDIS_SENTINEL_MASTER = "npg"; };
+    };
+    testAssertSeveralHosts = {
+      expr = map failedAssertions [
+        { redis = { sentinels = [ "s:26379" ]; sentinelMaster = "npg"; url = "redis://r/0"; }; }
+        { redis.sentinels = [ "s:26379" ]; }
+        { tarballStore.type = "s3"; }
+        { tarballStore.bucket = "b"; }
+      ];
+      expected = [
+        [ "services.npg.redis.sentinels contradicts redis.url and redis.createLocally: the master comes from the sentinels." ]
+        [ "services.npg.redis.sentinels and redis.sentinelMaster go together." ]
+        [ "services.npg.tarballStore: type = \"s3\" needs a bucket, and a bucket needs type = \"s3\"." ]
+        [ "services.npg.tarballStore: type = \"s3\" needs a bucket, and a bucket needs type = \"s3\"." ]
+      ];
+    };
     testUnitOrdering = { expr = { inherit (unit { }) wantedBy wants after; }; expected = { wantedBy = [ "multi-user.target" ]; wants = [ "network-online.target" ]; after = [ "network-online.target" ]; }; };
     testBlocklistRendered = {
       expr = rendered (cfgOf { inherit blocklist; }).environment.etc."npg/blacklist.yml".source;

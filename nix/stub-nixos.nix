@@ -63,6 +63,17 @@ in
       };
     }))) { };
 
+    # NixOS 25.11's minio module (the VM cluster test's S3 server)
+    services.minio = {
+      enable = opt types.bool false;
+      listenAddress = opt types.str ":9000";
+      consoleAddress = opt types.str ":9001";
+      dataDir = opt (types.listOf (types.either types.path types.str)) [ "/var/lib/minio/data" ];
+      region = opt types.str "us-east-1";
+      browser = opt types.bool true;
+      rootCredentialsFile = opt (types.nullOr types.path) null;
+    };
+
     services.traefik = {
       enable = opt types.bool false;
       staticConfigOptions = opt (types.attrsOf types.anything) { };

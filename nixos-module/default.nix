@@ -12,6 +12,10 @@ let
   ports = [ s.HTTP_PORT ] ++ lib.optional tls httpsPort;
   lowPort = lib.any (p: p < 1024) ports;
   redis = config.services.redis.servers.npg;
+  store = cfg.tarballStore;
+  sentinels = cfg.redis.sentinels != [ ];
+  # systemd hands the bucket's credentials to npg (LoadCredential): the file may stay root's
+  s3Credential = "s3-credentials";
 
   # the CA validates http-01 on port 80 and tls-alpn-01 on 443: npg must listen there, or
   # something must forward that port to it
@@ -140,6 +144,45 @@ in
     redis = {
       createLocally = mkOption { type = types.bool; default = false; description = "Run `services.redis.servers.npg` on this host, on its unix socket only (no TCP port: it cannot collide with another Redis), and point REDIS_URL at it."; };
       url = mkOption { type = types.nullOr types.str; default = null; example = "redis://redis.internal:6379/0"; description = "A shared Redis (all replicas the same). A password belongs in `environmentFile` as REDIS_URL instead."; };
+      sentinels = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "10.0.1.1:26379" "10.0.2.1:26379" "10.0.3.1:26379" ];
+        description = ''
+          Redis Sentinel (REDIS_SENTINELS), instead of `url`: npg finds the master through them and
+          follows a failover (README, "Several hosts"). The master's password and database come
+          from REDIS_PASSWORD(_FILE) and REDIS_DB (`environmentFile`, `settings`).
+        '';
+      };
+      sentinelMaster = mkOption { type = types.nullOr types.str; default = null; example = "npg"; description = "The name the sentinels monitor the master by (REDIS_SENTINEL_MASTER); required with `sentinels`."; };
+    };
+
+    tarballStore = {
+      type = mkOption {
+        type = types.enum [ "disk" "s3" ];
+        default = "disk";
+        description = ''
+          TARBALL_STORE: `disk` keeps tarballs under STORAGE_DIR; `s3` in a bucket every replica
+          on every host shares, with STORAGE_DIR as the local cache in front of it (README,
+          "Several hosts").
+        '';
+      };
+      bucket = mkOption { type = types.nullOr types.str; default = null; description = "S3_BUCKET (required with `s3`)."; };
+      prefix = mkOption { type = types.nullOr types.str; default = null; example = "npg/"; description = "S3_PREFIX: keys are `<prefix><the disk layout>`."; };
+      endpoint = mkOption { type = types.nullOr types.str; default = null; example = "http://minio.internal:9000"; description = "S3_ENDPOINT, for MinIO and other S3-compatible servers; null: AWS."; };
+      region = mkOption { type = types.nullOr types.str; default = null; description = "S3_REGION (npg's default: us-east-1)."; };
+      pathStyle = mkOption { type = types.bool; default = false; description = "S3_PATH_STYLE: `<endpoint>/<bucket>/<key>` URLs (MinIO and most S3-compatible servers)."; };
+      credentialsFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/npg-s3";
+        description = ''
+          A file with `AWS_ACCESS_KEY_ID=...` and `AWS_SECRET_ACCESS_KEY=...` lines (and
+          `AWS_SESSION_TOKEN=...`), outside the Nix store; systemd passes it to npg as a
+          credential (S3_CREDENTIALS_FILE), so it may stay readable by root only.
+        '';
+      };
+      localCacheMB = mkOption { type = types.nullOr types.ints.unsigned; default = null; description = "TARBALL_LOCAL_CACHE_MB: the local cache's size in front of the bucket (0: none)."; };
     };
 
     blocklist = mkOption {
@@ -179,6 +222,9 @@ in
         message = "services.npg: ACME ${cfg.acme.challenge} is validated on port ${toString challengePort}, but npg listens on ${toString npgChallengePort}: set the port to ${toString challengePort}, or acme.challengePortForwarded = true when something forwards ${toString challengePort} to it.";
       }
       { assertion = cfg.redis.createLocally -> redis.unixSocket != null; message = "services.npg.redis.createLocally needs services.redis.servers.npg.unixSocket (npg connects through it)."; }
+      { assertion = sentinels -> (cfg.redis.url == null && !cfg.redis.createLocally); message = "services.npg.redis.sentinels contradicts redis.url and redis.createLocally: the master comes from the sentinels."; }
+      { assertion = sentinels == (cfg.redis.sentinelMaster != null); message = "services.npg.redis.sentinels and redis.sentinelMaster go together."; }
+      { assertion = (store.type == "s3") == (store.bucket != null); message = "services.npg.tarballStore: type = \"s3\" needs a bucket, and a bucket needs type = \"s3\"."; }
     ];
     warnings = lib.optional (cfg.domain != null && !cfg.acme.enable)
       "services.npg.domain is set but acme.enable is not: npg ignores the domain.";
@@ -193,6 +239,17 @@ in
         (if cfg.redis.createLocally then "redis+unix://${redis.unixSocket}" else cfg.redis.url);
       BLACKLIST_PATH = mkIf (cfg.blocklist != null)
         (if blocklistManaged then "/etc/${blocklistEtc}" else cfg.blocklist);
+      REDIS_SENTINELS = mkIf sentinels (lib.concatStringsSep "," cfg.redis.sentinels);
+      REDIS_SENTINEL_MASTER = mkIf sentinels cfg.redis.sentinelMaster;
+      TARBALL_STORE = mkIf (store.type != "disk") store.type;
+      S3_BUCKET = mkIf (store.type == "s3") store.bucket;
+      S3_PREFIX = mkIf (store.type == "s3") store.prefix;
+      S3_ENDPOINT = mkIf (store.type == "s3") store.endpoint;
+      S3_REGION = mkIf (store.type == "s3") store.region;
+      S3_PATH_STYLE = mkIf (store.type == "s3" && store.pathStyle) true;
+      # %d: the unit's credentials directory
+      S3_CREDENTIALS_FILE = mkIf (store.type == "s3" && store.credentialsFile != null) "%d/${s3Credential}";
+      TARBALL_LOCAL_CACHE_MB = mkIf (store.type == "s3") store.localCacheMB;
     };
 
     # a named server listens on its unix socket only (port 0): no clash with the default
@@ -226,6 +283,7 @@ in
         WorkingDirectory = cfg.stateDir;
         EnvironmentFile = lib.optional (cfg.environmentFile != null) cfg.environmentFile;
         SupplementaryGroups = lib.optional cfg.redis.createLocally redis.group;
+        LoadCredential = lib.optional (store.type == "s3" && store.credentialsFile != null) "${s3Credential}:${store.credentialsFile}";
         Restart = "on-failure";
         RestartSec = "2s";
         LimitNOFILE = 65536;

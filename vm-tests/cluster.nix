@@ -1,6 +1,7 @@
-# The multi-node scenario of tests/cluster/run: redis, pebble (acme), the fake registry
-# (upstream), three npg replicas ordering one certificate for npg.test through Traefik (lb,
-# TCP passthrough, the routers of compose/traefik/dynamic.yml), and an npm client.
+# The multi-node scenario of tests/cluster/run: redis (with MinIO, the S3 server of the shared
+# tarball bucket), pebble (acme), the fake registry (upstream), three npg replicas ordering one
+# certificate for npg.test through Traefik (lb, TCP passthrough, the routers of
+# compose/traefik/dynamic.yml) and keeping tarballs in one bucket, and an npm client.
 # As in tests/cluster/run, pebble resolves names with its DNS mock (pebble-challtestsrv, A
 # records only: the balancer's IPv4). The test network gives every name an IPv4 and an IPv6
 # address in /etc/hosts, so every listener a name is dialled on binds both (`::`, `:port`).
@@ -24,6 +25,11 @@ let
     };
   });
 
+  # test-only credentials, so in the store: MinIO's root user is npg's key
+  s3Key = { id = "npg-test"; secret = "npg-test-secret"; };
+  minioCredentials = pkgs.writeText "minio-credentials" "MINIO_ROOT_USER=${s3Key.id}\nMINIO_ROOT_PASSWORD=${s3Key.secret}\n";
+  npgS3Credentials = pkgs.writeText "npg-s3-credentials" "AWS_ACCESS_KEY_ID=${s3Key.id}\nAWS_SECRET_ACCESS_KEY=${s3Key.secret}\n";
+
   # the public name resolves to the balancer, for the client
   lbName = { nodes, ... }: {
     networking.hosts.${nodes.lb.networking.primaryIPAddress} = [ domain ];
@@ -44,6 +50,14 @@ let
         directoryUrl = "https://acme:14000/dir";
       };
       redis.url = "redis://redis:6379/0";
+      # the three replicas share one bucket: one upstream fetch per tarball for the cluster
+      tarballStore = {
+        type = "s3";
+        bucket = "npg";
+        endpoint = "http://redis:9000";
+        pathStyle = true;
+        credentialsFile = "${npgS3Credentials}";
+      };
       settings = {
         REGISTRY_URL = "http://upstream/";
         HTTP_PORT = 80;
@@ -65,8 +79,14 @@ in
   name = "npg-cluster";
 
   nodes = {
-    redis = {
-      imports = [ (memory 512) ];
+    redis = { pkgs, ... }: {
+      imports = [ (memory 768) ];
+      services.minio = {
+        enable = true;
+        rootCredentialsFile = minioCredentials;
+      };
+      networking.firewall.allowedTCPPorts = [ 9000 ];
+      environment.systemPackages = [ pkgs.minio-client ];
       services.redis.servers.npg = {
         enable = true;
         port = 6379;

@@ -1,5 +1,6 @@
 # testScript of vm-tests/cluster.nix: the scenarios of tests/cluster/run acme-one-order,
-# npm install through the balancer, node-killed (stopped) and redis-stopped (restarted).
+# npm install through the balancer, one-bucket, node-killed (stopped) and redis-stopped
+# (restarted).
 import json
 
 DOMAIN = "npg.test"
@@ -7,6 +8,8 @@ REPLICAS = [npg1, npg2, npg3]
 ROOT = "/tmp/pebble-root.pem"
 PACKAGE_JSON = json.dumps({"name": "fixture", "version": "1.0.0", "private": True,
                            "dependencies": {"alpha": "^1.0.0", "gamma": "^2.0.0", "epsilon": "0.5.0"}})
+TARBALLS = ["alpha/-/alpha-1.0.0.tgz", "beta/-/beta-1.1.0.tgz", "beta/-/beta-1.0.0.tgz",
+            "gamma/-/gamma-2.0.0.tgz", "delta/-/delta-3.1.4.tgz", "epsilon/-/epsilon-0.5.0.tgz"]
 runs = 0
 
 
@@ -50,8 +53,18 @@ def health(node) -> str:
     return json.loads(out)["status"]
 
 
+def upstream_tarball_fetches() -> int:
+    return int(upstream.succeed("journalctl -u upstream.service | grep -c '[.]tgz ' || true").strip())
+
+
 start_all()
 redis.wait_for_unit("redis-npg.service")
+redis.wait_for_unit("minio.service")
+redis.wait_for_open_port(9000)
+redis.succeed(
+    "mc alias set local http://127.0.0.1:9000 npg-test npg-test-secret",
+    "mc mb --ignore-existing local/npg",
+)
 acme.wait_for_unit("pebble.service")
 acme.wait_for_open_port(14000)
 upstream.wait_for_unit("upstream.service")
@@ -76,6 +89,14 @@ with subtest("acme-one-order: three replicas, one order, one certificate"):
 with subtest("npm install through the balancer, cold and warm"):
     npm_install()
     npm_install()
+
+with subtest("one-bucket: every replica serves every tarball, each fetched from upstream once"):
+    for name in ("npg1", "npg2", "npg3"):
+        for path in TARBALLS:
+            client.succeed(f"curl -sf -o /dev/null --cacert {ROOT} --connect-to {DOMAIN}:443:{name}:443 https://{DOMAIN}/npm/{path}")
+    objects = redis.succeed("mc ls --recursive local/npg | grep -c '[.]tgz$'").strip()
+    assert objects == str(len(TARBALLS)), f"{objects} tarballs in the bucket"
+    assert upstream_tarball_fetches() == len(TARBALLS), f"{upstream_tarball_fetches()} upstream tarball fetches"
 
 with subtest("node-stopped: the balancer takes npg2 out, installs go on"):
     npg2.succeed("systemctl stop npg.service")

@@ -67,7 +67,7 @@ let
     writeTextDir = path: text: placeholder (baseNameOf path) { inherit text; };
     formats.yaml = { }: { generate = name: value: placeholder name { value = builtins.toJSON value; }; };
     mkShell = args: placeholder "nix-shell" { packages = args.packages or [ ]; };
-  } // lib.genAttrs [ "cacert" "cargo" "clippy" "coreutils" "curl" "nodejs" "openssl" "pebble"
+  } // lib.genAttrs [ "cacert" "cargo" "clippy" "coreutils" "curl" "minio-client" "nodejs" "openssl" "pebble"
     "python3" "redis" "rustc" "rustfmt" "traefik" ] pkg;
 in
 lib.fix (lib.foldl' (f: overlay: lib.extends overlay f) base overlays)
