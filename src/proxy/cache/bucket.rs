@@ -128,12 +128,6 @@ impl HttpConnector for Connector {
     }
 }
 
-/// Why a bucket call gave nothing: the object is not there, or the bucket failed.
-enum Fault {
-    Absent,
-    Failed,
-}
-
 impl Bucket {
     pub(crate) fn new(settings: &BucketSettings, metrics: Arc<Metrics>) -> anyhow::Result<Bucket> {
         let c = &settings.credentials;
@@ -180,12 +174,12 @@ impl Bucket {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Runs one call within the deadline; a failure (not an absent object) marks the bucket
-    /// down and is counted.
-    async fn call<T>(&self, op: &'static str, call: impl Future<Output = object_store::Result<T>>) -> Result<T, Fault> {
+    /// Runs one call within the deadline: `None` when the object is absent or the call failed;
+    /// a failure marks the bucket down and is counted.
+    async fn call<T>(&self, op: &'static str, call: impl Future<Output = object_store::Result<T>>) -> Option<T> {
         let error = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(object_store::Error::NotFound { .. })) => return Err(Fault::Absent),
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(object_store::Error::NotFound { .. })) => return None,
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", self.timeout),
         };
@@ -198,7 +192,7 @@ impl Bucket {
             );
         }
         self.metrics.set_bucket_up(false);
-        Err(Fault::Failed)
+        None
     }
 
     /// A tarball from the bucket: small ones read whole, large ones streamed. `None` when it
@@ -208,10 +202,10 @@ impl Bucket {
         if !self.is_up() {
             return None;
         }
-        let got = self.call("get", self.store.get(&key)).await.ok()?;
+        let got = self.call("get", self.store.get(&key)).await?;
         let size = got.meta.size;
         if size <= READ_WHOLE_MAX {
-            return self.call("get", got.bytes()).await.ok().map(Object::Whole);
+            return self.call("get", got.bytes()).await.map(Object::Whole);
         }
         let timeout = self.timeout;
         let chunks = got.into_stream();
@@ -258,13 +252,13 @@ impl Bucket {
                     other => other.map(drop),
                 }
             };
-            return self.call("put", put).await.is_ok();
+            return self.call("put", put).await.is_some();
         }
         self.put_parts(&key, f).await
     }
 
     async fn put_parts(&self, key: &Path, mut f: tokio::fs::File) -> bool {
-        let Ok(upload) = self.call("put", self.store.put_multipart(key)).await else {
+        let Some(upload) = self.call("put", self.store.put_multipart(key)).await else {
             return false;
         };
         let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -274,7 +268,7 @@ impl Bucket {
                 Ok(0) => break,
                 Ok(n) => {
                     parts.write(&buf[..n]);
-                    self.call("put", parts.wait_for_capacity(2)).await.is_ok()
+                    self.call("put", parts.wait_for_capacity(2)).await.is_some()
                 }
                 Err(_) => false,
             };
@@ -284,7 +278,7 @@ impl Bucket {
                 return false;
             }
         }
-        self.call("put", parts.finish()).await.is_ok()
+        self.call("put", parts.finish()).await.is_some()
     }
 
     /// Deletes tarballs newly found malicious: the given files, or every object of the
@@ -297,7 +291,7 @@ impl Bucket {
                 let depth = any.parts().count();
                 let folder: Path = any.parts().take(depth - 1).collect();
                 let listing = self.store.list(Some(&folder)).try_collect::<Vec<_>>();
-                let Ok(found) = self.call("list", listing).await else {
+                let Some(found) = self.call("list", listing).await else {
                     return 0;
                 };
                 // Only the package's own folder: `@s/p` must not take `@s/p/q`'s files.
@@ -310,8 +304,8 @@ impl Bucket {
         };
         let mut removed = 0;
         for key in keys {
-            if self.call("head", self.store.head(&key)).await.is_ok()
-                && self.call("delete", self.store.delete(&key)).await.is_ok()
+            if self.call("head", self.store.head(&key)).await.is_some()
+                && self.call("delete", self.store.delete(&key)).await.is_some()
             {
                 removed += 1;
             }
