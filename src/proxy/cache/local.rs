@@ -75,20 +75,23 @@ struct Entry {
     used: SystemTime,
 }
 
-/// Every file under `root`, skipping dot-names (temp files, imported packuments).
+/// Every tarball under `root`: files of the layout, `<shard>/<name>/<file>` or
+/// `<shard>/<@scope>/<name>/<file>`; nothing else an operator keeps there (dot-names: temp
+/// files, imported packuments; directories that are no shard) is the cache's to evict.
 fn files(root: &Path) -> Vec<Entry> {
     let mut out = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || (depth == 0 && name.chars().count() > 2) {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                dirs.push(entry.path());
-            } else if meta.is_file() {
+            if meta.is_dir() && depth < 3 {
+                dirs.push((entry.path(), depth + 1));
+            } else if meta.is_file() && depth >= 2 {
                 let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 out.push(Entry {
                     path: entry.path(),
@@ -112,6 +115,8 @@ mod tests {
         let root = dir.path();
         std::fs::create_dir_all(root.join(".tmp")).unwrap();
         std::fs::write(root.join(".tmp/dl-1.part"), vec![0u8; 5000]).unwrap();
+        std::fs::create_dir_all(root.join("malware-list/127.0.0.1")).unwrap();
+        std::fs::write(root.join("malware-list/127.0.0.1/list.json"), vec![0u8; 5000]).unwrap();
         let base = SystemTime::now() - Duration::from_secs(1000);
         for i in 0..10u64 {
             let path = root.join(format!("p{i}/p{i}/p{i}-1.0.0.tgz"));
@@ -123,12 +128,17 @@ mod tests {
             f.set_modified(base + Duration::from_secs(at)).unwrap();
         }
         let bound = LocalBound::new(root, 5000);
-        assert_eq!(bound.used(), 10_000, "temp files are not the cache's");
+        assert_eq!(
+            bound.used(),
+            10_000,
+            "temp files and other directories are not the cache's"
+        );
         assert_eq!(bound.sweep(), 6);
         assert_eq!(bound.used(), 4000);
         assert!(root.join("p0/p0/p0-1.0.0.tgz").exists());
         assert!(root.join("p9/p9/p9-1.0.0.tgz").exists());
         assert!(!root.join("p1/p1/p1-1.0.0.tgz").exists());
         assert!(root.join(".tmp/dl-1.part").exists());
+        assert!(root.join("malware-list/127.0.0.1/list.json").exists());
     }
 }
