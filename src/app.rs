@@ -51,6 +51,7 @@ impl App {
     /// (inside a tokio runtime), and starts the background jobs.
     pub(crate) fn new(settings: &Settings, checked: Preflight) -> anyhow::Result<(App, Jobs)> {
         let metrics = Arc::new(Metrics::default());
+        metrics.set_redis_enabled(settings.redis_enabled());
         let instance = settings.instance();
         let redis = if settings.redis_enabled() {
             SharedRedis::connect(
@@ -182,6 +183,7 @@ impl App {
             tarballs: self.tarballs.clone(),
             redis: self.redis.clone(),
             bus: self.bus.clone(),
+            metrics: self.metrics.clone(),
         };
         crate::jobs::feed::spawn(&jobs, refresher.clone(), settings);
         crate::jobs::osv::spawn(&jobs, refresher, settings);

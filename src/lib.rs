@@ -55,7 +55,8 @@
 //! - `bundle`: `npg export` and `npg import`: a signed `.tar.zst` of what lockfiles name, for
 //!   an air-gapped npg (`manifest`, `signing`), checked whole before anything is stored.
 //! - `probe`: `npg health`, the probe for container health checks.
-//! - `metrics`: Prometheus counters shared by every part.
+//! - `metrics`: Prometheus counters shared by every part, and the gauges the alerting rules of
+//!   `deploy/prometheus` watch (certificate expiry, last ACME order, malware feeds' age).
 //! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically
 //!   (owner-only where they hold secrets); `retry`: backoff with jitter for every job that
 //!   retries, and the randomness for it.

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, cache hits and misses by tier, upstream
-//! requests and latency, bytes served, access refused.
+//! requests and latency, bytes served, access refused, and the ages the alerting rules of
+//! `deploy/prometheus` watch (certificate expiry, last ACME order, malware feeds).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -79,6 +80,30 @@ struct SigLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedLabel {
+    feed: &'static str,
+}
+
+/// A malware source kept current in the background, as its metrics name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Feed {
+    /// MALWARE_FEED_URL.
+    Malware,
+    /// OSV_FEED_URL or OSV_FEED_DIR.
+    Osv,
+}
+
+impl Feed {
+    fn label(self) -> FeedLabel {
+        let feed = match self {
+            Feed::Malware => "malware",
+            Feed::Osv => "osv",
+        };
+        FeedLabel { feed }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Deadline {
     deadline: &'static str,
 }
@@ -86,13 +111,19 @@ struct Deadline {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
+    request_seconds: Family<Route, Histogram>,
     cache: Family<TierResult, Counter>,
     upstream: Family<KindOutcome, Counter>,
     upstream_seconds: Family<Kind, Histogram>,
     bytes_served: Family<Route, Counter>,
     redis_up: Gauge,
+    redis_enabled: Gauge,
     guard_blocks: Family<BlockType, Counter>,
     acme_orders: Family<Outcome, Counter>,
+    acme_failing: Gauge,
+    certificate_expiry: Gauge,
+    feed_updated: Family<FeedLabel, Gauge>,
+    feed_interval: Family<FeedLabel, Gauge>,
     changes_invalidations: Counter,
     connections_open: Gauge,
     connections_cut: Family<Deadline, Counter>,
@@ -129,6 +160,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("npg");
         let requests = Family::default();
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let request_seconds = Family::<Route, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to response headers by route (a streamed body's transfer not included)",
+            request_seconds.clone(),
+        );
         let cache = Family::default();
         registry.register(
             "cache_lookups",
@@ -155,6 +192,12 @@ impl Default for Metrics {
         );
         let redis_up = Gauge::default();
         registry.register("redis_up", "1 when the shared Redis answers", redis_up.clone());
+        let redis_enabled = Gauge::default();
+        registry.register(
+            "redis_enabled",
+            "1 when this replica is configured with a shared Redis (npg_redis_up is 0 without one)",
+            redis_enabled.clone(),
+        );
         let guard_blocks = Family::default();
         registry.register(
             "guard_blocks",
@@ -172,6 +215,30 @@ impl Default for Metrics {
             "acme_orders",
             "ACME orders placed by this replica, by result",
             acme_orders.clone(),
+        );
+        let acme_failing = Gauge::default();
+        registry.register(
+            "acme_last_order_failed",
+            "1 when this replica's last ACME order failed (renewal failing), 0 after one succeeds",
+            acme_failing.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the certificate this replica serves expires (unix seconds; 0: none served)",
+            certificate_expiry.clone(),
+        );
+        let feed_updated = Family::default();
+        registry.register(
+            "feed_updated_timestamp_seconds",
+            "When the malware source in force was last fetched or found unchanged (unix seconds; 0: never)",
+            feed_updated.clone(),
+        );
+        let feed_interval = Family::default();
+        registry.register(
+            "feed_refresh_interval_seconds",
+            "How often the malware source is refreshed (UPDATE_INTERVAL; absent when it is not)",
+            feed_interval.clone(),
         );
         let connections_open = Gauge::default();
         registry.register("connections_open", "Client connections open", connections_open.clone());
@@ -277,14 +344,20 @@ impl Default for Metrics {
             connections_open,
             connections_cut,
             requests,
+            request_seconds,
             cache,
             upstream,
             upstream_seconds,
             bytes_served,
             redis_up,
+            redis_enabled,
             guard_blocks,
             changes_invalidations,
             acme_orders,
+            acme_failing,
+            certificate_expiry,
+            feed_updated,
+            feed_interval,
         }
     }
 }
@@ -299,8 +372,9 @@ impl Metrics {
         self.connections_cut.get_or_create(&Deadline { deadline: which }).inc();
     }
 
-    pub(crate) fn request(&self, route: &'static str, status: u16) {
+    pub(crate) fn request(&self, route: &'static str, status: u16, seconds: f64) {
         self.requests.get_or_create(&RouteStatus { route, status }).inc();
+        self.request_seconds.get_or_create(&Route { route }).observe(seconds);
     }
 
     pub(crate) fn cache(&self, tier: &'static str, hit: bool) {
@@ -322,8 +396,33 @@ impl Metrics {
         self.redis_up.set(i64::from(up));
     }
 
-    pub(crate) fn acme_order(&self, result: &'static str) {
+    /// Whether Redis is configured at all, so that "Redis down" can be told from "no Redis".
+    pub(crate) fn set_redis_enabled(&self, enabled: bool) {
+        self.redis_enabled.set(i64::from(enabled));
+    }
+
+    pub(crate) fn acme_order(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.acme_orders.get_or_create(&Outcome { result }).inc();
+        self.acme_failing.set(i64::from(!ok));
+    }
+
+    /// The certificate now served expires at `not_after` (unix seconds).
+    pub(crate) fn certificate_served(&self, not_after: i64) {
+        self.certificate_expiry.set(not_after);
+    }
+
+    /// `feed`'s state changed; `updated_at_ms` is its last good look (`None`: never yet).
+    pub(crate) fn feed_updated(&self, feed: Feed, updated_at_ms: Option<u64>) {
+        let seconds = updated_at_ms.map_or(0, |ms| (ms / 1000) as i64);
+        self.feed_updated.get_or_create(&feed.label()).set(seconds);
+    }
+
+    /// `feed` is refreshed every `interval`: its age is judged against it.
+    pub(crate) fn feed_interval(&self, feed: Feed, interval: std::time::Duration) {
+        self.feed_interval
+            .get_or_create(&feed.label())
+            .set(interval.as_secs().max(1) as i64);
     }
 
     pub(crate) fn guard_block(&self, kind: &'static str) {
@@ -404,17 +503,51 @@ mod tests {
     #[test]
     fn labels_are_named_as_before() {
         let m = Metrics::default();
-        m.request("packument", 200);
+        m.request("packument", 200, 0.03);
         m.guard_block("malware");
         m.upstream("tarball", "not_found", 0.01);
         let text = m.render();
         for line in [
             r#"npg_http_requests_total{route="packument",status="200"} 1"#,
+            r#"npg_http_request_duration_seconds_bucket{le="0.02",route="packument"} 0"#,
+            r#"npg_http_request_duration_seconds_bucket{le="0.04",route="packument"} 1"#,
             r#"npg_guard_blocks_total{type="malware"} 1"#,
             r#"npg_upstream_requests_total{kind="tarball",outcome="not_found"} 1"#,
             r#"npg_upstream_request_duration_seconds_count{kind="tarball"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn alerting_gauges() {
+        let m = Metrics::default();
+        let text = m.render();
+        // before anything happened: no certificate, no failed order, no feed series
+        assert!(text.contains("npg_certificate_expiry_timestamp_seconds 0\n"), "{text}");
+        assert!(text.contains("npg_acme_last_order_failed 0\n"), "{text}");
+        assert!(text.contains("npg_redis_enabled 0\n"), "{text}");
+        assert!(!text.contains("npg_feed_updated_timestamp_seconds{"), "{text}");
+        m.acme_order(false);
+        m.set_redis_enabled(true);
+        m.certificate_served(1_900_000_000);
+        m.feed_updated(Feed::Malware, None);
+        m.feed_updated(Feed::Osv, Some(1_800_000_123_456));
+        m.feed_interval(Feed::Osv, std::time::Duration::from_millis(100));
+        let text = m.render();
+        for line in [
+            "npg_acme_last_order_failed 1\n",
+            "npg_redis_enabled 1\n",
+            r#"npg_acme_orders_total{result="error"} 1"#,
+            "npg_certificate_expiry_timestamp_seconds 1900000000\n",
+            r#"npg_feed_updated_timestamp_seconds{feed="malware"} 0"#,
+            r#"npg_feed_updated_timestamp_seconds{feed="osv"} 1800000123"#,
+            // never 0: the rule compares the age with three times it
+            r#"npg_feed_refresh_interval_seconds{feed="osv"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        m.acme_order(true);
+        assert!(m.render().contains("npg_acme_last_order_failed 0\n"));
     }
 }

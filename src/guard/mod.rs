@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Feed, Metrics};
 use crate::npm::packument::VersionFacts;
 use age::AgeGate;
 pub(crate) use block::{Block, FeedSource, Rule};
@@ -308,7 +308,9 @@ impl Guard {
     }
 
     pub(crate) fn update_feed_status(&self, update: impl FnOnce(&mut FeedStatus)) {
-        update(&mut self.feed_status.lock().expect("feed status poisoned"));
+        let mut status = self.feed_status.lock().expect("feed status poisoned");
+        update(&mut status);
+        self.metrics.feed_updated(Feed::Malware, status.updated_at_ms);
     }
 
     pub(crate) fn osv_status(&self) -> FeedStatus {
@@ -316,7 +318,9 @@ impl Guard {
     }
 
     pub(crate) fn update_osv_status(&self, update: impl FnOnce(&mut FeedStatus)) {
-        update(&mut self.osv_status.lock().expect("OSV status poisoned"));
+        let mut status = self.osv_status.lock().expect("OSV status poisoned");
+        update(&mut status);
+        self.metrics.feed_updated(Feed::Osv, status.updated_at_ms);
     }
 
     /// Whether the blocklist in force is the file's (see `reload`).

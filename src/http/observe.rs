@@ -37,7 +37,7 @@ pub(crate) async fn observe(State(app): State<App>, req: Request, next: Next) ->
     };
     let route = resp.extensions().get::<RouteLabel>().map_or("other", |r| r.0);
     let status = resp.status().as_u16();
-    app.metrics.request(route, status);
+    app.metrics.request(route, status, started.elapsed().as_secs_f64());
     // Streamed bodies (tarballs) count their own bytes as they go.
     if let Some(len) = axum::body::HttpBody::size_hint(resp.body())
         .exact()

@@ -39,6 +39,7 @@ use crate::guard::Guard;
 use crate::guard::block::FeedSource;
 use crate::guard::malware::MalwareList;
 use crate::guard::status::{FeedStatus, ListOrigin, State};
+use crate::metrics::{Feed, Metrics};
 use crate::npm::name::PackageName;
 use crate::proxy::rendered::{gunzip, gzip};
 use crate::proxy::tarballs::Tarballs;
@@ -72,6 +73,8 @@ pub(crate) trait Source: Send + Sync + 'static {
     type List: Default + Send + Sync + 'static;
     /// Names it in logs and in the job list: "malware feed".
     const WHAT: &'static str;
+    /// Names it in the metrics.
+    const FEED: Feed;
     /// The Redis lease of the replica that fetches for the cluster.
     const LOCK: &'static str;
     /// The cluster's copy: a shared document whose stamp field is `updated`.
@@ -97,6 +100,7 @@ pub(crate) struct MalwareFeed {
 impl Source for MalwareFeed {
     type List = MalwareList;
     const WHAT: &'static str = "malware feed";
+    const FEED: Feed = Feed::Malware;
     const LOCK: &'static str = "feed";
     const KEY: &'static str = "malware:feed";
     const DOC: DocKind = DocKind {
@@ -270,6 +274,7 @@ pub(crate) struct FeedRefresher {
     pub(crate) tarballs: Arc<Tarballs>,
     pub(crate) redis: Arc<SharedRedis>,
     pub(crate) bus: Arc<Bus>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Loads the persisted feed into the guard at once (before npg serves), then keeps it current
@@ -299,6 +304,7 @@ pub(crate) fn spawn_source<S: Source>(
         tarballs,
         redis,
         bus,
+        metrics,
     } = refresher;
     let client = crate::upstream::client::builder(None)
         .read_timeout(Duration::from_secs(30))
@@ -329,6 +335,9 @@ pub(crate) fn spawn_source<S: Source>(
         digest: Vec::new(),
     };
     let scheduled = settings.enable_scheduled_updates;
+    if scheduled {
+        metrics.feed_interval(S::FEED, refresher.interval);
+    }
     // Before serving, so the first request is already guarded (once, at start).
     let from_disk = refresher.load_disk(scheduled);
     jobs.spawn_leased(S::WHAT, lock, async move {
@@ -591,11 +600,28 @@ impl<S: Source> Refresher<S> {
 
     /// Loads the cluster's copy when it is newer than the list in use.
     async fn sync_from_cluster(&mut self) {
-        if let Some(copy) = self.shared.stamps(S::KEY).await
-            && copy.stamp_ms.is_some_and(|u| u > self.updated_ms)
-        {
+        let Some(copy) = self.shared.stamps(S::KEY).await else {
+            return;
+        };
+        if copy.stamp_ms.is_some_and(|u| u > self.updated_ms) {
             self.load_from_cluster(&copy).await;
         }
+        self.checked_by_cluster(&copy);
+    }
+
+    /// Another replica's look that found nothing new counts for this one while it holds the
+    /// cluster's list: otherwise the replicas that do not fetch would show (and alert on) the
+    /// age of the list's last change rather than of the last look.
+    fn checked_by_cluster(&self, copy: &DocStamps) {
+        let holds_copy = copy.stamp_ms.is_some_and(|u| u <= self.updated_ms);
+        let Some(at) = copy.checked_ms.filter(|_| holds_copy) else {
+            return;
+        };
+        S::update_status(&self.guard, |s| {
+            if s.updated_at_ms.is_none_or(|u| u < at) {
+                s.updated_at_ms = Some(at);
+            }
+        });
     }
 
     async fn load_from_cluster(&mut self, copy: &DocStamps) {

@@ -24,6 +24,7 @@ use crate::config::{PolicySources, Settings};
 use crate::guard::Guard;
 use crate::guard::osv::OsvList;
 use crate::guard::status::{FeedStatus, ListOrigin, State};
+use crate::metrics::Feed;
 
 /// Far above any real record (a few KB): a larger file is skipped, not held in memory.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
@@ -38,6 +39,7 @@ pub(crate) struct OsvFeed;
 impl Source for OsvFeed {
     type List = OsvList;
     const WHAT: &'static str = "OSV feed";
+    const FEED: Feed = Feed::Osv;
     const LOCK: &'static str = "osv-feed";
     const KEY: &'static str = "malware:osv";
     const DOC: DocKind = DocKind {
@@ -113,6 +115,7 @@ pub(crate) fn spawn(jobs: &super::Jobs, refresher: FeedRefresher, settings: &Set
         reader.guard.update_osv_status(|s| s.state = State::Loading);
         let first = reader.reload();
         let interval = settings.update_interval.max(MIN_INTERVAL);
+        refresher.metrics.feed_interval(Feed::Osv, interval);
         let tarballs = refresher.tarballs;
         jobs.spawn("OSV directory", async move {
             if let Some(list) = first {

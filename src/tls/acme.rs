@@ -165,7 +165,7 @@ impl Manager {
         });
         let result = self.order_holding_lock(replacing).await;
         self.lock.release().await;
-        self.tls.metrics.acme_order(if result.is_ok() { "ok" } else { "error" });
+        self.tls.metrics.acme_order(result.is_ok());
         match result {
             Ok(bundle) => {
                 self.backoff.reset();

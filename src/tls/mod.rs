@@ -141,6 +141,7 @@ impl Tls {
         let mut status = self.status.lock().expect("tls status poisoned");
         status.mode = mode;
         if let Some((domain, b)) = cert {
+            self.metrics.certificate_served(b.not_after);
             status.certificates = vec![CertInfo {
                 domain: domain.to_string(),
                 serial: b.serial.clone(),

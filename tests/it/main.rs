@@ -18,6 +18,7 @@ mod check_config;
 mod client_caching;
 mod clients;
 mod cluster;
+mod dashboards;
 mod fake_upstream;
 mod guard;
 mod install_scripts;
