@@ -17,7 +17,8 @@
 //! - `proxy`: what answers metadata and tarball requests: `packuments` (stale-while-revalidate,
 //!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
 //!   the policy, in both forms, and `DocMeta`); `tarballs` (one download per file, joined by
-//!   concurrent misses, verified on the stream); `singleflight`; `cache` (L1 rendered
+//!   concurrent misses, verified on the stream; once per cluster on one bucket: `lease`);
+//!   `singleflight`; `cache` (L1 rendered
 //!   responses in process, L2 raw documents in Redis, tarballs (`store`: on disk, or in an
 //!   S3 bucket (`bucket`, `TARBALL_STORE=s3`) behind a bounded local disk cache (`local`)),
 //!   remembered misses, packuments imported from a bundle).
