@@ -14,7 +14,9 @@ use crate::jobs::Jobs;
 use crate::jobs::changes::ChangesState;
 use crate::metrics::Metrics;
 use crate::preflight::Preflight;
+use crate::proxy::cache::bucket::Bucket;
 use crate::proxy::cache::disk::TarballStore;
+use crate::proxy::cache::store::Store;
 use crate::proxy::packuments::{self, Packuments};
 use crate::proxy::tarballs::Tarballs;
 use crate::tls::Tls;
@@ -63,9 +65,26 @@ impl App {
             SharedRedis::disabled(metrics.clone())
         };
         let upstream = Arc::new(Upstream::new(checked.upstream, metrics.clone())?);
-        let store = Arc::new(
-            TarballStore::new(&settings.storage_dir, settings.tarball_memory_mb << 20).context("STORAGE_DIR")?,
-        );
+        let disk = TarballStore::new(&settings.storage_dir, settings.tarball_memory_mb << 20).context("STORAGE_DIR")?;
+        let store = Arc::new(match &checked.bucket {
+            None => Store::disk(disk, metrics.clone()),
+            Some(bucket) => {
+                let local = settings.store.tarball_local_cache_mb << 20;
+                tracing::info!(
+                    bucket = bucket.bucket,
+                    prefix = bucket.prefix,
+                    local_cache_mb = settings.store.tarball_local_cache_mb,
+                    "tarballs in an S3 bucket"
+                );
+                metrics.set_bucket_up(true);
+                Store::s3(
+                    disk,
+                    Bucket::new(bucket, metrics.clone()).context("S3_BUCKET")?,
+                    local,
+                    metrics.clone(),
+                )
+            }
+        });
         let removed = store.clean_temp(Duration::from_secs(3600));
         if removed > 0 {
             tracing::info!(removed, "removed temp files left by an earlier run");
@@ -112,6 +131,7 @@ impl App {
             packuments.clone(),
             guard.clone(),
             upstream.clone(),
+            redis.clone(),
             metrics.clone(),
         ));
         let auth = match checked.tokens {
@@ -152,6 +172,9 @@ impl App {
     fn start_background(&self, settings: &Settings) -> Jobs {
         let jobs = Jobs::default();
         jobs.spawn("redis monitor", self.redis.monitor());
+        if let Some(bucket) = self.tarballs.store().bucket() {
+            jobs.spawn("bucket probe", bucket.clone().probe());
+        }
         jobs.spawn("cluster events", self.bus.subscriber());
         let blocklist = settings.policy.blacklist_path.clone();
         crate::jobs::blocklist::spawn(&jobs, self.guard.clone(), blocklist);

@@ -12,6 +12,7 @@ use url::Url;
 use crate::cluster::sentinel::{HostPort, SentinelTarget, Target};
 use crate::guard::scripts::ScriptPolicy;
 use crate::guard::signatures::SignatureMode;
+use crate::proxy::cache::bucket::{BucketSettings, Credentials};
 use crate::upstream::origins::Origin;
 use crate::upstream::redact::redact_url;
 use crate::upstream::{self, UpstreamAuth};
@@ -187,6 +188,10 @@ pub(crate) struct Settings {
     /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB; 0 = none.
     #[arg(long, env = "TARBALL_MEMORY_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub(crate) tarball_memory_mb: u64,
+
+    /// Where tarballs are kept (TARBALL_STORE, the S3_* settings, TARBALL_LOCAL_CACHE_MB).
+    #[command(flatten)]
+    pub(crate) store: StoreSettings,
 
     /// Upstream timeout: for the response headers, and for each read of a body.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -554,8 +559,14 @@ impl Settings {
     /// A copy safe to print: passwords replaced.
     pub(crate) fn redacted(&self) -> Settings {
         let mut shown = self.clone();
-        if shown.redis_password.is_some() {
-            shown.redis_password = Some("<redacted>".into());
+        let secrets = [
+            &mut shown.redis_password,
+            &mut shown.store.aws_access_key_id,
+            &mut shown.store.aws_secret_access_key,
+            &mut shown.store.aws_session_token,
+        ];
+        for secret in secrets.into_iter().filter(|s| s.is_some()) {
+            *secret = Some("<redacted>".into());
         }
         if shown.redis_sentinel_password.is_some() {
             shown.redis_sentinel_password = Some("<redacted>".into());
@@ -573,6 +584,7 @@ impl Settings {
             shown.policy.osv_feed_url.as_mut(),
             Some(&mut shown.acme_directory_url),
             shown.registry_poll_url.as_mut(),
+            shown.store.s3_endpoint.as_mut(),
         ];
         urls.into_iter().flatten().for_each(redact_url);
         shown
@@ -716,6 +728,128 @@ fn parse_reason(s: &str) -> anyhow::Result<String> {
         "MALWARE" | "TELEMETRY" | "PROTESTWARE" => Ok(reason),
         _ => Err(anyhow!("unknown reason `{s}` (use MALWARE, TELEMETRY, PROTESTWARE)")),
     }
+}
+
+/// Where tarballs are kept: one block, shared by `serve` and `npg import`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct StoreSettings {
+    /// Where tarballs are kept: `disk` (STORAGE_DIR) or `s3` (a bucket shared by replicas on
+    /// several hosts, with a local disk cache in front of it under STORAGE_DIR).
+    #[arg(long, env = "TARBALL_STORE", value_enum, default_value_t = TarballStoreKind::Disk)]
+    pub(crate) tarball_store: TarballStoreKind,
+
+    /// The bucket of TARBALL_STORE=s3 (required then).
+    #[arg(long, env = "S3_BUCKET")]
+    pub(crate) s3_bucket: Option<String>,
+
+    /// Prefix of every object key: a tarball is `<prefix><2 chars>/<name>/<file>`, the disk
+    /// layout, so a bucket can be seeded from a disk store (e.g. `npg/`).
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub(crate) s3_prefix: String,
+
+    /// The S3 endpoint (MinIO, another S3-compatible server; http allowed); default: AWS's
+    /// for S3_REGION.
+    #[arg(long, env = "S3_ENDPOINT", value_parser = parse_http_url)]
+    pub(crate) s3_endpoint: Option<Url>,
+
+    /// The bucket's region.
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub(crate) s3_region: String,
+
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`, as MinIO wants) rather than
+    /// virtual-hosted style (`<bucket>.<endpoint>/<key>`).
+    #[arg(long, env = "S3_PATH_STYLE", default_value = "false", value_parser = parse_bool)]
+    pub(crate) s3_path_style: bool,
+
+    /// Deadline of each bucket call; a bucket that misses it is taken as down (misses go to
+    /// upstream) until a probe sees it answer.
+    #[arg(long, env = "S3_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub(crate) s3_timeout: Duration,
+
+    /// The bucket's credentials (never printed), unless S3_CREDENTIALS_FILE is set.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub(crate) aws_access_key_id: Option<String>,
+
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub(crate) aws_secret_access_key: Option<String>,
+
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub(crate) aws_session_token: Option<String>,
+
+    /// File of the bucket's credentials (a compose or systemd secret): `KEY=VALUE` lines with
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN; it wins
+    /// over the environment.
+    #[arg(long, env = "S3_CREDENTIALS_FILE")]
+    pub(crate) s3_credentials_file: Option<PathBuf>,
+
+    /// Size of the local disk cache in front of the bucket (TARBALL_STORE=s3), in MiB; the
+    /// least recently used files go past it. 0: none (memory, then the bucket).
+    #[arg(long, env = "TARBALL_LOCAL_CACHE_MB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=16_777_216))]
+    pub(crate) tarball_local_cache_mb: u64,
+}
+
+impl StoreSettings {
+    /// The bucket of TARBALL_STORE=s3 (`None` for disk), with its credentials from
+    /// S3_CREDENTIALS_FILE or the environment; reads the file.
+    pub(crate) fn tarball_bucket(&self) -> anyhow::Result<Option<BucketSettings>> {
+        if self.tarball_store == TarballStoreKind::Disk {
+            return Ok(None);
+        }
+        let bucket = self.s3_bucket.clone().unwrap_or_default();
+        let named = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+        if !named {
+            return Err(anyhow!(
+                "S3_BUCKET: required with TARBALL_STORE=s3, 3 to 63 lowercase letters, digits, dots or dashes"
+            ));
+        }
+        let prefix = &self.s3_prefix;
+        let escapes = prefix.starts_with('/') || prefix.split('/').any(|p| p == "." || p == ".." || p.starts_with('.'));
+        if escapes || prefix.contains("//") || prefix.chars().any(char::is_control) {
+            return Err(anyhow!(
+                "S3_PREFIX: `{prefix}` must not start with `/`, hold `//` or a part starting with a dot"
+            ));
+        }
+        if self.s3_timeout.is_zero() {
+            return Err(anyhow!("S3_TIMEOUT: must be more than 0"));
+        }
+        let credentials = match &self.s3_credentials_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow!("S3_CREDENTIALS_FILE: cannot read {} ({e})", path.display()))?;
+                Credentials::parse(&text).map_err(|e| anyhow!("S3_CREDENTIALS_FILE: {} {e}", path.display()))?
+            }
+            None => match (&self.aws_access_key_id, &self.aws_secret_access_key) {
+                (Some(key_id), Some(secret)) => Credentials {
+                    key_id: key_id.clone(),
+                    secret: secret.clone(),
+                    token: self.aws_session_token.clone(),
+                },
+                _ => {
+                    return Err(anyhow!(
+                        "TARBALL_STORE=s3 needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or S3_CREDENTIALS_FILE"
+                    ));
+                }
+            },
+        };
+        Ok(Some(BucketSettings {
+            bucket,
+            prefix: prefix.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            credentials,
+            timeout: self.s3_timeout,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TarballStoreKind {
+    Disk,
+    S3,
 }
 
 /// A duration: a number with an optional unit `ms`, `s` (default), `m`, `h` or `d`.
@@ -967,6 +1101,74 @@ mod tests {
         .unwrap();
         let shown = format!("{:?}", cli.settings.redacted());
         assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+    }
+
+    #[test]
+    fn tarball_store_settings() {
+        assert!(
+            parse(&[]).unwrap().settings.store.tarball_bucket().unwrap().is_none(),
+            "disk by default"
+        );
+        let s3 = |args: &[&str]| {
+            let mut all = vec!["--tarball-store", "s3"];
+            all.extend_from_slice(args);
+            parse(&all)
+                .unwrap()
+                .settings
+                .store
+                .tarball_bucket()
+                .map_err(|e| e.to_string())
+        };
+        let keys = ["--aws-access-key-id", "AKID", "--aws-secret-access-key", "hunter2"];
+        assert!(s3(&keys).unwrap_err().contains("S3_BUCKET"));
+        let with = |more: &[&str]| s3(&[&keys[..], more].concat());
+        assert!(with(&["--s3-bucket", "Bad_Bucket"]).unwrap_err().contains("S3_BUCKET"));
+        for prefix in ["/npg/", "a/../b/", "a//b", ".tmp/"] {
+            assert!(
+                with(&["--s3-bucket", "npg", "--s3-prefix", prefix])
+                    .unwrap_err()
+                    .contains("S3_PREFIX"),
+                "{prefix}"
+            );
+        }
+        let ok = with(&["--s3-bucket", "npg-tarballs", "--s3-prefix", "npg/"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ok.bucket.as_str(), ok.prefix.as_str(), ok.credentials.key_id.as_str()),
+            ("npg-tarballs", "npg/", "AKID")
+        );
+        let none = s3(&["--s3-bucket", "npg"]).unwrap_err();
+        assert!(none.contains("credentials"), "{none}");
+        let missing = s3(&["--s3-bucket", "npg", "--s3-credentials-file", "/nonexistent/creds"]).unwrap_err();
+        assert!(missing.contains("S3_CREDENTIALS_FILE"), "{missing}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            "AWS_ACCESS_KEY_ID=fromfile\nAWS_SECRET_ACCESS_KEY=hunter4\n",
+        )
+        .unwrap();
+        let path = file.path().to_str().unwrap();
+        let ok = with(&["--s3-bucket", "npg", "--s3-credentials-file", path])
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.credentials.key_id, "fromfile", "the file wins over the environment");
+        let cli = parse(&[
+            "--tarball-store",
+            "s3",
+            "--s3-bucket",
+            "npg",
+            "--s3-endpoint",
+            "http://k:hunter5@s3.test:9000",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", cli.settings.redacted());
+        let cli2 = parse(&keys).unwrap();
+        let shown2 = format!("{:?}", cli2.settings.redacted());
+        assert!(
+            !shown.contains("hunter5") && !shown2.contains("hunter2") && !shown2.contains("AKID"),
+            "{shown} {shown2}"
+        );
     }
 
     #[test]

@@ -65,6 +65,11 @@ struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Op {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Why {
     why: &'static str,
 }
@@ -126,6 +131,8 @@ pub struct Metrics {
     connections_cut: Family<Deadline, Counter>,
     tarball_downloads: Family<Role, Counter>,
     tarball_store_errors: Counter,
+    bucket_errors: Family<Op, Counter>,
+    bucket_up: Gauge,
     tarball_refused: Family<Reason, Counter>,
     auth_denied: Family<Reason, Counter>,
     auth_reload_errors: Counter,
@@ -164,7 +171,7 @@ impl Default for Metrics {
         let cache = Family::default();
         registry.register(
             "cache_lookups",
-            "Cache lookups by tier (l1, l2, disk) and result (hit, miss)",
+            "Cache lookups by tier (l1, l2, disk; with TARBALL_STORE=s3 local, bucket) and result (hit, miss)",
             cache.clone(),
         );
         let upstream = Family::default();
@@ -258,14 +265,26 @@ impl Default for Metrics {
         let tarball_downloads = Family::default();
         registry.register(
             "tarball_downloads",
-            "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight)",
+            "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight; follow: stored in the bucket meanwhile by the replica that held the fill lease)",
             tarball_downloads.clone(),
         );
         let tarball_store_errors = Counter::default();
         registry.register(
             "tarball_store_errors",
-            "Tarball downloads that could not be written to STORAGE_DIR (still verified, not cached)",
+            "Tarball downloads that could not be written to STORAGE_DIR or the bucket (still verified, not cached there)",
             tarball_store_errors.clone(),
+        );
+        let bucket_errors = Family::default();
+        registry.register(
+            "tarball_bucket_errors",
+            "Calls to the tarball bucket (TARBALL_STORE=s3) that failed or passed their deadline, by operation",
+            bucket_errors.clone(),
+        );
+        let bucket_up = Gauge::default();
+        registry.register(
+            "tarball_bucket_up",
+            "1 while the tarball bucket answers (TARBALL_STORE=s3)",
+            bucket_up.clone(),
         );
         let tarball_refused = Family::default();
         registry.register(
@@ -333,6 +352,8 @@ impl Default for Metrics {
             auth_reload_errors,
             tarball_downloads,
             tarball_store_errors,
+            bucket_errors,
+            bucket_up,
             tarball_refused,
             connections_open,
             connections_cut,
@@ -438,6 +459,14 @@ impl Metrics {
 
     pub(crate) fn tarball_store_error(&self) {
         self.tarball_store_errors.inc();
+    }
+
+    pub(crate) fn bucket_error(&self, op: &'static str) {
+        self.bucket_errors.get_or_create(&Op { op }).inc();
+    }
+
+    pub(crate) fn set_bucket_up(&self, up: bool) {
+        self.bucket_up.set(i64::from(up));
     }
 
     pub(crate) fn tarball_refused(&self, reason: &'static str) {

@@ -10,6 +10,7 @@ use crate::guard::names::NameSet;
 use crate::guard::scripts::ScriptGate;
 use crate::guard::signatures::RegistryKeys;
 use crate::guard::typosquat::{Action, TyposquatRule, Typosquats};
+use crate::proxy::cache::bucket::BucketSettings;
 use crate::tls::TlsFiles;
 use crate::upstream;
 use anyhow::Context;
@@ -28,6 +29,8 @@ pub(crate) struct Preflight {
     pub(crate) tokens: Option<Tokens>,
     /// `Some` when TLS is on.
     pub(crate) tls: Option<TlsFiles>,
+    /// `Some` with TARBALL_STORE=s3.
+    pub(crate) bucket: Option<BucketSettings>,
 }
 
 impl Preflight {
@@ -35,6 +38,7 @@ impl Preflight {
     pub(crate) fn run(settings: &Settings) -> anyhow::Result<Preflight> {
         settings.validate()?;
         let upstream = settings.upstream()?;
+        let bucket = settings.store.tarball_bucket()?;
         let blocklist = Blocklist::load(&settings.policy.blacklist_path).context("BLACKLIST_PATH")?;
         // Compiled even while the gate is off, so a bad pattern is found before it is needed.
         let gate = AgeGate::new(
@@ -66,6 +70,7 @@ impl Preflight {
             typosquat,
             tokens,
             tls: TlsFiles::load(settings)?,
+            bucket,
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::Document;
 use crate::npm::tarball::ScriptProbe;
+use crate::proxy::cache::bucket::{Bucket, BucketSettings};
 use crate::proxy::cache::disk::TarballStore;
 use crate::proxy::cache::imported::ImportedDocs;
 
@@ -51,7 +52,7 @@ pub(crate) enum Refused {
     #[error("{0}: runs install scripts its manifest does not declare (or they cannot be read)")]
     UndeclaredScript(String),
     /// Every check passed; writing into the store failed part way (re-running is safe).
-    #[error("writing into STORAGE_DIR failed after every check passed: {0}")]
+    #[error("writing into STORAGE_DIR or the bucket failed after every check passed: {0}")]
     Store(std::io::Error),
 }
 
@@ -62,7 +63,12 @@ pub(crate) struct Imported {
 }
 
 /// Checks `bundle` against `key` and, only when all of it holds, puts it into `storage`.
-pub(crate) fn import(bundle: &Path, key: &VerifyingKey, storage: &Path) -> Result<Imported, Refused> {
+pub(crate) fn import(
+    bundle: &Path,
+    key: &VerifyingKey,
+    storage: &Path,
+    bucket: Option<&BucketSettings>,
+) -> Result<Imported, Refused> {
     let mut archive = tar::Archive::new(zstd::Decoder::new(std::fs::File::open(bundle)?)?);
     let mut entries = archive.entries()?;
     let mut next_named = |name: &str| -> Result<Vec<u8>, Refused> {
@@ -117,6 +123,7 @@ pub(crate) fn import(bundle: &Path, key: &VerifyingKey, storage: &Path) -> Resul
 
     // All holds: into the store.
     let store = TarballStore::new(storage, 0).map_err(Refused::Store)?;
+    let uploader = bucket.map(Uploader::new).transpose()?;
     let docs = ImportedDocs::new(storage);
     for f in &manifest.files {
         let name = PackageName::parse(&f.package).map_err(|_| ManifestError::Name(f.package.clone()))?;
@@ -124,6 +131,9 @@ pub(crate) fn import(bundle: &Path, key: &VerifyingKey, storage: &Path) -> Resul
             Kind::Packument => {
                 let gz = crate::proxy::rendered::gzip(&documents[f.package.as_str()], flate2::Compression::default());
                 docs.put(&name, &gz).map_err(Refused::Store)?;
+            }
+            Kind::Tarball if let Some(uploader) = &uploader => {
+                uploader.put(&name, f.file(), &staged[f.path.as_str()])?;
             }
             Kind::Tarball => {
                 let dest = store.path(&name, f.file()).ok_or(ManifestError::Path(f.path.clone()))?;
@@ -136,6 +146,31 @@ pub(crate) fn import(bundle: &Path, key: &VerifyingKey, storage: &Path) -> Resul
         packuments: documents.len(),
         tarballs: manifest.files.len() - documents.len(),
     })
+}
+
+/// Checked tarballs into the bucket of TARBALL_STORE=s3 (the local caches fill on reads).
+struct Uploader {
+    bucket: Bucket,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Uploader {
+    fn new(settings: &BucketSettings) -> Result<Uploader, Refused> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let bucket = Bucket::new(settings, metrics)
+            .map_err(|e| Refused::Store(std::io::Error::other(format!("S3_BUCKET: {e}"))))?;
+        Ok(Uploader { bucket, runtime })
+    }
+
+    fn put(&self, name: &PackageName, file: &str, path: &Path) -> Result<(), Refused> {
+        match self.runtime.block_on(self.bucket.put(name, file, path)) {
+            true => Ok(()),
+            false => Err(Refused::Store(std::io::Error::other(format!(
+                "cannot upload {name}/{file} to the bucket"
+            )))),
+        }
+    }
 }
 
 /// Copies at most `max` + 1 bytes of `from` to a new file `to` (synced), with their count

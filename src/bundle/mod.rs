@@ -74,6 +74,10 @@ struct ImportCli {
     /// npg's storage directory (the one `npg` serves with).
     #[arg(long, env = "STORAGE_DIR", default_value = "./var/storage")]
     storage_dir: PathBuf,
+
+    /// Where npg keeps tarballs (TARBALL_STORE=s3: the tarballs go to the bucket).
+    #[command(flatten)]
+    store: crate::config::StoreSettings,
 }
 
 /// Runs `npg export ...` with the arguments after `npg`.
@@ -104,10 +108,12 @@ pub(crate) fn export_main(args: impl Iterator<Item = String>) -> ExitCode {
 /// Runs `npg import ...` with the arguments after `npg`.
 pub(crate) fn import_main(args: impl Iterator<Item = String>) -> ExitCode {
     let cli = ImportCli::parse_from(args);
+    let bucket = cli.store.tarball_bucket().map_err(|e| e.to_string());
     let imported = signing::VerifyingKey::load(&cli.key)
         .map_err(|e| format!("--key: {e}"))
-        .and_then(|key| {
-            import::import(&cli.bundle, &key, &cli.storage_dir).map_err(|e| match e {
+        .and_then(|key| Ok((key, bucket?)))
+        .and_then(|(key, bucket)| {
+            import::import(&cli.bundle, &key, &cli.storage_dir, bucket.as_ref()).map_err(|e| match e {
                 import::Refused::Store(_) => format!("{}: {e}", cli.bundle.display()),
                 e => format!("{}: refused, nothing imported: {e}", cli.bundle.display()),
             })

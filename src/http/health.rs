@@ -84,6 +84,12 @@ fn problems(app: &App) -> Vec<String> {
         let why = breaker.last_error.as_deref().unwrap_or("failing");
         problems.push(format!("upstream is down ({why}): stale copies served, misses refused"));
     }
+    if app.tarballs.store().bucket().is_some_and(|b| !b.is_up()) {
+        problems.push(
+            "the tarball bucket is down: misses are served from upstream and not shared with the other replicas"
+                .to_string(),
+        );
+    }
     if let Some(error) = app.guard.blocklist_status().error {
         problems.push(format!("blocklist: {error} (the last good rules apply)"));
     }
@@ -113,6 +119,7 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
             "address": app.redis.master(),
             "replicas": app.redis.replicas(),
         },
+        "tarball_store": tarball_store(app),
         "version": env!("CARGO_PKG_VERSION"),
         "instance": app.instance,
         "uptime_seconds": app.started.elapsed().as_secs(),
@@ -135,6 +142,15 @@ fn details(app: &App, status: Status, problems: &[String]) -> serde_json::Value 
         "changes": app.changes.snapshot(),
         "tls": app.tls.as_ref().map_or_else(|| serde_json::json!({"mode": TlsMode::Off}), |t| serde_json::json!(t.status())),
     })
+}
+
+/// TARBALL_STORE and, for a bucket, whether it answers.
+fn tarball_store(app: &App) -> serde_json::Value {
+    let store = app.tarballs.store();
+    match store.bucket() {
+        None => serde_json::json!({"kind": store.kind()}),
+        Some(b) => serde_json::json!({"kind": store.kind(), "bucket": if b.is_up() { "up" } else { "down" }}),
+    }
 }
 
 /// SIGNATURE_POLICY and the keys in force: how many, from where, how old, the last error.

@@ -17,7 +17,7 @@ use crate::warm::{fixture_lockfile, install_from, npg, text};
 const DEAD_UPSTREAM: &str = "http://127.0.0.1:9";
 
 /// `npg export --gen-key dir/<name>`: the private key and its `.pub`.
-fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(name);
     let out = npg(&["export", "--gen-key", key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -25,7 +25,7 @@ fn key_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 /// The fixture project's npm lockfile (pointing at `exporter`) and its bundle signed by `key`.
-fn exported(dir: &Path, key: &Path) -> (FakeRegistry, NpgProcess, PathBuf, PathBuf) {
+pub(crate) fn exported(dir: &Path, key: &Path) -> (FakeRegistry, NpgProcess, PathBuf, PathBuf) {
     let up = FakeRegistry::start();
     let exporter = NpgProcess::start(&up.url(), &[]);
     let lockfile = fixture_lockfile(Client::Npm, &up, &exporter, dir);

@@ -29,6 +29,7 @@ mod osv_feed;
 mod proxy;
 mod redis_eviction;
 mod redis_shared;
+mod s3_store;
 mod sentinel;
 mod sick_upstream;
 mod signatures;

@@ -36,6 +36,20 @@ pub(crate) struct TarballStore {
     root: PathBuf,
     tmp: PathBuf,
     hot: HotTarballs,
+    /// Whether a read marks the file used (its mtime): the local cache in front of a bucket
+    /// evicts the least recently used first.
+    touch: bool,
+}
+
+/// A tarball's place in the layout, relative to the root; `None` if the name or file could
+/// leave it (they are validated before, this is the last guard).
+pub(crate) fn relative(name: &PackageName, file: &str) -> Option<PathBuf> {
+    let rel = Path::new(&name.shard()).join(name.as_str()).join(file);
+    let normal = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let leading_dot = rel
+        .components()
+        .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+    (normal && !leading_dot).then_some(rel)
 }
 
 /// A tarball being written: deleted on drop unless persisted.
@@ -58,18 +72,32 @@ impl TarballStore {
         let tmp = root.join(".tmp");
         std::fs::create_dir_all(&tmp)?;
         let hot = HotTarballs::new(memory_bytes);
-        Ok(TarballStore { root, tmp, hot })
+        let touch = false;
+        Ok(TarballStore { root, tmp, hot, touch })
     }
 
-    /// Where a tarball lives; `None` if the name or file could leave the root (they are
-    /// validated before, this is the last guard).
+    /// The store as a bounded cache: reads mark files used.
+    pub(crate) fn touching_reads(mut self) -> TarballStore {
+        self.touch = true;
+        self
+    }
+
+    /// Where a tarball lives; `None` if the name or file could leave the root.
     pub(crate) fn path(&self, name: &PackageName, file: &str) -> Option<PathBuf> {
-        let rel = Path::new(&name.shard()).join(name.as_str()).join(file);
-        let normal = rel.components().all(|c| matches!(c, Component::Normal(_)));
-        let leading_dot = rel
-            .components()
-            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
-        (normal && !leading_dot).then(|| self.root.join(rel))
+        relative(name, file).map(|rel| self.root.join(rel))
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A small tarball from memory only (the hot path when nothing else is local).
+    pub(crate) async fn in_memory(&self, name: &PackageName, file: &str) -> Option<Bytes> {
+        self.hot.get(name, file).await
+    }
+
+    pub(crate) async fn remember(&self, name: &PackageName, file: &str, bytes: Bytes) {
+        self.hot.insert(name, file, bytes).await;
     }
 
     /// A cached tarball: from memory, or read whole from disk when small (then kept in
@@ -79,11 +107,15 @@ impl TarballStore {
             return Some(Cached::Whole(bytes));
         }
         let path = self.path(name, file)?;
+        let touch = self.touch;
         let cached = tokio::task::spawn_blocking(move || {
             let mut f = std::fs::File::open(&path).ok()?;
             let meta = f.metadata().ok()?;
             if !meta.is_file() {
                 return None;
+            }
+            if touch {
+                let _ = f.set_modified(SystemTime::now());
             }
             if meta.len() > READ_WHOLE_MAX {
                 return Some(Cached::File(tokio::fs::File::from_std(f), meta.len()));

@@ -18,7 +18,8 @@ use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::tarball::ScriptProbe;
-use crate::proxy::cache::disk::{Pending, TarballStore};
+use crate::proxy::cache::disk::Pending;
+use crate::proxy::cache::store::Store;
 use crate::upstream::UpstreamError;
 
 /// Chunks for the client that started the download, sent as they are verified safe to send.
@@ -32,7 +33,7 @@ pub(crate) struct Download {
     pub(crate) declares_script: bool,
     pub(crate) expected: Expected,
     /// Where a verified download is kept; `None` for a private package (never cached).
-    pub(crate) store: Option<Arc<TarballStore>>,
+    pub(crate) store: Option<Arc<Store>>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -135,7 +136,7 @@ impl Download {
         }
     }
 
-    /// Renames a verified download into the cache.
+    /// Keeps a verified download in the store (renamed into place, or uploaded).
     async fn keep(&self, pending: Option<Pending>) {
         let (Some(store), Some(pending)) = (self.store.as_ref(), pending) else {
             return;

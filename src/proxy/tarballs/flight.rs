@@ -94,6 +94,13 @@ impl Role {
 }
 
 impl Flights {
+    /// Whether a download of `file` that a new client can join is in flight here.
+    pub(crate) fn in_flight(&self, name: &PackageName, file: &str) -> bool {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.clone(), file.to_string());
+        map.get(&key).is_some_and(|f| f.state.borrow().joinable())
+    }
+
     /// Joins the download of `file` in flight, or starts one writing to a temp file from
     /// `temp` (without one when the disk refuses: then nobody can join it).
     pub(crate) fn lead_or_join(

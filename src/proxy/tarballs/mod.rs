@@ -1,12 +1,14 @@
 //! The tarball service. Every request, hit or miss, is judged by the version the packument
-//! gives the file (never by the file's name alone). Disk hits stream from the file; a miss
-//! joins the download of that file in flight or leads a new one (`flight`), which streams
-//! from upstream into a temp file while hashing (`download`); each client reads it as it is
-//! released (`relay`), and the file is renamed into the cache only when the hash matches the
-//! version's `dist.integrity` (else `dist.shasum`).
+//! gives the file (never by the file's name alone). Hits come from the store (memory, disk,
+//! or bucket: `cache::store`); a miss joins the download of that file in flight or leads a
+//! new one (`flight`), which streams from upstream into a temp file while hashing
+//! (`download`); each client reads it as it is released (`relay`), and the file is stored
+//! only when the hash matches the version's `dist.integrity` (else `dist.shasum`). Replicas
+//! sharing a bucket and Redis fetch each file once for the cluster (`lease`).
 
 mod download;
 mod flight;
+mod lease;
 mod relay;
 
 use std::future::Future;
@@ -17,23 +19,27 @@ use axum::http::HeaderValue;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::cluster::lock::RedisLock;
+use crate::cluster::redis::SharedRedis;
 use crate::guard::{Block, Guard};
 use crate::metrics::Metrics;
 use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::npm::packument::TarballInfo;
 use crate::npm::path::version_from_file;
-use crate::proxy::cache::disk::{Cached, Pending, TarballStore};
+use crate::proxy::cache::disk::{Cached, Pending};
+use crate::proxy::cache::store::{Found, Store};
 use crate::proxy::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
 use flight::{Failure, Flights, Landing, Role, State};
+use lease::Fill;
 
 /// Chunks buffered per client of a download.
 const CLIENT_BUFFER: usize = 16;
 
 pub(crate) enum TarballBody {
-    /// From the disk cache.
+    /// From the store (memory, disk).
     Cached(Cached),
     /// A download in progress: chunks, and the length upstream announced.
     Download(mpsc::Receiver<io::Result<Bytes>>, Option<u64>),
@@ -67,20 +73,23 @@ impl From<Failure> for TarballError {
 }
 
 pub(crate) struct Tarballs {
-    store: Arc<TarballStore>,
+    store: Arc<Store>,
     packuments: Arc<Packuments>,
     guard: Arc<Guard>,
     upstream: Arc<Upstream>,
+    /// For the fill leases of a cluster on one bucket.
+    redis: Arc<SharedRedis>,
     metrics: Arc<Metrics>,
     flights: Arc<Flights>,
 }
 
 impl Tarballs {
     pub(crate) fn new(
-        store: Arc<TarballStore>,
+        store: Arc<Store>,
         packuments: Arc<Packuments>,
         guard: Arc<Guard>,
         upstream: Arc<Upstream>,
+        redis: Arc<SharedRedis>,
         metrics: Arc<Metrics>,
     ) -> Tarballs {
         Tarballs {
@@ -88,6 +97,7 @@ impl Tarballs {
             packuments,
             guard,
             upstream,
+            redis,
             metrics,
             flights: Arc::default(),
         }
@@ -95,11 +105,9 @@ impl Tarballs {
 
     pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
         let judged = self.judge(name, file).await?;
-        if let Some(cached) = self.store.open(name, file).await {
-            self.metrics.cache("disk", true);
-            return Ok((TarballBody::Cached(cached), true));
+        if let Some(found) = self.store.lookup(name, file).await {
+            return Ok((found.into(), true));
         }
-        self.metrics.cache("disk", false);
         let pkg = match judged {
             Some(pkg) => pkg,
             None => self.find(name, file).await?,
@@ -111,9 +119,20 @@ impl Tarballs {
             .cloned()
             .ok_or_else(|| no_such_file(name, file))?;
         let expected = expected(name, &info)?;
-        match self.miss(name, file, &info, &expected, true).await {
+        // A download of it here already: join it; else one replica of the cluster fetches it.
+        let lease = match self.flights.in_flight(name, file) {
+            true => None,
+            false => match lease::lead_or_follow(&self.redis, &self.store, name, file).await {
+                Fill::Stored(found) => {
+                    self.metrics.tarball_download("follow");
+                    return Ok((found.into(), true));
+                }
+                Fill::Lead(lease) => lease,
+            },
+        };
+        match self.miss(name, file, &info, &expected, true, lease).await {
             // The download joined lost its temp file: one of its own, without a file.
-            Err(Failure::Disk) => Ok(self.miss(name, file, &info, &expected, false).await?),
+            Err(Failure::Disk) => Ok(self.miss(name, file, &info, &expected, false, None).await?),
             found => Ok(found?),
         }
     }
@@ -131,7 +150,7 @@ impl Tarballs {
         let expected = expected(name, info)?;
         let download = self.download(name, file, info, expected, None);
         let request = self.request(name, file, info, Some(credentials.clone()));
-        let (direct, state) = start(download, request, watch::channel(State::Asking).0, None, None);
+        let (direct, state) = start(download, request, watch::channel(State::Asking).0, None, None, None);
         let body = self
             .respond(Some(direct), None, state)
             .await
@@ -188,7 +207,8 @@ impl Tarballs {
     }
 
     /// Serves a miss from the download of `file` in flight, or leads a new one (`shared`), or
-    /// downloads it alone, without a temp file.
+    /// downloads it alone, without a temp file. A leader holds the cluster's `lease` until its
+    /// download ends.
     async fn miss(
         &self,
         name: &PackageName,
@@ -196,6 +216,7 @@ impl Tarballs {
         info: &TarballInfo,
         expected: &Expected,
         shared: bool,
+        lease: Option<Arc<RedisLock>>,
     ) -> Result<(TarballBody, bool), Failure> {
         let role = match shared {
             true => self.flights.lead_or_join(name, file, || self.store.pending()),
@@ -204,11 +225,15 @@ impl Tarballs {
         let (direct, file_handle, state) = match role {
             Role::Join(flight) => {
                 self.metrics.tarball_download("join");
+                if let Some(lease) = lease {
+                    // This replica's own download fills it.
+                    tokio::spawn(async move { lease.release().await });
+                }
                 match tokio::fs::File::open(&flight.temp).await {
                     Ok(f) => (None, Some(f), flight.state.clone()),
                     // Renamed into the cache just now, or failed: the cache, else lead anew.
                     Err(_) => match self.store.open(name, file).await {
-                        Some(cached) => return Ok((TarballBody::Cached(cached), true)),
+                        Some(found) => return Ok((found.into(), true)),
                         None => return Err(Failure::Disk),
                     },
                 }
@@ -225,7 +250,7 @@ impl Tarballs {
                 };
                 let download = self.download(name, file, info, expected.clone(), Some(self.store.clone()));
                 let request = self.request(name, file, info, None);
-                let (direct, watching) = start(download, request, state, landing, pending);
+                let (direct, watching) = start(download, request, state, landing, pending, lease);
                 (Some(direct), reader, watching)
             }
         };
@@ -251,7 +276,7 @@ impl Tarballs {
         file: &str,
         info: &TarballInfo,
         expected: Expected,
-        store: Option<Arc<TarballStore>>,
+        store: Option<Arc<Store>>,
     ) -> Download {
         Download {
             name: name.clone(),
@@ -294,20 +319,33 @@ impl Tarballs {
                 Some(files)
             }
         };
-        let (store, name) = (self.store.clone(), name.clone());
-        let purged = tokio::task::spawn_blocking(move || store.purge(&name, files.as_deref())).await;
-        purged.unwrap_or_default()
+        self.store.purge(name, files.as_deref()).await
+    }
+
+    /// Where tarballs are kept (for health).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 }
 
-/// Runs `download` in its own task; returns the chunks for the client that started it and
-/// the state its other clients watch.
+impl From<Found> for TarballBody {
+    fn from(found: Found) -> TarballBody {
+        match found {
+            Found::Cached(cached) => TarballBody::Cached(cached),
+            Found::Streamed(chunks, length) => TarballBody::Download(chunks, Some(length)),
+        }
+    }
+}
+
+/// Runs `download` in its own task (holding the fill `lease`, if any); returns the chunks for
+/// the client that started it and the state its other clients watch.
 fn start(
     download: Download,
     request: impl Future<Output = Result<reqwest::Response, UpstreamError>> + Send + 'static,
     state: watch::Sender<State>,
     landing: Option<Landing>,
     pending: Option<Pending>,
+    lease: Option<Arc<RedisLock>>,
 ) -> (relay::Chunks, watch::Receiver<State>) {
     let watching = state.subscribe();
     let (direct_tx, direct) = mpsc::channel(CLIENT_BUFFER);
@@ -317,7 +355,7 @@ fn start(
         direct: Some(direct_tx),
         landing,
     };
-    tokio::spawn(download.run(request, outputs));
+    tokio::spawn(lease::holding(lease, download.run(request, outputs)));
     (direct, watching)
 }
 

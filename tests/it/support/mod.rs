@@ -1,5 +1,6 @@
-//! Test support shared by the integration tests: real processes (npg, redis-server) started on
-//! free loopback ports and stopped by PID, and an in-process fake upstream registry.
+//! Test support shared by the integration tests: real processes (npg, redis-server, an S3
+//! server) started on free loopback ports and stopped by PID, and an in-process fake upstream
+//! registry.
 
 pub mod blob_registry;
 pub mod changes_feed;
@@ -11,6 +12,7 @@ pub mod http;
 pub mod npg;
 pub mod pebble;
 pub mod redis;
+pub mod s3;
 pub mod sentinel;
 pub mod server;
 pub mod tls;
