@@ -3,8 +3,7 @@
 //! quickly, one replica follows at a time, a successor resumes where the dead one stopped,
 //! and a feed that starts over is followed again.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -13,6 +12,7 @@ use crate::support::changes_feed::{FakeChanges, START_SEQ};
 use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
 use crate::support::upstream::FakeRegistry;
+use crate::support::wait_for;
 
 const PKG: &str = "npg-fixture-a";
 
@@ -55,20 +55,6 @@ async fn latest(npg: &NpgProcess) -> (String, String) {
         cache,
         doc["dist-tags"]["latest"].as_str().unwrap_or_default().to_string(),
     )
-}
-
-/// Polls `cond` until it holds; panics with `what` after `timeout`. Returns the time it took.
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !cond().await {
-        assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 /// Waits until `name` has polled the feed at least once.

@@ -18,6 +18,7 @@ use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
 use crate::support::s3::S3Server;
 use crate::support::upstream::FakeRegistry;
+use crate::support::{noise, wait_for};
 
 /// The objects an install of the fixture project leaves, under `prefix`.
 fn fixture_keys(prefix: &str) -> Vec<String> {
@@ -65,25 +66,8 @@ async fn tarball_requests(up: &FakeRegistry) -> usize {
 }
 
 /// Polls `ok` for up to `within`.
-async fn eventually(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !ok().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Bytes that do not compress and differ per `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+async fn eventually(what: &str, within: Duration, ok: impl AsyncFnMut() -> bool) {
+    wait_for(within, what, ok).await;
 }
 
 #[tokio::test]
@@ -197,6 +181,68 @@ async fn large_tarballs_go_in_parts_and_stream_back() {
         }
         assert_eq!(up.tarball_hits("big", "big-1.0.0.tgz"), 1);
     }
+}
+
+/// Someone with write access to the bucket swaps objects: npg serves neither forgery (the
+/// small one is checked before a byte goes out, the large one streamed with its last chunk held
+/// back), deletes both, and fills them anew from upstream.
+#[tokio::test]
+async fn a_forged_object_in_the_bucket_is_never_served() {
+    let (up, s3) = (BlobRegistry::start(), S3Server::start().await);
+    let (big, small) = (noise(2 << 20, 3), noise(20 << 10, 4));
+    let blob = |version, file, bytes: &Vec<u8>| Blob {
+        version,
+        file,
+        bytes: bytes.clone(),
+        integrity: Some(sri(bytes)),
+    };
+    up.set_package(
+        "swap",
+        vec![
+            blob("1.0.0", "swap-1.0.0.tgz", &big),
+            blob("1.0.1", "swap-1.0.1.tgz", &small),
+        ],
+    );
+    let files = [("swap-1.0.0.tgz", &big), ("swap-1.0.1.tgz", &small)];
+    for (file, bytes) in files {
+        let mut forged = bytes.clone();
+        forged[bytes.len() / 2] ^= 0xff;
+        s3.put_object(&format!("sw/swap/{file}"), forged).await;
+    }
+    let npg = start(&up.url(), &s3, "", &[("TARBALL_LOCAL_CACHE_MB", "64")]);
+    for (file, bytes) in files {
+        let url = format!("{}/swap/-/{file}", npg.proxy_url);
+        let mut delivered = None;
+        for _ in 0..2 {
+            let sent = support::http::client().get(&url).send().await;
+            let body = match sent {
+                Ok(resp) => resp.bytes().await.ok(),
+                Err(_) => None,
+            };
+            if let Some(body) = body.filter(|b| b.len() == bytes.len()) {
+                delivered = Some(body);
+                break;
+            }
+        }
+        assert!(
+            delivered.is_some_and(|b| b == **bytes),
+            "{file}: the forged object was served"
+        );
+        let key = format!("sw/swap/{file}");
+        let refilled = async || s3.object(&key).await.as_ref() == Some(bytes);
+        eventually(
+            "the object filled anew from upstream",
+            Duration::from_secs(10),
+            refilled,
+        )
+        .await;
+        let kept = npg.storage.join(format!("sw/swap/{file}"));
+        let local = async || std::fs::read(&kept).is_ok_and(|b| b == **bytes);
+        eventually("the verified bytes in the local cache", Duration::from_secs(10), local).await;
+        assert_eq!(up.tarball_hits("swap", file), 1, "{file}: fetched from upstream once");
+    }
+    let refused = metric(&npg, "npg_tarball_refused_total{reason=\"bucket_integrity\"}").await;
+    assert_eq!(refused, 2.0);
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ use crate::support::clients::{Client, Project};
 use crate::support::npg::NpgProcess;
 use crate::support::sentinel::{Auth, MASTER_NAME, SentinelSet};
 use crate::support::upstream::FakeRegistry;
+use crate::support::wait_for;
 
 /// Health must be back on the new master within this long after the kill (sentinels: down
 /// after 1 s, then an election; npg: checks every second).
@@ -68,20 +69,6 @@ async fn metrics(npg: &NpgProcess) -> String {
         .text()
         .await
         .unwrap()
-}
-
-/// Polls `cond` until it holds; panics with `what` after `timeout`. Returns the time it took.
-async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !cond().await {
-        assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    started.elapsed()
 }
 
 /// Like `wait_for`, false instead of a panic (so the caller can show why).

@@ -12,20 +12,8 @@ use serde_json::json;
 use crate::support;
 use crate::support::blob_registry::{Blob, BlobRegistry, sri};
 use crate::support::feed_server::FakeFeed;
+use crate::support::noise;
 use crate::support::npg::NpgProcess;
-
-/// Bytes that do not compress and differ per `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn blob<'a>(version: &'a str, file: &'a str, bytes: Vec<u8>) -> Blob<'a> {
     let integrity = Some(sri(&bytes));

@@ -3,6 +3,10 @@
 //! (`TARBALL_LOCAL_CACHE_MB`, 0: none). Reads go memory -> local disk -> bucket, so the hot path
 //! stays local; a verified download is uploaded to the bucket before it is kept locally, and
 //! a bucket that is down only costs its local copy and upstream fetches, never a request.
+//! Unlike the local disk, which only npg's own rename of verified bytes writes, a bucket is
+//! shared and reachable by others: what comes from it is checked against the version's
+//! integrity like a download (the last chunk held back until it matched), and an object that
+//! fails is deleted, so the next miss fills it anew.
 
 use std::io;
 use std::path::Path;
@@ -19,6 +23,7 @@ use super::bucket::{Bucket, Object};
 use super::disk::{Cached, Pending, TarballStore};
 use super::local::LocalBound;
 use crate::metrics::Metrics;
+use crate::npm::integrity::{Expected, Verifier};
 use crate::npm::name::PackageName;
 
 /// Chunks buffered for a client of a tarball streamed from the bucket.
@@ -86,7 +91,8 @@ impl Store {
     }
 
     /// A stored tarball, counted by the tier that answered (`disk`; or `local`, then `bucket`).
-    pub(crate) async fn lookup(&self, name: &PackageName, file: &str) -> Option<Found> {
+    /// What the bucket gives is checked against `expected` (`None`: no packument to say).
+    pub(crate) async fn lookup(&self, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
         let Some(s3) = &self.bucket else {
             let found = self.disk.open(name, file).await;
             self.metrics.cache("disk", found.is_some());
@@ -100,19 +106,19 @@ impl Store {
         if !s3.bucket.is_up() {
             return None;
         }
-        let found = self.read_bucket(s3, name, file).await;
+        let found = self.read_bucket(s3, name, file, expected).await;
         self.metrics.cache("bucket", found.is_some());
         found
     }
 
     /// A stored tarball, not counted (a download that just ended looks for its result).
-    pub(crate) async fn open(&self, name: &PackageName, file: &str) -> Option<Found> {
+    pub(crate) async fn open(&self, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
         let Some(s3) = &self.bucket else {
             return self.disk.open(name, file).await.map(Found::Cached);
         };
         match self.local(s3, name, file).await {
             Some(cached) => Some(Found::Cached(cached)),
-            None => self.read_bucket(s3, name, file).await,
+            None => self.read_bucket(s3, name, file, expected).await,
         }
     }
 
@@ -125,8 +131,15 @@ impl Store {
 
     /// From the bucket: a small tarball whole (then kept in memory and on the local disk), a
     /// large one streamed (and written to the local cache as it goes).
-    async fn read_bucket(&self, s3: &S3, name: &PackageName, file: &str) -> Option<Found> {
+    async fn read_bucket(&self, s3: &S3, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
         let object = s3.bucket.get(name, file).await?;
+        let check = expected.map(|e| Check {
+            verifier: e.verifier(),
+            bucket: s3.bucket.clone(),
+            metrics: self.metrics.clone(),
+            name: name.clone(),
+            file: file.to_string(),
+        });
         let keep = match &s3.local {
             Some(bound) => self.disk.pending().ok().map(|p| (p, bound.clone())),
             None => None,
@@ -140,6 +153,12 @@ impl Store {
         });
         match object {
             Object::Whole(bytes) => {
+                if let Some(mut check) = check {
+                    check.verifier.update(&bytes);
+                    if !check.passes().await {
+                        return None;
+                    }
+                }
                 self.disk.remember(name, file, bytes.clone()).await;
                 if let Some(keep) = keep {
                     let bytes = bytes.clone();
@@ -154,7 +173,7 @@ impl Store {
             }
             Object::Stream(chunks, size) => {
                 let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-                tokio::spawn(relay(chunks, size, tx, keep));
+                tokio::spawn(relay(chunks, size, tx, keep, check));
                 Some(Found::Streamed(rx, size))
             }
         }
@@ -202,6 +221,30 @@ impl Store {
     }
 }
 
+/// The check of a bucket read against the version's integrity.
+struct Check {
+    verifier: Verifier,
+    bucket: Arc<Bucket>,
+    metrics: Arc<Metrics>,
+    name: PackageName,
+    file: String,
+}
+
+impl Check {
+    /// Whether the bytes read match; an object that does not is deleted (a later miss fills
+    /// it anew: put-if-absent would otherwise keep the bad one for good).
+    async fn passes(self) -> bool {
+        if self.verifier.matches() {
+            return true;
+        }
+        tracing::error!(package = %self.name, file = self.file,
+            "a tarball in the bucket does not match dist.integrity; not served, object deleted");
+        self.metrics.tarball_refused("bucket_integrity");
+        self.bucket.purge(&self.name, Some(&[self.file.clone()])).await;
+        false
+    }
+}
+
 /// A bucket read being written to the local cache.
 struct Keep {
     pending: Pending,
@@ -222,15 +265,17 @@ impl Keep {
     }
 }
 
-/// Relays a large object to its client, and to the local cache when there is one; the copy is
-/// kept only when complete, and goes on when the client leaves.
+/// Relays a large object to its client, and to the local cache when there is one, checking
+/// it as it goes: the last chunk is held back until the whole matched, and the local copy is
+/// kept only when complete and matching. The copy goes on when the client leaves.
 async fn relay(
     mut chunks: BoxStream<'static, Result<Bytes, String>>,
     size: u64,
     tx: mpsc::Sender<io::Result<Bytes>>,
     mut keep: Option<Keep>,
+    mut check: Option<Check>,
 ) {
-    let (mut client, mut total) = (Some(tx), 0u64);
+    let (mut client, mut total, mut held) = (Some(tx), 0u64, None::<Bytes>);
     while let Some(chunk) = chunks.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -243,21 +288,39 @@ async fn relay(
             }
         };
         total += chunk.len() as u64;
+        if let Some(c) = check.as_mut() {
+            c.verifier.update(&chunk);
+        }
         if let Some(k) = keep.as_mut()
             && k.pending.file.write_all(&chunk).await.is_err()
         {
             keep = None;
         }
-        if let Some(tx) = &client
-            && tx.send(Ok(chunk)).await.is_err()
+        if let Some(prev) = held.replace(chunk)
+            && let Some(tx) = &client
+            && tx.send(Ok(prev)).await.is_err()
         {
             client = None;
         }
-        if client.is_none() && keep.is_none() {
+        if client.is_none() && keep.is_none() && check.is_none() {
             return;
         }
     }
-    if let Some(keep) = keep.filter(|_| total == size) {
+    let matches = match check {
+        Some(check) => check.passes().await,
+        None => true,
+    };
+    if let Some(tx) = client {
+        let last = match (matches, held) {
+            (true, Some(last)) => Ok(last),
+            (true, None) => return,
+            (false, _) => Err(io::Error::other(
+                "the tarball in the bucket does not match its integrity",
+            )),
+        };
+        let _ = tx.send(last).await;
+    }
+    if let Some(keep) = keep.filter(|_| matches && total == size) {
         keep.done().await;
     }
 }

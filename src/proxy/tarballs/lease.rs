@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::lock::RedisLock;
 use crate::cluster::redis::{RedisState, SharedRedis};
+use crate::npm::integrity::Expected;
 use crate::npm::name::PackageName;
 use crate::proxy::cache::store::{Found, Store};
 
@@ -27,7 +28,13 @@ pub(crate) enum Fill {
 }
 
 /// Leads the fill of `file` for the cluster, or waits for the replica that does.
-pub(crate) async fn lead_or_follow(redis: &Arc<SharedRedis>, store: &Store, name: &PackageName, file: &str) -> Fill {
+pub(crate) async fn lead_or_follow(
+    redis: &Arc<SharedRedis>,
+    store: &Store,
+    name: &PackageName,
+    file: &str,
+    expected: &Expected,
+) -> Fill {
     let shared = store.bucket().is_some_and(|b| b.is_up()) && redis.clustered();
     if !shared {
         return Fill::Lead(None);
@@ -37,7 +44,7 @@ pub(crate) async fn lead_or_follow(redis: &Arc<SharedRedis>, store: &Store, name
     loop {
         if lease.try_acquire().await {
             // The leader may have stored it just before it let go.
-            return match store.open(name, file).await {
+            return match store.open(name, file, Some(expected)).await {
                 Some(found) => {
                     lease.release().await;
                     Fill::Stored(found)
@@ -51,7 +58,7 @@ pub(crate) async fn lead_or_follow(redis: &Arc<SharedRedis>, store: &Store, name
             return Fill::Lead(None);
         }
         tokio::time::sleep(POLL).await;
-        if let Some(found) = store.open(name, file).await {
+        if let Some(found) = store.open(name, file, Some(expected)).await {
             return Fill::Stored(found);
         }
     }

@@ -105,7 +105,11 @@ impl Tarballs {
 
     pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
         let judged = self.judge(name, file).await?;
-        if let Some(found) = self.store.lookup(name, file).await {
+        // A bucket's bytes are checked like a download's (`Store`); without a packument (judged
+        // by the file name, upstream down) there is nothing to check them against.
+        let known = judged.as_ref().and_then(|pkg| pkg.index.files.get(file));
+        let known = known.map(|info| expected(name, info)).transpose()?;
+        if let Some(found) = self.store.lookup(name, file, known.as_ref()).await {
             return Ok((found.into(), true));
         }
         let pkg = match judged {
@@ -122,7 +126,7 @@ impl Tarballs {
         // A download of it here already: join it; else one replica of the cluster fetches it.
         let lease = match self.flights.in_flight(name, file) {
             true => None,
-            false => match lease::lead_or_follow(&self.redis, &self.store, name, file).await {
+            false => match lease::lead_or_follow(&self.redis, &self.store, name, file, &expected).await {
                 Fill::Stored(found) => {
                     self.metrics.tarball_download("follow");
                     return Ok((found.into(), true));
@@ -232,7 +236,7 @@ impl Tarballs {
                 match tokio::fs::File::open(&flight.temp).await {
                     Ok(f) => (None, Some(f), flight.state.clone()),
                     // Renamed into the cache just now, or failed: the cache, else lead anew.
-                    Err(_) => match self.store.open(name, file).await {
+                    Err(_) => match self.store.open(name, file, Some(expected)).await {
                         Some(found) => return Ok((found.into(), true)),
                         None => return Err(Failure::Disk),
                     },

@@ -18,6 +18,34 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
+/// Polls `cond` every 50 ms until it holds; panics with `what` after `timeout`. Returns the
+/// time it took.
+pub async fn wait_for(
+    timeout: std::time::Duration,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    while !cond().await {
+        assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Bytes that do not compress and differ per `seed`.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests that start at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use object_store::ObjectStore;
-use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
 
 pub const BUCKET: &str = "npg-tarballs";
 pub const KEY_ID: &str = "testing";
@@ -133,6 +133,14 @@ impl S3Server {
             .expect("list the bucket");
         keys.sort();
         keys
+    }
+
+    /// Writes an object as anyone with access to the bucket could.
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>) {
+        self.client()
+            .put(&Path::from(key), PutPayload::from(bytes))
+            .await
+            .expect("put an object");
     }
 
     pub async fn object(&self, key: &str) -> Option<Vec<u8>> {
