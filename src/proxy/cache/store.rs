@@ -240,7 +240,9 @@ impl Check {
         tracing::error!(package = %self.name, file = self.file,
             "a tarball in the bucket does not match dist.integrity; not served, object deleted");
         self.metrics.tarball_refused("bucket_integrity");
-        self.bucket.purge(&self.name, Some(&[self.file.clone()])).await;
+        self.bucket
+            .purge(&self.name, Some(std::slice::from_ref(&self.file)))
+            .await;
         false
     }
 }
