@@ -18,10 +18,10 @@
 //!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
 //!   the policy, in both forms, and `DocMeta`); `tarballs` (one download per file, joined by
 //!   concurrent misses, verified on the stream; once per cluster on one bucket: `lease`);
-//!   `singleflight`; `cache` (L1 rendered
-//!   responses in process, L2 raw documents in Redis, tarballs (`store`: on disk, or in an
-//!   S3 bucket (`bucket`, `TARBALL_STORE=s3`) behind a bounded local disk cache (`local`)),
-//!   remembered misses, packuments imported from a bundle).
+//!   `singleflight`; `cache` (L1 rendered responses in process, L2 raw documents in Redis,
+//!   tarballs (`store`: on disk, or in an S3 bucket (`bucket`, `TARBALL_STORE=s3`, read back
+//!   checked against the integrity) behind a bounded local disk cache (`local`)), remembered
+//!   misses, packuments imported from a bundle).
 //! - `upstream`: the HTTP client to the registry and the one builder of every HTTP client npg
 //!   makes: deadlines, allowed origins, npg's own credentials (by scope), URL redaction, and
 //!   the breaker that takes a sick upstream as down for the whole cluster.
