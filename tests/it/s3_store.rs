@@ -65,6 +65,16 @@ async fn tarball_requests(up: &FakeRegistry) -> usize {
         .sum()
 }
 
+/// A version's tarball with its integrity.
+fn blob<'a>(version: &'a str, file: &'a str, bytes: &[u8]) -> Blob<'a> {
+    Blob {
+        version,
+        file,
+        bytes: bytes.to_vec(),
+        integrity: Some(sri(bytes)),
+    }
+}
+
 /// Polls `ok` for up to `within`.
 async fn eventually(what: &str, within: Duration, ok: impl AsyncFnMut() -> bool) {
     wait_for(within, what, ok).await;
@@ -140,12 +150,6 @@ async fn large_tarballs_go_in_parts_and_stream_back() {
     let (up, s3) = (BlobRegistry::start(), S3Server::start().await);
     // Past the single-put limit (16 MiB): a multipart upload; and one just past what is read whole.
     let (big, medium) = (noise(20 << 20, 1), noise(300 << 10, 2));
-    let blob = |version, file, bytes: &Vec<u8>| Blob {
-        version,
-        file,
-        bytes: bytes.clone(),
-        integrity: Some(sri(bytes)),
-    };
     up.set_package(
         "big",
         vec![
@@ -190,12 +194,6 @@ async fn large_tarballs_go_in_parts_and_stream_back() {
 async fn a_forged_object_in_the_bucket_is_never_served() {
     let (up, s3) = (BlobRegistry::start(), S3Server::start().await);
     let (big, small) = (noise(2 << 20, 3), noise(20 << 10, 4));
-    let blob = |version, file, bytes: &Vec<u8>| Blob {
-        version,
-        file,
-        bytes: bytes.clone(),
-        integrity: Some(sri(bytes)),
-    };
     up.set_package(
         "swap",
         vec![
