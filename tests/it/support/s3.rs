@@ -39,15 +39,7 @@ impl S3Server {
             child: None,
             port: super::free_port(),
         };
-        server.spawn();
-        let created = super::http::send(
-            reqwest::Method::PUT,
-            &format!("{}/{BUCKET}", server.endpoint()),
-            &[],
-            Vec::new(),
-        )
-        .await;
-        assert!(created.status.is_success(), "create bucket: {}", created.status);
+        server.restart().await;
         server
     }
 
@@ -80,7 +72,7 @@ impl S3Server {
         }
     }
 
-    /// Starts it again on the same port, empty but for the bucket.
+    /// Starts it (again) on its port, empty but for the bucket.
     pub async fn restart(&mut self) {
         self.spawn();
         let created = super::http::send(
