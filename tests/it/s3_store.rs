@@ -17,7 +17,7 @@ use crate::support::feed_server::FakeFeed;
 use crate::support::npg::NpgProcess;
 use crate::support::redis::RedisServer;
 use crate::support::s3::S3Server;
-use crate::support::upstream::FakeRegistry;
+use crate::support::upstream::{Failure, FakeRegistry};
 use crate::support::{noise, wait_for};
 
 /// The objects an install of the fixture project leaves, under `prefix`.
@@ -241,6 +241,30 @@ async fn a_forged_object_in_the_bucket_is_never_served() {
     }
     let refused = metric(&npg, "npg_tarball_refused_total{reason=\"bucket_integrity\"}").await;
     assert_eq!(refused, 2.0);
+}
+
+/// Upstream down and no packument anywhere (no Redis, a fresh replica): npg judges the
+/// tarball by its file name, but has no hash to check the bucket's bytes against, so it does
+/// not serve them (its own local cache is another matter: only npg writes it).
+#[tokio::test]
+async fn without_a_hash_the_bucket_is_not_read() {
+    let (up, s3) = (FakeRegistry::start(), S3Server::start().await);
+    let filler = start(&up.url(), &s3, "", &[]);
+    let path = "npg-fixture-a/-/npg-fixture-a-2.0.0.tgz";
+    let filled = support::http::get(&format!("{}/{path}", filler.proxy_url), &[]).await;
+    assert_eq!(filled.status.as_u16(), 200);
+    assert!(s3.object("np/npg-fixture-a/npg-fixture-a-2.0.0.tgz").await.is_some());
+    up.set_failure(Failure::Status(503));
+    let fresh = start(&up.url(), &s3, "", &[]);
+    let got = support::http::get(&format!("{}/{path}", fresh.proxy_url), &[]).await;
+    assert_ne!(
+        got.status.as_u16(),
+        200,
+        "bucket bytes served with nothing to check them against"
+    );
+    // The replica that filled it serves it from its local cache.
+    let local = support::http::get(&format!("{}/{path}", filler.proxy_url), &[]).await;
+    assert_eq!(local.status.as_u16(), 200);
 }
 
 #[tokio::test]

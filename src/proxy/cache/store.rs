@@ -91,7 +91,8 @@ impl Store {
     }
 
     /// A stored tarball, counted by the tier that answered (`disk`; or `local`, then `bucket`).
-    /// What the bucket gives is checked against `expected` (`None`: no packument to say).
+    /// What the bucket gives is checked against `expected`; without it (no packument to say,
+    /// upstream down) the bucket is not read: its bytes are never served unchecked.
     pub(crate) async fn lookup(&self, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
         let Some(s3) = &self.bucket else {
             let found = self.disk.open(name, file).await;
@@ -103,16 +104,14 @@ impl Store {
         if local.is_some() {
             return local.map(Found::Cached);
         }
-        if !s3.bucket.is_up() {
-            return None;
-        }
+        let expected = expected.filter(|_| s3.bucket.is_up())?;
         let found = self.read_bucket(s3, name, file, expected).await;
         self.metrics.cache("bucket", found.is_some());
         found
     }
 
     /// A stored tarball, not counted (a download that just ended looks for its result).
-    pub(crate) async fn open(&self, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
+    pub(crate) async fn open(&self, name: &PackageName, file: &str, expected: &Expected) -> Option<Found> {
         let Some(s3) = &self.bucket else {
             return self.disk.open(name, file).await.map(Found::Cached);
         };
@@ -131,15 +130,15 @@ impl Store {
 
     /// From the bucket: a small tarball whole (then kept in memory and on the local disk), a
     /// large one streamed (and written to the local cache as it goes).
-    async fn read_bucket(&self, s3: &S3, name: &PackageName, file: &str, expected: Option<&Expected>) -> Option<Found> {
+    async fn read_bucket(&self, s3: &S3, name: &PackageName, file: &str, expected: &Expected) -> Option<Found> {
         let object = s3.bucket.get(name, file).await?;
-        let check = expected.map(|e| Check {
-            verifier: e.verifier(),
+        let mut check = Check {
+            verifier: expected.verifier(),
             bucket: s3.bucket.clone(),
             metrics: self.metrics.clone(),
             name: name.clone(),
             file: file.to_string(),
-        });
+        };
         let keep = match &s3.local {
             Some(bound) => self.disk.pending().ok().map(|p| (p, bound.clone())),
             None => None,
@@ -153,11 +152,9 @@ impl Store {
         });
         match object {
             Object::Whole(bytes) => {
-                if let Some(mut check) = check {
-                    check.verifier.update(&bytes);
-                    if !check.passes().await {
-                        return None;
-                    }
+                check.verifier.update(&bytes);
+                if !check.passes().await {
+                    return None;
                 }
                 self.disk.remember(name, file, bytes.clone()).await;
                 if let Some(keep) = keep {
@@ -275,7 +272,7 @@ async fn relay(
     size: u64,
     tx: mpsc::Sender<io::Result<Bytes>>,
     mut keep: Option<Keep>,
-    mut check: Option<Check>,
+    mut check: Check,
 ) {
     let (mut client, mut total, mut held) = (Some(tx), 0u64, None::<Bytes>);
     while let Some(chunk) = chunks.next().await {
@@ -290,9 +287,7 @@ async fn relay(
             }
         };
         total += chunk.len() as u64;
-        if let Some(c) = check.as_mut() {
-            c.verifier.update(&chunk);
-        }
+        check.verifier.update(&chunk);
         if let Some(k) = keep.as_mut()
             && k.pending.file.write_all(&chunk).await.is_err()
         {
@@ -304,14 +299,9 @@ async fn relay(
         {
             client = None;
         }
-        if client.is_none() && keep.is_none() && check.is_none() {
-            return;
-        }
     }
-    let matches = match check {
-        Some(check) => check.passes().await,
-        None => true,
-    };
+    // Read to the end even when nobody reads along: a forged object is found and deleted.
+    let matches = check.passes().await;
     if let Some(tx) = client {
         let last = match (matches, held) {
             (true, Some(last)) => Ok(last),

@@ -44,7 +44,7 @@ pub(crate) async fn lead_or_follow(
     loop {
         if lease.try_acquire().await {
             // The leader may have stored it just before it let go.
-            return match store.open(name, file, Some(expected)).await {
+            return match store.open(name, file, expected).await {
                 Some(found) => {
                     lease.release().await;
                     Fill::Stored(found)
@@ -58,7 +58,7 @@ pub(crate) async fn lead_or_follow(
             return Fill::Lead(None);
         }
         tokio::time::sleep(POLL).await;
-        if let Some(found) = store.open(name, file, Some(expected)).await {
+        if let Some(found) = store.open(name, file, expected).await {
             return Fill::Stored(found);
         }
     }

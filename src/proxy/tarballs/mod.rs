@@ -236,7 +236,7 @@ impl Tarballs {
                 match tokio::fs::File::open(&flight.temp).await {
                     Ok(f) => (None, Some(f), flight.state.clone()),
                     // Renamed into the cache just now, or failed: the cache, else lead anew.
-                    Err(_) => match self.store.open(name, file, Some(expected)).await {
+                    Err(_) => match self.store.open(name, file, expected).await {
                         Some(found) => return Ok((found.into(), true)),
                         None => return Err(Failure::Disk),
                     },
