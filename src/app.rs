@@ -19,6 +19,7 @@ use crate::proxy::cache::disk::TarballStore;
 use crate::proxy::cache::store::Store;
 use crate::proxy::packuments::{self, Packuments};
 use crate::proxy::tarballs::Tarballs;
+use crate::status::history::History;
 use crate::tls::Tls;
 use crate::upstream::Upstream;
 
@@ -36,6 +37,8 @@ pub(crate) struct App {
     /// TLS, when npg serves HTTPS.
     pub(crate) tls: Option<Arc<Tls>>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The last hour of traffic, for the status page.
+    pub(crate) history: Arc<History>,
     /// How long clients may reuse a packument (CLIENT_MAX_AGE; 0: revalidate every time).
     pub(crate) client_max_age: std::time::Duration,
     /// Access control, when AUTH_TOKENS_FILE is set.
@@ -158,6 +161,7 @@ impl App {
                 .tls
                 .map(|files| Tls::setup(settings, files, redis_for_tls, metrics.clone())),
             metrics,
+            history: Arc::default(),
             client_max_age: settings.client_max_age,
             auth,
             instance,
@@ -172,6 +176,7 @@ impl App {
     fn start_background(&self, settings: &Settings) -> Jobs {
         let jobs = Jobs::default();
         jobs.spawn("redis monitor", self.redis.monitor());
+        jobs.spawn("traffic history", self.history.clone().run(self.metrics.clone()));
         if let Some(bucket) = self.tarballs.store().bucket() {
             jobs.spawn("bucket probe", bucket.clone().probe());
         }

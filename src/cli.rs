@@ -1,5 +1,5 @@
 //! The command line: one dispatcher for the subcommands (`serve`, the default; `check-config`,
-//! `gen-key`, `health`, `hash-token`, `lockfile`, `warm`, `export`, `import`), and `serve`'s
+//! `gen-key`, `health`, `status`, `hash-token`, `lockfile`, `warm`, `export`, `import`), and `serve`'s
 //! life: listeners, jobs, the drain on SIGTERM.
 
 use std::process::ExitCode;
@@ -44,6 +44,7 @@ fn run(command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Health => health(),
+        Command::Status => crate::status::terminal::main(std::env::args().skip(1)),
         Command::HashToken => hash_token(),
         Command::Lockfile => crate::lockfile::main(std::env::args().skip(1)),
         Command::Warm => crate::warm::main(std::env::args().skip(1)),
@@ -88,6 +89,8 @@ fn serve_until_stopped(settings: Settings, checked: Preflight) -> ExitCode {
 
 async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
     let (app, jobs) = App::new(&settings, checked)?;
+    // Above `app` (it asks what `/api/health` says), so started here.
+    jobs.spawn("presence", crate::http::status::announce(app.clone()));
     let http_addr = std::net::SocketAddr::new(settings.http_bind, settings.http_port);
     let http = bind(http_addr, "HTTP_PORT").await?;
     // Every server stops on it.

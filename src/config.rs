@@ -41,6 +41,8 @@ pub(crate) enum Command {
     GenKey,
     /// Probe a running npg (`npg health --url ...`); exit 0 when it serves.
     Health,
+    /// Show a running cluster's state (`npg status --help`).
+    Status,
     /// Read a token on stdin, print its SHA-256: the start of its AUTH_TOKENS_FILE line.
     HashToken,
     /// Check lockfiles against the policy before installing: `npg lockfile check --help`.
@@ -60,6 +62,7 @@ impl Command {
         match first_arg? {
             "gen-key" => Some(Command::GenKey),
             "health" => Some(Command::Health),
+            "status" => Some(Command::Status),
             "hash-token" => Some(Command::HashToken),
             "lockfile" => Some(Command::Lockfile),
             "warm" => Some(Command::Warm),

@@ -86,6 +86,7 @@ pub(crate) mod preflight;
 pub(crate) mod probe;
 pub mod proxy;
 pub(crate) mod retry;
+pub(crate) mod status;
 pub(crate) mod tls;
 pub mod upstream;
 pub(crate) mod warm;

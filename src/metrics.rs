@@ -9,6 +9,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 // Label sets are small static structs: counting a request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +146,37 @@ pub struct Metrics {
     negative_hits: Counter,
     typosquat_suspects: Family<Action, Counter>,
     signature_checks: Family<SigLabel, Counter>,
+    tally: Tally,
+}
+
+/// The cache tiers, in the order a request meets them.
+pub(crate) const TIERS: [&str; 5] = ["l1", "l2", "disk", "local", "bucket"];
+
+/// Running totals for the status page's history (a Prometheus family cannot be listed back):
+/// one relaxed add beside each count.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    /// Hits and misses per tier of `TIERS`.
+    cache: [[AtomicU64; 2]; TIERS.len()],
+    upstream: AtomicU64,
+    upstream_errors: AtomicU64,
+    upstream_micros: AtomicU64,
+    /// Blocks by rule: rare, so a lock is fine.
+    blocks: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What `Metrics::totals` reads: counts since this replica started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    /// `[hits, misses]` per tier of `TIERS`.
+    pub(crate) cache: [[u64; 2]; TIERS.len()],
+    pub(crate) upstream_requests: u64,
+    /// Upstream requests that failed: 5xx, timeouts, connection errors, an open breaker.
+    pub(crate) upstream_errors: u64,
+    pub(crate) upstream_seconds: f64,
+    pub(crate) blocks: BTreeMap<String, u64>,
 }
 
 /// An open client connection, counted until dropped.
@@ -374,6 +409,7 @@ impl Default for Metrics {
             certificate_expiry,
             feed_updated,
             feed_interval,
+            tally: Tally::default(),
         }
     }
 }
@@ -390,18 +426,30 @@ impl Metrics {
 
     pub(crate) fn request(&self, route: &'static str, status: u16, seconds: f64) {
         self.requests.get_or_create(&RouteStatus { route, status }).inc();
+        self.tally.requests.fetch_add(1, Ordering::Relaxed);
         self.request_seconds.get_or_create(&Route { route }).observe(seconds);
     }
 
     pub(crate) fn cache(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache.get_or_create(&TierResult { tier, result }).inc();
+        if let Some(i) = TIERS.iter().position(|t| *t == tier) {
+            self.tally.cache[i][usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// One upstream request of `kind` (packument, tarball, passthrough) and its outcome.
     pub(crate) fn upstream(&self, kind: &'static str, outcome: &'static str, seconds: f64) {
         self.upstream.get_or_create(&KindOutcome { kind, outcome }).inc();
         self.upstream_seconds.get_or_create(&Kind { kind }).observe(seconds);
+        let tally = &self.tally;
+        tally.upstream.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, "error" | "timeout" | "breaker_open") {
+            tally.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tally
+            .upstream_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn bytes(&self, route: &'static str, n: u64) {
@@ -451,6 +499,13 @@ impl Metrics {
 
     pub(crate) fn guard_block(&self, kind: &'static str) {
         self.guard_blocks.get_or_create(&BlockType { r#type: kind }).inc();
+        *self
+            .tally
+            .blocks
+            .lock()
+            .expect("block tally poisoned")
+            .entry(kind)
+            .or_default() += 1;
     }
 
     pub(crate) fn tarball_download(&self, role: &'static str) {
@@ -513,6 +568,22 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
+    /// The running totals since start.
+    pub(crate) fn totals(&self) -> Totals {
+        let t = &self.tally;
+        let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Totals {
+            requests: read(&t.requests),
+            cache: t.cache.each_ref().map(|[h, m]| [read(h), read(m)]),
+            upstream_requests: read(&t.upstream),
+            upstream_errors: read(&t.upstream_errors),
+            upstream_seconds: read(&t.upstream_micros) as f64 / 1e6,
+            blocks: (t.blocks.lock().expect("block tally poisoned").iter())
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -541,6 +612,27 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn totals_follow_the_counts() {
+        let m = Metrics::default();
+        m.request("packument", 200, 0.01);
+        m.request("tarball", 404, 0.01);
+        m.cache("l1", true);
+        m.cache("l1", false);
+        m.cache("bucket", false);
+        m.upstream("packument", "ok", 0.25);
+        m.upstream("tarball", "timeout", 0.5);
+        m.guard_block("malware");
+        m.guard_block("malware");
+        let t = m.totals();
+        assert_eq!(t.requests, 2);
+        assert_eq!(t.cache[0], [1, 1]);
+        assert_eq!(t.cache[4], [0, 1]);
+        assert_eq!((t.upstream_requests, t.upstream_errors), (2, 1));
+        assert!((t.upstream_seconds - 0.75).abs() < 1e-3, "{t:?}");
+        assert_eq!(t.blocks.get("malware"), Some(&2));
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::http::health::{Status, Summary};
+use crate::http::health::Summary;
+use crate::status::Status;
 use anyhow::anyhow;
 
 #[derive(Parser, Debug)]
@@ -34,13 +35,8 @@ pub(crate) struct HealthArgs {
 
 /// Runs the probe; the exit code for the process.
 pub(crate) async fn run(args: &HealthArgs) -> anyhow::Result<()> {
-    let mut builder = crate::upstream::client::builder(Some("health probe")).timeout(Duration::from_secs(args.timeout));
-    if let Some(path) = &args.ca_file {
-        let pem = std::fs::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    let client = builder.build()?;
+    let builder = crate::upstream::client::builder(Some("health probe")).timeout(Duration::from_secs(args.timeout));
+    let client = crate::upstream::client::trusting(builder, args.ca_file.as_deref())?.build()?;
     let resp = client
         .get(&args.url)
         .send()

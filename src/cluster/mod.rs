@@ -11,6 +11,7 @@
 pub mod bus;
 pub mod documents;
 pub mod lock;
+pub(crate) mod presence;
 pub mod redis;
 pub mod sentinel;
 pub(crate) mod storage;

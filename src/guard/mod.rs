@@ -208,6 +208,21 @@ pub(crate) struct Guard {
     logged: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
     keys_status: Mutex<KeysStatus>,
+    last_block: Mutex<Option<LastBlock>>,
+}
+
+/// The last refusal this replica sent, for the status page.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LastBlock {
+    pub(crate) package: String,
+    pub(crate) version: Option<String>,
+    pub(crate) rule: String,
+    /// The refusal's words, as the client read them.
+    pub(crate) reason: String,
+    pub(crate) at_ms: u64,
+    /// Fetched with credentials (the client's or npg's own for its scope): its name is not
+    /// shown to viewers without the admin token.
+    pub(crate) private: bool,
 }
 
 impl Guard {
@@ -241,6 +256,7 @@ impl Guard {
             }),
             blocklist_status: Mutex::new(BlocklistStatus::ok()),
             logged: Mutex::default(),
+            last_block: Mutex::default(),
             metrics,
             keys_status: Mutex::default(),
         }
@@ -332,6 +348,10 @@ impl Guard {
         update(&mut self.blocklist_status.lock().expect("blocklist status poisoned"));
     }
 
+    pub(crate) fn last_block(&self) -> Option<LastBlock> {
+        self.last_block.lock().expect("last block poisoned").clone()
+    }
+
     /// Whether `key` is logged for the first time under this policy.
     fn first_time(&self, key: String) -> bool {
         let mut logged = self.logged.lock().expect("guard log set poisoned");
@@ -341,9 +361,18 @@ impl Guard {
         logged.insert(key)
     }
 
-    /// Counts a block in the metrics and logs it the first time it is seen under this policy.
-    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block) {
+    /// Counts a block in the metrics, keeps it as the last one (`private`: a package fetched
+    /// with credentials) and logs it the first time it is seen under this policy.
+    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block, private: bool) {
         self.metrics.guard_block(block.kind.as_str());
+        *self.last_block.lock().expect("last block poisoned") = Some(LastBlock {
+            package: name.to_string(),
+            version: version.map(str::to_string),
+            rule: block.kind.as_str().to_string(),
+            reason: block.message(),
+            at_ms: crate::clock::now_ms(),
+            private,
+        });
         if block.kind == Rule::Typosquat {
             self.metrics.typosquat_suspect(Action::Block.as_str());
         }
@@ -440,8 +469,8 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let block = g.policy().version("p", "2.0.0").unwrap();
-            g.record("p", Some("2.0.0"), &block);
-            g.record("p", Some("2.0.0"), &block);
+            g.record("p", Some("2.0.0"), &block, false);
+            g.record("p", Some("2.0.0"), &block, false);
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 1, "{log}");

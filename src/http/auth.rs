@@ -1,6 +1,7 @@
 //! Access control at the door, when AUTH_TOKENS_FILE is set: the permission a request needs,
 //! the identity its `Authorization: Bearer <token>` names (npm sends the `_authToken` of
-//! `.npmrc` so), and 401 or 403 otherwise. The client's Authorization header is npg's: it is
+//! `.npmrc` so; `Basic` with the token as password is taken too, for a browser on the status
+//! page), and 401 or 403 otherwise. The client's Authorization header is npg's: it is
 //! removed before the request goes on, so it never reaches upstream, and shared answers are
 //! marked `private` so no shared cache in front hands them to callers without a token.
 
@@ -35,7 +36,7 @@ fn needed(method: &Method, path: &str) -> Option<Permission> {
     if read && path.starts_with("/api/guard/") {
         return Some(Permission::Read);
     }
-    if path == "/metrics" || path.starts_with("/api/") {
+    if path == "/metrics" || path.starts_with("/api/") || is_status_page(path) {
         return Some(Permission::Admin);
     }
     let npm = path == API_PREFIX || path.starts_with("/npm/");
@@ -45,6 +46,31 @@ fn needed(method: &Method, path: &str) -> Option<Permission> {
     }
     // Everything else, unknown paths included: a token is needed to learn anything.
     Some(Permission::Read)
+}
+
+/// The status page's paths: a browser is asked for the token as a password there.
+fn is_status_page(path: &str) -> bool {
+    matches!(path, "/" | "/status")
+}
+
+/// The token an `Authorization` value carries: `Bearer <token>`, or `Basic` with the token as
+/// the password (any user name) or as the user name with no password.
+fn token_of(value: &str) -> Option<String> {
+    use base64::Engine;
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.to_string());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+    let (user, password) = String::from_utf8(decoded)
+        .ok()?
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some(if password.is_empty() { user } else { password })
 }
 
 /// What the Authorization header brought.
@@ -59,11 +85,8 @@ impl Presented {
         let (Some(auth), Some(value)) = (&app.auth, headers.get(header::AUTHORIZATION)) else {
             return Presented::Missing;
         };
-        let token = value.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        match token.and_then(|t| auth.identify(t)) {
+        let token = value.to_str().ok().and_then(token_of);
+        match token.and_then(|t| auth.identify(&t)) {
             Some(identity) => Presented::Known(identity),
             None => Presented::Invalid,
         }
@@ -86,8 +109,8 @@ pub(crate) async fn require(State(app): State<App>, mut req: Request, next: Next
             None
         }
         (None, _) => None,
-        (Some(_), Presented::Missing) => Some(unauthorized(&app, "missing")),
-        (Some(_), Presented::Invalid) => Some(unauthorized(&app, "invalid")),
+        (Some(_), Presented::Missing) => Some(unauthorized(&app, "missing", req.uri().path())),
+        (Some(_), Presented::Invalid) => Some(unauthorized(&app, "invalid", req.uri().path())),
         (Some(n), Presented::Known(who)) => Some(forbidden(&app, &req, &who, n)),
     };
     if let Some(mut resp) = refusal {
@@ -110,18 +133,22 @@ pub(crate) fn whoami(req: &Request) -> Option<Response> {
     Some(resp)
 }
 
-/// 401 with the challenge npm understands (it then reports E401 and asks for a token).
-fn unauthorized(app: &App, reason: &'static str) -> Response {
+/// 401 with the challenge npm understands (it then reports E401 and asks for a token); on the
+/// status page, the one a browser answers by asking for a user name and password.
+fn unauthorized(app: &App, reason: &'static str, path: &str) -> Response {
     app.metrics.auth_denied(reason);
     let why = match reason {
         "missing" => "npg needs a token: add `//<npg host>/npm/:_authToken=<token>` to .npmrc",
         _ => "the token is not one npg knows (mistyped, or revoked)",
     };
     let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "Authentication required", why).into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"npg\""),
-    );
+    let challenge = if is_status_page(path) {
+        "Basic realm=\"npg status: the admin token as password\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"npg\""
+    };
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     resp
 }
 
@@ -171,10 +198,25 @@ mod tests {
             (Method::PUT, "/npm/left-pad", Some(Publish)),
             (Method::DELETE, "/npm/left-pad/-rev/1", Some(Publish)),
             (Method::GET, "/elsewhere", Some(Read)),
+            (Method::GET, "/", Some(Admin)),
+            (Method::GET, "/status", Some(Admin)),
+            (Method::GET, "/api/status", Some(Admin)),
         ];
         for (method, path, want) in cases {
             assert_eq!(needed(&method, path), want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn tokens_from_bearer_or_basic() {
+        assert_eq!(token_of("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token_of("bearer  abc ").as_deref(), Some("abc"));
+        // "admin:s3cret" and "s3cret:"
+        assert_eq!(token_of("Basic YWRtaW46czNjcmV0").as_deref(), Some("s3cret"));
+        assert_eq!(token_of("Basic czNjcmV0Og==").as_deref(), Some("s3cret"));
+        assert_eq!(token_of("Basic !!!"), None);
+        assert_eq!(token_of("Basic czNjcmV0"), None, "no colon: not Basic");
+        assert_eq!(token_of("Digest abc"), None);
     }
 
     #[test]

@@ -15,29 +15,9 @@ use crate::guard::Policy;
 use crate::guard::block::human_duration;
 use crate::guard::scripts::ScriptPolicy;
 use crate::guard::signatures::SignatureMode;
+use crate::status::Status;
 use crate::tls::TlsMode;
 use crate::upstream::breaker::State as Breaker;
-
-/// A replica's health in one word: the endpoint's `status`, and what `npg health` reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Status {
-    Ok,
-    /// It serves, but not as it should (`problems` says why).
-    Degraded,
-    /// SIGTERM received: balancers should stop sending it work.
-    Draining,
-}
-
-impl Status {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Degraded => "degraded",
-            Status::Draining => "draining",
-        }
-    }
-}
 
 /// The part of `/api/health` anyone may read.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,13 +27,8 @@ pub(crate) struct Summary {
 
 /// The status for anyone; the details only for admins when access control is on.
 pub(crate) async fn health(State(app): State<App>, caller: Option<Extension<Caller>>) -> Response {
-    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let problems = problems(&app);
-    let status = match (draining, problems.is_empty()) {
-        (true, _) => Status::Draining,
-        (false, false) => Status::Degraded,
-        (false, true) => Status::Ok,
-    };
+    let (status, problems) = state(&app);
+    let draining = status == Status::Draining;
     let body = if allowed(&app, caller.as_deref(), Permission::Admin) {
         details(&app, status, &problems)
     } else {
@@ -71,6 +46,18 @@ pub(crate) async fn health(State(app): State<App>, caller: Option<Extension<Call
     let mut resp = (code, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
     resp.extensions_mut().insert(RouteLabel("health"));
     resp
+}
+
+/// This replica's health, and what makes it degraded.
+pub(crate) fn state(app: &App) -> (Status, Vec<String>) {
+    let draining = app.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let problems = problems(app);
+    let status = match (draining, problems.is_empty()) {
+        (true, _) => Status::Draining,
+        (false, false) => Status::Degraded,
+        (false, true) => Status::Ok,
+    };
+    (status, problems)
 }
 
 /// What makes this replica `degraded`: it still serves, but not as it should.
@@ -159,17 +146,21 @@ fn signatures(app: &App, policy: &Policy) -> serde_json::Value {
     let age = status
         .fetched_at_ms
         .map(|at| crate::clock::now_ms().saturating_sub(at) / 1000);
-    let summary = match (policy.signatures.keys.len(), status.none_published) {
-        (0, true) => "no keys (the registry publishes none)".to_string(),
-        (0, false) => "no keys".to_string(),
-        (n, _) => format!("{n} keys"),
-    };
     serde_json::json!({
         "policy": policy.signatures.mode,
         "keys": status,
         "keys_age_seconds": age,
-        "summary": summary,
+        "summary": keys_summary(app, policy),
     })
+}
+
+/// The registry keys in force, in words.
+pub(crate) fn keys_summary(app: &App, policy: &Policy) -> String {
+    match (policy.signatures.keys.len(), app.guard.keys_status().none_published) {
+        (0, true) => "no keys (the registry publishes none)".to_string(),
+        (0, false) => "no keys".to_string(),
+        (n, _) => format!("{n} keys"),
+    }
 }
 
 pub(crate) async fn ping() -> Response {

@@ -12,4 +12,5 @@ pub(crate) mod passthrough;
 pub(crate) mod phrase;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub(crate) mod status;
 pub(crate) mod tarball;

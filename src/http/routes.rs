@@ -29,6 +29,9 @@ pub(crate) const API_PREFIX: &str = "/npm";
 
 pub(crate) fn router(app: App) -> Router {
     let routes = Router::new()
+        .route("/", get(super::status::page))
+        .route("/status", get(super::status::page))
+        .route("/api/status", get(super::status::json))
         .route("/api/health", get(health::health))
         .route("/-/ping", get(health::ping))
         .route("/metrics", get(health::metrics))
@@ -218,24 +221,33 @@ async fn lookup(app: &App, headers: &HeaderMap, name: &PackageName) -> Result<Lo
 }
 
 /// Counts and logs a block (once per package and version), and builds its 403.
-fn refuse(app: &App, name: &PackageName, version: Option<&str>, block: &Block) -> ApiError {
-    app.guard.record(name.as_str(), version, block);
+fn refuse(app: &App, headers: &HeaderMap, name: &PackageName, version: Option<&str>, block: &Block) -> ApiError {
+    app.guard
+        .record(name.as_str(), version, block, private(app, headers, name));
     match version {
         Some(v) => ApiError::blocked_version(name.as_str(), v, block),
         None => ApiError::blocked_package(name.as_str(), block),
     }
 }
 
+/// Whether a package may be one upstream serves only with credentials (the client's, or npg's
+/// own for its scope): its name is then not shown on the status page to viewers without the
+/// admin token.
+fn private(app: &App, headers: &HeaderMap, name: &PackageName) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || app.upstream.has_own_credentials(name)
+}
+
 /// The packument as the policy allows it: refused when the package is blocked as a whole
 /// (without asking upstream), 404 when every version is hidden.
 async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -> Result<Lookup, ApiError> {
     if let Some(block) = app.guard.policy().package(name.as_str()) {
-        return Err(refuse(app, name, None, &block));
+        return Err(refuse(app, headers, name, None, &block));
     }
     let (pkg, source) = lookup(app, headers, name).await?;
     if pkg.all_hidden() {
         for (version, block) in pkg.hidden.iter() {
-            app.guard.record(name.as_str(), Some(version), block);
+            app.guard
+                .record(name.as_str(), Some(version), block, private(app, headers, name));
         }
         return Err(ApiError::all_hidden(name.as_str(), &pkg.hidden));
     }
@@ -276,13 +288,13 @@ fn warn_typosquat(app: &App, name: &PackageName, resp: &mut Response<Body>) {
 async fn version(app: &App, req: Request, name: &PackageName, spec: &str) -> Result<Response<Body>, ApiError> {
     let (pkg, source) = allowed_packument(app, req.headers(), name).await?;
     if let Some(block) = pkg.hidden.get(spec) {
-        return Err(refuse(app, name, Some(spec), block));
+        return Err(refuse(app, req.headers(), name, Some(spec), block));
     }
     let (pkg, source) = if packument::resolve_spec(&pkg, spec).is_none() && source != Source::Upstream {
         // Maybe published since we cached it: ask upstream once before saying 404.
         let (pkg, source) = app.packuments.refresh(name).await?;
         if let Some(block) = pkg.hidden.get(spec) {
-            return Err(refuse(app, name, Some(spec), block));
+            return Err(refuse(app, req.headers(), name, Some(spec), block));
         }
         (pkg, source)
     } else {
@@ -316,7 +328,9 @@ async fn tarball(app: &App, req: Request, name: &PackageName, file: &str) -> Res
             let resp = tarball::respond(req.headers(), name, file, body, hit, app.metrics.clone());
             return Ok(resp);
         }
-        Err(TarballError::Blocked { block, version, .. }) => return Err(refuse(app, name, version.as_deref(), &block)),
+        Err(TarballError::Blocked { block, version, .. }) => {
+            return Err(refuse(app, req.headers(), name, version.as_deref(), &block));
+        }
         Err(e) => ApiError::from(e),
     };
     let Some(credentials) = private_credentials(req.headers(), &err) else {
@@ -327,7 +341,7 @@ async fn tarball(app: &App, req: Request, name: &PackageName, file: &str) -> Res
     if let Some(info) = pkg.index.files.get(file)
         && let Some(block) = pkg.hidden.get(&info.version)
     {
-        return Err(refuse(app, name, Some(&info.version), block));
+        return Err(refuse(app, req.headers(), name, Some(&info.version), block));
     }
     let body = app.tarballs.private(name, file, &pkg, credentials).await?;
     Ok(tarball::respond(

@@ -124,6 +124,11 @@ impl Upstream {
         })
     }
 
+    /// Whether npg sends its own credentials for this package (UPSTREAM_AUTH_FILE, by scope).
+    pub(crate) fn has_own_credentials(&self, name: &PackageName) -> bool {
+        self.settings.auth.for_package(name.as_str()).is_some()
+    }
+
     pub(crate) fn breaker(&self) -> &Arc<Breaker> {
         &self.breaker
     }
