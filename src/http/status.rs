@@ -24,6 +24,7 @@ use crate::metrics::TIERS;
 use crate::status::{
     Certificate, Changes, FORGET_AFTER_MS, Feed, GONE_AFTER_MS, Guard, Replica, Report, Tier, Tls, Traffic, Upstream,
 };
+use crate::tls::TlsMode;
 
 /// Nothing but the inline style: no script, no frame, no request elsewhere.
 const PAGE_POLICY: &str =
@@ -89,13 +90,15 @@ async fn report(app: &App) -> Report {
         },
         Some(tls) => {
             let s = tls.status();
+            // npg renews what ACME gave it, never TLS_CERT_FILE's certificate.
+            let renewed = s.mode == TlsMode::Acme;
             Tls {
                 mode: word(s.mode),
                 certificates: (s.certificates.into_iter())
                     .map(|c| Certificate {
                         domain: c.domain,
                         not_after: c.not_after,
-                        next_renewal: c.next_renewal,
+                        next_renewal: if renewed { c.next_renewal } else { "-".to_string() },
                     })
                     .collect(),
                 last_error: s.last_error,

@@ -58,6 +58,14 @@ pub(crate) struct Replica {
     pub(crate) gone: bool,
 }
 
+impl Replica {
+    /// Up until now, or until last heard of when gone.
+    pub(crate) fn uptime_seconds(&self, now_ms: u64) -> u64 {
+        let until = if self.gone { self.seen_ms } else { now_ms };
+        until.saturating_sub(self.started_ms) / 1000
+    }
+}
+
 /// Everything the page and `npg status` show, as one replica sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Report {

@@ -26,6 +26,7 @@ td.n{font-variant-numeric:tabular-nums}
 .problems{background:#fdecea;border-color:#f3b7b2}
 .muted{color:#6b7280}
 svg{display:block;margin:4px 0 10px}
+svg rect{fill:#f1f4f9}
 svg polyline{fill:none;stroke:#2563eb;stroke-width:1.5}
 code{font-size:13px}
 ";
@@ -85,7 +86,7 @@ fn replicas(report: &Report) -> Markup {
                         td { (r.instance) @if r.instance == report.instance { span.muted { " (this page)" } } }
                         td { (r.version) }
                         td.(state) title=(r.problems.join("; ")) { (state) }
-                        td.n { (human_age(r.seen_ms.saturating_sub(r.started_ms) / 1000)) }
+                        td.n { (human_age(r.uptime_seconds(now))) }
                         td.n { (format!("{:.1}", r.requests_per_second)) }
                         td.n { (r.requests) }
                         td.n { (human_age(now.saturating_sub(r.seen_ms) / 1000)) " ago" }
@@ -209,7 +210,9 @@ fn changes(report: &Report) -> Markup {
             h2 { "Changes follower" }
             table {
                 tr { th { "enabled" } td { (c.enabled) } }
-                tr { th { "leader" } td { @if c.leader { "this replica" } @else { "another replica" } } }
+                @if c.enabled {
+                    tr { th { "leader" } td { @if c.leader { "this replica" } @else { "another replica" } } }
+                }
                 tr { th { "sequence" } td.n { @match c.seq { Some(s) => { (s) }, None => { "-" } } } }
                 @if let Some(e) = &c.last_error { tr { th { "last error" } td.error { (e) } } }
             }
@@ -223,9 +226,18 @@ const H: f64 = 48.0;
 /// A line of `points` (gaps where `None`) scaled to `max` or to its highest point.
 fn chart(points: &[Option<f64>], max: Option<f64>, label: &str) -> Markup {
     let top = max.unwrap_or_else(|| points.iter().flatten().copied().fold(0.0, f64::max));
-    if points.len() < 2 || top <= 0.0 && max.is_none() {
+    if points.iter().all(Option::is_none) || top <= 0.0 {
         return html! { p.muted { "no data yet" } };
     }
+    // One step so far: drawn across the box.
+    let single;
+    let points = match points {
+        [only] => {
+            single = [*only, *only];
+            &single[..]
+        }
+        _ => points,
+    };
     let step = W / (points.len() - 1) as f64;
     let mut lines = vec![String::new()];
     for (i, p) in points.iter().enumerate() {
@@ -242,6 +254,7 @@ fn chart(points: &[Option<f64>], max: Option<f64>, label: &str) -> Markup {
     html! {
         svg width=(W) height=(H + 2.0) viewBox=(format!("0 -1 {W} {}", H + 2.0)) role="img" aria-label=(label) {
             title { (label) ", up to " (format!("{top:.2}")) }
+            rect y="-1" width=(W) height=(H + 2.0) {}
             @for l in lines.iter().filter(|l| !l.is_empty()) { polyline points=(l) {} }
         }
     }

@@ -162,7 +162,7 @@ pub(crate) fn print(r: &Report, colour: bool) -> String {
             "  {:width$}  {}  {:>8}  {:>7.1}  {:>9}  {} ago",
             x.instance,
             p.word(state).replace(state, &padded),
-            human_age(x.seen_ms.saturating_sub(x.started_ms) / 1000),
+            human_age(x.uptime_seconds(now)),
             x.requests_per_second,
             x.requests,
             human_age(now.saturating_sub(x.seen_ms) / 1000),

@@ -33,6 +33,7 @@ mod s3_store;
 mod sentinel;
 mod sick_upstream;
 mod signatures;
+mod status_page;
 mod tarball_hardening;
 mod typosquat;
 mod upstream_hardening;
