@@ -12,7 +12,8 @@
 //!   the background jobs it starts under `jobs::Jobs`.
 //! - `http`: routing, access checks (`auth`), error bodies and status lines (`errors`,
 //!   `phrase`), the packument, tarball, passthrough and guard routes, client caching,
-//!   `/api/health` and metrics, the HTTP-01 answer (`challenge`), connections and their
+//!   `/api/health` and metrics, the status page and `/api/status` with this replica's
+//!   announcement to the cluster (`status`), the HTTP-01 answer (`challenge`), connections and their
 //!   deadlines, the listener and graceful shutdown (`server`).
 //! - `proxy`: what answers metadata and tarball requests: `packuments` (stale-while-revalidate,
 //!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
@@ -43,7 +44,7 @@
 //! - `cluster`: the one place that speaks Redis: the connection and its health (`redis`, which
 //!   follows a Sentinel failover to the master `sentinel` looks up), leases (`Locker`,
 //!   `hold_while`, acted on once a replica has them), shared documents and values, certificate
-//!   `Storage`, the event bus.
+//!   `Storage`, the event bus, the replicas' announcements (`presence`).
 //! - `tls`: rustls, the certificate resolver, ACME (`acme`: orders under a lease, renewal in the
 //!   CA's ARI window), the certificate store over `cluster::storage` or disk (`store`), sealed
 //!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`).
@@ -58,7 +59,11 @@
 //! - `bundle`: `npg export` and `npg import`: a signed `.tar.zst` of what lockfiles name, for
 //!   an air-gapped npg (`manifest`, `signing`), checked whole before anything is stored.
 //! - `probe`: `npg health`, the probe for container health checks.
-//! - `metrics`: Prometheus counters shared by every part, and the gauges the alerting rules of
+//! - `status`: what operators see, one `Report` (built by `http::status`): drawn as HTML
+//!   (`page`), printed by `npg status` (`terminal`); the replicas' announcements and the last
+//!   hour of traffic kept in process (`history`).
+//! - `metrics`: Prometheus counters shared by every part (and their running totals for the
+//!   status page's history), and the gauges the alerting rules of
 //!   `deploy/prometheus` watch (certificate expiry, last ACME order, malware feeds' age).
 //! - `clock`: wall-clock time as npg stores it (unix ms); `files`: files written atomically
 //!   (owner-only where they hold secrets); `retry`: backoff with jitter for every job that
