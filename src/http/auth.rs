@@ -1,7 +1,7 @@
 //! Access control at the door, when AUTH_TOKENS_FILE is set: the permission a request needs,
 //! the identity its `Authorization: Bearer <token>` names (npm sends the `_authToken` of
-//! `.npmrc` so; `Basic` with the token as password is taken too, for a browser on the status
-//! page), and 401 or 403 otherwise. The client's Authorization header is npg's: it is
+//! `.npmrc` so; on the status page only, `Basic` with the token as password, what a browser
+//! sends), and 401 or 403 otherwise. The client's Authorization header is npg's: it is
 //! removed before the request goes on, so it never reaches upstream, and shared answers are
 //! marked `private` so no shared cache in front hands them to callers without a token.
 
@@ -53,16 +53,17 @@ fn is_status_page(path: &str) -> bool {
     matches!(path, "/" | "/status")
 }
 
-/// The token an `Authorization` value carries: `Bearer <token>`, or `Basic` with the token as
-/// the password (any user name) or as the user name with no password.
-fn token_of(value: &str) -> Option<String> {
+/// The token an `Authorization` value carries: `Bearer <token>`, or where `basic` (a browser
+/// on the status page; never on the npm API, where Basic credentials are a client's for
+/// upstream) `Basic` with the token as the password (any user name) or as the user name.
+fn token_of(value: &str, basic: bool) -> Option<String> {
     use base64::Engine;
     let (scheme, rest) = value.trim().split_once(' ')?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(rest.to_string());
     }
-    if !scheme.eq_ignore_ascii_case("basic") {
+    if !basic || !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
@@ -81,11 +82,12 @@ enum Presented {
 }
 
 impl Presented {
-    fn of(app: &App, headers: &HeaderMap) -> Presented {
+    fn of(app: &App, headers: &HeaderMap, path: &str) -> Presented {
         let (Some(auth), Some(value)) = (&app.auth, headers.get(header::AUTHORIZATION)) else {
             return Presented::Missing;
         };
-        let token = value.to_str().ok().and_then(token_of);
+        let basic = is_status_page(path);
+        let token = value.to_str().ok().and_then(|v| token_of(v, basic));
         match token.and_then(|t| auth.identify(&t)) {
             Some(identity) => Presented::Known(identity),
             None => Presented::Invalid,
@@ -101,7 +103,7 @@ pub(crate) fn allowed(app: &App, caller: Option<&Caller>, needed: Permission) ->
 /// The middleware, installed only when access control is on (see `routes::router`).
 pub(crate) async fn require(State(app): State<App>, mut req: Request, next: Next) -> Response {
     let needed = needed(req.method(), req.uri().path());
-    let presented = Presented::of(&app, req.headers());
+    let presented = Presented::of(&app, req.headers(), req.uri().path());
     req.headers_mut().remove(header::AUTHORIZATION);
     let refusal = match (needed, presented) {
         (_, Presented::Known(who)) if needed.is_none_or(|n| who.may(n)) => {
@@ -209,14 +211,20 @@ mod tests {
 
     #[test]
     fn tokens_from_bearer_or_basic() {
-        assert_eq!(token_of("Bearer abc").as_deref(), Some("abc"));
-        assert_eq!(token_of("bearer  abc ").as_deref(), Some("abc"));
+        assert_eq!(token_of("Bearer abc", true).as_deref(), Some("abc"));
+        assert_eq!(token_of("bearer  abc ", true).as_deref(), Some("abc"));
         // "admin:s3cret" and "s3cret:"
-        assert_eq!(token_of("Basic YWRtaW46czNjcmV0").as_deref(), Some("s3cret"));
-        assert_eq!(token_of("Basic czNjcmV0Og==").as_deref(), Some("s3cret"));
-        assert_eq!(token_of("Basic !!!"), None);
-        assert_eq!(token_of("Basic czNjcmV0"), None, "no colon: not Basic");
-        assert_eq!(token_of("Digest abc"), None);
+        assert_eq!(token_of("Basic YWRtaW46czNjcmV0", true).as_deref(), Some("s3cret"));
+        assert_eq!(token_of("Basic czNjcmV0Og==", true).as_deref(), Some("s3cret"));
+        assert_eq!(token_of("Basic !!!", true), None);
+        assert_eq!(token_of("Basic czNjcmV0", true), None, "no colon: not Basic");
+        assert_eq!(token_of("Digest abc", true), None);
+        assert_eq!(
+            token_of("Basic YWRtaW46czNjcmV0", false),
+            None,
+            "Basic only where asked"
+        );
+        assert_eq!(token_of("Bearer abc", false).as_deref(), Some("abc"));
     }
 
     #[test]

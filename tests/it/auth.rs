@@ -6,9 +6,7 @@
 //! `/api/guard` a reader; the file reloads on change and a broken file keeps the previous table; npg's
 //! token never reaches the upstream.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -16,27 +14,12 @@ use reqwest::Method;
 use crate::support;
 use crate::support::clients::{Client, Project};
 use crate::support::http::{Reply, get, send};
-use crate::support::npg::NpgProcess;
+use crate::support::npg::{NpgProcess, hash_token as hash};
 use crate::support::upstream::FakeRegistry;
 
 const READ: &str = "npg-test-read-7f3a9c";
 const PUBLISH: &str = "npg-test-publish-2b8e41";
 const ADMIN: &str = "npg-test-admin-d05c66";
-
-/// The hash `npg hash-token` prints for `token` (what operators put in the file).
-fn hash(token: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_npg"))
-        .arg("hash-token")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run npg hash-token");
-    writeln!(child.stdin.take().unwrap(), "{token}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "npg hash-token failed");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn line(token: &str, name: &str, perms: &str) -> String {
     format!("{} {name} {perms}\n", hash(token))

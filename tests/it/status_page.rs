@@ -3,14 +3,13 @@
 //! checked, a screenshot kept in `target/artifacts/status-page.png`), its JSON, `npg status`
 //! in the terminal, and who may see what (the admin token; private names).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::npg::NpgProcess;
+use crate::support::npg::{NpgProcess, hash_token as hash};
 use crate::support::redis::RedisServer;
 use crate::support::upstream::FakeRegistry;
 use crate::support::{self, tls, wait_for};
@@ -314,22 +313,6 @@ fn npg_now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// The hash `npg hash-token` prints for `token`.
-fn hash(token: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_npg"))
-        .arg("hash-token")
-        .env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    write!(child.stdin.take().unwrap(), "{token}").unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
 }
 
 #[tokio::test]

@@ -119,3 +119,18 @@ impl Drop for NpgProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The hash `npg hash-token` prints for `token` (what operators put in the file).
+pub fn hash_token(token: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_npg"))
+        .arg("hash-token")
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run npg hash-token");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), format!("{token}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "npg hash-token failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
