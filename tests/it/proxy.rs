@@ -179,14 +179,19 @@ async fn corrupted_tarball_is_never_cached_or_served_whole() {
     let (up, npg) = start();
     let url = format!("{}/npg-corrupt/-/npg-corrupt-1.0.0.tgz", npg.proxy_url);
     for _ in 0..2 {
-        // The abort may come before or after the response head reached the client.
+        // The abort may come before or after the response head reached the client; when the
+        // whole download was checked before the head went out (a loaded machine), a 502 says why.
         let broken = match client().get(&url).send().await {
             Err(_) => true,
+            Ok(resp) if resp.status() == 502 => {
+                let body = resp.text().await.unwrap_or_default();
+                body.contains("does not match its integrity")
+            }
             Ok(resp) => resp.bytes().await.is_err(),
         };
         assert!(
             broken,
-            "the client must see a broken download, not a complete bad tarball"
+            "the client must see a broken download or a 502, not a complete bad tarball"
         );
     }
     assert!(!npg.storage.join("np/npg-corrupt/npg-corrupt-1.0.0.tgz").exists());
