@@ -23,8 +23,14 @@ use crate::status::history::History;
 use crate::tls::Tls;
 use crate::upstream::Upstream;
 
+/// The shared state of a running npg, behind one `Arc`: axum clones it for each middleware and
+/// for the handler of every request, so a clone is one atomic increment (not one per part and
+/// an allocation for the instance name). Its parts are read through `Deref` (`app.packuments`).
 #[derive(Clone)]
-pub(crate) struct App {
+pub(crate) struct App(Arc<AppState>);
+
+/// What an [`App`] shares.
+pub(crate) struct AppState {
     pub(crate) packuments: Arc<Packuments>,
     pub(crate) tarballs: Arc<Tarballs>,
     pub(crate) upstream: Arc<Upstream>,
@@ -47,6 +53,14 @@ pub(crate) struct App {
     pub(crate) started: Instant,
     /// Set on SIGTERM: health answers 503 while the listeners still serve (SHUTDOWN_DELAY).
     pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
 }
 
 impl App {
@@ -149,7 +163,7 @@ impl App {
         };
         let bus = Bus::new(redis.clone(), &instance);
         let redis_for_tls = redis.clone();
-        let app = App {
+        let app = App(Arc::new(AppState {
             packuments,
             tarballs,
             upstream,
@@ -167,7 +181,7 @@ impl App {
             instance,
             started: Instant::now(),
             draining: Arc::default(),
-        };
+        }));
         let jobs = app.start_background(settings);
         Ok((app, jobs))
     }
@@ -216,5 +230,17 @@ impl App {
             crate::tls::acme::spawn(&jobs, tls.clone(), self.redis.clone(), self.bus.clone(), settings);
         }
         jobs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::App;
+
+    /// axum clones the state for each middleware and the handler of every request: one pointer,
+    /// so a clone is one atomic increment and a drop one decrement.
+    #[test]
+    fn app_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<App>(), std::mem::size_of::<usize>());
     }
 }
