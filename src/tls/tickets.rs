@@ -12,8 +12,8 @@
 //! period has no key yet it makes one in process. `SharedTickets` (a background job) puts the
 //! cluster's keys there: for the current and the next period it offers the key it holds
 //! (`SET NX` in `cluster::ticket_keys`, so the first offer of a period wins and every replica
-//! takes that one), and it reads the previous period's. Keys are stored sealed with
-//! NPG_SECRET_KEY_FILE's key when it is set (`secret`); else plain, so that Redis must be
+//! takes that one), it reads the previous period's and deletes older ones. Keys are stored
+//! sealed with NPG_SECRET_KEY_FILE's key when it is set (`secret`); else plain, so that Redis must be
 //! trusted like the key: whoever reads it can decrypt the tickets' session keys. Without
 //! Redis, or while it does not answer, the keys stay the process's own: resumption works on
 //! the same replica only.
@@ -50,7 +50,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const FIRST_PATIENCE: Duration = Duration::from_secs(2);
 
 fn random_bytes(out: &mut [u8]) {
-    SystemRandom::new().fill(out).expect("the system random generator works");
+    SystemRandom::new()
+        .fill(out)
+        .expect("the system random generator works");
 }
 
 /// One ticket key: its bytes (to offer to the cluster), its id (derived from the bytes, so
@@ -277,16 +279,10 @@ impl SharedTickets {
     async fn refresh(&self, now: u64) -> Result<(), SharedError> {
         let ticketer = &self.ticketer;
         let period = ticketer.period(now);
-        // Kept until the last period that may open it is over, and a little more.
-        let ttl = ROTATION * 4;
         for p in [period, period + 1] {
             let context = self.redis.key(&ticket_keys::name(p));
-            let offer = seal(
-                self.secret.as_ref(),
-                &STANDARD.encode(ticketer.bytes_for(p)),
-                &context,
-            );
-            if let Some(stored) = self.redis.offer_ticket_key(p, &offer, ttl).await? {
+            let offer = seal(self.secret.as_ref(), &STANDARD.encode(ticketer.bytes_for(p)), &context);
+            if let Some(stored) = self.redis.offer_ticket_key(p, &offer).await? {
                 self.take(p, &stored, &context);
             }
         }
@@ -295,7 +291,10 @@ impl SharedTickets {
             self.take(previous, &stored, &self.redis.key(&ticket_keys::name(previous)));
         }
         ticketer.prune(now);
-        Ok(())
+        // The keys carry no TTL (never evicted): the past ones go here, those of periods the
+        // whole cluster was down through included.
+        let past: Vec<u64> = (2..=4).filter_map(|back| period.checked_sub(back)).collect();
+        self.redis.forget_ticket_keys(&past).await
     }
 
     fn take(&self, period: u64, stored: &str, context: &str) {

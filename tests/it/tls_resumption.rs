@@ -53,7 +53,10 @@ fn replicas(up: &FakeRegistry, cert: &Certificate, lasts: &[u8], env: &[(&str, &
             break p;
         }
     };
-    let mut all = vec![("TLS_CERT_FILE", cert.cert.as_str()), ("TLS_KEY_FILE", cert.key.as_str())];
+    let mut all = vec![
+        ("TLS_CERT_FILE", cert.cert.as_str()),
+        ("TLS_KEY_FILE", cert.key.as_str()),
+    ];
     all.extend_from_slice(env);
     lasts
         .iter()
@@ -114,7 +117,10 @@ async fn visit(node: &TlsNode, config: &Arc<rustls::ClientConfig>) -> HandshakeK
 }
 
 fn versions() -> [(&'static str, &'static rustls::SupportedProtocolVersion); 2] {
-    [("TLS 1.3", &rustls::version::TLS13), ("TLS 1.2", &rustls::version::TLS12)]
+    [
+        ("TLS 1.3", &rustls::version::TLS13),
+        ("TLS 1.2", &rustls::version::TLS12),
+    ]
 }
 
 /// npg1 and npg2 on one Redis: a session made with npg1 resumes on npg2, and one made with
@@ -125,6 +131,12 @@ async fn a_session_from_one_replica_resumes_on_another() {
     let redis = RedisServer::start();
     let cert = certificate();
     let url = redis.url();
+    // A key of a period long past, left by an earlier run: deleted by the replicas.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let old = format!("npg:tls:ticket-key:{}", now.as_secs() / (12 * 3600) - 3);
+    redis.command(&["SET", &old, "left over"]);
     let env = [("ENABLE_REDIS_CACHE", "true"), ("REDIS_URL", url.as_str())];
     let nodes = replicas(&up, &cert, &[2, 3], &env);
     let (npg1, npg2) = (&nodes[0], &nodes[1]);
@@ -145,7 +157,14 @@ async fn a_session_from_one_replica_resumes_on_another() {
         );
     }
     let keys = redis.command(&["KEYS", "*tls:ticket-key:*"]);
-    assert!(keys.starts_with("*2\r\n"), "the current and the next period's key: {keys:?}");
+    assert!(
+        keys.starts_with("*2\r\n") && !keys.contains(&old),
+        "the current and the next period's key, the old one gone: {keys:?}"
+    );
+    for name in keys.lines().filter(|l| l.contains("ticket-key")) {
+        // Cluster state, not cache: never evicted under `volatile-lru`.
+        assert_eq!(redis.command(&["TTL", name]).trim(), ":-1", "{name} has no TTL");
+    }
 }
 
 /// Two replicas each alone (no Redis): a session resumes on the replica that made it, and the
@@ -159,7 +178,11 @@ async fn without_a_shared_redis_a_session_resumes_only_where_it_was_made() {
     for (name, version) in versions() {
         let config = client(&cert.ca.cert_pem, version);
         assert_eq!(visit(npg1, &config).await, HandshakeKind::Full, "{name}");
-        assert_eq!(visit(npg1, &config).await, HandshakeKind::Resumed, "{name}: same replica");
+        assert_eq!(
+            visit(npg1, &config).await,
+            HandshakeKind::Resumed,
+            "{name}: same replica"
+        );
         assert_eq!(visit(npg2, &config).await, HandshakeKind::Full, "{name}: other replica");
     }
 }
