@@ -227,6 +227,7 @@ impl App {
         };
         follower.spawn(&jobs, settings);
         if let Some(tls) = &self.tls {
+            jobs.spawn("tls ticket keys", tls.share_tickets());
             crate::tls::acme::spawn(&jobs, tls.clone(), self.redis.clone(), self.bus.clone(), settings);
         }
         jobs

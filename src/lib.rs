@@ -44,10 +44,12 @@
 //! - `cluster`: the one place that speaks Redis: the connection and its health (`redis`, which
 //!   follows a Sentinel failover to the master `sentinel` looks up), leases (`Locker`,
 //!   `hold_while`, acted on once a replica has them), shared documents and values, certificate
-//!   `Storage`, the event bus, the replicas' announcements (`presence`).
+//!   `Storage`, the TLS session ticket keys (`ticket_keys`), the event bus, the replicas'
+//!   announcements (`presence`).
 //! - `tls`: rustls, the certificate resolver, ACME (`acme`: orders under a lease, renewal in the
 //!   CA's ARI window), the certificate store over `cluster::storage` or disk (`store`), sealed
-//!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`).
+//!   private keys (`secret`), the TLS-ALPN-01 answer (`challenge`), session tickets any
+//!   replica opens (`tickets`: rotated keys shared through `cluster::ticket_keys`).
 //! - `auth`: access control: the token table (hashes, names, permissions).
 //! - `npm`: npm knowledge, pure: package names, request paths, packument rewriting and
 //!   abbreviation, integrity, what a tarball runs at install (`tarball`, read on the stream).

@@ -4,7 +4,8 @@
 //! one replica do a job and `hold_while` to keep one through long work (`lock`, certmagic's
 //! `Locker`), shared documents (`documents`: a gzip body with its ETag and stamps, for L2 and
 //! the malware feed), single shared values (`values`: misses, the changes position),
-//! certificate storage (`storage`, certmagic's `Storage`, with the disk one in `tls::store`)
+//! certificate storage (`storage`, certmagic's `Storage`, with the disk one in `tls::store`),
+//! the TLS session ticket keys (`ticket_keys`, one per rotation period, made once by `SET NX`)
 //! and events between replicas (`bus`). Nothing here runs by itself: the Redis monitor and
 //! the event subscription are jobs of `jobs::Jobs`.
 
@@ -15,4 +16,5 @@ pub(crate) mod presence;
 pub mod redis;
 pub mod sentinel;
 pub(crate) mod storage;
+pub(crate) mod ticket_keys;
 pub(crate) mod values;

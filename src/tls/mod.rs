@@ -1,11 +1,13 @@
 //! TLS inside npg: rustls with a certificate resolver fed by a static certificate or by the
-//! ACME manager, which shares its account, certificates and challenges through Redis.
+//! ACME manager, which shares its account, certificates and challenges through Redis, and
+//! session tickets every replica opens (`tickets`, keys shared through Redis too).
 
 pub(crate) mod acme;
 pub(crate) mod challenge;
 pub(crate) mod resolver;
 pub(crate) mod secret;
 pub(crate) mod store;
+pub(crate) mod tickets;
 
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +21,7 @@ use anyhow::anyhow;
 use resolver::Resolver;
 use secret::SecretKey;
 use store::{CertBundle, TlsStore};
+use tickets::SharedTickets;
 
 /// A server config builder with npg's choices: the ring provider, TLS 1.3 and 1.2 only.
 pub(crate) fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert> {
@@ -61,6 +64,8 @@ pub(crate) struct Tls {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) store: Arc<TlsStore>,
     pub(crate) server_config: Arc<ServerConfig>,
+    /// The session ticket keys, shared by the cluster (`tickets`); `share_tickets` is its job.
+    pub(crate) tickets: Arc<SharedTickets>,
     pub(crate) domains: Vec<String>,
     pub(crate) status: Mutex<TlsStatus>,
     pub(crate) metrics: Arc<Metrics>,
@@ -79,6 +84,8 @@ fn rfc3339(unix: i64) -> String {
 /// static certificate, checked before anything listens (and by `npg check-config`).
 pub(crate) struct TlsFiles {
     secret: Option<SecretKey>,
+    /// The same key again, for the session ticket keys in Redis.
+    tickets_secret: Option<SecretKey>,
     certificate: Option<(CertBundle, Arc<rustls::sign::CertifiedKey>)>,
 }
 
@@ -88,10 +95,13 @@ impl TlsFiles {
         if !settings.tls_enabled() {
             return Ok(None);
         }
-        let secret = match &settings.npg_secret_key_file {
-            Some(path) => Some(SecretKey::load(path).map_err(|e| anyhow!("NPG_SECRET_KEY_FILE: {e}"))?),
-            None => None,
+        let load_secret = || match &settings.npg_secret_key_file {
+            Some(path) => SecretKey::load(path)
+                .map(Some)
+                .map_err(|e| anyhow!("NPG_SECRET_KEY_FILE: {e}")),
+            None => Ok(None),
         };
+        let (secret, tickets_secret) = (load_secret()?, load_secret()?);
         let certificate = match (&settings.tls_cert_file, &settings.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let read = |setting: &str, path: &std::path::Path| {
@@ -104,7 +114,11 @@ impl TlsFiles {
             }
             _ => None,
         };
-        Ok(Some(TlsFiles { secret, certificate }))
+        Ok(Some(TlsFiles {
+            secret,
+            tickets_secret,
+            certificate,
+        }))
     }
 }
 
@@ -119,10 +133,16 @@ impl Tls {
         let resolver = Arc::new(Resolver::default());
         let mut config = config_builder().with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Resumption on any replica: TLS 1.3 tickets after every handshake, TLS 1.2 tickets
+        // when the client asks for one, all sealed with the cluster's keys.
+        let tickets = Arc::new(SharedTickets::new(redis.clone(), files.tickets_secret));
+        config.ticketer = tickets.ticketer.clone();
+        config.send_tls13_tickets = 2;
         let tls = Tls {
             resolver,
             store: Arc::new(TlsStore::new(redis, &settings.storage_dir, files.secret)),
             server_config: Arc::new(config),
+            tickets,
             domains: settings.npg_domain.iter().map(|d| d.to_ascii_lowercase()).collect(),
             status: Mutex::new(TlsStatus::default()),
             metrics,
@@ -157,11 +177,21 @@ impl Tls {
         self.looked.send_replace(true);
     }
 
-    /// Waits (at most `limit`) until the certificate this replica can serve is known, so a
-    /// replica that restarts into a running cluster answers its first handshake with it.
+    /// Waits (at most `limit`) until the certificate this replica can serve and the cluster's
+    /// ticket keys are known, so a replica that restarts into a running cluster answers its
+    /// first handshake with that certificate and resumes the sessions of the others.
     pub(crate) async fn first_look(&self, limit: std::time::Duration) {
         let mut looked = self.looked.subscribe();
-        let _ = tokio::time::timeout(limit, looked.wait_for(|v| *v)).await;
+        let both = async {
+            let _ = looked.wait_for(|v| *v).await;
+            self.tickets.wait_ready().await;
+        };
+        let _ = tokio::time::timeout(limit, both).await;
+    }
+
+    /// The job that keeps the session ticket keys in step with the cluster.
+    pub(crate) fn share_tickets(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.tickets.clone().run()
     }
 
     /// Called when `/api/health` answers 200: the health checks of a balancer pass.

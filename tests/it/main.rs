@@ -35,6 +35,7 @@ mod sick_upstream;
 mod signatures;
 mod status_page;
 mod tarball_hardening;
+mod tls_resumption;
 mod typosquat;
 mod upstream_hardening;
 mod warm;
