@@ -83,9 +83,8 @@ fn rfc3339(unix: i64) -> String {
 /// What TLS reads from files at start-up: the key sealing private keys in Redis and the
 /// static certificate, checked before anything listens (and by `npg check-config`).
 pub(crate) struct TlsFiles {
+    /// Seals private keys and session ticket keys in Redis.
     secret: Option<SecretKey>,
-    /// The same key again, for the session ticket keys in Redis.
-    tickets_secret: Option<SecretKey>,
     certificate: Option<(CertBundle, Arc<rustls::sign::CertifiedKey>)>,
 }
 
@@ -95,13 +94,10 @@ impl TlsFiles {
         if !settings.tls_enabled() {
             return Ok(None);
         }
-        let load_secret = || match &settings.npg_secret_key_file {
-            Some(path) => SecretKey::load(path)
-                .map(Some)
-                .map_err(|e| anyhow!("NPG_SECRET_KEY_FILE: {e}")),
-            None => Ok(None),
+        let secret = match &settings.npg_secret_key_file {
+            Some(path) => Some(SecretKey::load(path).map_err(|e| anyhow!("NPG_SECRET_KEY_FILE: {e}"))?),
+            None => None,
         };
-        let (secret, tickets_secret) = (load_secret()?, load_secret()?);
         let certificate = match (&settings.tls_cert_file, &settings.tls_key_file) {
             (Some(cert), Some(key)) => {
                 let read = |setting: &str, path: &std::path::Path| {
@@ -114,11 +110,7 @@ impl TlsFiles {
             }
             _ => None,
         };
-        Ok(Some(TlsFiles {
-            secret,
-            tickets_secret,
-            certificate,
-        }))
+        Ok(Some(TlsFiles { secret, certificate }))
     }
 }
 
@@ -135,7 +127,7 @@ impl Tls {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         // Resumption on any replica: TLS 1.3 tickets after every handshake, TLS 1.2 tickets
         // when the client asks for one, all sealed with the cluster's keys.
-        let tickets = Arc::new(SharedTickets::new(redis.clone(), files.tickets_secret));
+        let tickets = Arc::new(SharedTickets::new(redis.clone(), files.secret.clone()));
         config.ticketer = tickets.ticketer.clone();
         config.send_tls13_tickets = 2;
         let tls = Tls {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "npg-enc-v1";
 
+#[derive(Clone)]
 pub(crate) struct SecretKey {
     cipher: Aes256Gcm,
     id: String,
