@@ -50,15 +50,18 @@ fn decode(s: &str) -> Result<String, PathError> {
 
 /// Refuses `.`/`..` segments, backslashes and NULs, raw, once-decoded and twice-decoded.
 pub fn check_traversal(raw: &str) -> Result<(), PathError> {
+    let escapes = |form: &str| form.contains(['\\', '\0']) || form.split('/').any(|seg| seg == "." || seg == "..");
+    if escapes(raw) {
+        return Err(PathError::Traversal);
+    }
+    // Without a `%` decoding changes nothing: no copies on the common path.
+    if !raw.contains('%') {
+        return Ok(());
+    }
     let once = percent_decode_str(raw).decode_utf8_lossy().into_owned();
     let twice = percent_decode_str(&once).decode_utf8_lossy().into_owned();
-    for form in [raw, &once, &twice] {
-        if form.contains('\\') || form.contains('\0') {
-            return Err(PathError::Traversal);
-        }
-        if form.split('/').any(|seg| seg == "." || seg == "..") {
-            return Err(PathError::Traversal);
-        }
+    if escapes(&once) || escapes(&twice) {
+        return Err(PathError::Traversal);
     }
     Ok(())
 }
@@ -161,6 +164,37 @@ mod tests {
 
     fn name(n: &str) -> PackageName {
         PackageName::parse(n).unwrap()
+    }
+
+    /// The check without its shortcut: every form decoded, whatever it holds.
+    fn traversal_everywhere(raw: &str) -> bool {
+        let once = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        let twice = percent_decode_str(&once).decode_utf8_lossy().into_owned();
+        [raw, &once, &twice]
+            .iter()
+            .any(|f| f.contains(['\\', '\0']) || f.split('/').any(|seg| seg == "." || seg == ".."))
+    }
+
+    #[test]
+    fn the_shortcut_without_percent_decides_as_decoding_would() {
+        // Every path of up to 6 characters over an alphabet that spells traversals in any
+        // encoding (`%2e`, `%252e`, `%5c`, `%00`...).
+        let alphabet = ['/', '.', '%', '2', '5', 'e', 'c', '0', 'a', '\\'];
+        let mut paths = vec![String::new()];
+        for _ in 0..6 {
+            // the paths one character longer
+            let next: Vec<String> = paths
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            paths = next;
+            for path in &paths {
+                assert_eq!(check_traversal(path).is_err(), traversal_everywhere(path), "{path:?}");
+            }
+        }
+        for path in ["/%2e%2e/x", "/%252e%252e", "/a%5cb", "/a%00", "/%2E", "/.%2e"] {
+            assert!(check_traversal(path).is_err(), "{path}");
+        }
     }
 
     #[test]
