@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks under bench/: processes started and stopped by PID, free
-loopback ports, the fake registry and npg started on 127.0.0.1, wrk runs, /proc figures, and
-the guard's inputs (a 10k-entry blocklist, a 100k-entry malware feed). Stdlib only."""
-import http.client, json, os, re, signal, socket, subprocess, sys, time
+loopback ports, the fake registry and npg started on 127.0.0.1 (over HTTPS with a test CA for
+`--tls`), wrk and `openssl s_time` runs, /proc figures, and the guard's inputs (a 10k-entry
+blocklist, a 100k-entry malware feed). Stdlib only."""
+import http.client, json, os, re, signal, socket, ssl, subprocess, sys, time
 from urllib.parse import urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,10 +110,22 @@ def wait_until(check, timeout, what, proc=None, procs=None):
     raise Broken(f"{what}: not ready after {timeout} s")
 
 
+# The CA `https://` URLs are checked against (`trust`); None until a bench makes one.
+_TLS = {"context": None}
+
+
+def trust(ca_file):
+    """From now on http_get verifies https:// URLs against this CA (and the host name)."""
+    _TLS["context"] = ssl.create_default_context(cafile=ca_file)
+
+
 def http_get(url, headers=None, timeout=60):
     """GET without any decoding: (status, lower-case headers, raw body bytes)."""
     u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    if u.scheme == "https":
+        conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout, context=_TLS["context"])
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     try:
         conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers=headers or {})
         resp = conn.getresponse()
@@ -152,24 +165,64 @@ def registry_counts(base):
     return json.loads(http_get(base + "/__stats")[2])
 
 
+def make_certificates(work):
+    """A test CA (ECDSA P-256, as npg's ACME keys) and a server certificate it signs for
+    127.0.0.1 and npg-bench.localhost, in <work>/tls; returns {"ca", "cert", "key"} paths."""
+    d = os.path.join(work, "tls")
+    os.makedirs(d)
+    p = {k: os.path.join(d, f) for k, f in (("ca", "ca.pem"), ("ca_key", "ca.key"), ("cert", "server.pem"),
+                                             ("key", "server.key"), ("csr", "server.csr"), ("ext", "server.ext"))}
+    with open(p["ext"], "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:npg-bench.localhost\nbasicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for argv in (["openssl", "req", "-x509", *ec, "-keyout", p["ca_key"], "-out", p["ca"], "-days", "2",
+                  "-subj", "/CN=npg bench test CA"],
+                 ["openssl", "req", *ec, "-keyout", p["key"], "-out", p["csr"], "-subj", "/CN=npg-bench.localhost"],
+                 ["openssl", "x509", "-req", "-in", p["csr"], "-CA", p["ca"], "-CAkey", p["ca_key"], "-CAcreateserial",
+                  "-out", p["cert"], "-days", "2", "-extfile", p["ext"]]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if out.returncode:
+            raise Broken(f"{' '.join(argv[:3])} failed: {out.stderr[-500:]}")
+    return p
+
+
+def tls_session(port):
+    """(protocol, cipher) a default OpenSSL client negotiates with 127.0.0.1:port."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief"], input="",
+                         capture_output=True, text=True, timeout=30)
+    found = dict(re.findall(r"^(Protocol version|Ciphersuite): (.+)$", out.stdout + out.stderr, re.M))
+    return found.get("Protocol version", "?"), found.get("Ciphersuite", "?")
+
+
 class Npg:
     """One npg on a free loopback port with a fresh STORAGE_DIR; the guard is off unless
-    `blacklist` and `feed` name the generated inputs."""
+    `blacklist` and `feed` name the generated inputs. With `tls` (make_certificates' paths) it
+    serves HTTPS on a second port (`url`, `npm` and PROXY_URL are https; plain HTTP answers
+    /-/ping and redirects the rest)."""
 
-    def __init__(self, procs, work, name, upstream, feed_url, blacklist=None, env=None):
+    def __init__(self, procs, work, name, upstream, feed_url, blacklist=None, env=None, tls=None):
         self.port, self.dir = free_port(), os.path.join(work, name)
         os.makedirs(self.dir)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.plain = self.url = f"http://127.0.0.1:{self.port}"
+        settings = {"HTTP_PORT": str(self.port)}
+        if tls:
+            self.https_port = free_port()
+            self.url = f"https://127.0.0.1:{self.https_port}"
+            settings |= {"HTTPS_PORT": str(self.https_port), "TLS_CERT_FILE": tls["cert"], "TLS_KEY_FILE": tls["key"]}
         self.npm = self.url + "/npm"
-        settings = {
+        settings |= {
             "PATH": os.environ["PATH"], "HOME": self.dir, "REGISTRY_URL": upstream.rstrip("/") + "/",
-            "HTTP_PORT": str(self.port), "HTTP_BIND": "127.0.0.1", "PROXY_URL": self.npm,
+            "HTTP_BIND": "127.0.0.1", "PROXY_URL": self.npm,
             "STORAGE_DIR": os.path.join(self.dir, "storage"), "MALWARE_LIST_DIR": os.path.join(self.dir, "feed"),
             "MALWARE_FEED_URL": feed_url, "BLACKLIST_PATH": blacklist or os.path.join(self.dir, "no-blacklist.yml"),
             "METADATA_TTL": "1h", "LOG_LEVEL": "warn", "INSTANCE_NAME": name, **(env or {})}
         self.procs, self.proc = procs, procs.start(name, [NPG], env=settings)
         self.pid = self.proc.pid
-        wait_until(lambda: http_get(self.url + "/-/ping", timeout=2)[0] == 200, 30, f"npg {name}", self.proc, procs)
+        wait_until(lambda: http_get(self.plain + "/-/ping", timeout=2)[0] == 200, 30, f"npg {name}", self.proc, procs)
+        if tls:
+            wait_until(lambda: http_get(self.url + "/-/ping", timeout=2)[0] == 200, 30, f"npg {name} over TLS",
+                       self.proc, procs)
 
     def health(self):
         return json.loads(http_get(self.url + "/api/health")[2])
@@ -243,6 +296,25 @@ def wrk(url, seconds, headers=(), connections=64, threads=2, work="/tmp"):
     return {"rps": r["requests"] / secs, "mbps": r["bytes"] / secs / 1e6, "requests": r["requests"],
             "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
             "errors": r["socket_errors"] + r["timeouts"] + r["non2xx"], "non2xx": r["non2xx"]}
+
+
+def s_time(port, seconds, reuse, path, clients=4):
+    """Handshakes: `clients` concurrent `openssl s_time` loops against 127.0.0.1:port for
+    `seconds`, each connection new and asking `path` once (HTTP/1.0, so the server closes;
+    reading the answer also takes TLS 1.3 session tickets in). Full handshakes, or with `reuse`
+    every connection offers the session (ticket) of the previous one. Returns connections/s
+    over the wall time, and how many connections resumed."""
+    argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-reuse" if reuse else "-new",
+            "-time", str(seconds), "-www", path]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(clients)]
+    outs = [p.communicate(timeout=seconds + 60) for p in procs]
+    wall = time.monotonic() - t0
+    marks = "".join("".join(line for line in out.splitlines() if re.fullmatch(r"[*rt3]+", line)) for out, _ in outs)
+    if any(p.returncode for p in procs) or not marks:
+        raise Broken(f"openssl s_time against port {port} failed: {outs[0][0][-300:]} {outs[0][1][-300:]}")
+    return {"cps": len(marks) / wall, "connections": len(marks), "resumed": marks.count("r"), "seconds": wall,
+            "clients": clients}
 
 
 # --- the guard's inputs ---------------------------------------------------------------------
