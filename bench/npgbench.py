@@ -149,11 +149,14 @@ def require(*tools):
 
 # --- the fake registry and npg ------------------------------------------------------------
 
-def start_registry(procs, work, fixture, guard_feed=False):
-    """Starts bench/registry.py; returns (base URL, its index of packages)."""
+def start_registry(procs, work, fixture, guard_feed=False, far=None):
+    """Starts bench/registry.py (`far`: (latency ms, Mbit/s) of an upstream far away); returns
+    (base URL, its index of packages)."""
     port, index = free_port(), os.path.join(work, "registry-index.json")
     argv = [sys.executable, os.path.join(ROOT, "bench", "registry.py"), "--port", str(port),
             "--index", index, "--fixture", str(fixture)] + (["--guard-feed"] if guard_feed else [])
+    if far:
+        argv += ["--latency-ms", str(far[0]), "--mbit", str(far[1])]
     proc = procs.start("registry", argv)
     proc.base = f"http://127.0.0.1:{port}"
     proc.wait_ready = lambda: wait_until(lambda: os.path.exists(index), 300, "fake registry", proc, procs) and \

@@ -4,7 +4,11 @@ tarballs with sha512 integrity, a generated ~N-package dependency tree for `npm 
 malware feeds, all built once into memory (deterministic: a fixed seed) and served by a
 ThreadingHTTPServer. Counts requests per path (GET /__stats).
 
-  registry.py --port P --index FILE [--fixture N] [--guard-feed]
+  registry.py --port P --index FILE [--fixture N] [--guard-feed] [--latency-ms MS] [--mbit MBIT]
+
+--latency-ms and --mbit make it an upstream far away: each answer waits MS before its first
+byte, and each body is sent no faster than MBIT megabits per second (per connection), so cold
+paths behave as behind a real registry tens of milliseconds away.
 
 Writes FILE (JSON: the URL base, the benchmark packages and the fixture's packages with their
 versions, integrities and dependencies) once it serves, so the harness knows what to ask for.
@@ -170,6 +174,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     files = {}  # path -> (body, gzip body or None, etag, content type)
     counts, lock = {}, threading.Lock()
+    latency, bytes_per_second = 0.0, 0.0  # --latency-ms, --mbit
 
     def do_GET(self):
         path = unquote(self.path.split("?")[0])
@@ -178,6 +183,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, json.dumps(self.counts).encode(), "application/json")
         with self.lock:
             self.counts[path] = self.counts.get(path, 0) + 1
+        if self.latency:
+            time.sleep(self.latency)
         entry = self.files.get(path)
         if entry is None:
             return self.reply(404, b'{"error":"Not found"}', "application/json")
@@ -199,7 +206,15 @@ class Handler(BaseHTTPRequestHandler):
         if encoding:
             self.send_header("Content-Encoding", encoding)
         self.end_headers()
-        self.wfile.write(body)
+        if not self.bytes_per_second:
+            self.wfile.write(body)
+            return
+        t0, chunk = time.monotonic(), 64 * 1024
+        for at in range(0, len(body), chunk):
+            self.wfile.write(body[at:at + chunk])
+            ahead = (at + chunk) / self.bytes_per_second - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def log_message(self, fmt, *args):
         pass
@@ -211,7 +226,10 @@ def main():
     ap.add_argument("--index", required=True)
     ap.add_argument("--fixture", type=int, default=300)
     ap.add_argument("--guard-feed", action="store_true", help="also serve the 100k-entry feed")
+    ap.add_argument("--latency-ms", type=float, default=0.0, help="wait before every answer")
+    ap.add_argument("--mbit", type=float, default=0.0, help="bandwidth per connection (0: unlimited)")
     args = ap.parse_args()
+    Handler.latency, Handler.bytes_per_second = args.latency_ms / 1000, args.mbit * 1e6 / 8
     base = f"http://127.0.0.1:{args.port}"
     b, index = build(base, args.fixture)
     files = {}
