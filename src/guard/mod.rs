@@ -361,25 +361,37 @@ impl Guard {
         logged.insert(key)
     }
 
-    /// Counts a block in the metrics, keeps it as the last one (`private`: a package fetched
-    /// with credentials) and logs it the first time it is seen under this policy.
-    pub(crate) fn record(&self, name: &str, version: Option<&str>, block: &Block, private: bool) {
-        self.metrics.guard_block(block.kind.as_str());
-        *self.last_block.lock().expect("last block poisoned") = Some(LastBlock {
-            package: name.to_string(),
-            version: version.map(str::to_string),
-            rule: block.kind.as_str().to_string(),
-            reason: block.message(),
-            at_ms: crate::clock::now_ms(),
-            private,
-        });
-        if block.kind == Rule::Typosquat {
-            self.metrics.typosquat_suspect(Action::Block.as_str());
+    /// Counts each of `blocks` (a version, or `None` for the whole package, and why) in the
+    /// metrics and logs it the first time it is seen under this policy; keeps the last as the
+    /// last block (`private`: a package fetched with credentials), built once however many.
+    pub(crate) fn record<'a>(
+        &self,
+        name: &str,
+        blocks: impl IntoIterator<Item = (Option<&'a str>, &'a Block)>,
+        private: bool,
+    ) {
+        let mut last = None;
+        for (version, block) in blocks {
+            self.metrics.guard_block(block.kind.as_str());
+            if block.kind == Rule::Typosquat {
+                self.metrics.typosquat_suspect(Action::Block.as_str());
+            }
+            let shown = version.unwrap_or("*");
+            if self.first_time(format!("{name}@{shown}")) {
+                let rule = block.kind.as_str();
+                tracing::warn!(package = name, version = shown, rule, why = ?block.message(), "blocked");
+            }
+            last = Some((version, block));
         }
-        if self.first_time(format!("{name}@{}", version.unwrap_or("*"))) {
-            let version = version.unwrap_or("*");
-            let rule = block.kind.as_str();
-            tracing::warn!(package = name, version, rule, why = ?block.message(), "blocked");
+        if let Some((version, block)) = last {
+            *self.last_block.lock().expect("last block poisoned") = Some(LastBlock {
+                package: name.to_string(),
+                version: version.map(str::to_string),
+                rule: block.kind.as_str().to_string(),
+                reason: block.message(),
+                at_ms: crate::clock::now_ms(),
+                private,
+            });
         }
     }
 
@@ -469,8 +481,8 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let block = g.policy().version("p", "2.0.0").unwrap();
-            g.record("p", Some("2.0.0"), &block, false);
-            g.record("p", Some("2.0.0"), &block, false);
+            g.record("p", [(Some("2.0.0"), &block)], false);
+            g.record("p", [(Some("2.0.0"), &block)], false);
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 1, "{log}");
@@ -481,6 +493,24 @@ mod tests {
             "{log}"
         );
         assert!(!log.contains(r#""""#), "no empty fields: {log}");
+    }
+
+    #[test]
+    fn every_block_is_counted_and_the_last_one_kept() {
+        let g = guard();
+        let (two, three) = (
+            g.policy().version("p", "2.0.0").unwrap(),
+            g.policy().version("p", "3.0.0").unwrap(),
+        );
+        assert_eq!(g.last_block(), None);
+        g.record("p", [(Some("2.0.0"), &two), (Some("3.0.0"), &three)], true);
+        let last = g.last_block().expect("kept");
+        assert_eq!((last.package.as_str(), last.version.as_deref()), ("p", Some("3.0.0")));
+        assert_eq!((last.rule.as_str(), last.private), ("version", true));
+        assert_eq!(last.reason, "blocked by the blocklist (bad major)");
+        assert_eq!(g.metrics.totals().blocks.get("version"), Some(&2));
+        g.record("p", [], false);
+        assert_eq!(g.last_block(), Some(last), "nothing recorded, nothing replaced");
     }
 
     fn with_typosquats(action: Action) -> Guard {

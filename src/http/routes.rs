@@ -223,7 +223,7 @@ async fn lookup(app: &App, headers: &HeaderMap, name: &PackageName) -> Result<Lo
 /// Counts and logs a block (once per package and version), and builds its 403.
 fn refuse(app: &App, headers: &HeaderMap, name: &PackageName, version: Option<&str>, block: &Block) -> ApiError {
     app.guard
-        .record(name.as_str(), version, block, private(app, headers, name));
+        .record(name.as_str(), [(version, block)], private(app, headers, name));
     match version {
         Some(v) => ApiError::blocked_version(name.as_str(), v, block),
         None => ApiError::blocked_package(name.as_str(), block),
@@ -245,10 +245,11 @@ async fn allowed_packument(app: &App, headers: &HeaderMap, name: &PackageName) -
     }
     let (pkg, source) = lookup(app, headers, name).await?;
     if pkg.all_hidden() {
-        for (version, block) in pkg.hidden.iter() {
-            app.guard
-                .record(name.as_str(), Some(version), block, private(app, headers, name));
-        }
+        let hidden = pkg
+            .hidden
+            .iter()
+            .map(|(version, block)| (Some(version.as_str()), block));
+        app.guard.record(name.as_str(), hidden, private(app, headers, name));
         return Err(ApiError::all_hidden(name.as_str(), &pkg.hidden));
     }
     Ok((pkg, source))

@@ -21,10 +21,8 @@ use crate::clock::now_ms;
 use crate::guard::block::human_duration;
 use crate::guard::scripts::ScriptPolicy;
 use crate::metrics::TIERS;
-use crate::status::{
-    Certificate, Changes, FORGET_AFTER_MS, Feed, GONE_AFTER_MS, Guard, Replica, Report, Tier, Tls, Traffic, Upstream,
-};
-use crate::tls::TlsMode;
+use crate::status::{FORGET_AFTER_MS, Feed, GONE_AFTER_MS, Guard, Replica, Report, Tier, Traffic, Upstream};
+use crate::tls::{TlsMode, TlsStatus};
 
 /// Nothing but the inline style: no script, no frame, no request elsewhere.
 const PAGE_POLICY: &str =
@@ -84,28 +82,19 @@ async fn report(app: &App) -> Report {
         })
         .collect();
     let tls = match &app.tls {
-        None => Tls {
-            mode: "off".to_string(),
-            ..Tls::default()
+        None => TlsStatus {
+            mode: TlsMode::Off,
+            ..TlsStatus::default()
         },
         Some(tls) => {
-            let s = tls.status();
+            let mut s = tls.status();
             // npg renews what ACME gave it, never TLS_CERT_FILE's certificate.
-            let renewed = s.mode == TlsMode::Acme;
-            Tls {
-                mode: word(s.mode),
-                certificates: (s.certificates.into_iter())
-                    .map(|c| Certificate {
-                        domain: c.domain,
-                        not_after: c.not_after,
-                        next_renewal: if renewed { c.next_renewal } else { "-".to_string() },
-                    })
-                    .collect(),
-                last_error: s.last_error,
+            if s.mode != TlsMode::Acme {
+                s.certificates.iter_mut().for_each(|c| c.next_renewal = "-".to_string());
             }
+            s
         }
     };
-    let changes = app.changes.snapshot();
     let mut report = Report {
         generated_ms: now,
         instance: app.instance.clone(),
@@ -156,12 +145,7 @@ async fn report(app: &App) -> Report {
             last_block: app.guard.last_block(),
         },
         tls,
-        changes: Changes {
-            enabled: changes.enabled,
-            leader: changes.leader,
-            seq: changes.seq,
-            last_error: changes.last_error,
-        },
+        changes: app.changes.snapshot(),
     };
     if app.auth.is_none() {
         report.hide_private_names();

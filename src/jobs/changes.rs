@@ -45,7 +45,7 @@ const MAX_PAGE_BYTES: usize = 64 << 20;
 const SEQ_KEY: &str = "changes:seq";
 
 /// What /api/health can show about the follower.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) struct ChangesStatus {
     /// `ENABLE_NPM_CHANGES_POLLER`.
     pub(crate) enabled: bool,

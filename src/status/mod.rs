@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::guard::LastBlock;
+use crate::jobs::changes::ChangesStatus;
+use crate::tls::TlsStatus;
 use history::Series;
 
 /// A replica's health in one word: `/api/health`'s `status`, what `npg health` reads and what
@@ -83,8 +85,9 @@ pub(crate) struct Report {
     pub(crate) traffic: Traffic,
     pub(crate) upstream: Upstream,
     pub(crate) guard: Guard,
-    pub(crate) tls: Tls,
-    pub(crate) changes: Changes,
+    /// Its certificates; npg renews ACME's (`next_renewal` is `-` for static files).
+    pub(crate) tls: TlsStatus,
+    pub(crate) changes: ChangesStatus,
 }
 
 /// This replica's traffic since it started, and over the last hour.
@@ -146,30 +149,6 @@ pub(crate) struct Feed {
     pub(crate) state: String,
     pub(crate) entries: usize,
     pub(crate) updated_ms: Option<u64>,
-    pub(crate) last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Tls {
-    /// `off`, `acme` or `static`.
-    pub(crate) mode: String,
-    pub(crate) certificates: Vec<Certificate>,
-    pub(crate) last_error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Certificate {
-    pub(crate) domain: String,
-    pub(crate) not_after: String,
-    pub(crate) next_renewal: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Changes {
-    pub(crate) enabled: bool,
-    /// This replica follows the feed now (one replica of a cluster does).
-    pub(crate) leader: bool,
-    pub(crate) seq: Option<u64>,
     pub(crate) last_error: Option<String>,
 }
 

@@ -191,7 +191,7 @@ fn certificates(report: &Report) -> Markup {
     let t = &report.tls;
     html! {
         section id="certificates" {
-            h2 { "Certificates (TLS " (t.mode) ")" }
+            h2 { "Certificates (TLS " (t.mode.as_str()) ")" }
             @if t.certificates.is_empty() { p.muted { "none" } } @else {
                 table {
                     tr { th { "domain" } th { "not after" } th { "next renewal" } }

@@ -243,7 +243,7 @@ pub(crate) fn print(r: &Report, colour: bool) -> String {
             b.reason
         );
     }
-    let _ = writeln!(out, "{} {}", p.bold("tls:"), r.tls.mode);
+    let _ = writeln!(out, "{} {}", p.bold("tls:"), r.tls.mode.as_str());
     for c in &r.tls.certificates {
         let _ = writeln!(
             out,
@@ -310,8 +310,8 @@ mod tests {
                 ..Default::default()
             },
             guard: Default::default(),
-            tls: crate::status::Tls {
-                mode: "off".into(),
+            tls: crate::tls::TlsStatus {
+                mode: crate::tls::TlsMode::Off,
                 ..Default::default()
             },
             changes: Default::default(),

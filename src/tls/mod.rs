@@ -12,7 +12,7 @@ pub(crate) mod tickets;
 use std::sync::{Arc, Mutex};
 
 use rustls::ServerConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::redis::SharedRedis;
 use crate::config::Settings;
@@ -31,8 +31,8 @@ pub(crate) fn config_builder() -> rustls::ConfigBuilder<ServerConfig, rustls::se
         .with_no_client_auth()
 }
 
-/// One certificate as `/api/health` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One certificate as `/api/health` and the status page show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct CertInfo {
     pub(crate) domain: String,
     pub(crate) serial: String,
@@ -41,7 +41,7 @@ pub(crate) struct CertInfo {
 }
 
 /// Where the certificate comes from (`/api/health`'s `tls.mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum TlsMode {
     /// Ordered and renewed through ACME, shared by the cluster.
@@ -53,7 +53,17 @@ pub(crate) enum TlsMode {
     Off,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+impl TlsMode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Acme => "acme",
+            TlsMode::Static => "static",
+            TlsMode::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct TlsStatus {
     pub(crate) mode: TlsMode,
     pub(crate) certificates: Vec<CertInfo>,

@@ -27,7 +27,8 @@ pub(crate) fn generate() -> String {
     STANDARD.encode(key)
 }
 
-fn rand_bytes(out: &mut [u8]) {
+/// `out` filled from the system's secure randomness.
+pub(crate) fn rand_bytes(out: &mut [u8]) {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new()
         .fill(out)

@@ -25,14 +25,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::watch;
 
 use crate::cluster::redis::SharedRedis;
 use crate::cluster::ticket_keys;
 use crate::cluster::values::SharedError;
 
-use super::secret::{SecretKey, open, seal};
+use super::secret::{SecretKey, open, rand_bytes, seal};
 
 /// How long a key seals tickets.
 pub(crate) const ROTATION: Duration = Duration::from_secs(12 * 3600);
@@ -48,12 +47,6 @@ const RETRY: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// How long the first read may keep failing before this replica serves with its own keys.
 const FIRST_PATIENCE: Duration = Duration::from_secs(2);
-
-fn random_bytes(out: &mut [u8]) {
-    SystemRandom::new()
-        .fill(out)
-        .expect("the system random generator works");
-}
 
 /// One ticket key: its bytes (to offer to the cluster), its id (derived from the bytes, so
 /// every replica holding the key names it alike) and the AEAD key.
@@ -82,13 +75,13 @@ impl TicketKey {
 
     fn random() -> TicketKey {
         let mut bytes = [0u8; 32];
-        random_bytes(&mut bytes);
+        rand_bytes(&mut bytes);
         TicketKey::new(bytes, false)
     }
 
     fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce);
+        rand_bytes(&mut nonce);
         let mut sealed = plain.to_vec();
         self.aead
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&self.id), &mut sealed)
