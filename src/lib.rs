@@ -18,7 +18,8 @@
 //! - `proxy`: what answers metadata and tarball requests: `packuments` (stale-while-revalidate,
 //!   stale-if-error, misses remembered) rendering through `rendered` (a packument filtered by
 //!   the policy, in both forms, and `DocMeta`); `tarballs` (one download per file, joined by
-//!   concurrent misses, verified on the stream; once per cluster on one bucket: `lease`);
+//!   concurrent misses, verified on the stream; once per cluster on one bucket: `lease`; on
+//!   a cold miss asked of upstream beside the packument: `early`);
 //!   `singleflight`; `cache` (L1 rendered responses in process, L2 raw documents in Redis,
 //!   tarballs (`store`: on disk, or in an S3 bucket (`bucket`, `TARBALL_STORE=s3`, read back
 //!   checked against the integrity) behind a bounded local disk cache (`local`)), remembered

@@ -134,6 +134,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_cut: Family<Deadline, Counter>,
     tarball_downloads: Family<Role, Counter>,
+    tarball_early: Family<Outcome, Counter>,
     tarball_store_errors: Counter,
     bucket_errors: Family<Op, Counter>,
     bucket_up: Gauge,
@@ -303,6 +304,12 @@ impl Default for Metrics {
             "Tarball misses by role (lead: fetched from upstream; join: served from a download in flight; follow: stored in the bucket meanwhile by the replica that held the fill lease)",
             tarball_downloads.clone(),
         );
+        let tarball_early = Family::default();
+        registry.register(
+            "tarball_early_requests",
+            "Tarballs asked of upstream while their packument was on its way, by result (used: the leading download took the answer; unused: blocked, stored, another URL, or the client gone)",
+            tarball_early.clone(),
+        );
         let tarball_store_errors = Counter::default();
         registry.register(
             "tarball_store_errors",
@@ -386,6 +393,7 @@ impl Default for Metrics {
             auth_denied,
             auth_reload_errors,
             tarball_downloads,
+            tarball_early,
             tarball_store_errors,
             bucket_errors,
             bucket_up,
@@ -510,6 +518,10 @@ impl Metrics {
 
     pub(crate) fn tarball_download(&self, role: &'static str) {
         self.tarball_downloads.get_or_create(&Role { role }).inc();
+    }
+
+    pub(crate) fn tarball_early(&self, result: &'static str) {
+        self.tarball_early.get_or_create(&Outcome { result }).inc();
     }
 
     pub(crate) fn tarball_store_error(&self) {

@@ -154,6 +154,14 @@ impl Packuments {
         self.load(name, false).await
     }
 
+    /// Whether a lookup of `name` would go to upstream for want of any copy: none in memory or
+    /// Redis, and not known to be missing.
+    pub(crate) async fn cold(&self, name: &PackageName) -> bool {
+        self.inner.l1.get(name).await.is_none()
+            && self.inner.l2.meta(name).await.is_none()
+            && self.inner.misses.get(name).await.is_none()
+    }
+
     /// The packument this replica holds in memory, fresh or not, without asking anyone.
     pub(crate) async fn cached(&self, name: &PackageName) -> Option<Arc<Package>> {
         self.inner.l1.get(name).await

@@ -19,6 +19,7 @@ mod client_caching;
 mod clients;
 mod cluster;
 mod dashboards;
+mod early_tarball;
 mod fake_upstream;
 mod guard;
 mod install_scripts;

@@ -48,16 +48,6 @@ async fn health(npg: &NpgProcess) -> Value {
         .json()
 }
 
-/// A counter of `/metrics` (the sum of the lines that start with `line`).
-async fn metric(npg: &NpgProcess, line: &str) -> f64 {
-    let body = support::http::get(&format!("{}/metrics", npg.base), &[]).await.body;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .filter(|l| l.starts_with(line))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn tarball_requests(up: &FakeRegistry) -> usize {
     ["npg-fixture-a", "npg-fixture-b", "@npg-test/scoped", "npg-legacy"]
         .iter()
@@ -115,7 +105,9 @@ async fn npm_fills_the_bucket_and_a_second_replica_is_served_from_it() {
         "upstream saw no new tarball request"
     );
     assert_eq!(
-        metric(&second, "npg_cache_lookups_total{tier=\"bucket\",result=\"hit\"}").await,
+        second
+            .metric("npg_cache_lookups_total{tier=\"bucket\",result=\"hit\"}")
+            .await,
         4.0
     );
     let h = health(&second).await;
@@ -139,7 +131,9 @@ async fn npm_fills_the_bucket_and_a_second_replica_is_served_from_it() {
     assert_eq!((got.status.as_u16(), got.header("x-cache")), (200, "HIT"));
     assert_eq!(got.body, up.tarball_bytes("npg-fixture-a", "2.0.0"));
     assert_eq!(
-        metric(&third, "npg_cache_lookups_total{tier=\"local\",result=\"hit\"}").await,
+        third
+            .metric("npg_cache_lookups_total{tier=\"local\",result=\"hit\"}")
+            .await,
         1.0
     );
     assert_eq!(tarball_requests(&up).await, fills);
@@ -239,7 +233,9 @@ async fn a_forged_object_in_the_bucket_is_never_served() {
         eventually("the verified bytes in the local cache", Duration::from_secs(10), local).await;
         assert_eq!(up.tarball_hits("swap", file), 1, "{file}: fetched from upstream once");
     }
-    let refused = metric(&npg, "npg_tarball_refused_total{reason=\"bucket_integrity\"}").await;
+    let refused = npg
+        .metric("npg_tarball_refused_total{reason=\"bucket_integrity\"}")
+        .await;
     assert_eq!(refused, 2.0);
 }
 
@@ -320,7 +316,7 @@ async fn two_replicas_filling_one_file_end_in_one_object() {
     assert!(s3.object("tw/twice/twice-1.0.0.tgz").await.unwrap() == bytes);
     for npg in [&a, &b] {
         assert_eq!(
-            metric(npg, "npg_tarball_bucket_errors_total").await,
+            npg.metric("npg_tarball_bucket_errors_total").await,
             0.0,
             "the second put is no error"
         );
@@ -386,7 +382,7 @@ async fn a_dead_bucket_costs_upstream_fetches_only_and_fills_resume_when_it_is_b
     let h = health(&npg).await;
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["tarball_store"], json!({"kind": "s3", "bucket": "down"}));
-    assert!(metric(&npg, "npg_tarball_bucket_errors_total").await >= 1.0);
+    assert!(npg.metric("npg_tarball_bucket_errors_total").await >= 1.0);
     // Kept in memory meanwhile (no local cache): the same tarball again costs nothing.
     let url = format!("{}/npg-fixture-a/-/npg-fixture-a-2.0.0.tgz", npg.proxy_url);
     assert_eq!(support::http::get(&url, &[]).await.status, 200);
@@ -600,7 +596,7 @@ async fn a_cluster_on_one_bucket_fetches_each_file_from_upstream_once() {
     assert_eq!(s3.keys().await, ["sh/shared/shared-1.0.0.tgz"]);
     let mut followed = 0.0;
     for npg in &replicas {
-        followed += metric(npg, "npg_tarball_downloads_total{role=\"follow\"}").await;
+        followed += npg.metric("npg_tarball_downloads_total{role=\"follow\"}").await;
     }
     assert!(followed >= 2.0, "the other replicas waited for the object: {followed}");
 }

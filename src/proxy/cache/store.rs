@@ -110,6 +110,11 @@ impl Store {
         found
     }
 
+    /// Whether a tarball is kept on this replica's disk (or its memory), without reading it.
+    pub(crate) async fn holds_locally(&self, name: &PackageName, file: &str) -> bool {
+        self.disk.holds(name, file).await
+    }
+
     /// A stored tarball, not counted (a download that just ended looks for its result).
     pub(crate) async fn open(&self, name: &PackageName, file: &str, expected: &Expected) -> Option<Found> {
         let Some(s3) = &self.bucket else {

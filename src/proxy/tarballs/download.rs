@@ -56,8 +56,8 @@ impl Download {
     ) {
         let resp = match request.await {
             Ok(resp) => resp,
-            Err(UpstreamError::Status(404)) => return fail(&out, Failure::NotFound).await,
-            Err(e) => return fail(&out, Failure::Upstream(e)).await,
+            Err(UpstreamError::Status(404)) => return fail(&mut out, Failure::NotFound).await,
+            Err(e) => return fail(&mut out, Failure::Upstream(e)).await,
         };
         let length = resp.content_length();
         out.state.send_replace(State::Streaming { length, relayable: 0 });
@@ -73,7 +73,7 @@ impl Download {
                 Err(e) => {
                     tracing::warn!(package = %self.name, file = %self.file, error = %e, "tarball download from upstream broke off");
                     let broke = UpstreamError::Network("the download from upstream broke off".into());
-                    return fail(&out, Failure::Upstream(broke)).await;
+                    return fail(&mut out, Failure::Upstream(broke)).await;
                 }
             };
             verifier.update(&chunk);
@@ -94,14 +94,14 @@ impl Download {
             tracing::error!(package = %self.name, version = %self.version, file = %self.file,
                 "tarball from upstream does not match dist.integrity; not cached, client aborted");
             self.metrics.tarball_refused("integrity");
-            return fail(&out, Failure::Integrity).await;
+            return fail(&mut out, Failure::Integrity).await;
         }
         let probed = probe.finish();
         if !probed.agrees(self.declares_script) {
             tracing::error!(package = %self.name, version = %self.version, file = %self.file, ?probed,
                 "tarball runs install scripts its manifest does not declare (or cannot be read); not cached, client aborted");
             self.metrics.tarball_refused("undeclared_script");
-            return fail(&out, Failure::UndeclaredScript).await;
+            return fail(&mut out, Failure::UndeclaredScript).await;
         }
         let on_disk = out.pending.is_some();
         self.keep(out.pending.take()).await;
@@ -170,7 +170,10 @@ async fn pass(out: &mut Outputs, chunk: Bytes, relayable: u64) {
     }
 }
 
-async fn fail(out: &Outputs, failure: Failure) {
+/// Ends a download that failed: its temp file goes first, so nothing of it is left once
+/// anyone hears of the failure.
+async fn fail(out: &mut Outputs, failure: Failure) {
+    out.pending = None;
     out.state.send_replace(State::Failed(failure.clone()));
     if let Some(direct) = &out.direct {
         let _ = direct.send(Err(io::Error::other(failure.to_string()))).await;

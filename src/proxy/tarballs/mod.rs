@@ -4,9 +4,11 @@
 //! new one (`flight`), which streams from upstream into a temp file while hashing
 //! (`download`); each client reads it as it is released (`relay`), and the file is stored
 //! only when the hash matches the version's `dist.integrity` (else `dist.shasum`). Replicas
-//! sharing a bucket and Redis fetch each file once for the cluster (`lease`).
+//! sharing a bucket and Redis fetch each file once for the cluster (`lease`). On a cold miss
+//! the tarball is asked of upstream while its packument is on its way (`early`).
 
 mod download;
+mod early;
 mod flight;
 mod lease;
 mod relay;
@@ -32,6 +34,7 @@ use crate::proxy::cache::store::{Found, Store};
 use crate::proxy::packuments::{FetchError, Package, Packuments, Source};
 use crate::upstream::{Upstream, UpstreamError};
 use download::{Download, Outputs};
+use early::{Claim, Earlies};
 use flight::{Failure, Flights, Landing, Role, State};
 use lease::Fill;
 
@@ -81,6 +84,7 @@ pub(crate) struct Tarballs {
     redis: Arc<SharedRedis>,
     metrics: Arc<Metrics>,
     flights: Arc<Flights>,
+    earlies: Arc<Earlies>,
 }
 
 impl Tarballs {
@@ -100,10 +104,13 @@ impl Tarballs {
             redis,
             metrics,
             flights: Arc::default(),
+            earlies: Arc::default(),
         }
     }
 
     pub(crate) async fn get(&self, name: &PackageName, file: &str) -> Result<(TarballBody, bool), TarballError> {
+        // Ends, unused, an early request the leading download did not take.
+        let _early = self.early(name, file).await;
         let judged = self.judge(name, file).await?;
         // A bucket's bytes are checked like a download's (`Store`); without a packument (judged
         // by the file name, upstream down) there is nothing to check them against.
@@ -161,6 +168,30 @@ impl Tarballs {
             .map_err(TarballError::from)?;
         Ok(body)
     }
+
+    /// Starts the early request of a cold miss (`early`): the file has npm's name for a
+    /// version the policy does not refuse by name, it is not stored or downloading here, and no
+    /// copy of the packument is known. Not with a bucket: a cluster on one fetches each file
+    /// once through its lease, and a bucket's objects cannot be looked for without the hash.
+    async fn early(&self, name: &PackageName, file: &str) -> Option<Claim> {
+        let version = version_from_file(name, file)?;
+        if self.store.bucket().is_some() || !self.packuments.cold(name).await {
+            return None;
+        }
+        let policy = self.guard.policy();
+        let refused = policy.package(name.as_str()).is_some() || policy.version(name.as_str(), version).is_some();
+        if refused || self.flights.in_flight(name, file) || self.store.holds_locally(name, file).await {
+            return None;
+        }
+        let url = self.layout_url(name, file);
+        self.earlies.start(&self.upstream, &self.metrics, name, file, url)
+    }
+
+    /// Where npm's layout puts `file` upstream.
+    fn layout_url(&self, name: &PackageName, file: &str) -> String {
+        self.upstream.url(&format!("{name}/-/{file}"))
+    }
+
     /// Refuses blocked tarballs even when they are on disk (lockfile installs skip metadata;
     /// yarn 4 builds tarball URLs itself), by the version the packument gives the file: a
     /// file name need not be `<name>-<version>.tgz`. Returns the packument when there is one;
@@ -293,7 +324,8 @@ impl Tarballs {
         }
     }
 
-    /// The upstream request for `file`, owned, to run in the download's task.
+    /// The upstream request for `file`, owned, to run in the download's task: the early one
+    /// when it went to the URL the packument gives (never for a client's credentials).
     fn request(
         &self,
         name: &PackageName,
@@ -301,12 +333,20 @@ impl Tarballs {
         info: &TarballInfo,
         credentials: Option<HeaderValue>,
     ) -> impl Future<Output = Result<reqwest::Response, UpstreamError>> + Send + 'static {
-        let url = info
-            .upstream_url
-            .clone()
-            .unwrap_or_else(|| self.upstream.url(&format!("{name}/-/{file}")));
+        let by_layout = self.layout_url(name, file);
+        let url = info.upstream_url.clone().unwrap_or_else(|| by_layout.clone());
+        self.earlies.observe(url == by_layout);
+        let early = match credentials {
+            None => self.earlies.take(name, file, &url),
+            Some(_) => None,
+        };
         let upstream = self.upstream.clone();
-        async move { upstream.tarball(&url, credentials.as_ref()).await }
+        async move {
+            match early {
+                Some(early) => early.answer().await,
+                None => upstream.tarball(&url, credentials.as_ref()).await,
+            }
+        }
     }
 
     /// Deletes the cached tarballs of one version (every file the cached packument gives it,

@@ -1,6 +1,8 @@
 //! A bare upstream for tarball tests: packuments written by the test (any tarball file name,
 //! any integrity, including none), tarballs of any size and bytes, served in 64 KiB chunks
 //! with an optional pause between them (so concurrent clients overlap), every request counted.
+//! Tarballs live under `/files/` (a proxy must follow `dist.tarball`) unless `use_npm_layout`
+//! puts them where npm's layout would (`/registry/<name>/-/<file>`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,14 @@ struct Blobs {
     docs: HashMap<String, Vec<u8>>,
     files: HashMap<String, Vec<u8>>,
     hits: HashMap<String, usize>,
+    /// Every path asked, in order.
+    asked: Vec<String>,
     pause: Duration,
+    npm_layout: bool,
+    /// The `time` of the versions `set_package` writes.
+    published: Option<String>,
+    /// How long a packument's answer waits for a tarball request to arrive.
+    hold: Duration,
 }
 
 pub struct BlobRegistry {
@@ -74,8 +83,13 @@ impl BlobRegistry {
     pub fn set_package(&self, name: &str, versions: Vec<Blob<'_>>) {
         let mut doc_versions = Map::new();
         let mut blobs = self.blobs.lock().unwrap();
+        let folder = if blobs.npm_layout { "registry" } else { "files" };
+        let published = blobs
+            .published
+            .clone()
+            .unwrap_or_else(|| "2024-01-01T00:00:00.000Z".into());
         for blob in &versions {
-            let path = format!("/files/{name}/-/{}", blob.file);
+            let path = format!("/{folder}/{name}/-/{}", blob.file);
             let mut dist = json!({ "tarball": format!("{}{path}", self.origin) });
             if let Some(integrity) = &blob.integrity {
                 dist["integrity"] = json!(integrity);
@@ -87,7 +101,7 @@ impl BlobRegistry {
         let latest = versions.last().map_or("", |b| b.version);
         let times: Map<String, Value> = versions
             .iter()
-            .map(|b| (b.version.to_string(), json!("2024-01-01T00:00:00.000Z")))
+            .map(|b| (b.version.to_string(), json!(published)))
             .collect();
         let doc = json!({
             "name": name,
@@ -99,10 +113,44 @@ impl BlobRegistry {
         blobs.docs.insert(key, serde_json::to_vec(&doc).unwrap());
     }
 
-    /// Requests upstream received for the tarball `file` of `name`.
+    /// Requests upstream received for the tarball `file` of `name` (where `set_package` put it).
     pub fn tarball_hits(&self, name: &str, file: &str) -> usize {
-        let path = format!("/files/{name}/-/{file}");
-        self.blobs.lock().unwrap().hits.get(&path).copied().unwrap_or(0)
+        let b = self.blobs.lock().unwrap();
+        let folder = if b.npm_layout { "registry" } else { "files" };
+        b.hits.get(&format!("/{folder}/{name}/-/{file}")).copied().unwrap_or(0)
+    }
+
+    /// Requests upstream received for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.blobs.lock().unwrap().hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// Every path asked so far, in order.
+    pub fn asked(&self) -> Vec<String> {
+        self.blobs.lock().unwrap().asked.clone()
+    }
+
+    /// Packages set from now on have their tarballs where npm's layout puts them.
+    pub fn use_npm_layout(&self) {
+        self.blobs.lock().unwrap().npm_layout = true;
+    }
+
+    /// Packages set from now on were published at `time` (RFC 3339).
+    pub fn set_published(&self, time: &str) {
+        self.blobs.lock().unwrap().published = Some(time.to_string());
+    }
+
+    /// Serves `bytes` at `path` (say, where npm's layout would put a tarball the packument
+    /// places elsewhere).
+    pub fn put_file(&self, path: &str, bytes: Vec<u8>) {
+        self.blobs.lock().unwrap().files.insert(path.to_string(), bytes);
+    }
+
+    /// Each packument's answer waits until upstream was asked for one of the package's
+    /// tarballs, or `max`: a proxy that asks for the tarball only once it has the packument
+    /// waits `max`.
+    pub fn hold_packuments(&self, max: Duration) {
+        self.blobs.lock().unwrap().hold = max;
     }
 
     /// A pause between the 64 KiB chunks of every tarball.
@@ -113,12 +161,20 @@ impl BlobRegistry {
 
 async fn serve(State(blobs): State<Arc<Mutex<Blobs>>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
-    let (doc, file, pause) = {
+    let (doc, file, pause, hold) = {
         let mut b = blobs.lock().unwrap();
         *b.hits.entry(path.clone()).or_default() += 1;
-        (b.docs.get(&path).cloned(), b.files.get(&path).cloned(), b.pause)
+        b.asked.push(path.clone());
+        (b.docs.get(&path).cloned(), b.files.get(&path).cloned(), b.pause, b.hold)
     };
     if let Some(doc) = doc {
+        let until = tokio::time::Instant::now() + hold;
+        let name = path.trim_start_matches("/registry/").replace("%2f", "/");
+        let tarball = format!("/{name}/-/");
+        let asked_tarball = |b: &Blobs| b.asked.iter().any(|p| p.contains(&tarball));
+        while tokio::time::Instant::now() < until && !asked_tarball(&blobs.lock().unwrap()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         return Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(doc))

@@ -83,6 +83,16 @@ impl NpgProcess {
         }
     }
 
+    /// A counter of `/metrics` (the sum of the lines that start with `line`).
+    pub async fn metric(&self, line: &str) -> f64 {
+        let body = super::http::get(&format!("{}/metrics", self.base), &[]).await.body;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with(line))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
