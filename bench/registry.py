@@ -172,6 +172,7 @@ class Registry(ThreadingHTTPServer):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a header write then a body write must not wait for a delayed ACK
     files = {}  # path -> (body, gzip body or None, etag, content type)
     counts, lock = {}, threading.Lock()
     latency, bytes_per_second = 0.0, 0.0  # --latency-ms, --mbit

@@ -65,6 +65,31 @@ fn blob<'a>(version: &'a str, file: &'a str, bytes: &[u8]) -> Blob<'a> {
     }
 }
 
+/// Waits until the bucket holds exactly `want` (a download's upload ends after its clients
+/// were served), then checks it.
+async fn keys_settle<S: AsRef<str>>(s3: &S3Server, want: &[S]) {
+    let want: Vec<String> = want.iter().map(|k| k.as_ref().to_string()).collect();
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        while s3.keys().await != want {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    if settled.await.is_err() {
+        assert_eq!(s3.keys().await, want, "the bucket's keys");
+    }
+}
+
+/// An object once it is uploaded (within 10 s).
+async fn uploaded(s3: &S3Server, key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s3.object(key).await {
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            found => return found,
+        }
+    }
+}
+
 /// Polls `ok` for up to `within`.
 async fn eventually(what: &str, within: Duration, ok: impl AsyncFnMut() -> bool) {
     wait_for(within, what, ok).await;
@@ -77,17 +102,14 @@ async fn npm_fills_the_bucket_and_a_second_replica_is_served_from_it() {
     Project::fixture(Client::Npm, &first.proxy_url)
         .install()
         .assert_success();
-    assert_eq!(
-        s3.keys().await,
-        fixture_keys("npg/"),
-        "the disk layout under the prefix"
-    );
+    keys_settle(&s3, &fixture_keys("npg/")).await;
     let a = s3.object("npg/np/npg-fixture-a/npg-fixture-a-2.0.0.tgz").await.unwrap();
     assert_eq!(a, up.tarball_bytes("npg-fixture-a", "2.0.0"));
-    assert!(
-        first.storage.join("np/npg-fixture-a/npg-fixture-a-2.0.0.tgz").is_file(),
-        "kept in the local cache"
-    );
+    let local = first.storage.join("np/npg-fixture-a/npg-fixture-a-2.0.0.tgz");
+    eventually("kept in the local cache", Duration::from_secs(10), async || {
+        local.is_file()
+    })
+    .await;
     let fills = tarball_requests(&up).await;
     assert_eq!(fills, 4);
 
@@ -156,7 +178,7 @@ async fn large_tarballs_go_in_parts_and_stream_back() {
         let got = support::http::get(&format!("{}/big/-/{file}", first.proxy_url), &[]).await;
         assert_eq!(got.body.len(), bytes.len());
         assert_eq!(
-            s3.object(&format!("bi/big/{file}")).await.as_ref(),
+            uploaded(&s3, &format!("bi/big/{file}")).await.as_ref(),
             Some(bytes),
             "{file}"
         );
@@ -249,7 +271,11 @@ async fn without_a_hash_the_bucket_is_not_read() {
     let path = "npg-fixture-a/-/npg-fixture-a-2.0.0.tgz";
     let filled = support::http::get(&format!("{}/{path}", filler.proxy_url), &[]).await;
     assert_eq!(filled.status.as_u16(), 200);
-    assert!(s3.object("np/npg-fixture-a/npg-fixture-a-2.0.0.tgz").await.is_some());
+    assert!(
+        uploaded(&s3, "np/npg-fixture-a/npg-fixture-a-2.0.0.tgz")
+            .await
+            .is_some()
+    );
     up.set_failure(Failure::Status(503));
     let fresh = start(&up.url(), &s3, "", &[]);
     let got = support::http::get(&format!("{}/{path}", fresh.proxy_url), &[]).await;
@@ -283,7 +309,7 @@ async fn a_tarball_that_fails_its_integrity_never_becomes_an_object() {
     // The same server takes a good one: the bucket was reachable all along.
     let good = format!("{}/npg-legacy/-/npg-legacy-1.0.0.tgz", npg.proxy_url);
     assert_eq!(support::http::get(&good, &[]).await.status, 200);
-    assert_eq!(s3.keys().await, ["np/npg-legacy/npg-legacy-1.0.0.tgz"]);
+    keys_settle(&s3, &["np/npg-legacy/npg-legacy-1.0.0.tgz"]).await;
 }
 
 #[tokio::test]
@@ -312,7 +338,7 @@ async fn two_replicas_filling_one_file_end_in_one_object() {
     );
     assert!(ra.body == bytes && rb.body == bytes, "both clients get the right bytes");
     assert_eq!(up.tarball_hits("twice", "twice-1.0.0.tgz"), 2);
-    assert_eq!(s3.keys().await, ["tw/twice/twice-1.0.0.tgz"]);
+    keys_settle(&s3, &["tw/twice/twice-1.0.0.tgz"]).await;
     assert!(s3.object("tw/twice/twice-1.0.0.tgz").await.unwrap() == bytes);
     for npg in [&a, &b] {
         assert_eq!(
@@ -360,7 +386,7 @@ async fn a_malware_purge_deletes_the_object() {
         "np/npg-fixture-b/npg-fixture-b-1.0.0.tgz",
         "np/npg-fixture-b/npg-fixture-b-1.0.1.tgz",
     ];
-    assert_eq!(s3.keys().await, keys);
+    keys_settle(&s3, &keys).await;
 
     feed.set_entries(json!([{"package_name": "npg-fixture-b", "version": "1.0.1", "reason": "MALWARE"}]));
     let gone = async || s3.keys().await == keys[..1];
@@ -393,11 +419,8 @@ async fn a_dead_bucket_costs_upstream_fetches_only_and_fills_resume_when_it_is_b
     assert_eq!(health(&npg).await["status"], "ok");
     let url = format!("{}/npg-fixture-a/-/npg-fixture-a-1.1.0.tgz", npg.proxy_url);
     assert_eq!(support::http::get(&url, &[]).await.status, 200);
-    assert_eq!(
-        s3.keys().await,
-        ["np/npg-fixture-a/npg-fixture-a-1.1.0.tgz"],
-        "fills go to the bucket again"
-    );
+    // Fills go to the bucket again.
+    keys_settle(&s3, &["np/npg-fixture-a/npg-fixture-a-1.1.0.tgz"]).await;
 }
 
 #[tokio::test]
@@ -467,7 +490,7 @@ async fn the_local_cache_stays_within_its_bound() {
         !storage.path().join("ol/old-0/old-0-1.0.0.tgz").exists(),
         "the least recently used went"
     );
-    assert_eq!(s3.keys().await, fixture_keys(""), "the bucket keeps every tarball");
+    keys_settle(&s3, &fixture_keys("")).await;
 }
 
 /// Bytes of the tarballs under `root` (dot-directories are not the cache's).
@@ -506,7 +529,7 @@ async fn npg_import_puts_the_tarballs_in_the_bucket() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", crate::warm::text(&out));
-    assert_eq!(s3.keys().await, fixture_keys("site/"));
+    keys_settle(&s3, &fixture_keys("site/")).await;
     let a = s3
         .object("site/np/npg-fixture-a/npg-fixture-a-2.0.0.tgz")
         .await
@@ -593,10 +616,38 @@ async fn a_cluster_on_one_bucket_fetches_each_file_from_upstream_once() {
         1,
         "one upstream fetch for the cluster"
     );
-    assert_eq!(s3.keys().await, ["sh/shared/shared-1.0.0.tgz"]);
+    keys_settle(&s3, &["sh/shared/shared-1.0.0.tgz"]).await;
     let mut followed = 0.0;
     for npg in &replicas {
         followed += npg.metric("npg_tarball_downloads_total{role=\"follow\"}").await;
     }
     assert!(followed >= 2.0, "the other replicas waited for the object: {followed}");
+}
+
+/// A client has the whole verified tarball without waiting for its upload to the bucket: here
+/// the bucket hangs once the download began, and the upload waits out S3_TIMEOUT (2 s).
+#[tokio::test]
+async fn a_download_does_not_wait_for_its_upload() {
+    let (up, s3) = (BlobRegistry::start(), S3Server::start().await);
+    let bytes = noise(1 << 20, 11);
+    up.set_package("slowly", vec![blob("1.0.0", "slowly-1.0.0.tgz", &bytes)]);
+    up.set_pause(Duration::from_millis(30));
+    let npg = start(&up.url(), &s3, "npg/", &[]);
+    let url = format!("{}/slowly/-/slowly-1.0.0.tgz", npg.proxy_url);
+    let started = Instant::now();
+    let fetch = tokio::spawn(async move { support::http::get(&url, &[]).await });
+    wait_for(Duration::from_secs(10), "the download from upstream", async || {
+        up.tarball_hits("slowly", "slowly-1.0.0.tgz") > 0
+    })
+    .await;
+    s3.signal("STOP");
+    let reply = fetch.await.unwrap();
+    let took = started.elapsed();
+    s3.signal("CONT");
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == bytes, "the verified bytes");
+    assert!(
+        took < Duration::from_millis(1800),
+        "the client waited for the upload: {took:?}"
+    );
 }

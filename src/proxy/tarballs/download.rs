@@ -104,7 +104,12 @@ impl Download {
             return fail(&mut out, Failure::UndeclaredScript).await;
         }
         let on_disk = out.pending.is_some();
-        self.keep(out.pending.take()).await;
+        // The disk keeps it before its clients have it all (a quick rename: a client done can
+        // count on the cache); a bucket's upload is not waited for.
+        let uploads = self.store.as_ref().is_some_and(|s| s.bucket().is_some());
+        if !uploads {
+            self.keep(out.pending.take()).await;
+        }
         out.state.send_replace(State::Verified { length: total });
         if let (Some(direct), Some(last)) = (out.direct.take(), held) {
             // With the file, a client that cannot take it now reads it there.
@@ -113,6 +118,8 @@ impl Download {
                 false => direct.send(Ok(last)).await.map_err(|_| ()),
             };
         }
+        // Until it is uploaded the download stays in flight: a new miss joins it.
+        self.keep(out.pending.take()).await;
     }
 
     /// Appends to the temp file; a failure stops the file (joiners are told), never the hash.

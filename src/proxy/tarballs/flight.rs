@@ -51,9 +51,10 @@ pub(crate) enum Failure {
 }
 
 impl State {
-    /// Whether a new client can still read the download from its temp file.
+    /// Whether a new client can still read the download from its temp file (verified, it is
+    /// there until it is stored).
     pub(crate) fn joinable(&self) -> bool {
-        matches!(self, State::Asking | State::Streaming { .. })
+        matches!(self, State::Asking | State::Streaming { .. } | State::Verified { .. })
     }
 }
 

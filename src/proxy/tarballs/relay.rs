@@ -98,7 +98,8 @@ async fn from_file(
         if done {
             return Ok(());
         }
-        if state.changed().await.is_err() && state.borrow().joinable() {
+        let unfinished = |s: &State| matches!(s, State::Asking | State::Streaming { .. });
+        if state.changed().await.is_err() && unfinished(&state.borrow()) {
             return Err(ended_early());
         }
     }

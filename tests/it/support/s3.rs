@@ -64,6 +64,16 @@ impl S3Server {
         .collect()
     }
 
+    /// Sends the server a signal (`STOP`: it hangs with its connections open; `CONT`).
+    pub fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// Stops the server (SIGKILL): moto keeps its objects in memory, so they are gone too.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
