@@ -207,12 +207,8 @@ pub fn render(
     doc.rewrite_tarballs(name, public_base);
     let notice = notice(name, &verdict.hidden, facts.len());
     let full = doc.to_full();
-    let abbreviated = doc.to_abbreviated(meta.fetched_ms);
-    // The upstream document (up to tens of MB) goes before the two renderings are compressed.
-    drop(doc);
-    drop(plain);
     let full_body = restrictions::append(full.body, name.as_str(), &verdict.hidden);
-    let abbreviated = restrictions::append(abbreviated, name.as_str(), &verdict.hidden);
+    let abbreviated = restrictions::append(doc.to_abbreviated(meta.fetched_ms), name.as_str(), &verdict.hidden);
     Ok(Package {
         name: name.clone(),
         full: Variant::new(full_body),
