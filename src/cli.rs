@@ -154,6 +154,9 @@ async fn serve(settings: Settings, checked: Preflight) -> anyhow::Result<()> {
     }
     stop.cancel();
     while servers.join_next().await.is_some() {}
+    if !app.tarballs.landed(settings.shutdown_timeout).await {
+        tracing::warn!(bound = ?settings.shutdown_timeout, "tarball downloads still running at exit; not stored");
+    }
     if !jobs.stopped(settings.shutdown_timeout).await {
         tracing::warn!(bound = ?settings.shutdown_timeout, "background jobs still running at exit");
     }

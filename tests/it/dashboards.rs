@@ -322,6 +322,8 @@ async fn busy_npg_scrape() -> String {
     // signatures are checked once the registry's keys are in force
     wait_for(&format!("{}/api/health", npg.base), r#""count":1"#).await;
     let proxy = &npg.proxy_url;
+    // a cold tarball miss first: asked early (where this upstream does not keep it)
+    get_ok(&format!("{proxy}/npg-fixture-b/-/npg-fixture-b-1.0.0.tgz"), 200).await;
     get_ok(&format!("{proxy}/npg-fixture-a"), 200).await;
     get_ok(&format!("{proxy}/npg-fixture-a/-/npg-fixture-a-1.0.0.tgz"), 200).await;
     get_ok(&format!("{proxy}/npg-legacy"), 403).await;

@@ -651,3 +651,21 @@ async fn a_download_does_not_wait_for_its_upload() {
         "the client waited for the upload: {took:?}"
     );
 }
+
+/// An upload still running when npg is told to stop is finished before it exits: what was
+/// fetched lands in the bucket (a 24 MB upload to moto outlasts an exit that does not wait).
+#[tokio::test]
+async fn a_stopping_npg_finishes_its_uploads() {
+    let (up, s3) = (BlobRegistry::start(), S3Server::start().await);
+    let bytes = noise(24 << 20, 12);
+    up.set_package("last", vec![blob("1.0.0", "last-1.0.0.tgz", &bytes)]);
+    let mut npg = start(&up.url(), &s3, "", &[]);
+    let url = format!("{}/last/-/last-1.0.0.tgz", npg.proxy_url);
+    assert!(support::http::get(&url, &[]).await.body == bytes);
+    npg.signal("TERM");
+    assert!(npg.wait_exit(Duration::from_secs(20)).is_some(), "npg exits");
+    assert!(
+        s3.object("la/last/last-1.0.0.tgz").await == Some(bytes),
+        "the upload was finished"
+    );
+}

@@ -100,18 +100,6 @@ impl TarballStore {
         self.hot.insert(name, file, bytes).await;
     }
 
-    /// Whether a tarball is kept here (memory or disk), without reading it; a name that could
-    /// leave the root counts as kept (nothing is fetched for it).
-    pub(crate) async fn holds(&self, name: &PackageName, file: &str) -> bool {
-        if self.hot.get(name, file).await.is_some() {
-            return true;
-        }
-        match self.path(name, file) {
-            Some(path) => tokio::fs::try_exists(path).await.unwrap_or(true),
-            None => true,
-        }
-    }
-
     /// A cached tarball: from memory, or read whole from disk when small (then kept in
     /// memory), else opened for streaming. At most one trip to the blocking pool.
     pub(crate) async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {

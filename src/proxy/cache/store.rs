@@ -110,9 +110,10 @@ impl Store {
         found
     }
 
-    /// Whether a tarball is kept on this replica's disk (or its memory), without reading it.
-    pub(crate) async fn holds_locally(&self, name: &PackageName, file: &str) -> bool {
-        self.disk.holds(name, file).await
+    /// Whether a tarball is a file on this replica's disk: one `stat`, for callers that hold
+    /// a lock (a download stores its file there before it ends).
+    pub(crate) fn kept_locally(&self, name: &PackageName, file: &str) -> bool {
+        self.disk.path(name, file).is_some_and(|p| p.is_file())
     }
 
     /// A stored tarball, not counted (a download that just ended looks for its result).

@@ -76,6 +76,9 @@ pub(crate) struct Flights {
 /// for joiners while it has a temp file (`landing` takes it out when it ends).
 pub(crate) enum Role {
     Join(Arc<Flight>),
+    /// The download this miss would have joined ended and stored the file after the miss
+    /// looked for it: read it from the store.
+    Stored,
     Lead {
         state: watch::Sender<State>,
         landing: Option<Landing>,
@@ -103,12 +106,16 @@ impl Flights {
     }
 
     /// Joins the download of `file` in flight, or starts one writing to a temp file from
-    /// `temp` (without one when the disk refuses: then nobody can join it).
+    /// `temp` (without one when the disk refuses: then nobody can join it). `stored` says
+    /// whether the file is in the store now: a download leaves the map only once it stored
+    /// the file, so asking under the map's lock closes the gap between a miss's lookup and
+    /// this call, where the download it would have joined could end.
     pub(crate) fn lead_or_join(
         self: &Arc<Self>,
         name: &PackageName,
         file: &str,
         temp: impl FnOnce() -> io::Result<Pending>,
+        stored: impl FnOnce() -> bool,
     ) -> Role {
         let key = (name.clone(), file.to_string());
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,6 +123,9 @@ impl Flights {
             && flight.state.borrow().joinable()
         {
             return Role::Join(flight.clone());
+        }
+        if stored() {
+            return Role::Stored;
         }
         let pending = match temp() {
             Ok(p) => p,
@@ -143,6 +153,21 @@ impl Flights {
     }
 }
 
+impl Flights {
+    /// Waits, at most `within`, until no download is in flight (at shutdown: what was
+    /// fetched is stored); whether they all ended.
+    pub(crate) async fn landed(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.map.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
 /// Removes a led download from the map when its leader ends, however it ends.
 pub(crate) struct Landing {
     flights: Arc<Flights>,
@@ -157,5 +182,38 @@ impl Drop for Landing {
         if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
             map.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::cache::disk::TarballStore;
+
+    fn role(flights: &Arc<Flights>, disk: &TarballStore, stored: bool) -> Role {
+        let name = PackageName::parse("p").unwrap();
+        flights.lead_or_join(&name, "p-1.0.0.tgz", || disk.pending(), || stored)
+    }
+
+    /// A miss that finds no download in flight but the file stored (the download it would
+    /// have joined ended after the miss looked) reads the store instead of fetching again.
+    #[test]
+    fn a_miss_after_a_download_landed_reads_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = TarballStore::new(dir.path(), 0).unwrap();
+        let flights = Arc::new(Flights::default());
+        assert!(matches!(role(&flights, &disk, true), Role::Stored));
+        let leader = role(&flights, &disk, false);
+        assert!(matches!(leader, Role::Lead { landing: Some(_), .. }));
+        // While a download is in flight (verified, not yet stored), a miss joins it.
+        if let Role::Lead { state, .. } = &leader {
+            state.send_replace(State::Verified { length: 1 });
+        }
+        assert!(matches!(role(&flights, &disk, true), Role::Join(_)));
+        drop(leader);
+        assert!(matches!(
+            role(&flights, &disk, false),
+            Role::Lead { landing: Some(_), .. }
+        ));
     }
 }

@@ -180,7 +180,7 @@ impl Tarballs {
         }
         let policy = self.guard.policy();
         let refused = policy.package(name.as_str()).is_some() || policy.version(name.as_str(), version).is_some();
-        if refused || self.flights.in_flight(name, file) || self.store.holds_locally(name, file).await {
+        if refused || self.flights.in_flight(name, file) || self.store.kept_locally(name, file) {
             return None;
         }
         let url = self.layout_url(name, file);
@@ -254,10 +254,17 @@ impl Tarballs {
         lease: Option<Arc<RedisLock>>,
     ) -> Result<(TarballBody, bool), Failure> {
         let role = match shared {
-            true => self.flights.lead_or_join(name, file, || self.store.pending()),
+            true => {
+                let stored = || self.store.kept_locally(name, file);
+                self.flights.lead_or_join(name, file, || self.store.pending(), stored)
+            }
             false => Role::alone(),
         };
         let (direct, file_handle, state) = match role {
+            Role::Stored => match self.store.open(name, file, expected).await {
+                Some(found) => return Ok((found.into(), true)),
+                None => return Err(Failure::Disk),
+            },
             Role::Join(flight) => {
                 self.metrics.tarball_download("join");
                 if let Some(lease) = lease {
@@ -364,6 +371,12 @@ impl Tarballs {
             }
         };
         self.store.purge(name, files.as_deref()).await
+    }
+
+    /// Waits, at most `within`, for the downloads in flight to end and be stored (a bucket's
+    /// upload goes on after its clients were served); whether they did.
+    pub(crate) async fn landed(&self, within: std::time::Duration) -> bool {
+        self.flights.landed(within).await
     }
 
     /// Where tarballs are kept (for health).
