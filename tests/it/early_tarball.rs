@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::blob_registry::{BlobRegistry, blob, sri};
 use crate::support::npg::NpgProcess;
 use crate::support::{self, tls};
 
@@ -15,15 +15,6 @@ const HOLD: Duration = Duration::from_secs(3);
 
 const USED: &str = "npg_tarball_early_requests_total{result=\"used\"}";
 const UNUSED: &str = "npg_tarball_early_requests_total{result=\"unused\"}";
-
-fn blob<'a>(version: &'a str, file: &'a str, bytes: &[u8]) -> Blob<'a> {
-    Blob {
-        version,
-        file,
-        bytes: bytes.to_vec(),
-        integrity: Some(sri(bytes)),
-    }
-}
 
 async fn fetch(npg: &NpgProcess, name: &str, file: &str) -> support::http::Reply {
     support::http::get(&format!("{}/{name}/-/{file}", npg.proxy_url), &[]).await

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 
 use crate::support;
-use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::blob_registry::{Blob, BlobRegistry, blob, sri};
 use crate::support::clients::{Client, Project};
 use crate::support::feed_server::FakeFeed;
 use crate::support::npg::NpgProcess;
@@ -53,16 +53,6 @@ async fn tarball_requests(up: &FakeRegistry) -> usize {
         .iter()
         .map(|n| up.tarball_requests_any(n))
         .sum()
-}
-
-/// A version's tarball with its integrity.
-fn blob<'a>(version: &'a str, file: &'a str, bytes: &[u8]) -> Blob<'a> {
-    Blob {
-        version,
-        file,
-        bytes: bytes.to_vec(),
-        integrity: Some(sri(bytes)),
-    }
 }
 
 /// Waits until the bucket holds exactly `want` (a download's upload ends after its clients

@@ -10,20 +10,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support;
-use crate::support::blob_registry::{Blob, BlobRegistry, sri};
+use crate::support::blob_registry::{BlobRegistry, blob, sri};
 use crate::support::feed_server::FakeFeed;
 use crate::support::noise;
 use crate::support::npg::NpgProcess;
-
-fn blob<'a>(version: &'a str, file: &'a str, bytes: Vec<u8>) -> Blob<'a> {
-    let integrity = Some(sri(&bytes));
-    Blob {
-        version,
-        file,
-        bytes,
-        integrity,
-    }
-}
 
 /// The status and, when it arrives whole, the body; `None` when it broke off.
 async fn fetch(url: &str) -> (u16, Option<Vec<u8>>) {

@@ -31,6 +31,17 @@ pub struct Blob<'a> {
     pub integrity: Option<String>,
 }
 
+/// A version served as `bytes`, with their integrity.
+pub fn blob<'a>(version: &'a str, file: &'a str, bytes: impl AsRef<[u8]>) -> Blob<'a> {
+    let bytes = bytes.as_ref().to_vec();
+    Blob {
+        version,
+        file,
+        integrity: Some(sri(&bytes)),
+        bytes,
+    }
+}
+
 #[derive(Default)]
 struct Blobs {
     docs: HashMap<String, Vec<u8>>,
