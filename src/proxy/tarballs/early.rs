@@ -109,6 +109,7 @@ impl Drop for Claim {
         let mut started = self.earlies.lock();
         if started.get(&self.key).is_some_and(|e| e.id == self.id) {
             let unused = started.remove(&self.key);
+            // Aborted (and counted) outside the lock.
             drop(started);
             drop(unused);
         }

@@ -151,9 +151,7 @@ impl Flights {
             pending: Some(pending),
         }
     }
-}
 
-impl Flights {
     /// Waits, at most `within`, until no download is in flight (at shutdown: what was
     /// fetched is stored); whether they all ended.
     pub(crate) async fn landed(&self, within: std::time::Duration) -> bool {

@@ -260,6 +260,16 @@ impl Tarballs {
             }
             false => Role::alone(),
         };
+        let lease = match (&role, lease) {
+            (Role::Lead { .. }, lease) => lease,
+            (_, lease) => {
+                // This replica's own download fills it, or has.
+                if let Some(lease) = lease {
+                    tokio::spawn(async move { lease.release().await });
+                }
+                None
+            }
+        };
         let (direct, file_handle, state) = match role {
             Role::Stored => match self.store.open(name, file, expected).await {
                 Some(found) => return Ok((found.into(), true)),
@@ -267,10 +277,6 @@ impl Tarballs {
             },
             Role::Join(flight) => {
                 self.metrics.tarball_download("join");
-                if let Some(lease) = lease {
-                    // This replica's own download fills it.
-                    tokio::spawn(async move { lease.release().await });
-                }
                 match tokio::fs::File::open(&flight.temp).await {
                     Ok(f) => (None, Some(f), flight.state.clone()),
                     // Renamed into the cache just now, or failed: the cache, else lead anew.
