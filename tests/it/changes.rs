@@ -143,6 +143,11 @@ async fn two_replicas(
         redis_get(redis, "npg:lock:changes").is_some()
     })
     .await;
+    // Events are hints: one published before a replica subscribed is lost to it.
+    wait_for(Duration::from_secs(15), "both replicas listen for events", || async {
+        redis.command(&["PUBSUB", "NUMSUB", "npg:events"]).ends_with(":2\r\n")
+    })
+    .await;
     let holder = redis_get(redis, "npg:lock:changes").unwrap();
     if holder.starts_with("a:") {
         (a, b, "a", "b")
