@@ -57,6 +57,13 @@ struct Blobs {
     hold: Duration,
 }
 
+impl Blobs {
+    /// Where `set_package` puts tarballs.
+    fn folder(&self) -> &'static str {
+        if self.npm_layout { "registry" } else { "files" }
+    }
+}
+
 pub struct BlobRegistry {
     origin: String,
     blobs: Arc<Mutex<Blobs>>,
@@ -94,7 +101,7 @@ impl BlobRegistry {
     pub fn set_package(&self, name: &str, versions: Vec<Blob<'_>>) {
         let mut doc_versions = Map::new();
         let mut blobs = self.blobs.lock().unwrap();
-        let folder = if blobs.npm_layout { "registry" } else { "files" };
+        let folder = blobs.folder();
         let published = blobs
             .published
             .clone()
@@ -127,7 +134,7 @@ impl BlobRegistry {
     /// Requests upstream received for the tarball `file` of `name` (where `set_package` put it).
     pub fn tarball_hits(&self, name: &str, file: &str) -> usize {
         let b = self.blobs.lock().unwrap();
-        let folder = if b.npm_layout { "registry" } else { "files" };
+        let folder = b.folder();
         b.hits.get(&format!("/{folder}/{name}/-/{file}")).copied().unwrap_or(0)
     }
 
