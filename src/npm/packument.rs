@@ -70,8 +70,9 @@ pub(crate) struct VersionFacts {
     pub(crate) install_script: bool,
 }
 
-/// Each version's `dist`, in the order of `VersionFacts`, none where it has none.
-pub(crate) type Dists = Vec<Option<Value>>;
+/// Each version's `dist` as upstream wrote it, in the order of `VersionFacts`, none where it
+/// has none.
+pub(crate) type Dists<'a> = Vec<Option<&'a RawValue>>;
 
 /// Versions, tags and tarballs of one packument.
 #[derive(Debug, Default, Clone)]
@@ -157,13 +158,13 @@ impl<'a> Document<'a> {
 
     /// Indexes the tarballs by file name, from the original (upstream) URLs, and tells what
     /// the guard judges each version by, and each version's `dist` (what its registry
-    /// signatures cover): one parse of each manifest for all three.
-    pub(crate) fn index(&self, name: &PackageName) -> (Index, Vec<VersionFacts>, Dists) {
+    /// signatures cover) as the text it is: one parse of each manifest for all three.
+    pub(crate) fn index(&self, name: &PackageName) -> (Index, Vec<VersionFacts>, Dists<'a>) {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
-        struct Head {
-            #[serde(default)]
-            dist: Option<Value>,
+        struct Head<'a> {
+            #[serde(default, borrow)]
+            dist: Option<&'a RawValue>,
             #[serde(default)]
             scripts: Option<Value>,
             #[serde(default)]
@@ -171,7 +172,16 @@ impl<'a> Document<'a> {
             #[serde(default)]
             gypfile: Option<Value>,
         }
-        impl Head {
+        #[derive(serde::Deserialize)]
+        struct Dist {
+            #[serde(default)]
+            tarball: Option<Value>,
+            #[serde(default)]
+            integrity: Option<Value>,
+            #[serde(default)]
+            shasum: Option<Value>,
+        }
+        impl Head<'_> {
             /// npm's `hasInstallScript` rule: an install hook, or a `binding.gyp` (npm runs
             /// `node-gyp rebuild` for it; the registry records it as `gypfile`).
             fn install_script(&self) -> bool {
@@ -185,20 +195,21 @@ impl<'a> Document<'a> {
         let mut facts = Vec::with_capacity(self.versions.len());
         let mut dists = Vec::with_capacity(self.versions.len());
         for (version, raw) in &self.versions {
-            let mut head = serde_json::from_str::<Head>(raw.get()).ok();
-            let dist = head.as_mut().and_then(|h| h.dist.take());
-            let field = |k: &str| {
-                let value = dist.as_ref().and_then(|d| d.get(k));
+            let head = serde_json::from_str::<Head<'a>>(raw.get()).ok();
+            let dist = head.as_ref().and_then(|h| h.dist);
+            let fields = dist.and_then(|d| serde_json::from_str::<Dist>(d.get()).ok());
+            let field = |f: fn(&Dist) -> &Option<Value>| {
+                let value = fields.as_ref().and_then(|d| f(d).as_ref());
                 value.and_then(Value::as_str).map(str::to_string)
             };
-            let upstream_url = field("tarball");
+            let upstream_url = field(|d| &d.tarball);
             let file = tarball_file(name, version, upstream_url.as_deref());
             let install_script = head.as_ref().is_some_and(Head::install_script);
             let info = TarballInfo {
                 version: version.clone(),
                 upstream_url,
-                integrity: field("integrity"),
-                shasum: field("shasum"),
+                integrity: field(|d| &d.integrity),
+                shasum: field(|d| &d.shasum),
                 install_script,
             };
             index.files.insert(file, info);
@@ -312,7 +323,8 @@ impl<'a> Document<'a> {
     }
 
     fn write_full(&self, manifests: &mut Manifests) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.top.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum());
+        let size = self.top.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum::<usize>();
+        let mut out = Vec::with_capacity(size + self.rewrite_growth());
         out.push(b'{');
         for (i, (key, raw)) in self.top.iter().enumerate() {
             if i > 0 {
@@ -327,7 +339,17 @@ impl<'a> Document<'a> {
             }
         }
         out.push(b'}');
+        out.shrink_to_fit();
         out
+    }
+
+    /// At most how much rewriting the tarball URLs adds: the new URLs' length, for the
+    /// output's first allocation. Growing a buffer of tens of MB copies it and leaves both
+    /// resident; unused capacity of a large allocation is never touched, and is given back.
+    fn rewrite_growth(&self) -> usize {
+        let Some((name, base)) = &self.rewrite else { return 0 };
+        let url = base.len() + 2 * name.as_str().len() + ".tgz".len() + 8;
+        self.versions.keys().map(|v| url + v.len()).sum()
     }
 
     /// When the document last changed, as npm's abbreviated form says it: `time.modified`,
@@ -356,7 +378,14 @@ impl<'a> Document<'a> {
     /// npm's abbreviated form, keeping `time` for the release-age gates of pnpm and yarn;
     /// `fetched_ms` is when npg fetched it (the last resort for `modified`).
     pub(crate) fn to_abbreviated(&self, fetched_ms: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.versions.values().map(|v| v.get().len() / 4).sum::<usize>() + 256);
+        // Abbreviated manifests are smaller than the full ones, and `time` is as upstream sent it.
+        let versions = self.versions.values().map(|v| v.get().len() + 1).sum::<usize>();
+        let time = self
+            .top
+            .iter()
+            .find(|(k, _)| k == "time")
+            .map_or(0, |(_, t)| t.get().len());
+        let mut out = Vec::with_capacity(versions + time + self.rewrite_growth() + 4096);
         out.push(b'{');
         let mut first = true;
         let mut member = |out: &mut Vec<u8>, key: &str| {
@@ -383,6 +412,7 @@ impl<'a> Document<'a> {
             serde_json::to_writer(&mut out, time).expect("writing to a Vec");
         }
         out.push(b'}');
+        out.shrink_to_fit();
         out
     }
 }

@@ -208,7 +208,13 @@ pub fn render(
     let notice = notice(name, &verdict.hidden, facts.len());
     let full = doc.to_full();
     let full_body = restrictions::append(full.body, name.as_str(), &verdict.hidden);
-    let abbreviated = restrictions::append(doc.to_abbreviated(meta.fetched_ms), name.as_str(), &verdict.hidden);
+    // The abbreviated form is written from the full one (filtered and rewritten alike), so
+    // the upstream document can go first: a 40 MB one and both renderings are never held at
+    // once. Reading the rendering again costs a fraction of writing it.
+    drop(doc);
+    drop(plain);
+    let abbreviated = Document::parse(&full_body, name)?.to_abbreviated(meta.fetched_ms);
+    let abbreviated = restrictions::append(abbreviated, name.as_str(), &verdict.hidden);
     Ok(Package {
         name: name.clone(),
         full: Variant::new(full_body),
@@ -240,6 +246,8 @@ fn check_signatures(name: &PackageName, facts: &[VersionFacts], dists: Dists, po
     let mut states = SigStates::with_capacity(facts.len());
     for (facts, dist) in facts.iter().zip(dists) {
         let version = facts.version.as_str();
+        // One at a time: all of them parsed at once would outweigh the index.
+        let dist = dist.and_then(|d| serde_json::from_str::<serde_json::Value>(d.get()).ok());
         let state = rules.keys.check(name.as_str(), version, dist.as_ref(), facts.published);
         if matches!(state, SigState::Invalid { .. } | SigState::UnknownKey { .. }) && !rules.keys.is_empty() {
             tracing::warn!(package = %name, version, signature = ?state, "registry signature not valid");
@@ -331,6 +339,54 @@ mod tests {
             full["versions"]["1.0.0"]["dist"]["tarball"],
             "http://npg/npm/a/-/a-1.0.0.tgz"
         );
+    }
+
+    #[test]
+    fn the_abbreviated_form_read_from_the_full_one_is_the_upstream_documents() {
+        let doc = serde_json::json!({
+            "_id": "a", "name": "a", "readme": "big", "dist-tags": {"latest": "2.0.0", "beta": "3.0.0-b"},
+            "time": {"created": "2023-01-01T00:00:00.000Z", "1.0.0": "2024-01-01T00:00:00.000Z",
+                     "2.0.0": "2024-02-01T00:00:00.000Z", "3.0.0-b": "2024-03-01T00:00:00.000Z"},
+            "versions": {
+                "1.0.0": {"name": "a", "version": "1.0.0", "description": "x", "scripts": {"install": "node x"},
+                          "dependencies": {"b": "^1.2"}, "dist": {"tarball": "http://up/a/-/a-1.0.0.tgz",
+                          "integrity": "sha512-AA==", "signatures": [{"keyid": "k", "sig": "s"}]}},
+                "2.0.0": {"name": "a", "version": "2.0.0", "engines": {"node": ">=18"}, "n": 1.5e300,
+                          "dist": {"tarball": "http://up/a/-/a-2.0.0.tgz", "shasum": "ab"}},
+                "3.0.0-b": {"name": "a", "version": "3.0.0-b", "dist": {"tarball": "http://up/a/-/a-3.0.0-b.tgz"}}
+            }
+        });
+        let plain = serde_json::to_vec(&doc).unwrap();
+        let name = PackageName::parse("a").unwrap();
+        let policy = policy(1, "packages:\n  - name: a\n    versions: ['2.0.0']\n");
+        let meta = DocMeta {
+            etag: None,
+            fetched_ms: 1,
+            checked_ms: 1,
+        };
+        let raw = Raw {
+            plain: Some(plain.clone().into()),
+            gz: None,
+        };
+        let p = render(&name, raw, &meta, &policy, "http://npg/npm", 0).unwrap();
+        // What writing it straight from the upstream document gives.
+        let mut upstream = Document::parse(&plain, &name).unwrap();
+        upstream.hide(|v| p.hidden.contains_key(v));
+        upstream.rewrite_tarballs(&name, "http://npg/npm");
+        let direct = restrictions::append(upstream.to_abbreviated(1), "a", &p.hidden);
+        assert_eq!(
+            String::from_utf8_lossy(&p.abbreviated.body),
+            String::from_utf8_lossy(&direct)
+        );
+        let abbreviated: serde_json::Value = serde_json::from_slice(&p.abbreviated.body).unwrap();
+        assert_eq!(abbreviated["dist-tags"]["latest"], "1.0.0");
+        assert_eq!(abbreviated["versions"]["1.0.0"]["hasInstallScript"], true);
+        assert_eq!(
+            abbreviated["versions"]["1.0.0"]["dist"]["tarball"],
+            "http://npg/npm/a/-/a-1.0.0.tgz"
+        );
+        assert!(abbreviated["policyRestrictions"]["versions"]["2.0.0"].is_object());
+        assert!(abbreviated.get("readme").is_none());
     }
 
     #[test]
