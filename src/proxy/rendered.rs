@@ -167,7 +167,15 @@ pub enum RenderError {
 /// A gzip'd document decoded, refused beyond `max` bytes (what is read back from Redis is
 /// not trusted to be small).
 pub(crate) fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, RenderError> {
-    let mut out = Vec::with_capacity(gz.len().saturating_mul(6).min(max));
+    // The trailer tells the size (mod 4 GiB; a hint only, within what deflate can expand
+    // to), so a 40 MB document is not grown by doubling, with a copy each time.
+    let trailer = gz
+        .len()
+        .checked_sub(4)
+        .and_then(|at| gz.get(at..))
+        .and_then(|t| t.try_into().ok());
+    let size = trailer.map_or(gz.len().saturating_mul(6), |t| u32::from_le_bytes(t) as usize);
+    let mut out = Vec::with_capacity(size.min(gz.len().saturating_mul(1032)).min(max));
     let mut decoder = flate2::read::GzDecoder::new(gz).take(max as u64 + 1);
     decoder.read_to_end(&mut out).map_err(RenderError::NotGzip)?;
     if out.len() > max {
@@ -387,6 +395,24 @@ mod tests {
         );
         assert!(abbreviated["policyRestrictions"]["versions"]["2.0.0"].is_object());
         assert!(abbreviated.get("readme").is_none());
+    }
+
+    #[test]
+    fn gunzip_takes_the_trailers_size_as_a_hint_only() {
+        let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_string().into_bytes()).collect();
+        let gz = gzip(&plain, Compression::fast());
+        assert_eq!(gunzip(&gz, 10 << 20).unwrap(), plain);
+        let mut lying = gz.clone();
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(
+            matches!(gunzip(&lying, 10 << 20), Err(RenderError::NotGzip(_))),
+            "the trailer is checked"
+        );
+        lying[at..].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(gunzip(&lying, 10 << 20), Err(RenderError::NotGzip(_))));
+        assert!(matches!(gunzip(&gz, plain.len() - 1), Err(RenderError::TooLarge(_))));
+        assert!(matches!(gunzip(b"\x1f", 100), Err(RenderError::NotGzip(_))));
     }
 
     #[test]
