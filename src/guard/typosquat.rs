@@ -25,7 +25,6 @@
 //! real.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::Path;
 
 use serde::Serialize;
@@ -110,7 +109,7 @@ pub struct Typosquats {
     popular: HashSet<String>,
     lookalikes: HashMap<Vec<u8>, Lookalike>,
     /// Hash of a name or of a name with one character deleted → the names it came from.
-    deletions: HashMap<u64, Vec<u32>, BuildHasherDefault<Prehashed>>,
+    deletions: Deletions,
     source: String,
 }
 
@@ -140,7 +139,7 @@ impl Typosquats {
             names: Vec::new(),
             popular: HashSet::new(),
             lookalikes: HashMap::new(),
-            deletions: HashMap::default(),
+            deletions: Deletions::default(),
             source: source.to_string(),
         };
         for (n, line) in text.lines().enumerate() {
@@ -160,6 +159,7 @@ impl Typosquats {
         if list.names.is_empty() {
             return Err(ListError::Empty);
         }
+        list.deletions.index();
         Ok(list)
     }
 
@@ -177,12 +177,7 @@ impl Typosquats {
                 self.lookalikes.entry(form).or_insert(Lookalike { index, folded });
             }
         }
-        for key in keys(bytes) {
-            let names = self.deletions.entry(key).or_default();
-            if names.last() != Some(&index) {
-                names.push(index);
-            }
-        }
+        self.deletions.pairs.extend(keys(bytes).map(|key| (key, index)));
     }
 
     pub fn len(&self) -> usize {
@@ -248,7 +243,7 @@ impl Typosquats {
     fn edit(&self, name: &[u8]) -> Option<Suspect> {
         let mut best: Option<(u32, Similarity)> = None;
         for key in keys(name) {
-            for &index in self.deletions.get(&key).into_iter().flatten() {
+            for index in self.deletions.get(key) {
                 if best.is_some_and(|(b, _)| b <= index) {
                     continue;
                 }
@@ -341,21 +336,48 @@ fn hash(name: &[u8]) -> u64 {
         .fold(0, |h, &b| h.wrapping_mul(BASE).wrapping_add(u64::from(b)))
 }
 
-/// The deletion index's keys are hashes already; spreading their bits is enough.
+/// The deletion index: (key, name) pairs grouped by bucket, a bucket per pair or so, and where
+/// each bucket starts. 0.9 MB for the built-in list, where a map of lists took 3.5 (a
+/// tenth of npg's idle memory); a lookup is one bucket, as in a map.
 #[derive(Default)]
-struct Prehashed(u64);
+struct Deletions {
+    pairs: Vec<(u64, u32)>,
+    starts: Vec<u32>,
+    shift: u32,
+}
 
-impl Hasher for Prehashed {
-    fn write(&mut self, bytes: &[u8]) {
-        self.write_u64(hash(bytes));
+impl Deletions {
+    /// The keys are hashes already: spreading their bits picks the bucket.
+    fn bucket(&self, key: u64) -> usize {
+        ((key ^ (key >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    /// Groups the pairs added by bucket.
+    fn index(&mut self) {
+        let bits = self.pairs.len().next_power_of_two().trailing_zeros().max(1);
+        self.shift = 64 - bits;
+        let mut pairs = std::mem::take(&mut self.pairs);
+        pairs.sort_unstable_by_key(|&(key, name)| (self.bucket(key), key, name));
+        pairs.dedup();
+        let mut starts = vec![0u32; (1 << bits) + 1];
+        for &(key, _) in &pairs {
+            starts[self.bucket(key) + 1] += 1;
+        }
+        for b in 1..starts.len() {
+            starts[b] += starts[b - 1];
+        }
+        (self.pairs, self.starts) = (pairs, starts);
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    /// The names a key came from.
+    fn get(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
+        let b = self.bucket(key);
+        let range = match self.starts.get(b..b + 2) {
+            Some(&[from, to]) => from as usize..to as usize,
+            _ => 0..0,
+        };
+        let pairs = self.pairs[range].iter();
+        pairs.filter(move |&&(k, _)| k == key).map(|&(_, name)| name)
     }
 }
 
