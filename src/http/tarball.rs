@@ -7,11 +7,10 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio_util::io::ReaderStream;
 
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::proxy::cache::disk::Cached;
+use crate::proxy::cache::disk::{self, Cached};
 use crate::proxy::tarballs::TarballBody;
 
 use super::packument::etag_matches;
@@ -60,8 +59,7 @@ pub(crate) fn respond(
             builder = builder.header(header::CONTENT_LENGTH, len);
             match cached {
                 Cached::Whole(bytes) => Body::from(bytes),
-                // Large reads: each is a trip to the blocking pool.
-                Cached::File(f, _) => Body::from_stream(ReaderStream::with_capacity(f, STREAM_CHUNK)),
+                Cached::File(f, len) => Body::from_stream(disk::stream(f, len, STREAM_CHUNK)),
             }
         }
         TarballBody::Download(rx, len) => {

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::Stream;
 use tempfile::TempPath;
 
 use super::hot::HotTarballs;
@@ -19,8 +20,37 @@ const READ_WHOLE_MAX: u64 = 256 * 1024;
 /// A tarball found on disk.
 pub(crate) enum Cached {
     Whole(Bytes),
-    /// Too large to hold: a file to stream, and its length.
-    File(tokio::fs::File, u64),
+    /// Too large to hold: a file to stream (`stream`), and its length.
+    File(std::fs::File, u64),
+}
+
+/// `len` bytes of a cached file in chunks of up to `chunk`, each read straight into the
+/// buffer it is sent in (one trip to the blocking pool per chunk). Through tokio's file and a
+/// reader stream each chunk was copied once more: an eighth of npg's CPU serving a 5 MB
+/// tarball (`perf`). A file shorter than `len` ends the stream with an error.
+pub(crate) fn stream(file: std::fs::File, len: u64, chunk: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::unfold(Some((file, len)), move |state| async move {
+        let (file, left) = state?;
+        if left == 0 {
+            return None;
+        }
+        let want = left.min(chunk as u64);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::with_capacity(want as usize);
+            let read = (&file).take(want).read_to_end(&mut buf);
+            (file, read.map(|_| buf))
+        })
+        .await;
+        match read {
+            Ok((file, Ok(buf))) if !buf.is_empty() => {
+                let rest = left - buf.len() as u64;
+                Some((Ok(Bytes::from(buf)), Some((file, rest))))
+            }
+            Ok((_, Ok(_))) => Some((Err(io::ErrorKind::UnexpectedEof.into()), None)),
+            Ok((_, Err(e))) => Some((Err(e), None)),
+            Err(e) => Some((Err(io::Error::other(e)), None)),
+        }
+    })
 }
 
 impl Cached {
@@ -118,7 +148,7 @@ impl TarballStore {
                 let _ = f.set_modified(SystemTime::now());
             }
             if meta.len() > READ_WHOLE_MAX {
-                return Some(Cached::File(tokio::fs::File::from_std(f), meta.len()));
+                return Some(Cached::File(f, meta.len()));
             }
             // Cached files are complete and never rewritten in place (atomic rename only).
             let mut bytes = Vec::with_capacity(meta.len() as usize);
@@ -213,6 +243,7 @@ impl TarballStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
@@ -238,7 +269,22 @@ mod tests {
         store.persist(p, &name, "core-7.24.0.tgz").await.unwrap();
         let cached = store.open(&name, "core-7.24.0.tgz").await.unwrap();
         assert_eq!(cached.size(), big.len() as u64);
-        assert!(matches!(cached, Cached::File(..)), "a large tarball is streamed");
+        let Cached::File(file, len) = cached else {
+            panic!("a large tarball is streamed")
+        };
+        let chunks: Vec<Bytes> = stream(file, len, 100_000).map(Result::unwrap).collect().await;
+        assert_eq!(
+            chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [100_000, 100_000, 62_145]
+        );
+        assert_eq!(chunks.concat(), big);
+        let file = std::fs::File::open(store.path(&name, "core-7.24.0.tgz").unwrap()).unwrap();
+        let short: Vec<io::Result<Bytes>> = stream(file, len + 10, 1 << 20).collect().await;
+        assert_eq!(short.len(), 2);
+        assert!(
+            matches!(&short[1], Err(e) if e.kind() == io::ErrorKind::UnexpectedEof),
+            "a short file fails"
+        );
         assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
     }
 
