@@ -337,8 +337,8 @@ fn hash(name: &[u8]) -> u64 {
 }
 
 /// The deletion index: (key, name) pairs grouped by bucket, a bucket per pair or so, and where
-/// each bucket starts. 0.9 MB for the built-in list, where a map of lists took 3.5 (a
-/// tenth of npg's idle memory); a lookup is one bucket, as in a map.
+/// each bucket starts; a lookup reads one bucket, as in a map. With the built-in list npg idles
+/// in 2 MB less than with a map of lists (anonymous memory 4.9 MB instead of 7.0).
 #[derive(Default)]
 struct Deletions {
     pairs: Vec<(u64, u32)>,
