@@ -202,9 +202,9 @@ class Npg:
     """One npg on a free loopback port with a fresh STORAGE_DIR; the guard is off unless
     `blacklist` and `feed` name the generated inputs. With `tls` (make_certificates' paths) it
     serves HTTPS on a second port (`url`, `npm` and PROXY_URL are https; plain HTTP answers
-    /-/ping and redirects the rest)."""
+    /-/ping and redirects the rest). `binary`: another build of npg."""
 
-    def __init__(self, procs, work, name, upstream, feed_url, blacklist=None, env=None, tls=None):
+    def __init__(self, procs, work, name, upstream, feed_url, blacklist=None, env=None, tls=None, binary=NPG):
         self.port, self.dir = free_port(), os.path.join(work, name)
         os.makedirs(self.dir)
         self.plain = self.url = f"http://127.0.0.1:{self.port}"
@@ -220,7 +220,7 @@ class Npg:
             "STORAGE_DIR": os.path.join(self.dir, "storage"), "MALWARE_LIST_DIR": os.path.join(self.dir, "feed"),
             "MALWARE_FEED_URL": feed_url, "BLACKLIST_PATH": blacklist or os.path.join(self.dir, "no-blacklist.yml"),
             "METADATA_TTL": "1h", "LOG_LEVEL": "warn", "INSTANCE_NAME": name, **(env or {})}
-        self.procs, self.proc = procs, procs.start(name, [NPG], env=settings)
+        self.procs, self.proc = procs, procs.start(name, [binary], env=settings)
         self.pid = self.proc.pid
         wait_until(lambda: http_get(self.plain + "/-/ping", timeout=2)[0] == 200, 30, f"npg {name}", self.proc, procs)
         if tls:
