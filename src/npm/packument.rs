@@ -126,7 +126,7 @@ impl<'a> Document<'a> {
             .map_err(|e| shape_or_json(e, "not a JSON object"))?
             .into_iter()
             .collect();
-        let member = |key: &str| top.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
+        let member = |key: &str| top_member(&top, key);
         if let Some(n) = member("name") {
             match serde_json::from_str::<Value>(n.get()) {
                 Ok(Value::String(n)) if n != name.as_str() => return Err(DocError::WrongName(n)),
@@ -411,11 +411,7 @@ impl<'a> Document<'a> {
     pub(crate) fn to_abbreviated(&self, fetched_ms: u64) -> Vec<u8> {
         // Abbreviated manifests are smaller than the full ones, and `time` is as upstream sent it.
         let versions = self.versions.values().map(|v| v.get().len() + 1).sum::<usize>();
-        let time = self
-            .top
-            .iter()
-            .find(|(k, _)| k == "time")
-            .map_or(0, |(_, t)| t.get().len());
+        let time = top_member(&self.top, "time").map_or(0, |t| t.get().len());
         let mut out = Vec::with_capacity(versions + time + self.rewrite_growth() + 4096);
         out.push(b'{');
         let mut first = true;
@@ -426,7 +422,7 @@ impl<'a> Document<'a> {
             first = false;
             write_key(out, key);
         };
-        if let Some((_, name)) = self.top.iter().find(|(k, _)| k == "name") {
+        if let Some(name) = top_member(&self.top, "name") {
             member(&mut out, "name");
             out.extend_from_slice(name.get().as_bytes());
         }
@@ -446,6 +442,11 @@ impl<'a> Document<'a> {
         out.shrink_to_fit();
         out
     }
+}
+
+/// A top-level member as upstream wrote it.
+fn top_member<'a>(top: &[(String, &'a RawValue)], key: &str) -> Option<&'a RawValue> {
+    top.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
 }
 
 fn write_key(out: &mut Vec<u8>, key: &str) {
