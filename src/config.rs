@@ -188,7 +188,9 @@ pub(crate) struct Settings {
     #[arg(long, env = "RENDER_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub(crate) render_memory_mb: u64,
 
-    /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB; 0 = none.
+    /// Memory for small tarballs (up to 256 KiB each) also kept in process, in MiB, and as
+    /// much again for large ones while they are sent (one copy per file, shared by its
+    /// clients; beyond it they stream in small reads); 0 = none.
     #[arg(long, env = "TARBALL_MEMORY_MB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=65536))]
     pub(crate) tarball_memory_mb: u64,
 

@@ -22,8 +22,9 @@
 //!   a cold miss asked of upstream beside the packument: `early`);
 //!   `singleflight`; `cache` (L1 rendered responses in process, L2 raw documents in Redis,
 //!   tarballs (`store`: on disk, or in an S3 bucket (`bucket`, `TARBALL_STORE=s3`, read back
-//!   checked against the integrity) behind a bounded local disk cache (`local`)), remembered
-//!   misses, packuments imported from a bundle).
+//!   checked against the integrity) behind a bounded local disk cache (`local`)), small ones
+//!   also in memory (`hot`), large ones shared while sent under a byte budget (`large`),
+//!   remembered misses, packuments imported from a bundle).
 //! - `upstream`: the HTTP client to the registry and the one builder of every HTTP client npg
 //!   makes: deadlines, allowed origins, npg's own credentials (by scope), URL redaction, and
 //!   the breaker that takes a sick upstream as down for the whole cluster.

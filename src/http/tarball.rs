@@ -10,13 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 use crate::npm::name::PackageName;
-use crate::proxy::cache::disk::{self, Cached};
+use crate::proxy::cache::disk::Cached;
 use crate::proxy::tarballs::TarballBody;
 
 use super::packument::etag_matches;
-
-/// Read size when streaming a large cached tarball.
-const STREAM_CHUNK: usize = 512 * 1024;
 
 /// Tarballs never change once published, so name and size identify the bytes on any replica.
 fn etag(name: &PackageName, file: &str, len: u64) -> String {
@@ -59,7 +56,7 @@ pub(crate) fn respond(
             builder = builder.header(header::CONTENT_LENGTH, len);
             match cached {
                 Cached::Whole(bytes) => Body::from(bytes),
-                Cached::File(f, len) => Body::from_stream(disk::stream(f, len, STREAM_CHUNK)),
+                Cached::File(chunks) => Body::from_stream(chunks.stream()),
             }
         }
         TarballBody::Download(rx, len) => {

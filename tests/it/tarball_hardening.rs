@@ -235,3 +235,26 @@ async fn made_up_names_do_not_amplify_into_upstream_fetches() {
     let fetches = up.packument_requests("npg-fixture-a");
     assert!(fetches <= 3, "{fetches} packument fetches for 40 made-up names");
 }
+
+/// A large cached tarball goes to many clients at once from one shared copy, or, when the
+/// memory for copies is spent (`TARBALL_MEMORY_MB=0`), in chunks read for each client: the
+/// same bytes either way.
+#[tokio::test]
+async fn large_cached_tarballs_are_the_same_bytes_shared_or_streamed() {
+    let up = BlobRegistry::start();
+    let bytes = noise(3 << 20, 7);
+    up.set_package("big", vec![blob("1.0.0", "big-1.0.0.tgz", bytes.clone())]);
+    for memory in ["32", "0"] {
+        let npg = NpgProcess::start(&up.url(), &[("TARBALL_MEMORY_MB", memory)]);
+        let url = format!("{}/big/-/big-1.0.0.tgz", npg.proxy_url);
+        assert_eq!(fetch(&url).await, (200, Some(bytes.clone())), "the miss");
+        let clients = (0..8).map(|_| fetch(&url));
+        for (status, body) in futures_util::future::join_all(clients).await {
+            assert_eq!(status, 200);
+            assert!(
+                body.as_ref() == Some(&bytes),
+                "TARBALL_MEMORY_MB={memory}: the bytes cached"
+            );
+        }
+    }
+}

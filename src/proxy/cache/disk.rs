@@ -8,56 +8,28 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::Stream;
 use tempfile::TempPath;
 
 use super::hot::HotTarballs;
+use super::large::{Chunks, FileId, Large, LargeReads};
 use crate::npm::name::PackageName;
 
-/// Tarballs up to this size (most of npm's) are served from one read into memory.
+/// Tarballs up to this size (most of npm's) are served from one read into memory, and kept
+/// there (`HotTarballs`); larger ones are shared while sent (`LargeReads`).
 const READ_WHOLE_MAX: u64 = 256 * 1024;
 
 /// A tarball found on disk.
 pub(crate) enum Cached {
     Whole(Bytes),
-    /// Too large to hold: a file to stream (`stream`), and its length.
-    File(std::fs::File, u64),
-}
-
-/// `len` bytes of a cached file in chunks of up to `chunk`, each read straight into the
-/// buffer it is sent in (one trip to the blocking pool per chunk). Through tokio's file and a
-/// reader stream each chunk was copied once more: an eighth of npg's CPU serving a 5 MB
-/// tarball (`perf`). A file shorter than `len` ends the stream with an error.
-pub(crate) fn stream(file: std::fs::File, len: u64, chunk: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::unfold(Some((file, len)), move |state| async move {
-        let (file, left) = state?;
-        if left == 0 {
-            return None;
-        }
-        let want = left.min(chunk as u64);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(want as usize);
-            let read = (&file).take(want).read_to_end(&mut buf);
-            (file, read.map(|_| buf))
-        })
-        .await;
-        match read {
-            Ok((file, Ok(buf))) if !buf.is_empty() => {
-                let rest = left - buf.len() as u64;
-                Some((Ok(Bytes::from(buf)), Some((file, rest))))
-            }
-            Ok((_, Ok(_))) => Some((Err(io::ErrorKind::UnexpectedEof.into()), None)),
-            Ok((_, Err(e))) => Some((Err(e), None)),
-            Err(e) => Some((Err(io::Error::other(e)), None)),
-        }
-    })
+    /// Too large to hold now: a file to stream.
+    File(Chunks),
 }
 
 impl Cached {
     pub(crate) fn size(&self) -> u64 {
         match self {
             Cached::Whole(b) => b.len() as u64,
-            Cached::File(_, len) => *len,
+            Cached::File(chunks) => chunks.len(),
         }
     }
 }
@@ -66,6 +38,7 @@ pub(crate) struct TarballStore {
     root: PathBuf,
     tmp: PathBuf,
     hot: HotTarballs,
+    large: LargeReads,
     /// Whether a read marks the file used (its mtime): the local cache in front of a bucket
     /// evicts the least recently used first.
     touch: bool,
@@ -95,15 +68,23 @@ impl Pending {
 }
 
 impl TarballStore {
-    /// The store under `root`, keeping up to `memory_bytes` of small tarballs in memory too.
+    /// The store under `root`, keeping up to `memory_bytes` of small tarballs in memory too,
+    /// and as much again of large ones while they are sent.
     pub(crate) fn new(root: &Path, memory_bytes: u64) -> io::Result<TarballStore> {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let tmp = root.join(".tmp");
         std::fs::create_dir_all(&tmp)?;
         let hot = HotTarballs::new(memory_bytes);
+        let large = LargeReads::new(memory_bytes);
         let touch = false;
-        Ok(TarballStore { root, tmp, hot, touch })
+        Ok(TarballStore {
+            root,
+            tmp,
+            hot,
+            large,
+            touch,
+        })
     }
 
     /// The store as a bounded cache: reads mark files used.
@@ -131,13 +112,15 @@ impl TarballStore {
     }
 
     /// A cached tarball: from memory, or read whole from disk when small (then kept in
-    /// memory), else opened for streaming. At most one trip to the blocking pool.
+    /// memory), else shared with the responses sending it or streamed (`LargeReads`). At most
+    /// one trip to the blocking pool.
     pub(crate) async fn open(&self, name: &PackageName, file: &str) -> Option<Cached> {
         if let Some(bytes) = self.hot.get(name, file).await {
             return Some(Cached::Whole(bytes));
         }
         let path = self.path(name, file)?;
         let touch = self.touch;
+        let (large, n, file_name) = (self.large.clone(), name.clone(), file.to_string());
         let cached = tokio::task::spawn_blocking(move || {
             let mut f = std::fs::File::open(&path).ok()?;
             let meta = f.metadata().ok()?;
@@ -148,7 +131,14 @@ impl TarballStore {
                 let _ = f.set_modified(SystemTime::now());
             }
             if meta.len() > READ_WHOLE_MAX {
-                return Some(Cached::File(f, meta.len()));
+                return match large.open(&n, &file_name, f, FileId::of(&meta)) {
+                    Ok(Large::Copy(bytes)) => Some(Cached::Whole(bytes)),
+                    Ok(Large::Chunks(chunks)) => Some(Cached::File(chunks)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, package = %n, file = file_name, "cannot read a cached tarball");
+                        None
+                    }
+                };
             }
             // Cached files are complete and never rewritten in place (atomic rename only).
             let mut bytes = Vec::with_capacity(meta.len() as usize);
@@ -158,7 +148,9 @@ impl TarballStore {
         .await
         .ok()
         .flatten()?;
-        if let Cached::Whole(bytes) = &cached {
+        if let Cached::Whole(bytes) = &cached
+            && bytes.len() as u64 <= READ_WHOLE_MAX
+        {
             self.hot.insert(name, file, bytes.clone()).await;
         }
         Some(cached)
@@ -203,6 +195,7 @@ impl TarballStore {
         };
         let Some(files) = files else {
             self.hot.purge(name, None);
+            self.large.purge(name, None);
             let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
             let removed = entries
                 .flatten()
@@ -212,6 +205,7 @@ impl TarballStore {
         let mut removed = 0;
         for file in files {
             self.hot.purge(name, Some(file));
+            self.large.purge(name, Some(file));
             if self.path(name, file).is_some_and(|p| std::fs::remove_file(p).is_ok()) {
                 removed += 1;
             }
@@ -243,7 +237,6 @@ impl TarballStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
@@ -267,23 +260,17 @@ mod tests {
         let mut p = store.pending().unwrap();
         p.file.write_all(&big).await.unwrap();
         store.persist(p, &name, "core-7.24.0.tgz").await.unwrap();
-        let cached = store.open(&name, "core-7.24.0.tgz").await.unwrap();
-        assert_eq!(cached.size(), big.len() as u64);
-        let Cached::File(file, len) = cached else {
-            panic!("a large tarball is streamed")
+        let Cached::Whole(first) = store.open(&name, "core-7.24.0.tgz").await.unwrap() else {
+            panic!("a large tarball within the budget is read whole")
         };
-        let chunks: Vec<Bytes> = stream(file, len, 100_000).map(Result::unwrap).collect().await;
-        assert_eq!(
-            chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
-            [100_000, 100_000, 62_145]
-        );
-        assert_eq!(chunks.concat(), big);
-        let file = std::fs::File::open(store.path(&name, "core-7.24.0.tgz").unwrap()).unwrap();
-        let short: Vec<io::Result<Bytes>> = stream(file, len + 10, 1 << 20).collect().await;
-        assert_eq!(short.len(), 2);
+        assert_eq!(first, big);
+        let Cached::Whole(second) = store.open(&name, "core-7.24.0.tgz").await.unwrap() else {
+            panic!("and shared")
+        };
+        assert_eq!(first.as_ptr(), second.as_ptr(), "one copy for both responses");
         assert!(
-            matches!(&short[1], Err(e) if e.kind() == io::ErrorKind::UnexpectedEof),
-            "a short file fails"
+            store.hot.get(&name, "core-7.24.0.tgz").await.is_none(),
+            "not kept once sent"
         );
         assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
     }

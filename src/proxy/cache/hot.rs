@@ -11,8 +11,15 @@ pub(crate) struct HotTarballs {
     cache: moka::future::Cache<String, Bytes>,
 }
 
-fn key(name: &PackageName, file: &str) -> String {
+pub(crate) fn key(name: &PackageName, file: &str) -> String {
     format!("{name}/{file}")
+}
+
+/// Whether `key` is one file (`file`) or any file (`None`) of the package `name`.
+pub(crate) fn purged(key: &str, name: &PackageName, file: Option<&str>) -> bool {
+    key.strip_prefix(name.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|f| file.is_none_or(|w| f == w))
 }
 
 impl HotTarballs {
@@ -36,11 +43,8 @@ impl HotTarballs {
     /// Drops one file, or every file of the package (`file` = `None`). Lookups stop
     /// returning them at once; moka frees them in the background.
     pub(crate) fn purge(&self, name: &PackageName, file: Option<&str>) {
-        let (prefix, file) = (key(name, ""), file.map(str::to_string));
-        let doomed = move |k: &String, _: &Bytes| {
-            k.strip_prefix(&prefix)
-                .is_some_and(|f| file.as_deref().is_none_or(|w| f == w))
-        };
+        let (name, file) = (name.clone(), file.map(str::to_string));
+        let doomed = move |k: &String, _: &Bytes| purged(k, &name, file.as_deref());
         if let Err(e) = self.cache.invalidate_entries_if(doomed) {
             tracing::warn!(error = %e, "cannot drop purged tarballs from memory");
         }
