@@ -22,9 +22,9 @@ use crate::proxy::cache::imported::ImportedDocs;
 use crate::proxy::cache::memory::MemoryCache;
 use crate::proxy::cache::misses::{Miss, Misses};
 use crate::proxy::cache::redis::SharedMeta;
-use crate::proxy::rendered::{DocMeta, Raw, RenderError, gunzip, render};
+use crate::proxy::rendered::{DocMeta, Raw, RenderError, gunzip, gzip_size, render};
 use crate::proxy::singleflight::SingleFlight;
-use crate::upstream::{Fetched, Upstream, UpstreamError};
+use crate::upstream::{Document, Fetched, Upstream, UpstreamError};
 
 pub(crate) use crate::proxy::rendered::Package;
 
@@ -513,7 +513,7 @@ impl Inner {
     async fn render_fetched(
         &self,
         name: &PackageName,
-        body: Bytes,
+        body: Document,
         etag: Option<String>,
         now: u64,
         reservation: Reservation,
@@ -523,9 +523,15 @@ impl Inner {
             fetched_ms: now,
             checked_ms: now,
         };
-        let raw = Raw {
-            plain: Some(body),
-            gz: None,
+        let raw = match body {
+            Document::Plain(plain) => Raw {
+                plain: Some(plain),
+                gz: None,
+            },
+            Document::Gzip(gz) => Raw {
+                plain: None,
+                gz: Some(gz),
+            },
         };
         let rendered = self.render(name, raw, &meta, reservation).await;
         (meta, rendered)
@@ -533,7 +539,8 @@ impl Inner {
 
     /// Filters, rewrites and compresses a raw document under the policy in force (on a
     /// blocking thread: it can be 40 MB), holding `reservation` of the memory budget for what
-    /// that takes. A document kept only gzip'd (Redis, memory) is decoded first, bounded.
+    /// that takes. A document gzip'd (upstream's answer, or kept so in Redis or memory) is
+    /// decoded first, bounded.
     async fn render(
         &self,
         name: &PackageName,
@@ -547,12 +554,12 @@ impl Inner {
                 plain: None,
                 gz: Some(gz),
             } => {
-                // npg's own documents shrink about tenfold: one that grows more than forty
-                // times is refused (and fetched again), so a bomb costs no more than that.
-                let limit = gz.len().saturating_mul(40).min(max);
-                reservation.grow_to(limit).await?;
+                // Decoded to the size its trailer says (checked), within `max`: a bomb holds
+                // the budget for what it claims, and no more is decoded.
+                let size = gzip_size(&gz).unwrap_or(0).min(max);
+                reservation.grow_to(gz.len().saturating_add(size)).await?;
                 let zipped = gz.clone();
-                let plain = tokio::task::spawn_blocking(move || gunzip(&zipped, limit)).await??;
+                let plain = tokio::task::spawn_blocking(move || gunzip(&zipped, max)).await??;
                 Raw {
                     plain: Some(plain),
                     gz: Some(gz),

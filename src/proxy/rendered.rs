@@ -152,9 +152,9 @@ impl Package {
 pub enum RenderError {
     #[error(transparent)]
     Document(#[from] DocError),
-    #[error("stored document is not gzip: {0}")]
+    #[error("document is not valid gzip: {0}")]
     NotGzip(std::io::Error),
-    #[error("stored document decodes to more than {0} bytes")]
+    #[error("document decodes to more than {0} bytes")]
     TooLarge(usize),
     #[error(transparent)]
     Budget(#[from] BudgetError),
@@ -164,24 +164,30 @@ pub enum RenderError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// A gzip'd document decoded, refused beyond `max` bytes (what is read back from Redis is
-/// not trusted to be small).
+/// The size a gzip stream says it decodes to: its trailer (mod 4 GiB).
+pub(crate) fn gzip_size(gz: &[u8]) -> Option<usize> {
+    let trailer = gz.get(gz.len().checked_sub(4)?..)?;
+    Some(u32::from_le_bytes(trailer.try_into().ok()?) as usize)
+}
+
+/// A gzip'd document decoded (from upstream or Redis: neither is trusted to be small),
+/// refused beyond `max` bytes. The decoder checks the trailer's size, so it is the size
+/// exactly: the buffer is sized once (a 40 MB document is not grown by doubling, with a copy
+/// each time), and no more than the trailer says is ever decoded.
 pub(crate) fn gunzip(gz: &[u8], max: usize) -> Result<Bytes, RenderError> {
-    // The trailer tells the size (mod 4 GiB; a hint only, within what deflate can expand
-    // to), so a 40 MB document is not grown by doubling, with a copy each time.
-    let trailer = gz
-        .len()
-        .checked_sub(4)
-        .and_then(|at| gz.get(at..))
-        .and_then(|t| t.try_into().ok());
-    let size = trailer.map_or(gz.len().saturating_mul(6), |t| u32::from_le_bytes(t) as usize);
-    let mut out = Vec::with_capacity(size.min(gz.len().saturating_mul(1032)).min(max));
-    let mut decoder = flate2::read::GzDecoder::new(gz).take(max as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(RenderError::NotGzip)?;
-    if out.len() > max {
+    let bad = |why: &str| RenderError::NotGzip(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
+    let size = gzip_size(gz).ok_or_else(|| bad("too short for gzip"))?;
+    if size > max {
         return Err(RenderError::TooLarge(max));
     }
-    Ok(Bytes::from(out))
+    let mut out = Vec::with_capacity(size);
+    let mut decoder = flate2::read::GzDecoder::new(gz).take(size as u64);
+    decoder.read_to_end(&mut out).map_err(RenderError::NotGzip)?;
+    // The read that finds the end is the one that checks the trailer (length and CRC).
+    match decoder.into_inner().read(&mut [0u8]).map_err(RenderError::NotGzip)? {
+        0 => Ok(Bytes::from(out)),
+        _ => Err(bad("longer than its trailer says")),
+    }
 }
 
 /// Renders a raw document under `policy` at `now_ms`.
@@ -398,21 +404,29 @@ mod tests {
     }
 
     #[test]
-    fn gunzip_takes_the_trailers_size_as_a_hint_only() {
+    fn gunzip_decodes_what_the_trailer_says_and_no_more() {
         let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_string().into_bytes()).collect();
         let gz = gzip(&plain, Compression::fast());
-        assert_eq!(gunzip(&gz, 10 << 20).unwrap(), plain);
+        assert_eq!(gzip_size(&gz), Some(plain.len()));
+        let out = gunzip(&gz, 10 << 20).unwrap();
+        assert_eq!(out, plain);
         let mut lying = gz.clone();
         let at = lying.len() - 4;
+        for (size, why) in [(plain.len() + 1, "more than it holds"), (1, "less"), (0, "nothing")] {
+            lying[at..].copy_from_slice(&(size as u32).to_le_bytes());
+            assert!(
+                matches!(gunzip(&lying, 10 << 20), Err(RenderError::NotGzip(_))),
+                "a trailer that says {why} is refused"
+            );
+        }
         lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(
-            matches!(gunzip(&lying, 10 << 20), Err(RenderError::NotGzip(_))),
-            "the trailer is checked"
+            matches!(gunzip(&lying, 10 << 20), Err(RenderError::TooLarge(_))),
+            "refused before decoding anything"
         );
-        lying[at..].copy_from_slice(&1u32.to_le_bytes());
-        assert!(matches!(gunzip(&lying, 10 << 20), Err(RenderError::NotGzip(_))));
         assert!(matches!(gunzip(&gz, plain.len() - 1), Err(RenderError::TooLarge(_))));
         assert!(matches!(gunzip(b"\x1f", 100), Err(RenderError::NotGzip(_))));
+        assert_eq!(gunzip(&gzip(b"", Compression::fast()), 100).unwrap(), b""[..]);
     }
 
     #[test]

@@ -14,6 +14,29 @@ pub(crate) fn etag_of(resp: &reqwest::Response) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A document as upstream sent it: gzip'd (npg keeps that copy as is) or plain.
+pub(crate) enum Document {
+    Gzip(Bytes),
+    Plain(Bytes),
+}
+
+/// Reads a document asked for with `Accept-Encoding: gzip`, as it came.
+pub(super) async fn read_document(
+    resp: reqwest::Response,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Document, BodyError> {
+    let encoding = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some(b"identity") => Ok(Document::Plain(read_within(resp, max, Some(reservation)).await?)),
+        Some(b"gzip" | b"x-gzip") => Ok(Document::Gzip(read_within(resp, max, Some(reservation)).await?)),
+        Some(other) => Err(BodyError::Encoding(String::from_utf8_lossy(other).into_owned())),
+    }
+}
+
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BodyError {
@@ -21,6 +44,8 @@ pub(crate) enum BodyError {
     CutOff(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("body in an encoding npg did not ask for: {0}")]
+    Encoding(String),
     #[error(transparent)]
     Budget(#[from] BudgetError),
 }
@@ -37,7 +62,12 @@ pub(super) async fn read_within(
     max: usize,
     mut reservation: Option<&mut Reservation>,
 ) -> Result<Bytes, BodyError> {
-    let mut body = BytesMut::new();
+    // Sized from Content-Length when given (bounded: it is upstream's word), so a body is not
+    // grown by doubling, with a copy each time.
+    let mut body = BytesMut::with_capacity(resp.content_length().unwrap_or(0).min(max as u64) as usize);
+    if let Some(r) = reservation.as_deref_mut() {
+        r.grow_to(body.capacity()).await?;
+    }
     while let Some(chunk) = resp.chunk().await.map_err(|e| BodyError::CutOff(describe(e)))? {
         if body.len() + chunk.len() > max {
             return Err(BodyError::TooLarge(max));

@@ -19,7 +19,7 @@ use reqwest::{StatusCode, header};
 use url::Url;
 
 pub(crate) use self::auth::UpstreamAuth;
-pub(crate) use self::body::{etag_of, read_bounded};
+pub(crate) use self::body::{Document, etag_of, read_bounded};
 use self::breaker::{Breaker, Health};
 pub use self::error::{UpstreamError, describe, error_chain};
 use self::origins::{Origin, Origins};
@@ -50,17 +50,18 @@ pub(crate) struct Settings {
     pub(crate) auth: UpstreamAuth,
 }
 
-pub(crate) enum Fetched {
-    Modified { body: Bytes, etag: Option<String> },
+pub(crate) enum Fetched<B = Bytes> {
+    Modified { body: B, etag: Option<String> },
     NotModified,
     NotFound,
 }
 
 pub(crate) struct Upstream {
     base: Url,
-    /// Decodes gzip: for packuments npg reads itself.
+    /// Decodes gzip: for what npg reads itself (signing keys).
     decoding: reqwest::Client,
-    /// Leaves bodies alone: tarballs and passthrough are relayed byte for byte.
+    /// Leaves bodies alone: tarballs and passthrough are relayed byte for byte; packuments are
+    /// decoded by npg (`Document`).
     raw: reqwest::Client,
     /// `raw` without the per-read timeout, which would also cut a slow upload (reqwest counts
     /// it from the start of the request until the response headers).
@@ -192,8 +193,10 @@ impl Upstream {
 
     /// Fetches the full packument, conditionally when an upstream ETag is known, within
     /// UPSTREAM_FETCH_DEADLINE. A client's `credentials` (for a package upstream serves only
-    /// to them) come before npg's own for the package's scope. The decoded body holds
-    /// `reservation` of the memory budget and is refused beyond `max` bytes.
+    /// to them) come before npg's own for the package's scope. The body, gzip'd when upstream
+    /// will (kept as is: decoding it whole costs less than reqwest's decoder growing a buffer,
+    /// and npg keeps a gzip'd copy anyway), holds `reservation` of the memory budget and is
+    /// refused beyond `max` bytes.
     pub(crate) async fn packument(
         &self,
         name: &PackageName,
@@ -201,12 +204,13 @@ impl Upstream {
         credentials: Option<&header::HeaderValue>,
         max: usize,
         reservation: &mut Reservation,
-    ) -> Result<Fetched, UpstreamError> {
+    ) -> Result<Fetched<Document>, UpstreamError> {
         let fetch = async {
             let mut req = self
-                .decoding
+                .raw
                 .get(self.url(&name.url_segment()))
-                .header(header::ACCEPT, "application/json");
+                .header(header::ACCEPT, "application/json")
+                .header(header::ACCEPT_ENCODING, "gzip");
             if let Some(etag) = etag {
                 req = req.header(header::IF_NONE_MATCH, etag);
             }
@@ -221,7 +225,7 @@ impl Upstream {
                 _ => {}
             }
             let etag = etag_of(&resp);
-            let body = body::read_within(resp, max, Some(reservation)).await?;
+            let body = body::read_document(resp, max, reservation).await?;
             Ok(Fetched::Modified { body, etag })
         };
         match tokio::time::timeout(self.settings.fetch_deadline, fetch).await {

@@ -277,3 +277,39 @@ async fn an_http2_body_without_content_length_arrives() {
     assert_eq!(put.header("content-length"), None);
     assert_eq!(put.body, br#"{"_id":"npg-h2"}"#);
 }
+
+/// npg asks for packuments gzip'd and decodes them itself, to the size the gzip trailer
+/// says: a body that is not the gzip it claims to be, a trailer that lies, or an encoding
+/// npg did not ask for is a clear 502, and the next good answer is served.
+#[tokio::test]
+async fn packuments_in_a_broken_or_unasked_encoding_are_refused() {
+    let fixtures = FakeRegistry::start();
+    let doc = serde_json::to_vec(&fixtures.packument_json("npg-fixture-a")).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, &doc).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut lying = gz.clone();
+    let at = lying.len() - 4;
+    lying[at..].copy_from_slice(&((doc.len() / 2) as u32).to_le_bytes());
+
+    let hostile = HostileServer::start(Behaviour::Json(Vec::new(), vec![]));
+    let npg = NpgProcess::start(&hostile.url(), &[("METADATA_TTL", "0s")]);
+    let url = format!("{}/npg-fixture-a", npg.proxy_url);
+    let cases = [
+        (doc.clone(), "gzip", "decodes to more than"),
+        ([&b"not gzip"[..], &16u32.to_le_bytes()].concat(), "gzip", "not valid gzip"),
+        (lying, "gzip", "longer than its trailer says"),
+        (doc.clone(), "br", "encoding npg did not ask for: br"),
+    ];
+    for (body, encoding, why) in cases {
+        hostile.set(Behaviour::Json(body, vec![("content-encoding", encoding)]));
+        let r = get(&url, &[]).await;
+        assert_eq!(r.status, 502, "{why}: {}", String::from_utf8_lossy(&r.body));
+        let reason = r.json()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains(why), "{why}: {reason}");
+    }
+    hostile.set(Behaviour::Json(gz, vec![("content-encoding", "gzip")]));
+    let r = get(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "npg-fixture-a");
+}
