@@ -245,6 +245,12 @@ pub(crate) struct Settings {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) max_connections: u32,
 
+    /// Each client connection's kernel send buffer (SO_SNDBUF), in KiB; 0 = the kernel's own
+    /// sizing (autotuning). A small one keeps clients near npg fair under load (see the README's
+    /// Performance), and caps one connection at about twice it per round trip.
+    #[arg(long, env = "SEND_BUFFER_KB", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_048_576))]
+    pub(crate) send_buffer_kb: u32,
+
     /// Name of this replica in health, metrics and Redis client lists (default: host name).
     #[arg(long, env = "INSTANCE_NAME")]
     pub(crate) instance_name: Option<String>,

@@ -80,6 +80,8 @@ pub(crate) struct Limits {
     pub(crate) deadlines: Deadlines,
     /// Beyond this many open connections, new ones wait in the kernel's backlog.
     pub(crate) max_connections: usize,
+    /// Each connection's SO_SNDBUF, in bytes (`None`: the kernel's autotuning).
+    pub(crate) send_buffer: Option<usize>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -93,6 +95,7 @@ impl Limits {
                 send: settings.send_timeout,
             },
             max_connections: settings.max_connections as usize,
+            send_buffer: (settings.send_buffer_kb > 0).then_some(settings.send_buffer_kb as usize * 1024),
             metrics,
         }
     }
@@ -172,6 +175,11 @@ pub(crate) async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = limits.send_buffer
+            && let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes)
+        {
+            tracing::warn!(error = %e, "cannot set SEND_BUFFER_KB on a connection");
+        }
         let (router, builder, watcher, limits) = (router.clone(), builder.clone(), graceful.watcher(), limits.clone());
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -352,3 +352,37 @@ async fn a_client_that_stops_reading_is_cut_at_the_send_deadline() {
     assert_eq!(cut_by(&npg, "send"), 1, "only the stalled client");
     assert!(closed_within(&mut stalled, Duration::from_secs(5)).is_some());
 }
+
+/// The kernel send buffer of npg's end of each client connection (`ss`'s `tb`, which the
+/// kernel sets to twice what was asked).
+fn server_send_buffer(npg: &NpgProcess, client: &TcpStream) -> u64 {
+    let filter = format!(
+        "( sport = :{} and dport = :{} )",
+        npg.port,
+        client.local_addr().unwrap().port()
+    );
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established", &filter])
+        .output()
+        .expect("ss (iproute2, scripts/install-test-deps)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tb = text.split(['(', ',', ')']).find_map(|f| f.strip_prefix("tb"));
+    tb.unwrap_or_else(|| panic!("no skmem in {text}")).parse().unwrap()
+}
+
+#[test]
+fn send_buffer_kb_sets_each_connections_send_buffer() {
+    let up = FakeRegistry::start();
+    for (setting, expected) in [(None, None), (Some("64"), Some(2 * 64 * 1024))] {
+        let env: Vec<(&str, &str)> = setting.map(|kb| ("SEND_BUFFER_KB", kb)).into_iter().collect();
+        let npg = NpgProcess::start(&up.url(), &env);
+        let mut s = connect(&npg);
+        s.write_all(b"GET /-/ping HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(s.read(&mut [0u8; 1024]).unwrap() > 0);
+        let tb = server_send_buffer(&npg, &s);
+        match expected {
+            Some(bytes) => assert_eq!(tb, bytes, "SEND_BUFFER_KB={setting:?}"),
+            None => assert_ne!(tb, 2 * 64 * 1024, "the kernel's own sizing by default"),
+        }
+    }
+}

@@ -297,7 +297,11 @@ async fn packuments_in_a_broken_or_unasked_encoding_are_refused() {
     let url = format!("{}/npg-fixture-a", npg.proxy_url);
     let cases = [
         (doc.clone(), "gzip", "decodes to more than"),
-        ([&b"not gzip"[..], &16u32.to_le_bytes()].concat(), "gzip", "not valid gzip"),
+        (
+            [&b"not gzip"[..], &16u32.to_le_bytes()].concat(),
+            "gzip",
+            "not valid gzip",
+        ),
         (lying, "gzip", "longer than its trailer says"),
         (doc.clone(), "br", "encoding npg did not ask for: br"),
     ];
