@@ -30,11 +30,12 @@ pub(super) async fn read_document(
         .headers()
         .get(header::CONTENT_ENCODING)
         .map(|v| v.as_bytes().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some(b"identity") => Ok(Document::Plain(read_within(resp, max, Some(reservation)).await?)),
-        Some(b"gzip" | b"x-gzip") => Ok(Document::Gzip(read_within(resp, max, Some(reservation)).await?)),
-        Some(other) => Err(BodyError::Encoding(String::from_utf8_lossy(other).into_owned())),
-    }
+    let document = match encoding.as_deref() {
+        None | Some(b"identity") => Document::Plain,
+        Some(b"gzip" | b"x-gzip") => Document::Gzip,
+        Some(other) => return Err(BodyError::Encoding(String::from_utf8_lossy(other).into_owned())),
+    };
+    Ok(document(read_within(resp, max, Some(reservation)).await?))
 }
 
 /// Why a body was not read whole.

@@ -180,8 +180,7 @@ impl LargeReads {
             key: &key,
             reading,
         };
-        let mut bytes = Vec::with_capacity(id.len as usize);
-        (&file).take(id.len).read_to_end(&mut bytes)?;
+        let bytes = read_up_to(&file, id.len)?;
         if bytes.len() as u64 != id.len {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -204,6 +203,14 @@ impl LargeReads {
             .expect("not poisoned")
             .retain(|key, _| !hot::purged(key, name, file));
     }
+}
+
+/// Up to `n` bytes of `file` from where it stands, into a buffer of that size: fewer only at
+/// its end.
+fn read_up_to(file: &std::fs::File, n: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n as usize);
+    file.take(n).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// A file streamed in chunks, each read straight into the buffer it is sent in (one
@@ -234,9 +241,8 @@ impl Chunks {
             };
             let want = left.min(want as u64);
             let read = tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::with_capacity(want as usize);
-                let read = (&file).take(want).read_to_end(&mut buf);
-                (file, read.map(|_| buf))
+                let read = read_up_to(&file, want);
+                (file, read)
             })
             .await;
             match read {
